@@ -1,0 +1,10 @@
+"""Errors a user can act on: each names the file and what is wrong with it."""
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset file or tree is missing or malformed. The message names the path."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid or inconsistent."""
