@@ -1,0 +1,112 @@
+"""Multi-scale + flip CAM inference (IRN's make_cam, the spec's "CAM inference").
+
+Kept apart from the LightningModule so it can be tested with a hand-made ``cam_fn``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rpnet_pl.io import load_npy, save_npy
+
+CamFn = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N, C, h, w), raw class maps
+
+
+def strided_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """ceil(H / stride), ceil(W / stride)."""
+    return math.ceil(size[0] / stride), math.ceil(size[1] / stride)
+
+
+def strided_up_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """H and W rounded up to a multiple of ``stride``."""
+    h, w = strided_size(size, stride)
+    return h * stride, w * stride
+
+
+@torch.no_grad()
+def multiscale_cam(
+    cam_fn: CamFn,
+    image: torch.Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+    out_stride: int = 4,
+    net_stride: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAMs of one image summed over scales (and flips).
+
+    Each scale runs on the image and its mirror; the mirrored map is flipped back and added, then
+    ReLU. Returns ``strided`` (C, ceil(H/4), ceil(W/4)) and ``high_res`` (C, H, W): each the sum over
+    scales of the bilinearly resized maps; ``high_res`` is resized to the stride-16-rounded size and
+    cropped, as in IRN. Neither is normalised (see :func:`normalise_cams`).
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image (1, 3, H, W), got {tuple(image.shape)}")
+    h, w = image.shape[-2:]
+    s_size, up_size = strided_size((h, w), out_stride), strided_up_size((h, w), net_stride)
+    strided = high = None
+    for s in scales:
+        x = image if s == 1.0 else F.interpolate(image, size=(round(h * s), round(w * s)), mode="bilinear",
+                                                 align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        cams = cam_fn(x)  # (1 or 2, C, h', w')
+        cam = cams[0:1] + cams[1:2].flip(-1) if flip else cams[0:1]
+        cam = F.relu(cam)
+        a = F.interpolate(cam, size=s_size, mode="bilinear", align_corners=False)[0]
+        b = F.interpolate(cam, size=up_size, mode="bilinear", align_corners=False)[0, :, :h, :w]
+        strided = a if strided is None else strided + a
+        high = b if high is None else high + b
+    return strided, high
+
+
+def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-channel max normalisation: cams / (spatial max + eps) (spec: +1e-5)."""
+    flat = cams.flatten(1).amax(dim=1).clamp_min(0)
+    return cams / (flat.view(-1, *([1] * (cams.dim() - 1))) + eps)
+
+
+def cam_record(strided: torch.Tensor, high_res: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """The per-image CAM file: ``keys`` (K,) label indices 1..C-1 of the image's classes,
+    ``cam`` (K, h/4, w/4) and ``high_res`` (K, H, W), each channel max-normalised, float16 on disk
+    for the high-res map (it is the large one; values are in [0, 1])."""
+    keys = torch.nonzero(labels > 0.5).flatten()
+    return {
+        "keys": (keys + 1).cpu().numpy().astype(np.int64),
+        "cam": normalise_cams(strided[keys]).cpu().numpy().astype(np.float32),
+        "high_res": normalise_cams(high_res[keys]).cpu().numpy().astype(np.float16),
+    }
+
+
+def cam_path(out_dir: str | Path, image_id: str) -> Path:
+    return Path(out_dir) / f"{image_id}.npy"
+
+
+def cam_is_complete(path: Path) -> bool:
+    """True if ``path`` holds a readable CAM record (a corrupted or partial file is redone)."""
+    if not path.is_file():
+        return False
+    try:
+        rec = load_npy(path)
+        return isinstance(rec, dict) and {"keys", "cam", "high_res"} <= set(rec)
+    except Exception:
+        return False
+
+
+def write_cam(out_dir: str | Path, image_id: str, record: dict[str, np.ndarray]) -> Path:
+    path = cam_path(out_dir, image_id)
+    save_npy(path, record)
+    return path
+
+
+def read_cam(out_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
+    from rpnet_pl.errors import DatasetError
+
+    rec = load_npy(cam_path(out_dir, image_id))
+    if not isinstance(rec, dict) or not {"keys", "cam", "high_res"} <= set(rec):
+        raise DatasetError(f"{cam_path(out_dir, image_id)}: not a CAM record (keys, cam, high_res)")
+    return rec
