@@ -45,6 +45,32 @@ def _data_coco_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+STAGES = {
+    "classifier": ("rpnet_pl.stages.classifier:ClassifierStage", "rpnet_pl.data.datamodules:GroupDataModule"),
+    "affinity": ("rpnet_pl.stages.affinity:AffinityStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
+    "segmenter": ("rpnet_pl.stages.segmenter:SegmenterStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
+}
+
+
+def _load(ref: str):
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
+    from pytorch_lightning.cli import LightningCLI
+
+    stage_ref, dm_ref = STAGES[args.stage]
+    LightningCLI(
+        _load(stage_ref), _load(dm_ref), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
+        trainer_defaults={"use_distributed_sampler": False}, env_parse=False,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpnet", description="RPNet weakly supervised segmentation suite.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -68,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["train", "val"], choices=("train", "val"))
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
+    p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
+                       "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
+                       add_help=False)
+    p.add_argument("stage", choices=sorted(STAGES))
+    p.set_defaults(func=_fit, accepts_extra=True)
     return parser
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from rpnet_pl.io import load_npy, save_npy
+from rpnet_pl.ops.cam import max_normalise
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N, C, h, w), raw class maps
 
@@ -42,7 +43,7 @@ def multiscale_cam(
     Each scale runs on the image and its mirror; the mirrored map is flipped back and added, then
     ReLU. Returns ``strided`` (C, ceil(H/4), ceil(W/4)) and ``high_res`` (C, H, W): each the sum over
     scales of the bilinearly resized maps; ``high_res`` is resized to the stride-16-rounded size and
-    cropped, as in IRN. Neither is normalised (see :func:`normalise_cams`).
+    cropped, as in IRN. Neither is normalised (see :func:`rpnet_pl.ops.cam.max_normalise`).
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected one image (1, 3, H, W), got {tuple(image.shape)}")
@@ -64,12 +65,6 @@ def multiscale_cam(
     return strided, high
 
 
-def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-channel max normalisation: cams / (spatial max + eps) (spec: +1e-5)."""
-    flat = cams.flatten(1).amax(dim=1).clamp_min(0)
-    return cams / (flat.view(-1, *([1] * (cams.dim() - 1))) + eps)
-
-
 def cam_record(strided: torch.Tensor, high_res: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
     """The per-image CAM file: ``keys`` (K,) label indices 1..C-1 of the image's classes,
     ``cam`` (K, h/4, w/4) and ``high_res`` (K, H, W), each channel max-normalised, float16 on disk
@@ -77,8 +72,8 @@ def cam_record(strided: torch.Tensor, high_res: torch.Tensor, labels: torch.Tens
     keys = torch.nonzero(labels > 0.5).flatten()
     return {
         "keys": (keys + 1).cpu().numpy().astype(np.int64),
-        "cam": normalise_cams(strided[keys]).cpu().numpy().astype(np.float32),
-        "high_res": normalise_cams(high_res[keys]).cpu().numpy().astype(np.float16),
+        "cam": max_normalise(strided[keys]).cpu().numpy().astype(np.float32),
+        "high_res": max_normalise(high_res[keys]).cpu().numpy().astype(np.float16),
     }
 
 

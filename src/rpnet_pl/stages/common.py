@@ -79,3 +79,27 @@ def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """``last.ckpt`` in ``ckpt_dir`` if it exists (resume point), else None."""
     p = Path(ckpt_dir) / "last.ckpt"
     return p if p.is_file() else None
+
+
+def inference_trainer(devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto",
+                      precision: str | None = None, progress: bool = True):
+    """A Trainer for prediction steps: DDP when several devices, our own sharding, no logger."""
+    import pytorch_lightning as pl
+
+    multi = (isinstance(devices, int) and devices > 1) or num_nodes > 1
+    return pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      strategy="ddp" if multi else "auto", logger=False, use_distributed_sampler=False,
+                      enable_progress_bar=progress, enable_model_summary=False, precision=precision,
+                      enable_checkpointing=False)
+
+
+def write_json(path: str | Path, obj: object) -> Path:
+    """Write JSON atomically."""
+    import json
+
+    from rpnet_pl.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    return path

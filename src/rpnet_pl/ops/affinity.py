@@ -1,0 +1,88 @@
+"""Inter-pixel affinities from a class-boundary map and their labels and loss (IRN, spec
+"Stage 2: IRN").
+
+For a source pixel p and a search direction d (see ``path_index``), the affinity is
+``a(p, p + d) = 1 - max_{q in path(p, p + d)} B(q)``: two pixels are alike unless a boundary
+lies between them. The training maps follow IRN's layout: sources are the pixels for which
+every direction stays inside the map (``path_index.source_window``), so a (.., H, W) map gives
+(.., D, H', W') affinities with ``H' = H - (radius - 1)``, ``W' = W - 2 (radius - 1)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rpnet_pl.data.classes import IGNORE_INDEX
+from rpnet_pl.ops.path_index import path_pixels, search_directions, source_window
+
+AFFINITY_EPS = 1e-5
+
+
+def affinity_from_boundary(boundary: torch.Tensor, radius: int) -> torch.Tensor:
+    """Affinities ``1 - max(B along the path)`` for every source in the window and direction.
+
+    boundary: (..., H, W) in [0, 1] (e.g. (N, H, W) sigmoid outputs at stride 4).
+    Returns (..., D, H', W'); ``[..., d, i, j]`` relates pixel ``(i, j + radius - 1)`` to that
+    pixel plus ``search_directions(radius)[d]``. Differentiable in ``boundary``.
+    """
+    h, w = boundary.shape[-2:]
+    hp, wp, x0 = source_window(h, w, radius)
+    out = []
+    for dy, dx in search_directions(radius).tolist():
+        # one shifted view of B per path pixel: (L, ..., H', W') -> max over the path
+        views = [boundary[..., py:py + hp, x0 + px:x0 + px + wp] for py, px in path_pixels(dy, dx)]
+        out.append(1.0 - torch.stack(views, dim=0).amax(dim=0))
+    return torch.stack(out, dim=-3)  # (..., D, H', W')
+
+
+def affinity_labels(
+    label: torch.Tensor | np.ndarray,
+    radius: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pair labels for the affinity loss from an IR label map at stride 4 (spec "Stage 2").
+
+    label: (..., H, W) integer map, 0 = background, ``ignore_index`` = unsure. Returns three
+    bool (..., D, H', W') masks laid out like ``affinity_from_boundary``: ``pos_bg`` (both
+    pixels background), ``pos_fg`` (both the same foreground class), ``neg`` (different
+    labels); a pair with either pixel ``ignore_index`` is in none of them.
+    """
+    label = torch.as_tensor(label)
+    h, w = label.shape[-2:]
+    hp, wp, x0 = source_window(h, w, radius)
+    src = label[..., :hp, x0:x0 + wp]  # (..., H', W')
+    src_valid = src != ignore_index
+    pos_bg, pos_fg, neg = [], [], []
+    for dy, dx in search_directions(radius).tolist():
+        dst = label[..., dy:dy + hp, x0 + dx:x0 + dx + wp]
+        valid = src_valid & (dst != ignore_index)
+        equal = src == dst
+        pos_bg.append(valid & equal & (src == 0))
+        pos_fg.append(valid & equal & (src != 0))
+        neg.append(valid & ~equal)
+    return torch.stack(pos_bg, -3), torch.stack(pos_fg, -3), torch.stack(neg, -3)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / (mask.sum() + AFFINITY_EPS)
+
+
+def affinity_loss(
+    aff: torch.Tensor,
+    pos_bg: torch.Tensor,
+    pos_fg: torch.Tensor,
+    neg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IRN's inter-pixel affinity losses, each averaged over its own pairs (spec "Stage 2").
+
+    positive pairs: ``-log(aff + 1e-5)``; negative pairs: ``-log(1 + 1e-5 - aff)``.
+    Returns scalars ``(pos_bg_loss, pos_fg_loss, neg_loss)``; the objective combines them as
+    ``pos = pos_bg / 2 + pos_fg / 2`` and ``affinity = (pos + neg) / 2``.
+    """
+    if not (aff.shape == pos_bg.shape == pos_fg.shape == neg.shape):
+        raise ValueError(f"affinity {tuple(aff.shape)} and label masks "
+                         f"{tuple(pos_bg.shape)}, {tuple(pos_fg.shape)}, {tuple(neg.shape)} differ")
+    pos_term = -torch.log(aff + AFFINITY_EPS)
+    neg_term = -torch.log(1.0 + AFFINITY_EPS - aff)
+    return _masked_mean(pos_term, pos_bg), _masked_mean(pos_term, pos_fg), _masked_mean(neg_term, neg)

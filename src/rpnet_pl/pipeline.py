@@ -1,0 +1,177 @@
+"""The whole chain as a readable list of steps, each one command with named outputs in a run folder.
+
+``runs/<experiment>/<step>/`` holds each step's outputs, its resolved ``config.yaml`` and its
+``log.txt``. A step is complete when its ``.done`` marker exists (written last, atomically); a
+re-run skips complete steps, resumes an interrupted training step from ``checkpoints/last.ckpt``
+and an interrupted per-image step from the files it already wrote (corrupt ones are redone). A
+failure stops the chain with the step named and its log path; nothing downstream runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from rpnet_pl.config import dump_yaml, section
+from rpnet_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Steps in order; a name here is also the section of the experiment YAML that configures it.
+STEP_ORDER = ("classifier", "cam", "eval_cam", "ir_labels", "affinity", "sem_seg", "eval_sem_seg",
+              "segmenter", "eval_seg", "predict_seg")
+
+
+class StepFailed(RuntimeError):
+    """A step exited non-zero; the message names the step and its log."""
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    folder: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done_marker(self) -> Path:
+        return self.folder / ".done"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "log.txt"
+
+    def is_done(self) -> bool:
+        return self.done_marker.is_file()
+
+    def shell(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.argv)
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """{'split': 'train', 'scales': [1, 0.5], 'crf': True} -> ['--split', 'train', '--scales', '1', '0.5', '--crf']."""
+    out: list[str] = []
+    for key, val in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(val, bool):
+            out.append(flag if val else "--no-" + key.replace("_", "-"))
+        elif isinstance(val, (list, tuple)):
+            out += [flag, *map(str, val)]
+        elif val is not None:
+            out += [flag, str(val)]
+    return out
+
+
+def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags: Sequence[str]) -> Any:
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": str(save_dir), "name": "csv", "version": ""}}
+    if kind == "tensorboard":
+        return {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(save_dir), "name": "tensorboard", "version": ""}}
+    if kind == "wandb":
+        offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
+        return {"class_path": "pytorch_lightning.loggers.WandbLogger",
+                "init_args": {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": f"{experiment}/{stage}",
+                              "group": experiment, "tags": list(tags), "save_dir": str(save_dir), "offline": offline}}
+    raise ConfigError(f"LOGGER must be wandb, csv, tensorboard or none, got {kind!r}")
+
+
+def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
+         steps: Sequence[str] | None = None, tags: Sequence[str] = ()) -> list[Step]:
+    """The steps of an experiment, with their argv and resolved configs (nothing runs here)."""
+    name = cfg.get("name", "experiment")
+    run = Path(runs_dir) / name
+    ds = cfg.get("dataset") or {}
+    data_args = ["--dataset", str(ds.get("name", "voc")), "--root", str(ds.get("root", "data/voc"))]
+    dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)] + (["--accelerator", "gpu"] if gpus else [])
+    rpnet = [sys.executable, "-m", "rpnet_pl.cli"]
+    wanted = list(steps or [s for s in STEP_ORDER if s in cfg])
+    unknown = [s for s in wanted if s not in STEP_ORDER]
+    if unknown:
+        raise ConfigError(f"unknown step(s) {unknown}; steps are {list(STEP_ORDER)}")
+    out: list[Step] = []
+    cams, ir, pseudo = run / "cam" / "cams", run / "ir_labels" / "labels", run / "sem_seg" / "masks"
+    for step in wanted:
+        sec = dict(section(cfg, step))
+        folder = run / step
+        if step in ("classifier", "affinity", "segmenter"):
+            stage_cfg = {k: v for k, v in sec.items()}
+            trainer = dict(stage_cfg.get("trainer") or {})
+            trainer["default_root_dir"] = str(folder)
+            trainer["logger"] = _logger_config(logger, folder, name, step, tags)
+            if gpus:
+                trainer.update({"accelerator": "gpu", "devices": gpus, "num_nodes": nodes})
+                if gpus * nodes > 1:
+                    trainer["strategy"] = "ddp"
+            stage_cfg["trainer"] = trainer
+            if step == "affinity":
+                stage_cfg.setdefault("data", {})["label_dir"] = str(ir)
+            if step == "segmenter":
+                stage_cfg.setdefault("data", {})["label_dir"] = str(pseudo)
+            argv = rpnet + ["fit", step, "--config", str(folder / "config.yaml")]
+            out.append(Step(step, argv, folder, stage_cfg))
+            continue
+        ckpt = {"cam": run / "classifier" / "checkpoints" / "last.ckpt",
+                "sem_seg": run / "affinity" / "checkpoints" / "last.ckpt",
+                "eval_seg": run / "segmenter" / "checkpoints" / "last.ckpt",
+                "predict_seg": run / "segmenter" / "checkpoints" / "last.ckpt"}.get(step)
+        cmd = {"cam": "cam", "eval_cam": "eval-cam", "ir_labels": "ir-labels", "sem_seg": "sem-seg-labels",
+               "eval_sem_seg": "eval-sem-seg", "eval_seg": "eval-seg", "predict_seg": "predict-seg"}[step]
+        argv = rpnet + [cmd]
+        if step == "cam":
+            argv += ["--ckpt", str(ckpt), "--out", str(cams)] + data_args + dev_args
+        elif step == "eval_cam":
+            argv += ["--cams", str(cams), "--out", str(folder / "metrics.json")] + data_args
+        elif step == "ir_labels":
+            argv += ["--cams", str(cams), "--out", str(ir)] + data_args
+        elif step == "sem_seg":
+            argv += ["--ckpt", str(ckpt), "--cams", str(cams), "--out", str(pseudo)] + data_args + dev_args
+        elif step == "eval_sem_seg":
+            argv += ["--masks", str(pseudo), "--out", str(folder / "metrics.json")] + data_args
+        elif step == "eval_seg":
+            argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
+        elif step == "predict_seg":
+            argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
+        out.append(Step(step, argv + _flags(sec), folder, sec))
+    return out
+
+
+def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str] = (),
+              env: dict[str, str] | None = None) -> list[str]:
+    """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
+    ran: list[str] = []
+    for step in steps:
+        if step.is_done() and step.name not in force:
+            log.info("skip %s: complete (%s)", step.name, step.done_marker)
+            continue
+        if dry_run:
+            print(step.shell())
+            ran.append(step.name)
+            continue
+        step.folder.mkdir(parents=True, exist_ok=True)
+        if step.config:
+            dump_yaml(step.config, step.folder / "config.yaml")
+        argv = list(step.argv)
+        if step.argv[3:4] == ["fit"] and (step.folder / "checkpoints" / "last.ckpt").is_file():
+            argv += ["--ckpt_path", str(step.folder / "checkpoints" / "last.ckpt")]
+            log.info("resume %s from %s", step.name, argv[-1])
+        log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
+        start = time.time()
+        with open(step.log_path, "a") as fh:
+            fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
+            fh.flush()
+            proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        if proc.returncode != 0:
+            raise StepFailed(f"step '{step.name}' failed (exit {proc.returncode}); log: {step.log_path}")
+        dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
+        ran.append(step.name)
+    return ran

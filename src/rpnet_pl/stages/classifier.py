@@ -1,0 +1,107 @@
+"""Stage 1: the RPNet classifier (or the IRN CAM baseline) and its CAM seeds.
+
+Training: L = Lc + lambda * Ls (eq. 11-13, as the public code does it; see the spec). Prediction
+(``trainer.predict``) writes one CAM file per image with the plain branch only, multi-scale + flip,
+and skips images whose file is already complete, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from rpnet_pl.models import build_classifier
+from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
+from rpnet_pl.stages.common import poly_sgd
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierStage(pl.LightningModule):
+    """Trains ``method='rpnet'`` (the paper) or ``method='cam'`` (the IRN baseline) on image groups.
+
+    Every hyper-parameter is an argument here, so LightningCLI and the YAML files under
+    ``experiments/`` set them. Defaults are the spec's (the public code's) choices.
+    """
+
+    def __init__(
+        self,
+        method: Literal["rpnet", "cam"] = "rpnet",
+        backbone: str = "resnext50",
+        pretrained: bool = False,
+        weights: str | None = None,
+        num_classes: int = 20,
+        mid: int = 512,
+        alpha: float = 0.3,
+        beta: float = 0.5,
+        beta_is_keep_prob: bool = False,
+        levels: tuple[int, ...] = (2, 4),
+        gaussian: bool = True,
+        sigma: float = 3.0,
+        fg_scale: float = 1.3,
+        self_attention: bool = True,
+        enhanced_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
+        lam: float = 10.0,
+        ls_variant: Literal["code", "paper"] = "code",
+        lr: float = 0.02,
+        new_layer_lr_mult: float = 10.0,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.0,
+        poly_power: float = 0.9,
+        cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
+        cam_flip: bool = True,
+        cam_out: str | None = None,
+        checkpoint_every_n_steps: int = 500,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_classifier(
+            method=method, backbone=backbone, pretrained=pretrained, weights=weights, num_classes=num_classes,
+            mid=mid, alpha=alpha, beta=beta, beta_is_keep_prob=beta_is_keep_prob, levels=tuple(levels),
+            gaussian=gaussian, sigma=sigma, fg_scale=fg_scale, self_attention=self_attention,
+            enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant,
+        )
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model.training_losses(batch["images"], batch["labels"])
+        loss = out["loss"]
+        bs = batch["images"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        for key in ("loss_cls", "loss_ss"):
+            if key in out:
+                self.log(f"train/{key}", out[key], batch_size=bs)
+        for i, group in enumerate(self.optimizers().param_groups):
+            self.log(f"lr/group{i}", group["lr"], batch_size=bs)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        backbone_params, new_params = self.model.param_groups()
+        opt, sched = poly_sgd(
+            [(backbone_params, hp.lr), (new_params, hp.lr * hp.new_layer_lr_mult)],
+            max_steps=int(self.trainer.estimated_stepping_batches), weight_decay=hp.weight_decay,
+            momentum=hp.momentum, power=hp.poly_power,
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
+        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+
+    # -- CAM seeds ---------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
+        """Write the CAM file of one image (plain branch only); skip it when already complete."""
+        if not self.hparams.cam_out:
+            raise ValueError("cam_out (the CAM output folder) must be set for prediction")
+        image_id = batch["id"][0]
+        if cam_is_complete(cam_path(self.hparams.cam_out, image_id)):
+            return None
+        strided, high = multiscale_cam(self.model.cam, batch["image"], self.hparams.cam_scales, self.hparams.cam_flip)
+        write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
+        return image_id
