@@ -71,6 +71,87 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc")
+    p.add_argument("--root", required=True, help="dataset root (see `rpnet data check`)")
+    p.add_argument("--split", default=split)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", default="auto", help="devices per node (DDP when more than one)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--accelerator", default="auto")
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.classifier import make_cams
+
+    n = make_cams(args.ckpt, args.out, root=args.root, dataset=args.dataset, split=args.split,
+                  scales=tuple(args.scales), flip=not args.no_flip, devices=_devices(args.devices),
+                  num_nodes=args.num_nodes, accelerator=args.accelerator)
+    print(f"wrote {n} CAM file(s) to {args.out}")
+    return 0
+
+
+def _eval_cam(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, format_report
+
+    result = evaluate_cams(args.cams, args.root, dataset=args.dataset, split=args.split,
+                           thresholds=tuple(args.thresholds or DEFAULT_THRESHOLDS),
+                           use_high_res=not args.strided)
+    print(format_report(result, title=f"CAM seeds: {args.cams}"))
+    if args.out:
+        print(f"wrote {write_json(args.out, result)}")
+    return 0
+
+
+def _eval_sem_seg(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
+
+    result = evaluate_masks(args.masks, args.root, dataset=args.dataset, split=args.split,
+                            ignore_pred=args.ignore_pred, weak=not args.all_images)
+    print(format_report(result, title=f"label maps: {args.masks}"))
+    if args.out:
+        print(f"wrote {write_json(args.out, result)}")
+    return 0
+
+
+def _ir_labels(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.ir_labels import make_ir_labels
+
+    n = make_ir_labels(args.cams, args.out, args.root, dataset=args.dataset, split=args.split,
+                       fg_threshold=args.fg_threshold, bg_threshold=args.bg_threshold, crf=not args.no_crf,
+                       workers=args.workers)
+    print(f"wrote {n} IR label PNG(s) to {args.out}")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from rpnet_pl.config import load_experiment
+    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"dataset.root={args.data}")
+    cfg = load_experiment(args.experiment, overrides)
+    if args.name:
+        cfg["name"] = args.name
+    steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                 steps=args.steps, tags=args.tag or [])
+    try:
+        run_steps(steps, dry_run=args.dry_run, force=args.force or [])
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpnet", description="RPNet weakly supervised segmentation suite.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,6 +175,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["train", "val"], choices=("train", "val"))
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
+    p = sub.add_parser("cam", help="multi-scale + flip CAM seeds of a split from a classifier checkpoint")
+    p.add_argument("--ckpt", required=True, help="classifier checkpoint (runs/<exp>/classifier/checkpoints/last.ckpt)")
+    p.add_argument("--out", required=True, help="output folder, one ID.npy per image")
+    _add_data_args(p, "train_aug")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
+    p.add_argument("--no-flip", action="store_true")
+    _add_device_args(p)
+    p.set_defaults(func=_cam)
+    p = sub.add_parser("eval-cam", help="mIoU of CAM seeds against the ground truth, over a threshold sweep")
+    p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
+    _add_data_args(p, "train")
+    p.add_argument("--thresholds", type=float, nargs="+", help="background thresholds (default 0.05..0.60 and 0.16)")
+    p.add_argument("--strided", action="store_true", help="score the stride-4 CAMs (upsampled) instead of high-res")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=_eval_cam)
+    p = sub.add_parser("ir-labels", help="IR labels (confident fg / bg / 255) from high-res CAMs, with denseCRF")
+    p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
+    p.add_argument("--out", required=True, help="output folder, one ID.png per image")
+    _add_data_args(p, "train_aug")
+    p.add_argument("--fg-threshold", type=float, default=0.30)
+    p.add_argument("--bg-threshold", type=float, default=0.05)
+    p.add_argument("--no-crf", action="store_true", help="threshold only, no denseCRF")
+    p.add_argument("--workers", type=int, default=None, help="CPU processes (default: all cores; 0 = inline)")
+    p.set_defaults(func=_ir_labels)
+    p = sub.add_parser("eval-sem-seg", help="mIoU of label PNGs (pseudo masks, predictions) against the ground truth")
+    p.add_argument("--masks", required=True, help="folder of ID.png label maps")
+    _add_data_args(p, "train")
+    p.add_argument("--ignore-pred", action="store_true", help="leave out pixels predicted 255 (IR labels)")
+    p.add_argument("--all-images", action="store_true", help="every id of the split, also those without a class label")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=_eval_sem_seg)
+
+    p = sub.add_parser("pipeline", help="run an experiment's steps in order (skips complete ones, resumes)")
+    p.add_argument("experiment", help="experiment YAML under experiments/")
+    p.add_argument("--data", help="dataset root (overrides dataset.root)")
+    p.add_argument("--runs", default="runs", help="runs folder; outputs go to RUNS/<name>/<step>/")
+    p.add_argument("--name", help="run name (default: the experiment's name)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"))
+    p.add_argument("--steps", nargs="+", help="only these steps")
+    p.add_argument("--force", nargs="+", help="re-run these steps even if complete")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
+    p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.set_defaults(func=_pipeline)
+
     p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
                        "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
                        add_help=False)

@@ -105,3 +105,27 @@ class ClassifierStage(pl.LightningModule):
         strided, high = multiscale_cam(self.model.cam, batch["image"], self.hparams.cam_scales, self.hparams.cam_flip)
         write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
         return image_id
+
+
+def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc", split: str = "train_aug",
+              scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0), flip: bool = True, devices: int | str = "auto",
+              num_nodes: int = 1, accelerator: str = "auto") -> int:
+    """`rpnet cam`: write the CAM file of every image of ``split`` that has none yet; returns how many
+    images were processed. Under DDP each rank writes a disjoint share of the images."""
+    from rpnet_pl.data.datamodules import InferenceDataModule
+    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.stages.common import inference_trainer
+
+    if not Path(ckpt).is_file():
+        raise DatasetError(f"{ckpt}: classifier checkpoint not found (train it with `rpnet fit classifier`)")
+    stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None,
+                                                 cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
+    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
+    reader = dm.reader
+    dm.skip_ids = {i for i in reader.ids if cam_is_complete(cam_path(out, i))}
+    todo = len(reader.ids) - len(dm.skip_ids)
+    if todo == 0:
+        return 0
+    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+    trainer.predict(stage, datamodule=dm, return_predictions=False)
+    return todo

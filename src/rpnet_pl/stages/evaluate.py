@@ -1,0 +1,189 @@
+"""Evaluate CAM seeds and label maps against the ground truth (IRN's eval_cam / eval_sem_seg).
+
+* :func:`evaluate_cams`: spec "CAM inference and evaluation": prepend a constant background
+  channel (the threshold) to the normalised CAMs, argmax, one confusion matrix over the split
+  per threshold; report the sweep (the paper's "seeds" column, 0.15/0.16 for ResNet-50 CAMs).
+* :func:`evaluate_masks`: label PNGs (pseudo masks, IR labels, DeepLab predictions) against the
+  ground truth (the paper's Table I "+BR" pseudo-mask figure and the val/test mIoU).
+
+Both return plain JSON-ready dicts (nan -> None); :func:`format_report` renders one as text.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rpnet_pl.data.classes import IGNORE_INDEX
+from rpnet_pl.data.datasets import DatasetName, build_reader
+from rpnet_pl.errors import DatasetError
+from rpnet_pl.io import read_label_png
+from rpnet_pl.ops.cam import ThresholdSweep
+from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
+from rpnet_pl.stages.cam_inference import cam_path, read_cam
+
+# 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
+
+
+def _num(v: float) -> float | None:
+    """JSON-safe float: nan -> None."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _per_class(values: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    return {name: _num(float(v)) for name, v in zip(names, values)}
+
+
+def _thr_key(t: float) -> str:
+    return f"{t:g}"
+
+
+def _missing(paths: Sequence[Path], what: str, folder: str | Path, split: str) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{folder}: {len(missing)} of {len(paths)} {what} file(s) of split {split!r} "
+                           f"are missing (first: {missing[0]})")
+
+
+def _summary(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    precision, recall = precision_recall(conf)
+    return {
+        "miou": _num(miou(conf)),
+        "per_class_iou": _per_class(iou_from_confusion(conf), names),
+        "precision": _per_class(precision, names),
+        "recall": _per_class(recall, names),
+    }
+
+
+def _cam_at_image_size(rec: dict[str, np.ndarray], shape: tuple[int, int], use_high_res: bool) -> np.ndarray:
+    """(K, H, W) float32 CAMs at the image size: the high-res map as stored, or the stride-4 map
+    upsampled x4 bilinearly and cropped to the image (keeps the stride-4 grid aligned)."""
+    if use_high_res:
+        return np.asarray(rec["high_res"], dtype=np.float32)
+    cam = torch.from_numpy(np.asarray(rec["cam"], dtype=np.float32))
+    if cam.shape[0] == 0:
+        return np.zeros((0, *shape), dtype=np.float32)
+    up = F.interpolate(cam[None], size=(cam.shape[1] * 4, cam.shape[2] * 4), mode="bilinear",
+                       align_corners=False)[0]
+    return up[:, : shape[0], : shape[1]].numpy()
+
+
+def evaluate_cams(
+    cams_dir: str | Path,
+    root: str | Path,
+    dataset: DatasetName = "voc",
+    split: str = "train",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    use_high_res: bool = True,
+) -> dict[str, Any]:
+    """mIoU of the CAM seeds of ``split`` for each background threshold (spec "Eval").
+
+    Reads ``cams_dir/ID.npy`` (see :func:`rpnet_pl.stages.cam_inference.read_cam`) for every
+    labelled image of the split and its ground-truth mask. Returns ``{"split", "dataset",
+    "n_images", "thresholds": {"0.15": {"miou", "per_class"}}, "best_threshold", "best_miou",
+    "per_class_iou", "precision", "recall"}`` (the last three per class name, at the best
+    threshold; None where a class is absent from both gt and prediction).
+    A missing CAM file raises a DatasetError naming how many are missing and the first one.
+    """
+    reader = build_reader(dataset, root, split, weak=True)
+    names = reader.class_names
+    _missing([cam_path(cams_dir, i) for i in reader.ids], "CAM", cams_dir, split)
+    sweep = ThresholdSweep(thresholds, reader.num_classes, IGNORE_INDEX)
+    for image_id in reader.ids:
+        rec = read_cam(cams_dir, image_id)
+        gt = reader.mask(image_id)
+        cams = _cam_at_image_size(rec, gt.shape, use_high_res)
+        if cams.shape[1:] != gt.shape:
+            raise DatasetError(f"{cam_path(cams_dir, image_id)}: CAM size {cams.shape[2]}x{cams.shape[1]} "
+                               f"differs from its mask {gt.shape[1]}x{gt.shape[0]}")
+        sweep.update(cams, rec["keys"], gt)
+    best_t, best_m = sweep.best()
+    best = _summary(sweep.confusion[best_t], names)
+    return {
+        "split": split,
+        "dataset": dataset,
+        "n_images": len(reader.ids),
+        "cam": "high_res" if use_high_res else "strided",
+        "thresholds": {
+            _thr_key(t): {"miou": _num(m), "per_class": _per_class(iou, names)}
+            for t, (m, iou) in sweep.results().items()
+        },
+        "best_threshold": best_t,
+        "best_miou": _num(best_m),
+        "per_class_iou": best["per_class_iou"],
+        "precision": best["precision"],
+        "recall": best["recall"],
+    }
+
+
+def evaluate_masks(
+    masks_dir: str | Path,
+    root: str | Path,
+    dataset: DatasetName = "voc",
+    split: str = "train",
+    ignore_pred: bool = False,
+    weak: bool = True,
+) -> dict[str, Any]:
+    """mIoU of label PNGs ``masks_dir/ID.png`` against the ground truth of ``split`` (IRN's
+    eval_sem_seg; the paper's pseudo-mask and val/test figures).
+
+    Each PNG must have its mask's size (DatasetError naming the file otherwise). With
+    ``ignore_pred`` pixels predicted 255 are left out (to score IR labels on their confident
+    pixels); otherwise a 255 prediction on a labelled pixel is an error. ``weak=True`` evaluates
+    the images the weakly supervised stages produce outputs for (those with a class label);
+    ``weak=False`` every id of the split file. Returns ``{"split", "dataset", "n_images", "miou",
+    "per_class_iou", "precision", "recall"}``.
+    """
+    reader = build_reader(dataset, root, split, weak=weak)
+    names = reader.class_names
+    masks_dir = Path(masks_dir)
+    paths = [masks_dir / f"{i}.png" for i in reader.ids]
+    _missing(paths, "label PNG", masks_dir, split)
+    c = reader.num_classes
+    conf = np.zeros((c, c), dtype=np.int64)
+    for image_id, path in zip(reader.ids, paths):
+        gt = reader.mask(image_id)
+        pred = read_label_png(path)
+        if pred.shape != gt.shape:
+            raise DatasetError(f"{path}: size {pred.shape[1]}x{pred.shape[0]} differs from the ground truth "
+                               f"{gt.shape[1]}x{gt.shape[0]}")
+        try:
+            conf += confusion_matrix(pred, gt, c, IGNORE_INDEX, ignore_pred=ignore_pred)
+        except ValueError as exc:
+            raise DatasetError(f"{path}: {exc}") from None
+    return {"split": split, "dataset": dataset, "n_images": len(reader.ids), **_summary(conf, names)}
+
+
+def _values(per_class: dict[str, float | None], names: Sequence[str]) -> np.ndarray:
+    return np.array([np.nan if per_class.get(n) is None else per_class[n] for n in names], dtype=np.float64)
+
+
+def format_report(result: dict[str, Any], title: str | None = None) -> str:
+    """Text report of an :func:`evaluate_cams` / :func:`evaluate_masks` result: the threshold
+    sweep (when there is one), then a Table-XI-style per-class table with precision and recall
+    rows (x100; the last column is the mean over classes)."""
+    names = list(result["per_class_iou"])
+    lines: list[str] = []
+    if title:
+        lines += [title, ""]
+    if "thresholds" in result:
+        lines += ["| threshold | mIoU |", "|---|---|"]
+        for t, v in result["thresholds"].items():
+            m = v["miou"]
+            lines.append(f"| {t} | {'-' if m is None else f'{100 * m:.1f}'} |")
+        best = result["best_miou"]
+        lines += ["", f"best threshold {result['best_threshold']:g}: mIoU "
+                      f"{'-' if best is None else f'{100 * best:.1f}'}", ""]
+        row = f"IoU @ {result['best_threshold']:g}"
+    else:
+        row = "IoU"
+    lines.append(format_iou_table(_values(result["per_class_iou"], names), names, row_name=row))
+    for key in ("precision", "recall"):
+        lines.append(format_iou_table(_values(result[key], names), names, row_name=key).splitlines()[2])
+    lines.append(f"({result['n_images']} image(s), split {result['split']})")
+    return "\n".join(lines)

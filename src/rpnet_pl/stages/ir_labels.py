@@ -1,0 +1,157 @@
+"""IR labels for the boundary network (spec "Stage 2: IRN", IRN's cam_to_ir_label step).
+
+From each image's high-res CAMs: background at ``fg_threshold`` (0.30) -> argmax -> denseCRF,
+and the same at ``bg_threshold`` (0.05); confident foreground from the first map, confident
+background from the second, 255 elsewhere. One VOC-palette PNG per image, written atomically.
+
+The work is per image and CPU bound (the CRF), so it runs on a process pool. It resumes: an
+image whose PNG exists, decodes and has the image's size is skipped; a corrupted one is redone.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
+from rpnet_pl.data.datasets import DatasetName, Reader, build_reader
+from rpnet_pl.errors import DatasetError
+from rpnet_pl.io import read_label_png, write_label_png
+from rpnet_pl.ops.cam import cam_to_ir_label
+from rpnet_pl.ops.crf import crf_inference_label
+from rpnet_pl.stages.cam_inference import cam_path, read_cam
+
+log = logging.getLogger(__name__)
+
+CRF_OPTIONS: tuple[str, ...] = tuple(
+    name for name, p in inspect.signature(crf_inference_label).parameters.items() if p.kind is p.KEYWORD_ONLY
+)
+
+
+def ir_label_path(out_dir: str | Path, image_id: str) -> Path:
+    return Path(out_dir) / f"{image_id}.png"
+
+
+def label_is_complete(path: Path, shape: tuple[int, int]) -> bool:
+    """True if ``path`` is a readable label PNG of size ``shape`` (H, W)."""
+    if not path.is_file():
+        return False
+    try:
+        return read_label_png(path).shape == tuple(shape)
+    except DatasetError:
+        return False
+
+
+def ir_label(
+    cams_dir: str | Path,
+    image_id: str,
+    image: np.ndarray,
+    fg_threshold: float = 0.30,
+    bg_threshold: float = 0.05,
+    crf_fn: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = crf_inference_label,
+) -> np.ndarray:
+    """(H, W) uint8 IR label of one image from its high-res CAM record (spec "Stage 2")."""
+    path = cam_path(cams_dir, image_id)
+    rec = read_cam(cams_dir, image_id)
+    cams = np.asarray(rec["high_res"], dtype=np.float32)
+    if cams.shape[1:] != image.shape[:2]:
+        raise DatasetError(f"{path}: high-res CAM size {cams.shape[2]}x{cams.shape[1]} differs from its image "
+                           f"{image.shape[1]}x{image.shape[0]}")
+    return cam_to_ir_label(cams, rec["keys"], image, fg_thres=fg_threshold, bg_thres=bg_threshold,
+                           crf_fn=crf_fn, ignore_index=IGNORE_INDEX)
+
+
+# -- worker side ---------------------------------------------------------------------------------
+_JOB: dict[str, Any] = {}
+
+
+def _init_job(reader: Reader, cams_dir: str, out_dir: str, fg: float, bg: float,
+              crf_fn: Callable | None) -> None:
+    _JOB.update(reader=reader, cams_dir=cams_dir, out_dir=out_dir, fg=fg, bg=bg, crf_fn=crf_fn,
+                palette=voc_palette())
+
+
+def _do_one(image_id: str) -> bool:
+    """Write one image's IR label unless a complete one exists; True if written."""
+    job = _JOB
+    image = job["reader"].image(image_id)
+    out = ir_label_path(job["out_dir"], image_id)
+    if label_is_complete(out, image.shape[:2]):
+        return False
+    label = ir_label(job["cams_dir"], image_id, image, job["fg"], job["bg"], job["crf_fn"])
+    write_label_png(out, label, job["palette"])
+    return True
+
+
+def _init_worker(*args: Any) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _init_job(*args)
+
+
+def make_ir_labels(
+    cams_dir: str | Path,
+    out_dir: str | Path,
+    root: str | Path,
+    dataset: DatasetName = "voc",
+    split: str = "train_aug",
+    fg_threshold: float = 0.30,
+    bg_threshold: float = 0.05,
+    crf: bool = True,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    **crf_kwargs: float,
+) -> int:
+    """Write ``out_dir/ID.png`` IR labels for every labelled image of ``split`` (spec "Stage 2").
+
+    ``crf=False`` skips the denseCRF (exact thresholding; for tests and ablations);
+    ``crf_kwargs`` go to :func:`rpnet_pl.ops.crf.crf_inference_label` (``t``, ``gt_prob``,
+    ``gauss_sxy``, ``gauss_compat``, ``bi_sxy``, ``bi_srgb``, ``bi_compat``). ``workers``:
+    processes (default ``os.cpu_count()``; 0 or 1 runs in this process). Resumable: complete
+    PNGs are skipped. Returns the number of PNGs written.
+    """
+    if not 0.0 <= bg_threshold <= fg_threshold:
+        raise ValueError(f"need 0 <= bg_threshold <= fg_threshold, got {bg_threshold} and {fg_threshold}")
+    unknown = sorted(set(crf_kwargs) - set(CRF_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown CRF option(s) {unknown}; known: {list(CRF_OPTIONS)}")
+    if crf_kwargs and not crf:
+        raise ValueError("CRF options given with crf=False")
+    reader = build_reader(dataset, root, split, weak=True)
+    ids = list(reader.ids)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Fail early, naming the first missing CAM, for the images that still need one.
+    todo = [i for i in ids if not ir_label_path(out_dir, i).is_file()]
+    missing = [cam_path(cams_dir, i) for i in todo if not cam_path(cams_dir, i).is_file()]
+    if missing:
+        raise DatasetError(f"{cams_dir}: {len(missing)} of {len(ids)} CAM file(s) of split {split!r} are "
+                           f"missing (first: {missing[0]})")
+    crf_fn = functools.partial(crf_inference_label, **crf_kwargs) if crf else None
+    init_args = (reader, str(cams_dir), str(out_dir), float(fg_threshold), float(bg_threshold), crf_fn)
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(workers, len(ids))
+    written = 0
+    if workers <= 1:
+        _init_job(*init_args)
+        for k, image_id in enumerate(ids, 1):
+            written += _do_one(image_id)
+            if k % 500 == 0:
+                log.info("IR labels: %d/%d images (%d written)", k, len(ids), written)
+    else:
+        chunksize = chunksize or max(1, min(32, len(ids) // (workers * 4)))
+        # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=init_args) as pool:
+            for k, done in enumerate(pool.map(_do_one, ids, chunksize=chunksize), 1):
+                written += done
+                if k % 500 == 0:
+                    log.info("IR labels: %d/%d images (%d written)", k, len(ids), written)
+    log.info("IR labels: %d image(s), %d written to %s", len(ids), written, out_dir)
+    return written

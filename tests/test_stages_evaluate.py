@@ -1,0 +1,200 @@
+"""CAM and label-map evaluation on the tiny VOC tree, with hand-computed IoUs.
+
+tiny_voc: four 16x20 images; row 0 is 255 (ignored); class j of an image is the 4x4 block
+rows 1:5, cols 1+4j:5+4j. So the 300 labelled pixels per image hold 16 per class, the rest
+background: background 284 + 268 + 284 + 284 = 1120 gt pixels over the split.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rpnet_pl.cli import main
+from rpnet_pl.data.classes import voc_palette
+from rpnet_pl.data.datasets import build_reader
+from rpnet_pl.errors import DatasetError
+from rpnet_pl.io import write_label_png
+from rpnet_pl.stages.cam_inference import cam_path, write_cam
+from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_masks, format_report
+
+A, B = "2007_000001", "2007_000002"  # A: {1}; B: {1, 2}
+
+
+def exact_cams(root: Path, out: Path, split: str = "train") -> dict[str, np.ndarray]:
+    """CAMs equal to the gt regions (1.0 inside, 0 outside); returns the gt masks."""
+    reader = build_reader("voc", root, split)
+    masks = {}
+    for i in reader.ids:
+        gt = reader.mask(i)
+        keys = reader.labels(i)
+        high = np.stack([(gt == k) for k in keys]).astype(np.float16)
+        write_cam(out, i, {"keys": keys.astype(np.int64), "cam": high[:, ::4, ::4].astype(np.float32),
+                           "high_res": high})
+        masks[i] = gt
+    return masks
+
+
+def test_default_thresholds() -> None:
+    assert 0.15 in DEFAULT_THRESHOLDS and 0.16 in DEFAULT_THRESHOLDS
+    assert DEFAULT_THRESHOLDS[0] == 0.05 and DEFAULT_THRESHOLDS[-1] == 0.6
+    assert list(DEFAULT_THRESHOLDS) == sorted(DEFAULT_THRESHOLDS)
+
+
+def test_exact_cams_give_miou_one(tiny_voc: Path, tmp_path: Path) -> None:
+    exact_cams(tiny_voc, tmp_path / "cams")
+    res = evaluate_cams(tmp_path / "cams", tiny_voc, split="train", thresholds=(0.15, 0.5))
+    assert res["n_images"] == 4
+    assert res["thresholds"]["0.5"]["miou"] == 1.0 and res["thresholds"]["0.15"]["miou"] == 1.0
+    assert res["best_miou"] == 1.0
+    pc = res["per_class_iou"]
+    assert pc["background"] == pc["aeroplane"] == pc["bicycle"] == pc["person"] == 1.0
+    assert pc["cat"] is None  # absent from gt and prediction
+    assert res["precision"]["bicycle"] == 1.0 and res["recall"]["person"] == 1.0
+    json.dumps(res, allow_nan=False)  # JSON-safe
+
+
+def test_half_covered_object(tiny_voc: Path, tmp_path: Path) -> None:
+    cams = tmp_path / "cams"
+    exact_cams(tiny_voc, cams)
+    # Image A: the top half of its class-1 block scores 1.0, the bottom half 0.375 (exact in float16).
+    high = np.zeros((1, 16, 20), dtype=np.float16)
+    high[0, 1:3, 1:5] = 1.0
+    high[0, 3:5, 1:5] = 0.375
+    write_cam(cams, A, {"keys": np.array([1]), "cam": high[:, ::4, ::4].astype(np.float32), "high_res": high})
+    res = evaluate_cams(cams, tiny_voc, split="train", thresholds=(0.2, 0.35, 0.4, 0.5))
+    # thr < 0.375: exact. thr >= 0.375: 8 of A's 16 class-1 pixels go to background.
+    assert res["thresholds"]["0.2"]["miou"] == 1.0 and res["thresholds"]["0.35"]["miou"] == 1.0
+    # class 1: gt 32 (A 16 + B 16), predicted 24, all correct -> 24/32; background: gt 1120,
+    # predicted 1128 -> 1120/1128; classes 2 and 15 exact.
+    iou_bg, iou_1 = 1120 / 1128, 24 / 32
+    for t in ("0.4", "0.5"):
+        per = res["thresholds"][t]["per_class"]
+        assert per["aeroplane"] == pytest.approx(iou_1) and per["background"] == pytest.approx(iou_bg)
+        assert per["bicycle"] == 1.0 and per["person"] == 1.0
+        assert res["thresholds"][t]["miou"] == pytest.approx((iou_bg + iou_1 + 1 + 1) / 4)
+    assert res["best_threshold"] in (0.2, 0.35) and res["best_miou"] == 1.0
+
+
+def test_half_covered_at_best_reports_precision_recall(tiny_voc: Path, tmp_path: Path) -> None:
+    cams = tmp_path / "cams"
+    exact_cams(tiny_voc, cams)
+    high = np.zeros((1, 16, 20), dtype=np.float16)
+    high[0, 1:3, 1:5] = 1.0
+    write_cam(cams, A, {"keys": np.array([1]), "cam": high[:, ::4, ::4].astype(np.float32), "high_res": high})
+    res = evaluate_cams(cams, tiny_voc, split="train", thresholds=(0.5,))
+    assert res["best_threshold"] == 0.5
+    assert res["per_class_iou"]["aeroplane"] == pytest.approx(0.75)
+    assert res["precision"]["aeroplane"] == 1.0 and res["recall"]["aeroplane"] == pytest.approx(0.75)
+    assert res["precision"]["background"] == pytest.approx(1120 / 1128) and res["recall"]["background"] == 1.0
+    text = format_report(res)
+    assert "| 0.5 |" in text and "| precision |" in text and "| recall |" in text and "75.0" in text
+
+
+def test_missing_cam_names_file(tiny_voc: Path, tmp_path: Path) -> None:
+    cams = tmp_path / "cams"
+    exact_cams(tiny_voc, cams)
+    cam_path(cams, B).unlink()
+    with pytest.raises(DatasetError, match=r"1 of 4 CAM file.*" + B + r"\.npy"):
+        evaluate_cams(cams, tiny_voc, split="train")
+
+
+def test_cam_size_mismatch(tiny_voc: Path, tmp_path: Path) -> None:
+    cams = tmp_path / "cams"
+    exact_cams(tiny_voc, cams)
+    high = np.ones((1, 8, 8), dtype=np.float16)
+    write_cam(cams, A, {"keys": np.array([1]), "cam": high.astype(np.float32), "high_res": high})
+    with pytest.raises(DatasetError, match=A + r"\.npy.*differs"):
+        evaluate_cams(cams, tiny_voc, split="train")
+
+
+def test_strided_cams(tiny_voc: Path, tmp_path: Path) -> None:
+    """Constant 0.5 stride-4 CAMs (first label only) upsample to a constant 0.5 at image size."""
+    cams = tmp_path / "cams"
+    reader = build_reader("voc", tiny_voc, "train")
+    for i in reader.ids:
+        write_cam(cams, i, {"keys": reader.labels(i)[:1], "cam": np.full((1, 4, 5), 0.5, np.float32),
+                            "high_res": np.zeros((1, 16, 20), np.float16)})
+    # Above 0.5 all background: bg gt 1120, predicted 1200 (80 fg pixels missed); fg IoU 0.
+    low = evaluate_cams(cams, tiny_voc, thresholds=(0.6,), use_high_res=False)
+    assert low["per_class_iou"]["background"] == pytest.approx(1120 / 1200)
+    assert low["per_class_iou"]["aeroplane"] == 0.0
+    assert evaluate_cams(cams, tiny_voc, thresholds=(0.4,))["per_class_iou"] == low["per_class_iou"]
+    # Below 0.5 every labelled pixel is its image's first class: A, B -> 1; C -> 2; D -> 15.
+    fg = evaluate_cams(cams, tiny_voc, thresholds=(0.4,), use_high_res=False)["per_class_iou"]
+    assert fg["background"] == 0.0
+    assert fg["aeroplane"] == pytest.approx(32 / 600)  # gt 32, pred 600, tp 32
+    assert fg["bicycle"] == pytest.approx(16 / (32 + 300 - 16))  # gt 32 (B, C), pred 300 (C), tp 16
+    assert fg["person"] == pytest.approx(16 / 300)
+
+
+def write_masks(root: Path, out: Path) -> dict[str, np.ndarray]:
+    reader = build_reader("voc", root, "train")
+    masks = {i: reader.mask(i) for i in reader.ids}
+    for i, m in masks.items():
+        write_label_png(out / f"{i}.png", m, voc_palette())
+    return masks
+
+
+def test_masks_equal_to_gt(tiny_voc: Path, tmp_path: Path) -> None:
+    write_masks(tiny_voc, tmp_path / "m")
+    res = evaluate_masks(tmp_path / "m", tiny_voc, split="train")
+    assert res["miou"] == 1.0 and res["n_images"] == 4
+    assert res["per_class_iou"]["person"] == 1.0 and res["per_class_iou"]["cat"] is None
+
+
+def test_masks_altered(tiny_voc: Path, tmp_path: Path) -> None:
+    masks = write_masks(tiny_voc, tmp_path / "m")
+    m = masks[B].copy()
+    m[1:5, 5] = 1  # B's class-2 block (cols 5:9): its left column (4 px) predicted as class 1
+    write_label_png(tmp_path / "m" / f"{B}.png", m, voc_palette())
+    res = evaluate_masks(tmp_path / "m", tiny_voc, split="train")
+    # class 1: gt 32, pred 36, tp 32; class 2: gt 32, pred 28, tp 28.
+    assert res["per_class_iou"]["aeroplane"] == pytest.approx(32 / 36)
+    assert res["per_class_iou"]["bicycle"] == pytest.approx(28 / 32)
+    assert res["per_class_iou"]["background"] == 1.0
+    assert res["miou"] == pytest.approx((1 + 32 / 36 + 28 / 32 + 1) / 4)
+    assert res["precision"]["aeroplane"] == pytest.approx(32 / 36)
+    assert res["recall"]["bicycle"] == pytest.approx(28 / 32)
+
+
+def test_masks_ignore_pred(tiny_voc: Path, tmp_path: Path) -> None:
+    masks = write_masks(tiny_voc, tmp_path / "m")
+    m = masks[A].copy()
+    m[1:5, 1:3] = 255  # half of A's class-1 block unsure
+    write_label_png(tmp_path / "m" / f"{A}.png", m, voc_palette())
+    with pytest.raises(DatasetError, match=A + r"\.png.*ignore_pred"):
+        evaluate_masks(tmp_path / "m", tiny_voc)
+    assert evaluate_masks(tmp_path / "m", tiny_voc, ignore_pred=True)["miou"] == 1.0
+
+
+def test_masks_size_and_missing(tiny_voc: Path, tmp_path: Path) -> None:
+    write_masks(tiny_voc, tmp_path / "m")
+    write_label_png(tmp_path / "m" / f"{A}.png", np.zeros((10, 10), np.uint8), voc_palette())
+    with pytest.raises(DatasetError, match=A + r"\.png: size 10x10 differs"):
+        evaluate_masks(tmp_path / "m", tiny_voc)
+    (tmp_path / "m" / f"{A}.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 4 label PNG.*" + A + r"\.png"):
+        evaluate_masks(tmp_path / "m", tiny_voc)
+
+
+def test_cli_eval_cam_and_sem_seg(tiny_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    exact_cams(tiny_voc, tmp_path / "cams")
+    out = tmp_path / "metrics" / "cam.json"
+    assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc),
+                 "--thresholds", "0.15", "0.5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["best_miou"] == 1.0 and set(res["thresholds"]) == {"0.15", "0.5"}
+    printed = capsys.readouterr().out
+    assert "| threshold | mIoU |" in printed and "| recall |" in printed
+
+    write_masks(tiny_voc, tmp_path / "m")
+    out2 = tmp_path / "metrics" / "masks.json"
+    assert main(["eval-sem-seg", "--masks", str(tmp_path / "m"), "--root", str(tiny_voc), "--out", str(out2)]) == 0
+    assert json.loads(out2.read_text())["miou"] == 1.0
+
+    cam_path(tmp_path / "cams", A).unlink()
+    assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc)]) == 2
+    assert f"{A}.npy" in capsys.readouterr().err
