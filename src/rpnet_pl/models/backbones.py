@@ -1,0 +1,344 @@
+"""Backbones from timm's registry, returning five feature levels (spec "Stage 1: Backbone").
+
+``build_backbone(name)`` gives a :class:`Backbone` whose ``forward(x)`` returns the five levels
+``[stem, block1, block2, block3, block4]``. Channels and strides come from timm's
+``feature_info`` (never hard-coded). For ResNets the stem level is taken *after* the max-pool
+(stride 4, 64 channels), where IRN's stage 1 begins its ``layer1``; timm's own first feature is
+the pre-pool activation at stride 2, so we apply the network's max-pool to it. Every backbone
+gets the same treatment (a 3x3/2 max-pool on a stride-2 stem level), so the stem level is always
+at stride 4 and ``strides`` reads ``[4, 4, 8, 16, 16]`` at output stride 16 and
+``[4, 4, 8, 8, 8]`` at output stride 8.
+
+``output_stride`` 16 makes the last stage stride 1, 8 the last two. With ``dilated=True`` (timm's
+standard, DeepLab's) those stages use dilated convolutions; with ``dilated=False`` they keep
+dilation 1, as IRN's ResNet-50 with ``strides=(2, 2, 2, 1)`` does (the RPNet/IRN classifier code).
+
+Frozen policy (IRN): the stem convolution and its BatchNorm get no gradient (``freeze_stem``);
+with ``freeze_bn`` every BatchNorm stays in eval mode whatever ``train()`` says (running
+statistics never move) and, when ``freeze_bn_affine`` is also true, its weight and bias get no
+gradient. IRN's ``FixedBatchNorm`` freezes the statistics only and leaves the affine parameters
+trainable (except the stem's ``bn1``): ``freeze_bn_affine=False`` is that behaviour.
+
+Xception: timm's ``legacy_xception`` (the Keras/Cadene port) has no ``output_stride``; we use
+``xception65`` (the aligned DeepLab-v3+ Xception, which supports ``output_stride``/dilation). Its
+ImageNet weights expect mean = std = 0.5 normalisation, unlike the ResNets.
+
+Weights: ``pretrained=True`` asks timm for the torchvision ImageNet weights (the ``tv_in1k`` tags,
+which is what the IRN/RPNet code loads); offline, this fails with :class:`PretrainedWeightsError`
+telling the user to fetch the file elsewhere and pass ``weights: /path/to/file.pth``.
+``weights=PATH`` loads a local state dict with torchvision or timm key names (``.pth``/``.pt``/
+``.bin`` via ``torch.load``, or ``.safetensors``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from rpnet_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Our backbone names -> timm model names (with the pretrained tag timm should download).
+BACKBONES: dict[str, str] = {
+    "resnet18": "resnet18.tv_in1k",
+    "resnet50": "resnet50.tv_in1k",
+    "resnet101": "resnet101.tv_in1k",
+    "resnext50": "resnext50_32x4d.tv_in1k",
+    "resnext101": "resnext101_32x8d.tv_in1k",
+    "xception": "xception65.tf_in1k",
+    "wide_resnet50": "wide_resnet50_2.tv_in1k",
+    "wide_resnet101": "wide_resnet101_2.tv_in1k",
+}
+
+#: Top-level module names that make up the stem (frozen by ``freeze_stem``): ResNets' conv1/bn1,
+#: Xception's ``stem`` (flattened by timm's feature wrapper to ``stem_0``, ``stem_1``).
+_STEM_PREFIXES = ("conv1", "bn1", "stem")
+
+#: Key prefixes stripped from a loaded state dict (DataParallel, Lightning, our own wrappers).
+_STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.")
+
+#: Classification-head keys dropped from a loaded state dict.
+_HEAD_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.")
+
+#: ``load_backbone_weights`` refuses a file that provides fewer than this share of the tensors.
+MIN_MATCHED_FRACTION = 0.5
+
+
+class PretrainedWeightsError(ConfigError):
+    """ImageNet weights could not be fetched or a local weights file could not be used."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did: keys loaded, missing, unexpected, shape-mismatched."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+
+class Backbone(nn.Module):
+    """A timm feature extractor returning the five levels ``[stem, block1, block2, block3, block4]``.
+
+    Attributes:
+        channels: channels of the five levels, from timm's ``feature_info``.
+        strides: their output strides (stem level after the max-pool: 4).
+        name: our backbone name (a key of :data:`BACKBONES`).
+    """
+
+    channels: list[int]
+    strides: list[int]
+
+    def __init__(self, body: nn.Module, name: str, freeze_stem: bool = True, freeze_bn: bool = True,
+                 freeze_bn_affine: bool = True) -> None:
+        super().__init__()
+        self.body = body
+        self.name = name
+        info = body.feature_info
+        if len(info.channels()) != 5:
+            raise ConfigError(f"backbone {name!r}: expected 5 feature levels from timm, got {len(info.channels())}")
+        self.channels = list(info.channels())
+        self.strides = list(info.reduction())
+        # A stride-2 stem level is max-pooled to stride 4 (the ResNet stem's own max-pool).
+        self.pool_stem = self.strides[0] * 2 == self.strides[1]
+        if self.pool_stem:
+            self.strides[0] *= 2
+        self.freeze_bn = freeze_bn
+        self.load_report: LoadReport | None = None  # set when weights come from a local file
+        self._detach_level: int | None = None
+        self._install_detach_hooks(info.module_name())
+        if freeze_stem:
+            for top, module in body.named_children():
+                if top.startswith(_STEM_PREFIXES):
+                    for p in module.parameters():
+                        p.requires_grad_(False)
+        if freeze_bn and freeze_bn_affine:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+        self.train(self.training)
+
+    # -- detaching at a level (IRN: ``x = stage2(stage1(x)).detach()``) --------------------------
+    def _resolve(self, path: str) -> tuple[nn.Module, str]:
+        """A feature module path of the original model -> (module in ``body``, its top-level name).
+
+        timm's feature wrappers flatten the top two names (``blocks.2`` -> ``blocks_2``)."""
+        parts = path.split(".")
+        for n_top in (1, 2):
+            top = "_".join(parts[:n_top])
+            if top in dict(self.body.named_children()):
+                module = self.body.get_submodule(top)
+                rest = ".".join(parts[n_top:])
+                return (module.get_submodule(rest) if rest else module), top
+        raise ConfigError(f"backbone {self.name!r}: feature module {path!r} not found")
+
+    def _install_detach_hooks(self, paths: list[str]) -> None:
+        # Hooks are partials of bound methods so that ``copy.deepcopy`` rebinds them to the copy.
+        for level, path in enumerate(paths):
+            module, top = self._resolve(path)
+            module.register_forward_hook(partial(self._out_hook, level))
+            if module is not self.body.get_submodule(top):
+                # A level taken inside a block: also cut the block's input so its shortcut carries
+                # no gradient back into earlier levels.
+                self.body.get_submodule(top).register_forward_pre_hook(partial(self._in_hook, level))
+
+    def _out_hook(self, level: int, module: nn.Module, inputs: Any, output: Tensor) -> Tensor | None:
+        return output.detach() if self._detach_level == level else None
+
+    def _in_hook(self, level: int, module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if self._detach_level != level:
+            return None
+        return tuple(t.detach() if isinstance(t, Tensor) else t for t in inputs)
+
+    # -- nn.Module ---------------------------------------------------------------------------
+    def forward(self, x: Tensor, detach_level: int | None = None) -> list[Tensor]:
+        """(N, 3, H, W) -> the five levels, level i of shape (N, channels[i], H/strides[i], W/strides[i])
+        (rounded up).
+
+        ``detach_level=L`` cuts the graph at level L: no gradient reaches the parameters that
+        compute levels 0..L, and the returned levels 0..L are detached (RPNet/IRN use ``L=2``).
+        """
+        if detach_level is not None and not 0 <= detach_level < 5:
+            raise ValueError(f"detach_level must be in 0..4, got {detach_level}")
+        self._detach_level = detach_level
+        try:
+            feats = list(self.body(x))
+        finally:
+            self._detach_level = None
+        if self.pool_stem:
+            feats[0] = F.max_pool2d(feats[0], kernel_size=3, stride=2, padding=1)
+        if detach_level is not None:
+            feats = [f.detach() if i <= detach_level else f for i, f in enumerate(feats)]
+        return feats
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Set the mode; with ``freeze_bn`` every BatchNorm stays in eval mode."""
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
+def _undilate(body: nn.Module) -> None:
+    """Set every dilated (stride-1) convolution to dilation 1, keeping the output size."""
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d) and m.dilation != (1, 1):
+            if m.stride != (1, 1) or not isinstance(m.padding, tuple):
+                raise ConfigError(f"cannot undilate a strided or dynamically padded convolution: {m}")
+            m.dilation = (1, 1)
+            m.padding = ((m.kernel_size[0] - 1) // 2, (m.kernel_size[1] - 1) // 2)
+
+
+def build_backbone(
+    name: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    output_stride: int = 16,
+    freeze_stem: bool = True,
+    freeze_bn: bool = True,
+    dilated: bool = True,
+    freeze_bn_affine: bool = True,
+) -> Backbone:
+    """Build one of :data:`BACKBONES` as a five-level :class:`Backbone`.
+
+    Args:
+        name: our backbone name (``resnet50``, ``resnext50``, ``resnext101``, ...).
+        pretrained: load timm's ImageNet weights (needs the network; see :class:`PretrainedWeightsError`).
+        weights: path of a local state dict (torchvision or timm key names); wins over ``pretrained``.
+        output_stride: 32, 16 (last stage stride 1) or 8 (last two stages stride 1).
+        freeze_stem: no gradient for the stem convolution and its BatchNorm.
+        freeze_bn: BatchNorm always in eval mode (frozen running statistics).
+        dilated: dilate the stride-1 stages (timm/DeepLab); ``False`` keeps dilation 1 as IRN does.
+        freeze_bn_affine: with ``freeze_bn``, no gradient for the BatchNorm weights and biases either.
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if output_stride not in (8, 16, 32):
+        raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    timm_name = BACKBONES[name]
+    kwargs: dict[str, Any] = {"features_only": True, "output_stride": output_stride}
+    if pretrained and weights is None:
+        try:
+            body = timm.create_model(timm_name, pretrained=True, **kwargs)
+        except Exception as exc:  # offline: HF hub / URL errors of many kinds
+            raise PretrainedWeightsError(
+                f"could not fetch the ImageNet weights of {name!r} ({timm_name}) through timm: "
+                f"{type(exc).__name__}: {exc}. Download them on a machine with internet access "
+                f"(e.g. torchvision's or timm's {timm_name} checkpoint) and pass "
+                f"`weights: /path/to/file.pth` (with `pretrained: false`)."
+            ) from exc
+    else:
+        body = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if not dilated:
+        _undilate(body)
+    backbone = Backbone(body, name, freeze_stem=freeze_stem, freeze_bn=freeze_bn, freeze_bn_affine=freeze_bn_affine)
+    if weights is not None:
+        backbone.load_report = load_backbone_weights(backbone, weights)
+    return backbone
+
+
+# -- local weights ------------------------------------------------------------------------------
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{path}: backbone weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PretrainedWeightsError(
+            f"{path}: cannot read backbone weights ({type(exc).__name__}: {exc}); expected a PyTorch "
+            f"state dict (.pth/.pt/.bin) or a .safetensors file") from exc
+    for key in ("state_dict", "model", "module", "net"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise PretrainedWeightsError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def _normalise_key(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path,
+                          min_fraction: float = MIN_MATCHED_FRACTION) -> LoadReport:
+    """Load a local state dict into ``backbone`` and return what matched.
+
+    Keys may be torchvision's or timm's (identical for ResNets; timm's feature wrapper flattens
+    ``blocks.0`` to ``blocks_0``, handled here); ``module.``/``model.``/``backbone.``/``body.``
+    prefixes are stripped and classification-head keys (``fc.*``, ``head.*``) dropped. Missing,
+    and unexpected keys are logged. Raises :class:`PretrainedWeightsError` when the file is missing
+    or unreadable, when a tensor's shape differs from the model's (another architecture), or when
+    it provides fewer than ``min_fraction`` of the backbone's tensors (the wrong file).
+    """
+    path = Path(path)
+    source = _read_state_dict(path)
+    target = backbone.body.state_dict()
+    wanted = [k for k in target if not k.endswith("num_batches_tracked")]
+    report = LoadReport(path=str(path))
+    matched: dict[str, Tensor] = {}
+    for raw_key, value in source.items():
+        key = _normalise_key(raw_key)
+        if key.startswith(_HEAD_PREFIXES):
+            continue
+        candidates = [key]
+        parts = key.split(".")
+        if len(parts) > 2:
+            candidates.append("_".join(parts[:2]) + "." + ".".join(parts[2:]))
+        hit = next((c for c in candidates if c in target), None)
+        if hit is None:
+            if not key.endswith("num_batches_tracked"):
+                report.unexpected.append(raw_key)
+        elif target[hit].shape != value.shape:
+            report.mismatched.append(f"{raw_key}: file {tuple(value.shape)} vs model {tuple(target[hit].shape)}")
+        else:
+            matched[hit] = value
+    report.loaded = sorted(matched)
+    report.missing = [k for k in wanted if k not in matched]
+    n_ok = sum(1 for k in wanted if k in matched)
+    if report.mismatched:
+        raise PretrainedWeightsError(
+            f"{path}: {len(report.mismatched)} tensors have other shapes than backbone {backbone.name!r} "
+            f"(e.g. {report.mismatched[:3]}): weights of another architecture? expected the "
+            f"{BACKBONES[backbone.name]} ImageNet checkpoint")
+    if n_ok < min_fraction * len(wanted):
+        raise PretrainedWeightsError(
+            f"{path}: only {n_ok} of the {len(wanted)} tensors of backbone {backbone.name!r} match this file "
+            f"({len(report.unexpected)} unexpected keys, e.g. {report.unexpected[:3]}); is it the "
+            f"{BACKBONES[backbone.name]} ImageNet checkpoint?")
+    backbone.body.load_state_dict(matched, strict=False)
+    if report.missing or report.unexpected:
+        log.warning("%s: loaded %d tensors; missing %d %s; unexpected %d %s", path, n_ok, len(report.missing),
+                    report.missing[:5], len(report.unexpected), report.unexpected[:5])
+    else:
+        log.info("%s: loaded all %d backbone tensors", path, n_ok)
+    return report
+
+
+__all__ = ["BACKBONES", "Backbone", "LoadReport", "PretrainedWeightsError", "build_backbone",
+           "load_backbone_weights"]

@@ -1,0 +1,90 @@
+"""The IRN CAM baseline (IRN's ``net/resnet50_cam.py``) and the classifier factory.
+
+:class:`CAMNet` has RPNet's interface (``forward``, ``training_losses``, ``cam``,
+``param_groups``), so one LightningModule trains either (``method: rpnet | cam``).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rpnet_pl.errors import ConfigError
+from rpnet_pl.models.backbones import build_backbone
+from rpnet_pl.models.rpnet import RPNet, multilabel_loss
+
+
+class CAMNet(nn.Module):
+    """CAM classifier (eq. 1-2): backbone (stage-2 output detached), global average pooling, a 1x1
+    convolution without bias ``channels[4] -> num_classes``; loss Lc (eq. 12) only.
+
+    Args:
+        backbone, pretrained, weights, output_stride, dilated, freeze_bn_affine: see
+            :func:`rpnet_pl.models.backbones.build_backbone` (IRN: ResNet-50, OS 16 without
+            dilation, BatchNorm statistics frozen, affine parameters trained).
+        num_classes: foreground classes (20 for VOC).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | None = None,
+        num_classes: int = 20,
+        output_stride: int = 16,
+        dilated: bool = False,
+        freeze_bn_affine: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                                       freeze_stem=True, freeze_bn=True, dilated=dilated,
+                                       freeze_bn_affine=freeze_bn_affine)
+        self.classifier = nn.Conv2d(self.backbone.channels[4], num_classes, 1, bias=False)
+
+    @staticmethod
+    def _flat(images: Tensor) -> Tensor:
+        if images.dim() == 5:  # (B, k, 3, H, W) groups from the group sampler -> (B*k, 3, H, W)
+            return images.reshape(-1, *images.shape[-3:])
+        if images.dim() != 4:
+            raise ValueError(f"expected images (N, 3, H, W) or (B, k, 3, H, W), got {tuple(images.shape)}")
+        return images
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (N, 3, H, W) or (B, k, 3, H, W) -> logits (N, C), N = B*k (group-major)."""
+        x = self.backbone(self._flat(images), detach_level=2)[4]  # (N, D, h, w), stage 2 detached
+        return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
+
+    def training_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Lc averaged over every image of the batch (groups are flattened). labels: (N, C) or (B, k, C)."""
+        logits = self.forward(images)
+        loss = multilabel_loss(logits, labels.reshape(logits.shape[0], -1))
+        return {"logits": logits, "loss_cls": loss, "loss": loss}
+
+    def cam(self, images: Tensor) -> Tensor:
+        """relu(conv(features, classifier weight)): (N, 3, H, W) -> (N, C, ceil(H/16), ceil(W/16))."""
+        x = self.backbone(images)[4]
+        return F.relu(F.conv2d(x, self.classifier.weight))
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, new-layer parameters) that require grad; new layers get 10x lr."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        new = [p for p in self.classifier.parameters() if p.requires_grad]
+        return backbone, new
+
+
+_CAM_KEYS = ("backbone", "pretrained", "weights", "num_classes", "output_stride", "dilated", "freeze_bn_affine")
+
+
+def build_classifier(method: Literal["rpnet", "cam"] = "rpnet", **kwargs: Any) -> RPNet | CAMNet:
+    """``method='rpnet'``: :class:`RPNet` (every keyword passed on); ``method='cam'``: :class:`CAMNet`
+    (only its keywords are used; RPNet-only ones such as ``alpha`` are ignored)."""
+    if method == "rpnet":
+        return RPNet(**kwargs)
+    if method == "cam":
+        return CAMNet(**{k: v for k, v in kwargs.items() if k in _CAM_KEYS})
+    raise ConfigError(f"unknown classifier method {method!r} (rpnet | cam)")
+
+
+__all__ = ["CAMNet", "build_classifier"]

@@ -1,0 +1,203 @@
+"""models.backbones: every backbone's levels and strides, the frozen policy, detaching, weight loading."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from rpnet_pl.errors import ConfigError
+from rpnet_pl.models import backbones as bb
+from rpnet_pl.models.backbones import BACKBONES, PretrainedWeightsError, build_backbone, load_backbone_weights
+
+torch.set_num_threads(1)
+
+
+def measured_strides(feats: list[torch.Tensor], size: int) -> list[int]:
+    return [size // f.shape[-1] for f in feats]
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_builds_and_runs_at_os16(name: str) -> None:
+    b = build_backbone(name, pretrained=False)
+    with torch.no_grad():
+        feats = b(torch.randn(1, 3, 64, 64))
+    assert len(feats) == 5
+    assert b.strides == [4, 4, 8, 16, 16]
+    assert measured_strides(feats, 64) == b.strides
+    assert [f.shape[1] for f in feats] == b.channels
+    assert b.channels[4] == timm.create_model(BACKBONES[name], features_only=True).feature_info.channels()[-1]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "xception"])
+def test_output_stride_8(name: str) -> None:
+    b = build_backbone(name, output_stride=8)
+    with torch.no_grad():
+        feats = b(torch.randn(1, 3, 64, 64))
+    assert b.strides == [4, 4, 8, 8, 8] == measured_strides(feats, 64)
+
+
+def test_dilated_switch() -> None:
+    dil = build_backbone("resnet18", dilated=True)
+    plain = build_backbone("resnet18", dilated=False)
+    assert any(m.dilation == (2, 2) for m in dil.body.layer4.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.dilation == (1, 1) for m in plain.modules() if isinstance(m, nn.Conv2d))
+    # same geometry: undilating keeps the output size (IRN's strides (2, 2, 2, 1))
+    with torch.no_grad():
+        a, b = dil(torch.randn(1, 3, 48, 80)), plain(torch.randn(1, 3, 48, 80))
+    assert [f.shape for f in a] == [f.shape for f in b]
+    assert b[4].shape[-2:] == (3, 5)
+
+
+def test_frozen_stem_and_bn() -> None:
+    b = build_backbone("resnet18")  # freeze_stem, freeze_bn, freeze_bn_affine all on
+    assert not any(p.requires_grad for p in b.body.conv1.parameters())
+    assert not any(p.requires_grad for p in b.body.bn1.parameters())
+    b.train()
+    bns = [m for m in b.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    assert all(not p.requires_grad for m in bns for p in m.parameters())
+    assert b.body.layer1[0].conv1.training  # everything else follows train()
+    # running statistics do not move in training mode
+    before = b.body.layer3[0].bn1.running_mean.clone()
+    b(torch.randn(2, 3, 64, 64) * 3 + 1)
+    assert torch.equal(before, b.body.layer3[0].bn1.running_mean)
+    # stem gets no gradient
+    b(torch.randn(1, 3, 64, 64))[4].sum().backward()
+    assert b.body.conv1.weight.grad is None
+    assert b.body.layer1[0].conv1.weight.grad is not None
+
+
+def test_bn_affine_trainable_as_irn() -> None:
+    b = build_backbone("resnet18", freeze_bn_affine=False)
+    b.train()
+    assert not b.body.layer3[0].bn1.training
+    assert b.body.layer3[0].bn1.weight.requires_grad
+    assert not b.body.bn1.weight.requires_grad  # the stem's BN is frozen anyway (freeze_stem)
+
+
+def test_bn_not_frozen() -> None:
+    b = build_backbone("resnet18", freeze_bn=False, freeze_stem=False)
+    b.train()
+    assert b.body.layer3[0].bn1.training and b.body.bn1.training
+    assert b.body.conv1.weight.requires_grad
+    b.eval()
+    assert not b.body.layer3[0].bn1.training
+
+
+def _grads(module: nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_detach_level_resnet() -> None:
+    b = build_backbone("resnet18", freeze_bn_affine=False)
+    feats = b(torch.randn(2, 3, 64, 64), detach_level=2)
+    assert [f.requires_grad for f in feats] == [False, False, False, True, True]
+    (feats[3].sum() + feats[4].sum()).backward()
+    assert not _grads(b.body.layer1) and not _grads(b.body.layer2)
+    assert _grads(b.body.layer3) and _grads(b.body.layer4)
+    # the cut is per call: without detach_level the gradient reaches layer 1
+    b.zero_grad(set_to_none=True)
+    b(torch.randn(2, 3, 64, 64))[4].sum().backward()
+    assert _grads(b.body.layer1)
+
+
+def test_detach_level_xception_cuts_inside_the_block() -> None:
+    b = build_backbone("xception", freeze_bn_affine=False)
+    feats = b(torch.randn(1, 3, 64, 64), detach_level=2)
+    feats[4].sum().backward()
+    for i in range(3):  # levels 0..2 live in blocks 0..2 (the level-2 point is inside block 2)
+        assert not _grads(b.body.get_submodule(f"blocks_{i}").stack.conv1), i
+    assert _grads(b.body.blocks_2.stack.conv3)  # block 2's strided part belongs to level 3
+    assert _grads(b.body.blocks_20)
+
+
+def test_deepcopy_keeps_detach_working() -> None:
+    b = copy.deepcopy(build_backbone("resnet18"))
+    b(torch.randn(1, 3, 64, 64), detach_level=2)[4].sum().backward()
+    assert not _grads(b.body.layer2) and _grads(b.body.layer3)
+
+
+def test_stem_level_is_after_maxpool_and_matches_torchvision(tmp_path: Path) -> None:
+    """Loading torchvision's ResNet-18 weights reproduces torchvision's maxpool and layer4 outputs."""
+    tv = torchvision.models.resnet18(weights=None).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    b = build_backbone("resnet18", weights=str(tmp_path / "tv.pth"), output_stride=32).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = b(x)
+        stem = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+        l4 = tv.layer4(tv.layer3(tv.layer2(tv.layer1(stem))))
+    torch.testing.assert_close(feats[0], stem)
+    torch.testing.assert_close(feats[4], l4)
+    assert not b.load_report.missing and not b.load_report.unexpected
+
+
+def test_load_timm_and_prefixed_keys(tmp_path: Path) -> None:
+    src = timm.create_model("resnet18", pretrained=False)
+    sd = {f"module.{k}": v for k, v in src.state_dict().items()}  # DataParallel-style, with fc.*
+    torch.save({"state_dict": sd}, tmp_path / "w.pth")
+    b = build_backbone("resnet18", weights=str(tmp_path / "w.pth"))
+    for k, v in b.body.state_dict().items():
+        torch.testing.assert_close(v, src.state_dict()[k], msg=k)
+    assert not b.load_report.unexpected  # fc.* dropped, not reported
+
+
+def test_load_xception_timm_keys(tmp_path: Path) -> None:
+    """timm's feature wrapper flattens ``blocks.0`` to ``blocks_0``; full-model keys still load."""
+    src = timm.create_model("xception65", pretrained=False)
+    torch.save(src.state_dict(), tmp_path / "x.pth")
+    b = build_backbone("xception", weights=str(tmp_path / "x.pth"))
+    assert not b.load_report.missing and not b.load_report.unexpected
+    torch.testing.assert_close(b.body.blocks_3.stack.conv1.conv_dw.weight, src.blocks[3].stack.conv1.conv_dw.weight)
+
+
+def test_partial_file_reports_missing(tmp_path: Path) -> None:
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    sd.pop("layer4.1.conv2.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "p.pth")
+    b = build_backbone("resnet18")
+    report = load_backbone_weights(b, tmp_path / "p.pth")
+    assert report.missing == ["layer4.1.conv2.weight"]
+    assert report.unexpected == ["extra.weight"]
+
+
+def test_weight_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(PretrainedWeightsError, match="nope.pth"):
+        build_backbone("resnet18", weights=str(missing))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedWeightsError, match="garbage.pth"):
+        build_backbone("resnet18", weights=str(garbage))
+    wrong = tmp_path / "resnet50.pth"  # same key names, other shapes: almost nothing matches
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
+    with pytest.raises(PretrainedWeightsError, match="resnet50.pth"):
+        build_backbone("resnet18", weights=str(wrong))
+    assert issubclass(PretrainedWeightsError, ConfigError)
+
+
+def test_pretrained_offline_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = timm.create_model
+
+    def offline(name: str, pretrained: bool = False, **kw):
+        if pretrained:
+            raise OSError("no network")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(bb.timm, "create_model", offline)
+    with pytest.raises(PretrainedWeightsError, match=r"weights: /path/to/file.pth"):
+        build_backbone("resnet18", pretrained=True)
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(ConfigError, match="resnet50"):
+        build_backbone("vgg16")
+    with pytest.raises(ConfigError):
+        build_backbone("resnet18", output_stride=4)
