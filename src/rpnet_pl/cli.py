@@ -66,7 +66,7 @@ def _fit(args: argparse.Namespace) -> int:
     stage_ref, dm_ref = STAGES[args.stage]
     LightningCLI(
         _load(stage_ref), _load(dm_ref), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False}, env_parse=False,
+        trainer_defaults={"use_distributed_sampler": False},
     )
     return 0
 
