@@ -132,6 +132,70 @@ def _ir_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sem_seg_labels(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.affinity import make_sem_seg_labels
+
+    n = make_sem_seg_labels(args.ckpt, args.cams, args.out, root=args.root, dataset=args.dataset, split=args.split,
+                            radius=args.radius, beta=args.beta, exp_times=args.exp_times,
+                            bg_threshold=args.bg_threshold, devices=_devices(args.devices), num_nodes=args.num_nodes,
+                            accelerator=args.accelerator)
+    print(f"wrote {n} pseudo mask(s) to {args.out}")
+    return 0
+
+
+def _crf_params(args: argparse.Namespace) -> dict[str, float]:
+    return {"t": args.crf_iters, "pos_w": args.crf_pos_w, "pos_xy": args.crf_pos_xy, "bi_w": args.crf_bi_w,
+            "bi_xy": args.crf_bi_xy, "bi_rgb": args.crf_bi_rgb}
+
+
+def _eval_seg(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
+    from rpnet_pl.stages.segmenter import predict_segmentation
+
+    out = Path(args.out)
+    crf_dir = None if args.no_crf else out / "pred_crf"
+    predict_segmentation(args.ckpt, out / "pred", args.root, args.dataset, args.split, crf_dir=crf_dir,
+                         scales=args.scales, flip=not args.no_flip, crf_params=_crf_params(args),
+                         devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
+    results = {"without_crf": evaluate_masks(out / "pred", args.root, args.dataset, args.split, weak=False)}
+    if crf_dir is not None:
+        results["with_crf"] = evaluate_masks(crf_dir, args.root, args.dataset, args.split, weak=False)
+    for key, res in results.items():
+        print(format_report(res, title=f"{args.split} ({key.replace('_', ' ')})"))
+        print()
+    print(f"wrote {write_json(out / 'metrics.json', results)}")
+    return 0
+
+
+def _predict_seg(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.segmenter import VOC_SERVER_DIR, predict_segmentation
+
+    out = Path(args.out)
+    folder = out / VOC_SERVER_DIR if args.dataset == "voc" else out / "results" / f"coco_{args.split}"
+    raw = out / "raw"
+    if args.crf:
+        predict_segmentation(args.ckpt, raw, args.root, args.dataset, args.split, crf_dir=folder, scales=args.scales,
+                             flip=not args.no_flip, crf_params=_crf_params(args), label_format=args.dataset,
+                             devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
+    else:
+        predict_segmentation(args.ckpt, folder, args.root, args.dataset, args.split, scales=args.scales,
+                             flip=not args.no_flip, label_format=args.dataset, devices=_devices(args.devices),
+                             num_nodes=args.num_nodes, accelerator=args.accelerator)
+    print(f"predictions in {folder}")
+    return 0
+
+
+def _add_crf_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("denseCRF (deeplab-style post-processing)")
+    g.add_argument("--crf-iters", type=int, default=10)
+    g.add_argument("--crf-pos-w", type=float, default=3.0)
+    g.add_argument("--crf-pos-xy", type=float, default=3.0)
+    g.add_argument("--crf-bi-w", type=float, default=4.0)
+    g.add_argument("--crf-bi-xy", type=float, default=67.0)
+    g.add_argument("--crf-bi-rgb", type=float, default=3.0)
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from rpnet_pl.config import load_experiment
     from rpnet_pl.pipeline import StepFailed, plan, run_steps
@@ -206,6 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-images", action="store_true", help="every id of the split, also those without a class label")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=_eval_sem_seg)
+
+    p = sub.add_parser("sem-seg-labels", help="pseudo masks: boundary map -> random walk on the CAM seeds")
+    p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
+    p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
+    p.add_argument("--out", required=True, help="output folder, one palette PNG per image")
+    _add_data_args(p, "train_aug")
+    p.add_argument("--radius", type=int, default=5)
+    p.add_argument("--beta", type=float, default=10.0, help="affinity power")
+    p.add_argument("--exp-times", type=int, default=8, help="random walk of 2**exp_times steps")
+    p.add_argument("--bg-threshold", type=float, default=0.25)
+    _add_device_args(p)
+    p.set_defaults(func=_sem_seg_labels)
+
+    for name, func, split, help_ in (("eval-seg", _eval_seg, "val", "segmenter mIoU with and without denseCRF"),
+                                     ("predict-seg", _predict_seg, "test", "segmenter predictions for the benchmark")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--ckpt", required=True, help="segmenter checkpoint (runs/<exp>/segmenter/checkpoints/last.ckpt)")
+        p.add_argument("--out", required=True, help="output folder")
+        _add_data_args(p, split)
+        p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+        p.add_argument("--no-flip", action="store_true")
+        if name == "eval-seg":
+            p.add_argument("--no-crf", action="store_true", help="skip the with-CRF evaluation")
+        else:
+            p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True)
+        _add_crf_args(p)
+        _add_device_args(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("pipeline", help="run an experiment's steps in order (skips complete ones, resumes)")
     p.add_argument("experiment", help="experiment YAML under experiments/")

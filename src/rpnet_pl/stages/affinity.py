@@ -1,0 +1,160 @@
+"""Stage 2: IRN boundary refinement (Ahn et al. 2019, the paper's [4], "+ BR" in Table I).
+
+Training learns the boundary (and displacement) branches from IR labels; prediction turns a
+boundary map into a transition matrix and random-walks the CAM seeds into pseudo masks, one palette
+PNG per image, skipping images whose PNG is already complete.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from rpnet_pl.data.classes import voc_palette
+from rpnet_pl.io import write_label_png
+from rpnet_pl.models.irn import IRNet, displacement_losses
+from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
+from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
+from rpnet_pl.stages.cam_inference import read_cam
+from rpnet_pl.stages.common import poly_sgd
+from rpnet_pl.stages.ir_labels import label_is_complete
+
+log = logging.getLogger(__name__)
+
+
+def stride4_labels(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """IR labels (B, H, W) -> nearest-neighbour samples every 4 pixels, cut/padded (255) to ``size``."""
+    small = label[:, ::4, ::4]
+    h, w = size
+    out = torch.full((label.shape[0], h, w), 255, dtype=label.dtype, device=label.device)
+    hh, ww = min(h, small.shape[1]), min(w, small.shape[2])
+    out[:, :hh, :ww] = small[:, :hh, :ww]
+    return out
+
+
+class AffinityStage(pl.LightningModule):
+    """Trains IRNet's boundary and displacement branches (backbone frozen) on IR labels.
+
+    Loss (spec): (pos_bg/2 + pos_fg/2 + neg)/2 + (displacement fg + bg)/2.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | None = None,
+        radius: int = 10,
+        lr: float = 0.1,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.0,
+        poly_power: float = 0.9,
+        displacement_loss: bool = True,
+        rw_radius: int = 5,
+        rw_beta: float = 10.0,
+        rw_exp_times: int = 8,
+        bg_threshold: float = 0.25,
+        cams_dir: str | None = None,
+        out_dir: str | None = None,
+        checkpoint_every_n_steps: int = 500,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["image"])
+        edge = torch.sigmoid(out["edge_logits"][:, 0])  # (B, h4, w4) boundary probability
+        label = stride4_labels(batch["label"], tuple(edge.shape[-2:]))
+        aff = affinity_from_boundary(edge, self.hparams.radius)  # (B, D, h', w')
+        pos_bg, pos_fg, neg = affinity_labels(label, self.hparams.radius)
+        pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
+        loss = (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2
+        bs = batch["image"].shape[0]
+        if self.hparams.displacement_loss:
+            dp_fg, dp_bg = displacement_losses(out["displacement"], label, self.hparams.radius)
+            loss = loss + (dp_fg + dp_bg) / 2
+            self.log("train/dp_fg_loss", dp_fg, batch_size=bs)
+            self.log("train/dp_bg_loss", dp_bg, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/pos_bg_loss", pos_bg_loss, batch_size=bs)
+        self.log("train/pos_fg_loss", pos_fg_loss, batch_size=bs)
+        self.log("train/neg_loss", neg_loss, batch_size=bs)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt, sched = poly_sgd([(self.model.trainable_parameters(), hp.lr)],
+                              max_steps=int(self.trainer.estimated_stepping_batches),
+                              weight_decay=hp.weight_decay, momentum=hp.momentum, power=hp.poly_power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
+        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+
+    # -- pseudo masks ------------------------------------------------------------------------
+    def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":
+        """Random-walk one image's strided CAMs over its boundary map (spec "Pseudo masks").
+
+        image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
+        """
+        hp = self.hparams
+        boundary = self.model.boundary(image)  # (h4, w4), flip-averaged
+        cams = torch.as_tensor(cam_record["cam"], dtype=torch.float32, device=boundary.device)  # (K, h4, w4)
+        keys = torch.as_tensor(cam_record["keys"], dtype=torch.long)
+        h4, w4 = boundary.shape
+        cams = cams[:, :h4, :w4]
+        if cams.shape[-2:] != boundary.shape:
+            cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
+        rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)
+        return sem_seg_from_rw(rw, keys, tuple(image.shape[-2:]), bg=hp.bg_threshold)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
+        hp = self.hparams
+        if not (hp.cams_dir and hp.out_dir):
+            raise ValueError("cams_dir and out_dir must be set for pseudo-mask prediction")
+        image_id = batch["id"][0]
+        path = Path(hp.out_dir) / f"{image_id}.png"
+        if label_is_complete(path, tuple(batch["image"].shape[-2:])):
+            return None
+        label = self.pseudo_mask(batch["image"], read_cam(hp.cams_dir, image_id))
+        write_label_png(path, label.astype(np.uint8), voc_palette())
+        return image_id
+
+
+def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
+                        split: str = "train_aug", radius: int = 5, beta: float = 10.0, exp_times: int = 8,
+                        bg_threshold: float = 0.25, devices: int | str = "auto", num_nodes: int = 1,
+                        accelerator: str = "auto") -> int:
+    """`rpnet sem-seg-labels`: pseudo masks for every image of ``split`` without a complete PNG."""
+    from rpnet_pl.data.datamodules import InferenceDataModule
+    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.stages.common import inference_trainer
+
+    if not Path(ckpt).is_file():
+        raise DatasetError(f"{ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
+    stage = AffinityStage.load_from_checkpoint(
+        ckpt, map_location="cpu", pretrained=False, weights=None, cams_dir=str(cams_dir), out_dir=str(out),
+        rw_radius=radius, rw_beta=beta, rw_exp_times=exp_times, bg_threshold=bg_threshold)
+    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
+    reader = dm.reader
+    from PIL import Image
+
+    def done(i: str) -> bool:
+        with Image.open(reader.image_path(i)) as im:
+            return label_is_complete(Path(out) / f"{i}.png", (im.size[1], im.size[0]))
+
+    dm.skip_ids = {i for i in reader.ids if done(i)}
+    todo = len(reader.ids) - len(dm.skip_ids)
+    if todo == 0:
+        return 0
+    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+    trainer.predict(stage, datamodule=dm, return_predictions=False)
+    return todo

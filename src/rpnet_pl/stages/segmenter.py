@@ -1,0 +1,179 @@
+"""Stage 3: DeepLab (LargeFOV or v2 ASPP) trained on pseudo masks; evaluation with and without
+denseCRF; benchmark export.
+
+Prediction writes palette PNGs (argmax of multi-scale + flip softmax, and the CRF-refined labels when
+asked); ``rpnet eval-seg`` scores those folders with the one mIoU of :mod:`rpnet_pl.ops.metrics`, so
+evaluation is resumable and shards across DDP ranks like every other per-image step.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, voc_palette
+from rpnet_pl.io import write_label_png
+from rpnet_pl.models.deeplab import build_deeplab
+from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
+from rpnet_pl.stages.common import poly_sgd
+from rpnet_pl.stages.ir_labels import label_is_complete
+
+log = logging.getLogger(__name__)
+
+VOC_SERVER_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
+
+
+@torch.no_grad()
+def multiscale_probs(logits_fn, image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = True) -> torch.Tensor:
+    """Softmax class probabilities (C, H, W) averaged over scales and flips; logits resized to the image."""
+    h, w = image.shape[-2:]
+    total, n = None, 0
+    for s in scales:
+        x = image if s == 1.0 else F.interpolate(image, size=(round(h * s), round(w * s)), mode="bilinear",
+                                                 align_corners=False)
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        logits = F.interpolate(logits_fn(batch).float(), size=(h, w), mode="bilinear", align_corners=False)
+        probs = logits.softmax(dim=1)
+        p = probs[0] + probs[1].flip(-1) if flip else probs[0]
+        total = p if total is None else total + p
+        n += 2 if flip else 1
+    return total / n
+
+
+def to_coco_ids(label: np.ndarray) -> np.ndarray:
+    """Labels 1..80 -> COCO category ids (0 stays background, 255 stays ignore); uint8 fits (max id 90)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[1:81] = COCO_CATEGORY_IDS
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut[label]
+
+
+class SegmenterStage(pl.LightningModule):
+    """DeepLab on label PNGs (pseudo masks from stage 2, or any method's masks); 255 is ignored."""
+
+    def __init__(
+        self,
+        head: Literal["largefov", "aspp"] = "largefov",
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | None = None,
+        num_classes: int = 21,
+        output_stride: int = 8,
+        lr: float = 2.5e-4,
+        head_lr_mult: float = 10.0,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        poly_power: float = 0.9,
+        eval_scales: tuple[float, ...] = (1.0,),
+        eval_flip: bool = True,
+        pred_dir: str | None = None,
+        crf_dir: str | None = None,
+        crf_params: dict[str, float] | None = None,
+        label_format: Literal["voc", "coco"] = "voc",
+        checkpoint_every_n_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_deeplab(head=head, backbone=backbone, num_classes=num_classes,
+                                   output_stride=output_stride, pretrained=pretrained, weights=weights)
+        self._val_conf: np.ndarray | None = None
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["image"])
+        logits = F.interpolate(logits, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_conf = np.zeros((self.hparams.num_classes,) * 2, dtype=np.int64)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        probs = multiscale_probs(self.model, batch["image"], self.hparams.eval_scales, self.hparams.eval_flip)
+        pred = probs.argmax(0)
+        self._val_conf += confusion_matrix(pred, batch["mask"][0], self.hparams.num_classes)
+
+    def on_validation_epoch_end(self) -> None:
+        conf = torch.as_tensor(self._val_conf, device=self.device)
+        if self.trainer.world_size > 1:
+            conf = self.all_gather(conf).sum(0)
+        iou = iou_from_confusion(conf.cpu().numpy())
+        self.log("val/miou", float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else 0.0, rank_zero_only=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        backbone_params, head_params = self.model.param_groups()
+        opt, sched = poly_sgd([(backbone_params, hp.lr), (head_params, hp.lr * hp.head_lr_mult)],
+                              max_steps=int(self.trainer.estimated_stepping_batches), weight_decay=hp.weight_decay,
+                              momentum=hp.momentum, power=hp.poly_power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
+        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+
+    def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
+        if self.hparams.label_format == "coco":
+            write_label_png(Path(folder) / f"{image_id}.png", to_coco_ids(label))
+        else:
+            write_label_png(Path(folder) / f"{image_id}.png", label, voc_palette())
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
+        hp = self.hparams
+        if not hp.pred_dir:
+            raise ValueError("pred_dir must be set for prediction")
+        image_id = batch["id"][0]
+        size = tuple(batch["image"].shape[-2:])
+        done = label_is_complete(Path(hp.pred_dir) / f"{image_id}.png", size) and (
+            not hp.crf_dir or label_is_complete(Path(hp.crf_dir) / f"{image_id}.png", size))
+        if done:
+            return None
+        probs = multiscale_probs(self.model, batch["image"], hp.eval_scales, hp.eval_flip)
+        self._write(hp.pred_dir, image_id, probs.argmax(0).cpu().numpy().astype(np.uint8))
+        if hp.crf_dir:
+            from rpnet_pl.ops.crf import crf_inference_prob
+
+            refined = crf_inference_prob(batch["raw"][0].cpu().numpy(), probs.cpu().numpy(), **(hp.crf_params or {}))
+            self._write(hp.crf_dir, image_id, refined.argmax(0).astype(np.uint8))
+        return image_id
+
+
+def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, dataset: str = "voc", split: str = "val",
+                         crf_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = True,
+                         crf_params: dict[str, float] | None = None, label_format: str = "voc",
+                         devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
+    """Write the predictions (and CRF-refined predictions) of every image of ``split`` not yet done."""
+    from PIL import Image
+
+    from rpnet_pl.data.datamodules import InferenceDataModule
+    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.stages.common import inference_trainer
+
+    if not Path(ckpt).is_file():
+        raise DatasetError(f"{ckpt}: segmenter checkpoint not found (train it with `rpnet fit segmenter`)")
+    stage = SegmenterStage.load_from_checkpoint(
+        ckpt, map_location="cpu", pretrained=False, weights=None, pred_dir=str(pred_dir),
+        crf_dir=str(crf_dir) if crf_dir else None, eval_scales=tuple(scales), eval_flip=flip,
+        crf_params=crf_params, label_format=label_format)
+    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
+    reader = dm.reader
+
+    def done(i: str) -> bool:
+        with Image.open(reader.image_path(i)) as im:
+            shape = (im.size[1], im.size[0])
+        return label_is_complete(Path(pred_dir) / f"{i}.png", shape) and (
+            crf_dir is None or label_is_complete(Path(crf_dir) / f"{i}.png", shape))
+
+    dm.skip_ids = {i for i in reader.ids if done(i)}
+    todo = len(reader.ids) - len(dm.skip_ids)
+    if todo:
+        inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator).predict(
+            stage, datamodule=dm, return_predictions=False)
+    return todo
