@@ -1,0 +1,64 @@
+"""The pipeline runner: plan from YAML, skip complete steps, stop on failure, dry run."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline import STEP_ORDER, Step, StepFailed, plan, run_steps
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _py_step(tmp: Path, name: str, code: str) -> Step:
+    return Step(name, [sys.executable, "-c", code], tmp / name, {"x": 1})
+
+
+def test_plan_of_the_base_experiment_lists_every_step_in_order(tmp_path: Path) -> None:
+    cfg = load_experiment(EXPERIMENTS / "base.yaml", ["dataset.root=/data/voc"])
+    steps = plan(cfg, runs_dir=tmp_path, logger="csv")
+    assert [s.name for s in steps] == list(STEP_ORDER)
+    by = {s.name: s for s in steps}
+    assert by["classifier"].argv[3:6] == ["fit", "classifier", "--config"]
+    assert by["classifier"].config["data"]["root"] == "/data/voc"
+    assert by["classifier"].config["trainer"]["default_root_dir"] == str(tmp_path / "base" / "classifier")
+    assert by["affinity"].config["data"]["label_dir"] == str(tmp_path / "base" / "ir_labels" / "labels")
+    assert by["segmenter"].config["data"]["label_dir"] == str(tmp_path / "base" / "sem_seg" / "masks")
+    cam = by["cam"].argv
+    assert cam[cam.index("--ckpt") + 1].endswith("classifier/checkpoints/last.ckpt")
+    assert cam[cam.index("--scales") + 1:cam.index("--scales") + 5] == ["1.0", "0.5", "1.5", "2.0"]
+    assert "--crf" in by["predict_seg"].argv
+
+
+def test_gpus_and_nodes_reach_trainer_and_inference(tmp_path: Path) -> None:
+    cfg = load_experiment(EXPERIMENTS / "base.yaml")
+    steps = {s.name: s for s in plan(cfg, runs_dir=tmp_path, gpus=4, nodes=2, logger="none")}
+    tr = steps["classifier"].config["trainer"]
+    assert (tr["devices"], tr["num_nodes"], tr["strategy"], tr["accelerator"]) == (4, 2, "ddp", "gpu")
+    cam = steps["cam"].argv
+    assert cam[cam.index("--devices") + 1] == "4" and cam[cam.index("--num-nodes") + 1] == "2"
+
+
+def test_completed_steps_are_skipped_and_failure_stops_the_chain(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    write = f"open({str(marker)!r}, 'a').write('{{}}\\n')"
+    steps = [_py_step(tmp_path, "a", write.format("a")), _py_step(tmp_path, "b", "import sys; sys.exit(3)"),
+             _py_step(tmp_path, "c", write.format("c"))]
+    with pytest.raises(StepFailed, match=r"step 'b' failed \(exit 3\); log: .*b/log\.txt"):
+        run_steps(steps)
+    assert marker.read_text() == "a\n"  # c never ran
+    assert steps[0].is_done() and not steps[1].is_done() and not steps[2].is_done()
+    assert (tmp_path / "a" / "config.yaml").is_file()  # resolved config saved beside the outputs
+    steps[1] = _py_step(tmp_path, "b", "pass")
+    assert run_steps(steps) == ["b", "c"]  # a is complete and skipped
+    assert marker.read_text() == "a\nc\n"
+    assert run_steps(steps, force=["a"]) == ["a"]
+
+
+def test_dry_run_prints_and_runs_nothing(tmp_path: Path, capsys) -> None:
+    steps = [_py_step(tmp_path, "a", "raise SystemExit(1)")]
+    assert run_steps(steps, dry_run=True) == ["a"]
+    assert "raise SystemExit(1)" in capsys.readouterr().out
+    assert not (tmp_path / "a").exists()
