@@ -1,4 +1,8 @@
 # rpnet-pl: one-command pipelines. `make help` lists the targets.
+#   DATA=/path/to/dataset   dataset root (default: the experiment's dataset.root)
+#   GPUS=N NODES=M           scale (DDP); 0 GPUs runs on the CPU
+#   LOGGER=wandb|csv|tensorboard|none   (W&B runs offline unless WANDB_API_KEY is set)
+#   RUNS=runs                 where run folders go;  DRY=1 prints the commands only
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,11 +10,25 @@ PY := $(VENV)/bin/python
 RPNET := $(VENV)/bin/rpnet
 STAMP := $(VENV)/.installed
 SYNTH ?= data/synthetic-voc
+DATA ?=
+GPUS ?= 0
+NODES ?= 1
+LOGGER ?= wandb
+RUNS ?= runs
+DRY ?=
+BACKBONE ?=
 
-.PHONY: help install demo test synth clean-venv
+PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
+	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run)
+
+VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101
+COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101
+
+.PHONY: help install demo test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '## ' $(MAKEFILE_LIST) | grep -v grep | sed -E 's/^\$$\(addprefix ([a-z]+)-,.*## /\1-BACKBONE: ## /; s/:.*## /\t/' | column -t -s $$'\t'
+	@echo; echo "BACKBONE (voc): $(VOC_BACKBONES)"; echo "BACKBONE (coco): $(COCO_BACKBONES)"
 
 # The stamp is rebuilt only when the pins or the package metadata change: re-running is a no-op.
 $(STAMP): requirements.txt setup.cfg setup.py
@@ -23,13 +41,19 @@ $(STAMP): requirements.txt setup.cfg setup.py
 install: $(STAMP)  ## create .venv with pinned versions (no-op when up to date)
 
 synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
-	$(RPNET) data synth --out $(SYNTH)
+	@test -f $(SYNTH)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt || $(RPNET) data synth --out $(SYNTH)
 	$(RPNET) data check $(SYNTH) --dataset voc
 
-demo: synth  ## the main job on the embedded synthetic dataset
+demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU)
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
 	OMP_NUM_THREADS=2 WANDB_MODE=offline $(PY) -m pytest -q tests
+
+$(addprefix voc-,$(VOC_BACKBONES)): voc-%: $(STAMP)  ## full VOC pipeline for a backbone, e.g. make voc-resnext50 DATA=/data/voc GPUS=4
+	$(PIPE) experiments/voc_$(subst -,_,$*).yaml
+
+$(addprefix coco-,$(COCO_BACKBONES)): coco-%: $(STAMP)  ## full COCO pipeline for a backbone, e.g. make coco-resnet50 DATA=/data/coco
+	$(PIPE) experiments/coco_$(subst -,_,$*).yaml
 
 clean-venv:  ## remove the virtual environment
 	rm -rf $(VENV)
