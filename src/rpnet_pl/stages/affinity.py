@@ -55,6 +55,7 @@ class AffinityStage(pl.LightningModule):
         momentum: float = 0.0,
         poly_power: float = 0.9,
         displacement_loss: bool = True,
+        displacement_lr_mult: float = 10.0,
         rw_radius: int = 5,
         rw_beta: float = 10.0,
         rw_exp_times: int = 8,
@@ -89,7 +90,8 @@ class AffinityStage(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        opt, sched = poly_sgd([(self.model.trainable_parameters(), hp.lr)],
+        edge_params, dp_params = self.model.param_groups()  # IRN: displacement branch at 10x lr
+        opt, sched = poly_sgd([(edge_params, hp.lr), (dp_params, hp.lr * hp.displacement_lr_mult)],
                               max_steps=int(self.trainer.estimated_stepping_batches),
                               weight_decay=hp.weight_decay, momentum=hp.momentum, power=hp.poly_power)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
