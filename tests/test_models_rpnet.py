@@ -381,3 +381,23 @@ def test_build_classifier() -> None:
     assert isinstance(build_classifier("rpnet", backbone="resnet18", mid=8), RPNet)
     with pytest.raises(ConfigError):
         build_classifier("other")  # type: ignore[arg-type]
+
+
+def test_freeze_early_false_trains_every_layer() -> None:
+    """From-scratch policy: gradients reach the stem and block 1-2; BatchNorm runs in train mode."""
+    from rpnet_pl.models.cam_net import CAMNet
+
+    for net in (RPNet(backbone="resnet18", mid=16, freeze_early=False, enhanced_scales=(1.0,)),
+                CAMNet(backbone="resnet18", freeze_early=False)):
+        net.train()
+        images = torch.randn(2, 2, 3, 32, 32)
+        labels = torch.zeros(2, 2, 20)
+        labels[:, :, 0] = 1
+        net.training_losses(images, labels)["loss"].backward()
+        params = dict(net.backbone.named_parameters())
+        # residual branches start at zero (timm zero-inits each block's last BN gamma), so at step 0
+        # the gradient reaches the stem and those gammas; the IRN policy would give None for all
+        for name in ("body.conv1.weight", "body.bn1.weight", "body.layer1.0.bn2.weight", "body.layer2.0.bn2.weight"):
+            assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+        bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all(m.training for m in bns)

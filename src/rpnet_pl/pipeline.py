@@ -107,6 +107,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             stage_cfg = {k: v for k, v in sec.items()}
             trainer = dict(stage_cfg.get("trainer") or {})
             trainer["default_root_dir"] = str(folder)
+            trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
             trainer["logger"] = _logger_config(logger, folder, name, step, tags)
             if gpus:
                 trainer.update({"accelerator": "gpu", "devices": gpus, "num_nodes": nodes})

@@ -23,6 +23,7 @@ class CAMNet(nn.Module):
         backbone, pretrained, weights, output_stride, dilated, freeze_bn_affine: see
             :func:`rpnet_pl.models.backbones.build_backbone` (IRN: ResNet-50, OS 16 without
             dilation, BatchNorm statistics frozen, affine parameters trained).
+        freeze_early: see :class:`rpnet_pl.models.rpnet.RPNet`.
         num_classes: foreground classes (20 for VOC).
     """
 
@@ -35,11 +36,13 @@ class CAMNet(nn.Module):
         output_stride: int = 16,
         dilated: bool = False,
         freeze_bn_affine: bool = False,
+        freeze_early: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.detach_level = 2 if freeze_early else None
         self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                                       freeze_stem=True, freeze_bn=True, dilated=dilated,
+                                       freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
         self.classifier = nn.Conv2d(self.backbone.channels[4], num_classes, 1, bias=False)
 
@@ -53,7 +56,7 @@ class CAMNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images (N, 3, H, W) or (B, k, 3, H, W) -> logits (N, C), N = B*k (group-major)."""
-        x = self.backbone(self._flat(images), detach_level=2)[4]  # (N, D, h, w), stage 2 detached
+        x = self.backbone(self._flat(images), detach_level=self.detach_level)[4]  # (N, D, h, w), stage 2 detached
         return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
 
     def training_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -74,7 +77,8 @@ class CAMNet(nn.Module):
         return backbone, new
 
 
-_CAM_KEYS = ("backbone", "pretrained", "weights", "num_classes", "output_stride", "dilated", "freeze_bn_affine")
+_CAM_KEYS = ("backbone", "pretrained", "weights", "num_classes", "output_stride", "dilated", "freeze_bn_affine",
+             "freeze_early")
 
 
 def build_classifier(method: Literal["rpnet", "cam"] = "rpnet", **kwargs: Any) -> RPNet | CAMNet:

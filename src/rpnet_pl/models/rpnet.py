@@ -272,6 +272,9 @@ class RPNet(nn.Module):
         group_size: k, used only to read a flat (B*k, 3, H, W) input.
         output_stride, dilated: backbone geometry (IRN: 16, no dilation).
         freeze_bn_affine: also freeze the BatchNorm affine parameters (IRN trains them).
+        freeze_early: the IRN fine-tuning policy (default): stem frozen, BatchNorm statistics frozen,
+            stage-2 output detached. ``False`` trains every layer with live BatchNorm, for training
+            from scratch (no ImageNet weights, e.g. the CPU demo).
     """
 
     def __init__(
@@ -299,6 +302,7 @@ class RPNet(nn.Module):
         output_stride: int = 16,
         dilated: bool = False,
         freeze_bn_affine: bool = False,
+        freeze_early: bool = True,
     ) -> None:
         super().__init__()
         levels = tuple(int(v) for v in levels)
@@ -320,9 +324,10 @@ class RPNet(nn.Module):
         self.lam, self.ls_variant, self.lc_on_enhanced = lam, ls_variant, lc_on_enhanced
         self.group_size = group_size
         self.num_classes = num_classes
+        self.detach_level = 2 if freeze_early else None
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                                       freeze_stem=True, freeze_bn=True, dilated=dilated,
+                                       freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
         self.down = nn.Conv2d(self.backbone.channels[4], mid, 1, bias=False)  # "down": block 4 -> mid
         self.attn_plain: nn.Module = NonLocalBlock(mid, mid // 2, attn_sub_sample) if self_attention else nn.Identity()
@@ -333,7 +338,7 @@ class RPNet(nn.Module):
     # -- pieces ------------------------------------------------------------------------------
     def features(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """images (N, 3, H, W) -> f4 (N, mid, h, w) and the chosen levels, each resized to (h, w)."""
-        feats = self.backbone(images, detach_level=2)  # stage-2 output detached (IRN)
+        feats = self.backbone(images, detach_level=self.detach_level)  # stage-2 output detached (IRN)
         f4 = self.down(feats[4])
         size = tuple(f4.shape[-2:])
         by_level = {2: feats[2], 3: feats[3], 4: f4}

@@ -47,6 +47,9 @@ class ClassifierStage(pl.LightningModule):
         enhanced_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
         lam: float = 10.0,
         ls_variant: Literal["code", "paper"] = "code",
+        output_stride: int = 16,
+        dilated: bool = False,
+        freeze_early: bool = True,
         lr: float = 0.02,
         new_layer_lr_mult: float = 10.0,
         weight_decay: float = 1e-4,
@@ -63,7 +66,8 @@ class ClassifierStage(pl.LightningModule):
             method=method, backbone=backbone, pretrained=pretrained, weights=weights, num_classes=num_classes,
             mid=mid, alpha=alpha, beta=beta, beta_is_keep_prob=beta_is_keep_prob, levels=tuple(levels),
             gaussian=gaussian, sigma=sigma, fg_scale=fg_scale, self_attention=self_attention,
-            enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant,
+            enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant, output_stride=output_stride,
+            dilated=dilated, freeze_early=freeze_early,
         )
 
     # -- training ----------------------------------------------------------------------------

@@ -82,11 +82,14 @@ def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 def inference_trainer(devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto",
-                      precision: str | None = None, progress: bool = True):
+                      precision: str | None = None, progress: bool | None = None):
     """A Trainer for prediction steps: DDP when several devices, our own sharding, no logger."""
     import pytorch_lightning as pl
 
+    import sys
+
     multi = (isinstance(devices, int) and devices > 1) or num_nodes > 1
+    progress = sys.stderr.isatty() if progress is None else progress
     return pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                       strategy="ddp" if multi else "auto", logger=False, use_distributed_sampler=False,
                       enable_progress_bar=progress, enable_model_summary=False, precision=precision,
