@@ -44,7 +44,10 @@ synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
 	@test -f $(SYNTH)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt || $(RPNET) data synth --out $(SYNTH)
 	$(RPNET) data check $(SYNTH) --dataset voc
 
-demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU)
+demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet
+	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
+	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
+	$(RPNET) report $(RUNS)/demo
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
 	OMP_NUM_THREADS=2 WANDB_MODE=offline $(PY) -m pytest -q tests

@@ -196,6 +196,15 @@ def _add_crf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crf-bi-rgb", type=float, default=3.0)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rpnet_pl.report import write_report
+
+    path, text = write_report(args.runs_dir, args.out)
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from rpnet_pl.config import load_experiment
     from rpnet_pl.pipeline import StepFailed, plan, run_steps
@@ -313,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_pipeline)
+
+    p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
+    p.add_argument("runs_dir", nargs="?", default="runs")
+    p.add_argument("--out", help="report path (default RUNS_DIR/report.md)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
                        "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
