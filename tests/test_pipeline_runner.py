@@ -32,6 +32,13 @@ def test_plan_of_the_base_experiment_lists_every_step_in_order(tmp_path: Path) -
     assert "--crf" in by["predict_seg"].argv
 
 
+def test_run_placeholder_is_substituted(tmp_path: Path) -> None:
+    cfg = load_experiment(EXPERIMENTS / "base.yaml",
+                          ["affinity.model.weights=${run}/classifier/checkpoints/last.ckpt"])
+    steps = {s.name: s for s in plan(cfg, runs_dir=tmp_path, logger="none")}
+    assert steps["affinity"].config["model"]["weights"] == str(tmp_path / "base/classifier/checkpoints/last.ckpt")
+
+
 def test_gpus_and_nodes_reach_trainer_and_inference(tmp_path: Path) -> None:
     cfg = load_experiment(EXPERIMENTS / "base.yaml")
     steps = {s.name: s for s in plan(cfg, runs_dir=tmp_path, gpus=4, nodes=2, logger="none")}

@@ -85,6 +85,17 @@ def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags:
     raise ConfigError(f"LOGGER must be wandb, csv, tensorboard or none, got {kind!r}")
 
 
+def substitute(value: Any, run: Path) -> Any:
+    """Replace ``${run}`` in every string of a config (e.g. ``weights: ${run}/classifier/checkpoints/last.ckpt``)."""
+    if isinstance(value, str):
+        return value.replace("${run}", str(run))
+    if isinstance(value, dict):
+        return {k: substitute(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, run) for v in value]
+    return value
+
+
 def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
          steps: Sequence[str] | None = None, tags: Sequence[str] = ()) -> list[Step]:
     """The steps of an experiment, with their argv and resolved configs (nothing runs here)."""
@@ -101,7 +112,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     out: list[Step] = []
     cams, ir, pseudo = run / "cam" / "cams", run / "ir_labels" / "labels", run / "sem_seg" / "masks"
     for step in wanted:
-        sec = dict(section(cfg, step))
+        sec = substitute(dict(section(cfg, step)), run)
         folder = run / step
         if step in ("classifier", "affinity", "segmenter"):
             stage_cfg = {k: v for k, v in sec.items()}

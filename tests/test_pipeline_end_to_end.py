@@ -1,0 +1,78 @@
+"""The whole chain on a tiny synthetic VOC set: classifier -> CAMs -> eval -> IR labels -> IRN ->
+pseudo masks -> eval -> DeepLab -> eval (with/without CRF) -> test export, then resume/skip."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rpnet_pl.config import load_experiment
+from rpnet_pl.data.classes import voc_palette
+from rpnet_pl.data.synthetic import generate_synthetic_voc
+from rpnet_pl.pipeline import STEP_ORDER, plan, run_steps
+from rpnet_pl.report import write_report
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+TINY = {
+    "classifier": {"model": {"backbone": "resnet18", "pretrained": False, "freeze_early": False, "mid": 16,
+                             "enhanced_scales": [1.0, 0.5]},
+                   "data": {"batch_size": 4, "crop_size": 48, "long_side": [40, 64], "num_workers": 0},
+                   "trainer": {"max_epochs": 1}},
+    "cam": {"scales": [1.0]},
+    "ir_labels": {"workers": 1},
+    "affinity": {"model": {"backbone": "resnet18", "pretrained": False,
+                           "weights": "${run}/classifier/checkpoints/last.ckpt", "radius": 5},
+                 "data": {"batch_size": 4, "crop_size": 48, "num_workers": 0}, "trainer": {"max_epochs": 1}},
+    "segmenter": {"model": {"backbone": "resnet18", "pretrained": False, "output_stride": 16},
+                  "data": {"batch_size": 4, "crop_size": 48, "num_workers": 0, "val_split": None},
+                  "trainer": {"max_steps": 3}},
+    "eval_seg": {"scales": [1.0]},
+}
+
+
+@pytest.mark.slow
+def test_whole_chain_then_resume(tmp_path: Path) -> None:
+    data = tmp_path / "synth"
+    generate_synthetic_voc(data, images=12, size=48, classes=3, seed=0, test_images=2)
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump({"extends": str(EXPERIMENTS / "base.yaml"), "name": "tiny",
+                                   "dataset": {"root": str(data)}, **TINY}))
+    cfg = load_experiment(exp)
+    runs = tmp_path / "runs"
+    steps = plan(cfg, runs_dir=runs, logger="csv")
+    assert run_steps(steps) == list(STEP_ORDER)
+    run = runs / "tiny"
+    ids_aug = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
+    assert sorted(p.stem for p in (run / "cam/cams").glob("*.npy")) == sorted(ids_aug)
+    for name in ("eval_cam", "eval_sem_seg"):
+        m = json.loads((run / name / "metrics.json").read_text())
+        assert 0.0 <= (m.get("best_miou", m.get("miou"))) <= 1.0
+    seg = json.loads((run / "eval_seg/metrics.json").read_text())
+    assert set(seg) == {"without_crf", "with_crf"}
+    # IR labels and pseudo masks are palette PNGs with the VOC palette
+    from PIL import Image
+
+    with Image.open(next((run / "sem_seg/masks").glob("*.png"))) as im:
+        assert im.mode == "P" and np.array_equal(np.array(im.getpalette()[:63]).reshape(21, 3), voc_palette()[:21])
+    test_ids = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").read_text().split()
+    export = run / "predict_seg/results/VOC2012/Segmentation/comp6_test_cls"
+    assert sorted(p.stem for p in export.glob("*.png")) == sorted(test_ids)
+    # every step left its resolved config or argv and a .done marker
+    assert all((run / s / ".done").is_file() for s in STEP_ORDER)
+    assert (run / "classifier/config.yaml").is_file()
+    # a completed chain is skipped entirely
+    assert run_steps(plan(cfg, runs_dir=runs, logger="csv")) == []
+    # a corrupted CAM file and a lost pseudo mask are redone when their steps are forced
+    victim = sorted((run / "cam/cams").glob("*.npy"))[0]
+    victim.write_bytes(b"corrupt")
+    lost = sorted((run / "sem_seg/masks").glob("*.png"))[0]
+    lost.unlink()
+    assert run_steps(plan(cfg, runs_dir=runs, logger="csv"), force=["cam", "sem_seg"]) == ["cam", "sem_seg"]
+    assert "wrote 1 CAM file" in (run / "cam/log.txt").read_text().splitlines()[-1]
+    assert lost.is_file()
+    _, text = write_report(runs)
+    assert "| tiny | rpnet |" in text
