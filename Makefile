@@ -27,7 +27,7 @@ COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101
 .PHONY: help install demo test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
 
 help:  ## list the targets
-	@grep -E '## ' $(MAKEFILE_LIST) | grep -v grep | sed -E 's/^\$$\(addprefix ([a-z]+)-,.*## /\1-BACKBONE: ## /; s/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '## ' $(MAKEFILE_LIST) | grep -v grep | sed -E 's/^\$$\(addprefix ablation-,.*## /ablation-NAME: ## /; s/^\$$\(addprefix ([a-z]+)-,.*## /\1-BACKBONE: ## /; s/:.*## /\t/' | column -t -s $$'\t'
 	@echo; echo "BACKBONE (voc): $(VOC_BACKBONES)"; echo "BACKBONE (coco): $(COCO_BACKBONES)"
 
 # The stamp is rebuilt only when the pins or the package metadata change: re-running is a no-op.
@@ -57,6 +57,17 @@ $(addprefix voc-,$(VOC_BACKBONES)): voc-%: $(STAMP)  ## full VOC pipeline for a 
 
 $(addprefix coco-,$(COCO_BACKBONES)): coco-%: $(STAMP)  ## full COCO pipeline for a backbone, e.g. make coco-resnet50 DATA=/data/coco
 	$(PIPE) experiments/coco_$(subst -,_,$*).yaml
+
+ABLATIONS := beta blocks gaussian group-size data-volume backbone
+ABLATION_EXP ?= experiments/voc_resnext50.yaml
+.PHONY: $(addprefix ablation-,$(ABLATIONS)) report
+
+$(addprefix ablation-,$(ABLATIONS)): ablation-%: $(STAMP)  ## a paper table's sweep (beta: V, blocks: IV, gaussian: VI, group-size: VII, data-volume: II, backbone: III); ABLATION_EXP=, BACKBONE=
+	$(RPNET) ablation $* $(ABLATION_EXP) --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
+		$(if $(DATA),--data $(DATA)) $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run)
+
+report: $(STAMP)  ## tables from every run in RUNS -> RUNS/report.md
+	$(RPNET) report $(RUNS)
 
 clean-venv:  ## remove the virtual environment
 	rm -rf $(VENV)

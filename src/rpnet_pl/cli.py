@@ -205,6 +205,36 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablation(args: argparse.Namespace) -> int:
+    from rpnet_pl.ablations import collect, get_sweep, run_name, table
+    from rpnet_pl.config import load_experiment
+    from rpnet_pl.io import atomic_path
+    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+
+    sweep = get_sweep(args.name, args.backbone)
+    for variant in sweep.variants:
+        overrides = list(variant.overrides) + list(args.set or [])
+        if args.data:
+            overrides.append(f"dataset.root={args.data}")
+        cfg = load_experiment(args.experiment, overrides)
+        cfg["name"] = run_name(args.name, variant)
+        steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                     steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
+        try:
+            run_steps(steps, dry_run=args.dry_run)
+        except StepFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    text = table(sweep, collect(args.name, sweep, args.runs))
+    print(text)
+    if not args.dry_run:
+        out = Path(args.runs) / f"ablation-{args.name}" / "table.md"
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from rpnet_pl.config import load_experiment
     from rpnet_pl.pipeline import StepFailed, plan, run_steps
@@ -322,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_pipeline)
+
+    p = sub.add_parser("ablation", help="run one of the paper's ablation sweeps (Tables II-VII) and write its table")
+    p.add_argument("name", choices=("beta", "blocks", "gaussian", "group-size", "data-volume", "backbone"))
+    p.add_argument("experiment", help="experiment YAML the variants start from (e.g. experiments/voc_resnext50.yaml)")
+    p.add_argument("--data", help="dataset root (overrides dataset.root)")
+    p.add_argument("--backbone", help="classifier backbone for every variant (not for the backbone sweep)")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"))
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=_ablation)
 
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
     p.add_argument("runs_dir", nargs="?", default="runs")

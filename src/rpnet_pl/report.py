@@ -77,6 +77,8 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     """Write ``report.md`` into ``runs_dir`` (or ``out``); returns its path and text."""
     runs = [summarise_run(p) for p in find_runs(runs_dir)]
     text = "# rpnet-pl report\n\n## Seeds, pseudo masks and segmentation (mIoU %)\n\n" + summary_table(runs) + "\n"
+    for table_md in sorted(Path(runs_dir).glob("ablation-*/table.md")):
+        text += "\n## " + table_md.parent.name + "\n\n" + table_md.read_text()
     path = Path(out) if out else Path(runs_dir) / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
