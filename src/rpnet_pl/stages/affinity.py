@@ -14,7 +14,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
@@ -22,7 +21,7 @@ from rpnet_pl.models.irn import IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
-from rpnet_pl.stages.common import poly_sgd
+from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 from rpnet_pl.stages.ir_labels import label_is_complete
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class AffinityStage(pl.LightningModule):
         bg_threshold: float = 0.25,
         cams_dir: str | None = None,
         out_dir: str | None = None,
-        checkpoint_every_n_steps: int = 500,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,9 +96,7 @@ class AffinityStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
-        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
-                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
 
     # -- pseudo masks ------------------------------------------------------------------------
     def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":

@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from rpnet_pl.models import build_classifier
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import poly_sgd
+from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class ClassifierStage(pl.LightningModule):
         cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
         cam_flip: bool = True,
         cam_out: str | None = None,
-        checkpoint_every_n_steps: int = 500,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,9 +93,7 @@ class ClassifierStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
-        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
-                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
 
     # -- CAM seeds ---------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:

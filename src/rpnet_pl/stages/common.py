@@ -106,3 +106,15 @@ def write_json(path: str | Path, obj: object) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
     return path
+
+
+def checkpoint_callback(trainer, every_n_steps: int | None):
+    """``checkpoints/last.ckpt`` under the trainer's root, written after every epoch, or every
+    ``every_n_steps`` optimiser steps when given (for long epochs): the resume point of a step."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    root = Path(trainer.default_root_dir) if trainer is not None else Path(".")
+    if every_n_steps:
+        return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                               every_n_train_steps=every_n_steps)
+    return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)

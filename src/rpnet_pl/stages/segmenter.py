@@ -15,13 +15,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
-from rpnet_pl.stages.common import poly_sgd
+from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 from rpnet_pl.stages.ir_labels import label_is_complete
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class SegmenterStage(pl.LightningModule):
         crf_dir: str | None = None,
         crf_params: dict[str, float] | None = None,
         label_format: Literal["voc", "coco"] = "voc",
-        checkpoint_every_n_steps: int = 1000,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,9 +114,7 @@ class SegmenterStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path(".")
-        return [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
-                                every_n_train_steps=self.hparams.checkpoint_every_n_steps, save_on_train_epoch_end=True)]
+        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
 
     def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
         if self.hparams.label_format == "coco":

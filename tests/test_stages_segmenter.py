@@ -1,0 +1,73 @@
+"""Segmenter: multi-scale + flip probabilities, the benchmark export formats, one training step."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from rpnet_pl.data.classes import COCO_CATEGORY_IDS, voc_palette
+from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs, to_coco_ids
+
+
+def _two_class_logits(x: torch.Tensor) -> torch.Tensor:
+    """Class 1 where the first channel is positive, at stride 8."""
+    pooled = F.avg_pool2d(x[:, :1], 8, ceil_mode=True)
+    return torch.cat([-pooled, pooled], dim=1) * 5
+
+
+def test_multiscale_probs_sum_to_one_and_follow_the_image() -> None:
+    image = -torch.ones(1, 3, 32, 48)
+    image[:, 0, :, :24] = 1.0  # left half is class 1
+    probs = multiscale_probs(_two_class_logits, image, scales=(1.0, 0.5), flip=True)
+    assert probs.shape == (2, 32, 48)
+    torch.testing.assert_close(probs.sum(0), torch.ones(32, 48))
+    assert probs[1, :, :16].min() > 0.99 and probs[1, :, 32:].max() < 0.01
+
+
+def test_coco_ids() -> None:
+    label = np.array([[0, 1, 80], [12, 255, 2]], dtype=np.uint8)
+    out = to_coco_ids(label)
+    assert out.tolist() == [[0, 1, 90], [COCO_CATEGORY_IDS[11], 255, 2]]
+
+
+def _stage(tmp_path: Path, fmt: str) -> SegmenterStage:
+    return SegmenterStage(head="aspp", backbone="resnet18", output_stride=16, pred_dir=str(tmp_path / "pred"),
+                          label_format=fmt, num_classes=21 if fmt == "voc" else 81)
+
+
+def test_export_voc_palette_and_coco_ids(tmp_path: Path) -> None:
+    label = np.zeros((4, 5), dtype=np.uint8)
+    label[1, 2], label[3, 4] = 15, 80
+    _stage(tmp_path, "voc")._write(str(tmp_path / "voc"), "2008_000001", np.minimum(label, 20))
+    with Image.open(tmp_path / "voc" / "2008_000001.png") as im:
+        assert im.mode == "P"
+        assert np.array_equal(np.array(im.getpalette()[:3 * 21]).reshape(21, 3), voc_palette()[:21])
+        assert np.asarray(im)[1, 2] == 15 and np.asarray(im)[3, 4] == 20
+    _stage(tmp_path, "coco")._write(str(tmp_path / "coco"), "COCO_val2014_000000000042", label)
+    with Image.open(tmp_path / "coco" / "COCO_val2014_000000000042.png") as im:
+        arr = np.asarray(im)
+        assert arr[1, 2] == COCO_CATEGORY_IDS[14] and arr[3, 4] == 90 and arr[0, 0] == 0
+
+
+def test_predict_step_writes_each_image_once(tmp_path: Path) -> None:
+    stage = _stage(tmp_path, "voc").eval()
+    batch = {"image": torch.randn(1, 3, 33, 41), "raw": torch.zeros(1, 33, 41, 3, dtype=torch.uint8),
+             "id": ["2008_000002"]}
+    assert stage.predict_step(batch, 0) == "2008_000002"
+    with Image.open(tmp_path / "pred" / "2008_000002.png") as im:
+        assert im.size == (41, 33)
+    assert stage.predict_step(batch, 0) is None  # complete: skipped
+
+
+def test_training_step_ignores_255() -> None:
+    stage = SegmenterStage(head="largefov", backbone="resnet18", output_stride=16)
+    image = torch.randn(2, 3, 32, 32)
+    full = torch.full((2, 32, 32), 255, dtype=torch.long)
+    assert torch.isnan(stage.training_step({"image": image, "label": full}, 0))  # nothing to learn from
+    lab = full.clone()
+    lab[:, :4, :4] = 3
+    loss = stage.training_step({"image": image, "label": lab}, 0)
+    assert torch.isfinite(loss) and loss > 0
