@@ -104,7 +104,8 @@ class ClassifierStage(pl.LightningModule):
         if cam_is_complete(cam_path(self.hparams.cam_out, image_id)):
             return None
         strided, high = multiscale_cam(self.model.cam, batch["image"], self.hparams.cam_scales, self.hparams.cam_flip)
-        write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
+        path = write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
+        log.debug("rank %d wrote %s", self.global_rank, path)
         return image_id
 
 
