@@ -401,3 +401,19 @@ def test_freeze_early_false_trains_every_layer() -> None:
             assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
         bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert bns and all(m.training for m in bns)
+
+
+@pytest.mark.parametrize("method", ["rpnet", "cam"])
+def test_every_trainable_parameter_gets_a_gradient(method: str) -> None:
+    """DDP fails on unused parameters: under the IRN policy nothing trainable may sit behind the detach."""
+    from rpnet_pl.models.cam_net import build_classifier
+
+    net = build_classifier(method=method, backbone="resnet18", mid=16, enhanced_scales=(1.0, 0.5))
+    net.train()
+    labels = torch.zeros(2, 2, 20)
+    labels[:, :, 3] = 1
+    net.training_losses(torch.randn(2, 2, 3, 32, 32), labels)["loss"].backward()
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    frozen = {n for n, p in net.backbone.named_parameters() if not p.requires_grad}
+    assert "body.layer2.0.bn1.weight" in frozen and "body.layer3.0.bn1.weight" not in frozen

@@ -155,9 +155,12 @@ def _eval_seg(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     crf_dir = None if args.no_crf else out / "pred_crf"
-    predict_segmentation(args.ckpt, out / "pred", args.root, args.dataset, args.split, crf_dir=crf_dir,
-                         scales=args.scales, flip=not args.no_flip, crf_params=_crf_params(args),
-                         devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
+    _, rank_zero = predict_segmentation(
+        args.ckpt, out / "pred", args.root, args.dataset, args.split, crf_dir=crf_dir, scales=args.scales,
+        flip=not args.no_flip, crf_params=_crf_params(args), devices=_devices(args.devices),
+        num_nodes=args.num_nodes, accelerator=args.accelerator)
+    if not rank_zero:  # under DDP one process scores the predictions all ranks wrote
+        return 0
     results = {"without_crf": evaluate_masks(out / "pred", args.root, args.dataset, args.split, weak=False)}
     if crf_dir is not None:
         results["with_crf"] = evaluate_masks(crf_dir, args.root, args.dataset, args.split, weak=False)

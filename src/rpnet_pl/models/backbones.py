@@ -183,6 +183,24 @@ class Backbone(nn.Module):
             feats = [f.detach() if i <= detach_level else f for i, f in enumerate(feats)]
         return feats
 
+    def freeze_through(self, level: int) -> None:
+        """``requires_grad=False`` for every parameter that computes levels 0..``level``.
+
+        Once the graph is cut at ``level`` (IRN's detach of stage 2) those parameters can get no
+        gradient; leaving them trainable makes DDP fail on unused parameters. Found by one tiny
+        forward/backward, so it holds for every architecture.
+        """
+        was_training = self.training
+        self.eval()
+        params = [p for p in self.parameters() if p.requires_grad]
+        feats = self.forward(torch.zeros(1, 3, 64, 64), detach_level=level)
+        loss = sum(f.sum() for f in feats[level + 1:])
+        grads = torch.autograd.grad(loss, params, allow_unused=True) if params else []
+        for p, g in zip(params, grads):
+            if g is None:
+                p.requires_grad_(False)
+        self.train(was_training)
+
     def train(self, mode: bool = True) -> "Backbone":
         """Set the mode; with ``freeze_bn`` every BatchNorm stays in eval mode."""
         super().train(mode)

@@ -44,6 +44,8 @@ class CAMNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
                                        freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
+        if freeze_early:
+            self.backbone.freeze_through(2)  # stages 1-2 sit behind the detach: no gradient reaches them
         self.classifier = nn.Conv2d(self.backbone.channels[4], num_classes, 1, bias=False)
 
     @staticmethod

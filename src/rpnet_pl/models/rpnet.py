@@ -329,6 +329,8 @@ class RPNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
                                        freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
+        if freeze_early:
+            self.backbone.freeze_through(2)  # stages 1-2 sit behind the detach: no gradient reaches them
         self.down = nn.Conv2d(self.backbone.channels[4], mid, 1, bias=False)  # "down": block 4 -> mid
         self.attn_plain: nn.Module = NonLocalBlock(mid, mid // 2, attn_sub_sample) if self_attention else nn.Identity()
         self.attn_enhanced: nn.Module = (NonLocalBlock(mid, mid // 2, attn_sub_sample) if self_attention

@@ -10,12 +10,14 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from rpnet_pl.models import build_classifier
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import checkpoint_callback, class_name, eval_mode, poly_sgd
+from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_cam, resize_map, unit
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class ClassifierStage(pl.LightningModule):
         cam_flip: bool = True,
         cam_out: str | None = None,
         checkpoint_every_n_steps: int | None = None,
+        image_log_every_n_steps: int = 200,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,7 +83,30 @@ class ClassifierStage(pl.LightningModule):
                 self.log(f"train/{key}", out[key], batch_size=bs)
         for i, group in enumerate(self.optimizers().param_groups):
             self.log(f"lr/group{i}", group["lr"], batch_size=bs)
+        if image_logging_due(self, self.hparams.image_log_every_n_steps):
+            self._log_samples(batch, out)
         return loss
+
+    @torch.no_grad()
+    def _log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+        """First image of the batch, the plain CAM of its first class and (RPNet) its foreground map."""
+        images = batch["images"].reshape(-1, *batch["images"].shape[-3:])  # group-major, like the model
+        labels = batch["labels"].reshape(images.shape[0], -1)
+        size = tuple(images.shape[-2:])
+        image = denormalise(images[0])
+        classes = torch.nonzero(labels[0] > 0.5).flatten()
+        c = int(classes[0]) if len(classes) else 0
+        cams = out.get("cams")
+        if cams is None:  # the CAM baseline returns logits only: one extra CAM pass, BatchNorm untouched
+            with eval_mode(self.model):
+                cams = self.model.cam(images[:1])
+        tiles = [image, overlay_cam(image, unit(resize_map(cams[0, c], size)))]
+        captions = ["image", f"CAM {class_name(c + 1, self.hparams.num_classes + 1)}"]
+        if "foreground" in out:
+            fg = np.clip(resize_map(out["foreground"][0, 0], size), 0.0, 1.0)
+            tiles.append(overlay_cam(image, fg))
+            captions.append("foreground")
+        log_images(self.loggers, "train/samples", tiles, self.global_step, captions)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

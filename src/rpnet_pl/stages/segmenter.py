@@ -145,8 +145,12 @@ class SegmenterStage(pl.LightningModule):
 def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, dataset: str = "voc", split: str = "val",
                          crf_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = True,
                          crf_params: dict[str, float] | None = None, label_format: str = "voc",
-                         devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
-    """Write the predictions (and CRF-refined predictions) of every image of ``split`` not yet done."""
+                         devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> tuple[int, bool]:
+    """Write the predictions (and CRF-refined predictions) of every image of ``split`` not yet done.
+
+    Returns (images processed, whether this process is global rank 0). Under DDP every rank waits for
+    the others before returning, so rank 0 may then read all the predictions.
+    """
     from PIL import Image
 
     from rpnet_pl.data.datamodules import InferenceDataModule
@@ -170,7 +174,16 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
 
     dm.skip_ids = {i for i in reader.ids if done(i)}
     todo = len(reader.ids) - len(dm.skip_ids)
-    if todo:
-        inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator).predict(
-            stage, datamodule=dm, return_predictions=False)
-    return todo
+    if not todo:
+        return 0, _is_global_zero()
+    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+    trainer.predict(stage, datamodule=dm, return_predictions=False)
+    trainer.strategy.barrier("predictions written")
+    return todo, trainer.is_global_zero
+
+
+def _is_global_zero() -> bool:
+    """Rank 0 of a launched job (torchrun, SLURM, Lightning's launcher), or a lone process."""
+    import os
+
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
