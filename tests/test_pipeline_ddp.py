@@ -14,8 +14,18 @@ import yaml
 from rpnet_pl.data.synthetic import generate_synthetic_voc
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # a free port of our own, so two test runs on one machine never join each other's process group
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
     return subprocess.run([sys.executable, "-m", "rpnet_pl.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
