@@ -3,6 +3,7 @@
 #   GPUS=N NODES=M           scale (DDP); 0 GPUs runs on the CPU
 #   LOGGER=wandb|csv|tensorboard|none   (W&B runs offline unless WANDB_API_KEY is set)
 #   RUNS=runs                 where run folders go;  DRY=1 prints the commands only
+#   SET='a.b=1 c.d=2'         config overrides
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,10 +20,10 @@ DRY ?=
 BACKBONE ?=
 
 PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
-	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run)
+	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run) $(if $(SET),--set $(SET))
 
-VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101
-COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101
+VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101 baseline-resnet50
+COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101 baseline-resnet50
 
 .PHONY: help install demo test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
 
