@@ -52,3 +52,23 @@ def test_labelled_batches_follow_label_dir(tiny_voc: Path, tmp_path: Path) -> No
     for b in range(2):
         i = int(batch["id"][b][-1])
         assert torch.all(batch["label"][b] == i)
+
+
+def test_folder_of_images_for_prediction(tmp_path: Path) -> None:
+    from rpnet_pl.cli import main
+    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.io import write_image
+
+    folder = tmp_path / "imgs"
+    write_image(folder / "b.jpg", np.zeros((10, 12, 3), np.uint8))
+    write_image(folder / "a.png", np.full((7, 9, 3), 200, np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    dm = InferenceDataModule(root=str(folder), dataset="folder", split="test", num_workers=0)
+    batches = list(dm.predict_dataloader())
+    assert [b["id"][0] for b in batches] == ["a", "b"]
+    assert batches[0]["image"].shape == (1, 3, 7, 9) and batches[0]["labels"].shape == (1, 20)
+    import pytest
+
+    with pytest.raises(DatasetError, match="no .jpg/.jpeg/.png images"):
+        InferenceDataModule(root=str(tmp_path), dataset="folder", split="test").setup()
+    assert main(["predict-seg", "--ckpt", "x.ckpt", "--out", str(tmp_path / "o")]) == 2

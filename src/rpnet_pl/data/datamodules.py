@@ -147,7 +147,8 @@ class LabelledDataModule(pl.LightningDataModule):
 
 
 class InferenceDataModule(pl.LightningDataModule):
-    """Full-size images of one split, one at a time, sharded across ranks with no repeats.
+    """Full-size images of one split (or of a folder: ``dataset='folder'``, ``root`` = the folder), one
+    at a time, sharded across ranks with no repeats.
 
     ``skip_ids`` (ids whose outputs are already complete) are left out, so an interrupted step resumes.
     """
@@ -155,7 +156,7 @@ class InferenceDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str = "data/synthetic-voc",
-        dataset: Literal["voc", "coco"] = "voc",
+        dataset: Literal["voc", "coco", "folder"] = "voc",
         split: str = "train",
         with_mask: bool = False,
         num_workers: int | None = None,

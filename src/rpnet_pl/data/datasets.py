@@ -16,7 +16,7 @@ from rpnet_pl.data.transforms import to_chw
 from rpnet_pl.data.voc import VOCReader, check_mask
 from rpnet_pl.io import read_label_png
 
-DatasetName = Literal["voc", "coco"]
+DatasetName = Literal["voc", "coco", "folder"]
 Reader = VOCReader | COCOReader
 
 
@@ -29,13 +29,50 @@ def build_reader(
     mask_dir: str | None = None,
     weak: bool = True,
 ) -> Reader:
-    """The reader of ``dataset`` for one split (see :mod:`rpnet_pl.data.voc` / ``coco``)."""
+    """The reader of ``dataset`` for one split (see :mod:`rpnet_pl.data.voc` / ``coco``);
+    ``dataset='folder'`` reads every image of the folder ``root`` (prediction only)."""
+    if dataset == "folder":
+        return FolderReader(root)  # type: ignore[return-value]
     if dataset == "voc":
         return VOCReader(root, split, label_source=label_source, cls_labels=cls_labels,  # type: ignore[arg-type]
                          mask_dir=mask_dir, weak=weak)
     if dataset == "coco":
         return COCOReader(root, split, mask_dir=mask_dir, weak=weak)
     raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
+
+
+class FolderReader:
+    """Images of any folder (``*.jpg``, ``*.jpeg``, ``*.png``) for prediction: ids are the file stems.
+
+    Same interface as the dataset readers, with no labels (``split='test'``).
+    """
+
+    IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+    def __init__(self, folder: str | Path, num_classes: int = 21) -> None:
+        from rpnet_pl.errors import DatasetError
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DatasetError(f"{self.folder}: image folder not found")
+        files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in self.IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{self.folder}: no .jpg/.jpeg/.png images")
+        self._paths = {p.stem: p for p in files}
+        self.ids = list(self._paths)
+        self.split = "test"
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self._paths[image_id]
+
+    def image(self, image_id: str) -> np.ndarray:
+        from rpnet_pl.io import read_image
+
+        return read_image(self._paths[image_id])
 
 
 class GroupDataset(Dataset):
