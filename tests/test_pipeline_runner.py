@@ -69,3 +69,18 @@ def test_dry_run_prints_and_runs_nothing(tmp_path: Path, capsys) -> None:
     assert run_steps(steps, dry_run=True) == ["a"]
     assert "raise SystemExit(1)" in capsys.readouterr().out
     assert not (tmp_path / "a").exists()
+
+
+def test_interrupted_training_step_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    """A fit step whose folder holds checkpoints/last.ckpt (killed mid-run) is re-run with --ckpt_path."""
+    seen = tmp_path / "argv.txt"
+    code = f"import sys; open({str(seen)!r}, 'w').write(' '.join(sys.argv[1:]))"
+    # argv laid out like the real one: python -m rpnet_pl.cli fit STAGE ...
+    step = Step("classifier", [sys.executable, "-c", code, "fit", "classifier"], tmp_path / "classifier")
+    (step.folder / "checkpoints").mkdir(parents=True)
+    run_steps([step])
+    assert "--ckpt_path" not in seen.read_text()  # no checkpoint yet: a fresh start
+    step.done_marker.unlink()  # as if killed before finishing
+    (step.folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    run_steps([step])
+    assert seen.read_text().endswith(f"fit classifier --ckpt_path {step.folder / 'checkpoints' / 'last.ckpt'}")
