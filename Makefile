@@ -70,5 +70,14 @@ $(addprefix ablation-,$(ABLATIONS)): ablation-%: $(STAMP)  ## a paper table's sw
 report: $(STAMP)  ## tables from every run in RUNS -> RUNS/report.md
 	$(RPNET) report $(RUNS)
 
+# The CPU profile always; the GPU profile (ResNeXt-50 / ResNet-50, the paper's batches) too when torch sees CUDA.
+BENCH_OUT ?= docs/benchmarks.md
+.PHONY: bench
+bench: $(STAMP)  ## throughput and peak memory per stage (train + inference) -> a section appended to docs/benchmarks.md
+	$(RPNET) bench --profile cpu --out $(BENCH_OUT)
+	@if [ "$$($(PY) -c 'import torch; print(torch.cuda.is_available())')" = "True" ]; then \
+		echo "$(RPNET) bench --profile gpu --out $(BENCH_OUT)"; $(RPNET) bench --profile gpu --out $(BENCH_OUT); \
+	else echo "no CUDA device: GPU profile skipped"; fi
+
 clean-venv:  ## remove the virtual environment
 	rm -rf $(VENV)

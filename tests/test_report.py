@@ -35,3 +35,84 @@ def test_report_tables(tmp_path: Path, capsys) -> None:
     assert "| voc-rpnet | rpnet | 50.8 | 69.0 | 65.1 | 66.4 |" in text
     assert main(["report", str(tmp_path)]) == 0
     assert "voc-rpnet" in capsys.readouterr().out
+
+
+def _png_ok(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def _figure_run(root: Path, data: Path, ids: list[str]) -> Path:
+    """A run with per-class seed IoU, CAM files, pseudo masks and a recorded dataset root."""
+    import numpy as np
+
+    from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
+    from rpnet_pl.io import write_label_png
+    from rpnet_pl.stages.cam_inference import write_cam
+
+    run = root / "voc-rpnet"
+    (run / "classifier").mkdir(parents=True)
+    (run / "classifier" / "config.yaml").write_text(
+        f"model:\n  method: rpnet\ndata:\n  dataset: voc\n  root: {data}\n")
+    per_class = {n: (0.5 if i < 3 else None) for i, n in enumerate(VOC_CLASSES)}
+    (run / "eval_cam").mkdir()
+    (run / "eval_cam" / "metrics.json").write_text(json.dumps(
+        {"best_miou": 0.5, "best_threshold": 0.15, "per_class_iou": per_class}))
+    for image_id in ids:
+        cam = np.zeros((1, 16, 20), np.float16)
+        cam[0, 1:5, 1:5] = 1.0
+        write_cam(run / "cam" / "cams", image_id, {"keys": np.array([1]), "cam": cam[:, ::4, ::4].astype(np.float32),
+                                                   "high_res": cam})
+        mask = np.zeros((16, 20), np.uint8)
+        mask[1:5, 1:5] = 1
+        write_label_png(run / "sem_seg" / "masks" / f"{image_id}.png", mask, voc_palette())
+    return run
+
+
+def test_report_figures(tmp_path: Path) -> None:
+    from rpnet_pl.ablations import get_sweep, run_name
+    from tests.conftest import make_voc_tree
+
+    ids = [f"2007_00000{i}" for i in range(1, 7)]
+    make_voc_tree(tmp_path / "data", {i: [1] for i in ids})
+    runs = tmp_path / "runs"
+    _figure_run(runs, tmp_path / "data", ids)
+    _fake_run(runs, "voc-cam", "cam", 0.48, None)  # no per-class numbers, no images: no figures
+    for sweep_name, values in (("beta", {"0.1": 0.41, "0.5": 0.45}), ("data-volume", {"1": 0.5, "1/2": 0.4})):
+        for v in get_sweep(sweep_name).variants:
+            if v.label in values:
+                _fake_run(runs, run_name(sweep_name, v), "rpnet", values[v.label], None)
+    (runs / "ablation-gaussian").mkdir()  # a sweep without numbers: no figure, no section
+    path, text = write_report(runs)
+    figures = {"iou-voc-rpnet.png", "overlays-voc-rpnet.png", "ablation-beta.png", "ablation-data-volume.png"}
+    assert {p.name for p in runs.glob("*.png")} == figures
+    for name in figures:
+        w, h = _png_ok(runs / name)
+        assert w > 100 and h > 100
+        assert f"]({name})" in text
+    assert "voc-cam.png" not in text and "ablation-gaussian" not in text
+    assert path.read_text() == text and "| voc-rpnet | rpnet | 50.0 |" in text
+    # the overlay grid holds four images (rows) of three columns: taller than wide
+    w, h = _png_ok(runs / "overlays-voc-rpnet.png")
+    assert h > w
+    # a second report overwrites the figures in place
+    _, again = write_report(runs)
+    assert again == text and {p.name for p in runs.glob("*.png")} == figures
+
+
+def test_report_overlays_need_the_dataset(tmp_path: Path) -> None:
+    from rpnet_pl.report import overlay_rows, seed_labels
+
+    run = _figure_run(tmp_path / "runs", tmp_path / "missing-data", ["2007_000001"])
+    assert overlay_rows(run, 0.15) == []
+    _, text = write_report(tmp_path / "runs")
+    assert "iou-voc-rpnet.png" in text and "overlays-" not in text
+    import numpy as np
+
+    rec = {"keys": np.array([3, 7]), "high_res": np.array([[[0.9, 0.1]], [[0.2, 0.05]]], np.float16)}
+    assert seed_labels(rec, 0.15).tolist() == [[3, 0]]

@@ -71,9 +71,9 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+def _add_data_args(p: argparse.ArgumentParser, split: str, root_required: bool = True) -> None:
     p.add_argument("--dataset", choices=("voc", "coco"), default="voc")
-    p.add_argument("--root", required=True, help="dataset root (see `rpnet data check`)")
+    p.add_argument("--root", required=root_required, help="dataset root (see `rpnet data check`)")
     p.add_argument("--split", default=split)
 
 
@@ -175,15 +175,24 @@ def _predict_seg(args: argparse.Namespace) -> int:
     from rpnet_pl.stages.segmenter import VOC_SERVER_DIR, predict_segmentation
 
     out = Path(args.out)
-    folder = out / VOC_SERVER_DIR if args.dataset == "voc" else out / "results" / f"coco_{args.split}"
+    if not (args.images or args.root):
+        raise ConfigError("predict-seg needs --root (a dataset) or --images (a folder of images)")
+    dataset, root, fmt = args.dataset, args.root, args.dataset
+    if args.images:  # any folder of images: palette PNGs (VOC ids) unless --dataset coco
+        dataset, root, fmt = "folder", args.images, "coco" if args.dataset == "coco" else "voc"
+        folder = out / "predictions"
+    elif args.dataset == "voc":
+        folder = out / VOC_SERVER_DIR
+    else:
+        folder = out / "results" / f"coco_{args.split}"
     raw = out / "raw"
     if args.crf:
-        predict_segmentation(args.ckpt, raw, args.root, args.dataset, args.split, crf_dir=folder, scales=args.scales,
-                             flip=not args.no_flip, crf_params=_crf_params(args), label_format=args.dataset,
+        predict_segmentation(args.ckpt, raw, root, dataset, args.split, crf_dir=folder, scales=args.scales,
+                             flip=not args.no_flip, crf_params=_crf_params(args), label_format=fmt,
                              devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
     else:
-        predict_segmentation(args.ckpt, folder, args.root, args.dataset, args.split, scales=args.scales,
-                             flip=not args.no_flip, label_format=args.dataset, devices=_devices(args.devices),
+        predict_segmentation(args.ckpt, folder, root, dataset, args.split, scales=args.scales,
+                             flip=not args.no_flip, label_format=fmt, devices=_devices(args.devices),
                              num_nodes=args.num_nodes, accelerator=args.accelerator)
     print(f"predictions in {folder}")
     return 0
@@ -255,6 +264,44 @@ def _pipeline(args: argparse.Namespace) -> int:
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Throughput and peak memory per stage; prints the table and appends a section to ``--out``."""
+    import torch
+
+    from rpnet_pl.bench import BenchResult, format_section, get_profile, markdown_table, resolve_device, run_profile
+
+    name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
+    requested = profile.device if args.device == "auto" else args.device
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"profile {name!r} on CUDA, but torch sees no CUDA device (--profile cpu or --device cpu)")
+    device = resolve_device(requested)
+    command = ["rpnet", "bench", "--profile", name, "--device", device.type, "--iters", str(profile.iters),
+               "--warmup", str(profile.warmup)]
+    if args.backbone:
+        command += ["--backbone", args.backbone]
+    if args.bf16:
+        command.append("--bf16")
+    if args.cases:
+        command += ["--cases", *args.cases]
+    command += ["--out", str(args.out)] if args.out else ["--no-write"]
+    print(f"bench: profile {name} on {device}: {', '.join(args.cases) if args.cases else 'every case'}", flush=True)
+
+    def progress(r: BenchResult) -> None:
+        print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
+              f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
+
+    results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress)
+    print()
+    print(markdown_table(results))
+    if args.out:
+        from rpnet_pl.bench import append_section
+
+        section = format_section(results, profile, " ".join(command))
+        print(f"\nappended to {append_section(args.out, section)}")
     return 0
 
 
@@ -330,13 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--ckpt", required=True, help="segmenter checkpoint (runs/<exp>/segmenter/checkpoints/last.ckpt)")
         p.add_argument("--out", required=True, help="output folder")
-        _add_data_args(p, split)
+        _add_data_args(p, split, root_required=name == "eval-seg")
         p.add_argument("--scales", type=float, nargs="+", default=[1.0])
         p.add_argument("--no-flip", action="store_true")
         if name == "eval-seg":
             p.add_argument("--no-crf", action="store_true", help="skip the with-CRF evaluation")
         else:
             p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True)
+            p.add_argument("--images", help="predict every image of this folder instead of a dataset split "
+                                            "(--root is then ignored; output in OUT/predictions)")
         _add_crf_args(p)
         _add_device_args(p)
         p.set_defaults(func=func)
@@ -373,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.add_argument("--out", help="report path (default RUNS_DIR/report.md)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "
+                       "-> a dated section appended to docs/benchmarks.md")
+    p.add_argument("--profile", choices=("cpu", "gpu", "auto"), default="auto",
+                   help="cpu: ResNet-18, paper crops, small batches; gpu: the paper's backbones and batch sizes; "
+                   "auto: gpu when CUDA is available")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: the profile's device")
+    p.add_argument("--iters", type=int, default=None, help="timed steps per case (default: the profile's)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the profile's)")
+    p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--cases", nargs="+", help="only these cases", choices=(
+        "classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer"))
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is appended to")
+    out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
                        "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",

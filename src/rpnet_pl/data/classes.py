@@ -46,3 +46,13 @@ COCO_CLASSES: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )
 assert len(COCO_CATEGORY_IDS) == 80 and len(COCO_CLASSES) == 81
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """Names of ``num_classes`` labels, background included: VOC's for 21, COCO's for 81, else
+    ``background, class1, class2, ...``."""
+    if num_classes == len(VOC_CLASSES):
+        return VOC_CLASSES
+    if num_classes == len(COCO_CLASSES):
+        return COCO_CLASSES
+    return ("background", *(f"class{i}" for i in range(1, num_classes)))

@@ -23,6 +23,7 @@ from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 from rpnet_pl.stages.ir_labels import label_is_complete
+from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class AffinityStage(pl.LightningModule):
         cams_dir: str | None = None,
         out_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
+        image_log_every_n_steps: int = 200,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,7 +87,17 @@ class AffinityStage(pl.LightningModule):
         self.log("train/pos_bg_loss", pos_bg_loss, batch_size=bs)
         self.log("train/pos_fg_loss", pos_fg_loss, batch_size=bs)
         self.log("train/neg_loss", neg_loss, batch_size=bs)
+        if image_logging_due(self, self.hparams.image_log_every_n_steps):
+            self._log_samples(batch, edge)
         return loss
+
+    @torch.no_grad()
+    def _log_samples(self, batch: dict[str, Any], edge: torch.Tensor) -> None:
+        """First image of the batch, its IR label and the predicted boundary probability."""
+        image = denormalise(batch["image"][0])
+        boundary = resize_map(edge[0], tuple(batch["image"].shape[-2:]))
+        tiles = [image, overlay_labels(image, batch["label"][0].cpu().numpy(), voc_palette()), gray(boundary)]
+        log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "IR label", "boundary"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -14,10 +14,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from rpnet_pl.data.classes import class_names
 from rpnet_pl.models import build_classifier
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import checkpoint_callback, class_name, eval_mode, poly_sgd
-from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_cam, resize_map, unit
+from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
+from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
+                                    unit)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class ClassifierStage(pl.LightningModule):
             with eval_mode(self.model):
                 cams = self.model.cam(images[:1])
         tiles = [image, overlay_cam(image, unit(resize_map(cams[0, c], size)))]
-        captions = ["image", f"CAM {class_name(c + 1, self.hparams.num_classes + 1)}"]
+        captions = ["image", f"CAM {class_names(self.hparams.num_classes + 1)[c + 1]}"]
         if "foreground" in out:
             fg = np.clip(resize_map(out["foreground"][0, 0], size), 0.0, 1.0)
             tiles.append(overlay_cam(image, fg))

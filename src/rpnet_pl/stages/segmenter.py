@@ -16,12 +16,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, voc_palette
+from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, class_names, voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 from rpnet_pl.stages.ir_labels import label_is_complete
+from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class SegmenterStage(pl.LightningModule):
         crf_params: dict[str, float] | None = None,
         label_format: Literal["voc", "coco"] = "voc",
         checkpoint_every_n_steps: int | None = None,
+        image_log_every_n_steps: int = 200,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,7 +90,18 @@ class SegmenterStage(pl.LightningModule):
         logits = F.interpolate(logits, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        if image_logging_due(self, self.hparams.image_log_every_n_steps):
+            self._log_samples(batch, logits)
         return loss
+
+    @torch.no_grad()
+    def _log_samples(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        """First image of the batch, its pseudo mask and the current prediction."""
+        image, palette = denormalise(batch["image"][0]), voc_palette()
+        pred = logits[0].argmax(0).cpu().numpy()
+        tiles = [image, overlay_labels(image, batch["label"][0].cpu().numpy(), palette),
+                 overlay_labels(image, pred, palette)]
+        log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "pseudo mask", "prediction"])
 
     def on_validation_epoch_start(self) -> None:
         self._val_conf = np.zeros((self.hparams.num_classes,) * 2, dtype=np.int64)
@@ -104,6 +117,11 @@ class SegmenterStage(pl.LightningModule):
             conf = self.all_gather(conf).sum(0)
         iou = iou_from_confusion(conf.cpu().numpy())
         self.log("val/miou", float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else 0.0, rank_zero_only=True)
+        # per class; a class absent from both the ground truth and the prediction (nan) is left out
+        names = class_names(self.hparams.num_classes)
+        per_class = {f"val/iou_{names[c].replace(' ', '_')}": float(v) for c, v in enumerate(iou) if not np.isnan(v)}
+        if per_class:
+            self.log_dict(per_class, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

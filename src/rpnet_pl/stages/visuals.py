@@ -6,10 +6,11 @@ any other logger with a folder, to ``<log_dir>/images/<key>_<step>.png``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -174,3 +175,16 @@ def unit(x: np.ndarray) -> np.ndarray:
     x = np.maximum(np.asarray(x, np.float32), 0.0)
     m = float(x.max(initial=0.0))
     return x / m if m > 0 else x
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``module`` in eval mode (BatchNorm statistics untouched), then restore every submodule's
+    own training flag exactly (frozen BatchNorm layers stay frozen)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training

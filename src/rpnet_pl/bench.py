@@ -1,0 +1,672 @@
+"""`rpnet bench`: throughput (images/s) and peak memory of every stage, training and inference.
+
+One measurement function per (stage, phase), each on synthetic random tensors (no dataset):
+
+* :func:`classifier_train` : one optimiser step of RPNet or the IRN CAM baseline on ``batch``
+  groups of ``group_size`` images (``batch * group_size`` images a step, crop 512 in the paper);
+* :func:`cam_inference` : multi-scale + flip CAMs of one full-size image (the plain branch);
+* :func:`irn_train` : one IRN step (affinity + displacement losses, frozen backbone; crop 512);
+* :func:`pseudo_mask_inference` : boundary map, random walk and argmax of one VOC-size image
+  (500x375, stride-4 map 125x94);
+* :func:`deeplab_train` : one DeepLab-LargeFOV step (cross-entropy, crop 321);
+* :func:`deeplab_inference` : multi-scale + flip softmax of one full-size image.
+
+Timing: ``warmup`` untimed calls, then at least ``iters`` timed calls (more, up to ``10 * iters``,
+until ``min_time`` seconds have been timed); the throughput is images per call over the *median*
+call time. On CUDA every call is bracketed by ``torch.cuda.synchronize``.
+
+Peak memory covers the whole case (model, optimiser state, inputs, warm-up and timed calls) above
+what was in use just before it:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` (reset per case) minus ``memory_allocated`` before;
+* CPU (Linux): the kernel's peak resident set size ``VmHWM``, reset per case by writing ``5`` to
+  ``/proc/self/clear_refs``, minus ``VmRSS`` before (freed heap is first returned with
+  ``malloc_trim``); exact peak of the process, no sampling;
+* CPU elsewhere: growth of ``getrusage(RUSAGE_SELF).ru_maxrss``, a lower bound (it only counts
+  growth above the process's earlier peak).
+
+Weights are random (``pretrained=False``): throughput does not depend on them.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as _dt
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rpnet_pl.errors import ConfigError
+
+Step = Callable[[], None]
+
+
+# =================================================================================================
+# Results and profiles
+# =================================================================================================
+@dataclass
+class BenchResult:
+    """One measured case. ``batch`` is images per call; ``images_per_s`` = batch / median call time."""
+
+    stage: str
+    phase: str
+    backbone: str
+    input: str
+    batch: int
+    images_per_s: float
+    peak_mib: float
+    seconds_per_iter: float
+    iters: int
+    device: str
+    precision: str
+    memory_method: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of every case. ``classifier_batch`` counts groups (images = batch * group_size),
+    as the classifier's data loader does; ``image_size`` (H, W) is the inference image."""
+
+    name: str
+    classifier_backbone: str
+    irn_backbone: str
+    deeplab_backbone: str
+    classifier_crop: int = 512
+    classifier_batch: int = 8
+    group_size: int = 2
+    irn_crop: int = 512
+    irn_batch: int = 32
+    deeplab_crop: int = 321
+    deeplab_batch: int = 10
+    image_size: tuple[int, int] = (375, 500)
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    seg_scales: tuple[float, ...] = (1.0, 0.75, 1.25)
+    cam_channels: int = 2
+    iters: int = 10
+    warmup: int = 2
+    min_time: float = 0.3
+    device: str = "cuda"
+
+
+#: ``cpu``: the tiny backbone at the paper's crop sizes with small batches (about 2 minutes on
+#: 2 cores); ``gpu``: the paper's backbones and batch sizes.
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(name="cpu", classifier_backbone="resnet18", irn_backbone="resnet18", deeplab_backbone="resnet18",
+                   classifier_batch=2, irn_batch=2, deeplab_batch=2, iters=3, warmup=1, min_time=0.0,
+                   device="cpu"),
+    "gpu": Profile(name="gpu", classifier_backbone="resnext50", irn_backbone="resnet50", deeplab_backbone="resnet50"),
+}
+
+#: Case names, in the order they run (see :func:`run_profile`).
+CASES = ("classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer")
+
+
+# =================================================================================================
+# Measurement
+# =================================================================================================
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS (glibc), so the RSS baseline is the memory in use."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _ru_maxrss_kib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform == "darwin" else float(rss)  # bytes on macOS, KiB on Linux
+
+
+class PeakMemory:
+    """Context manager: ``peak_mib`` = peak memory of the block above what was in use at its start
+    (see the module docstring for the method on each device); ``method`` names it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+        self.method = ""
+        self._base = 0.0
+        self._hwm = False
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            self._base = float(torch.cuda.memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method = "torch.cuda.max_memory_allocated"
+        else:
+            _malloc_trim()
+            self._hwm = _reset_peak_rss()
+            if self._hwm:
+                self._base = float(_proc_status_kib("VmRSS") or 0) * 1024
+                self.method = "peak RSS (VmHWM reset via /proc/self/clear_refs)"
+            else:
+                self._base = _ru_maxrss_kib() * 1024
+                self.method = "ru_maxrss growth (lower bound)"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = float(torch.cuda.max_memory_allocated(self.device))
+        elif self._hwm:
+            peak = float(_proc_status_kib("VmHWM") or 0) * 1024
+        else:
+            peak = _ru_maxrss_kib() * 1024
+        self.peak_mib = max(0.0, peak - self._base) / 2 ** 20
+
+
+def measure(build: Callable[[], Step], device: torch.device, iters: int = 3, warmup: int = 1,
+            min_time: float = 0.0) -> tuple[float, float, int, str]:
+    """Build a case (``build()`` makes the model and inputs and returns the step to time), run
+    ``warmup`` untimed steps, then at least ``iters`` timed ones (up to ``10 * iters`` until
+    ``min_time`` seconds are timed). Returns (median seconds a step, peak MiB, timed steps,
+    memory method)."""
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    times: list[float] = []
+    with PeakMemory(device) as mem:
+        step = build()
+        for _ in range(max(0, warmup)):
+            step()
+        _sync(device)
+        while len(times) < iters or (sum(times) < min_time and len(times) < 10 * iters):
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        del step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return statistics.median(times), mem.peak_mib, len(times), mem.method
+
+
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _images(n: int, h: int, w: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    """Normalised-looking random images (n, 3, h, w)."""
+    return torch.randn(n, 3, h, w, generator=gen).to(device)
+
+
+def _multi_hot(n: int, classes: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, classes) multi-hot float labels with at least one class each."""
+    labels = (torch.rand(n, classes, generator=gen) < 2.0 / classes).float()
+    labels[torch.arange(n), torch.randint(0, classes, (n,), generator=gen)] = 1.0
+    return labels
+
+
+def _blocky_labels(n: int, h: int, w: int, classes: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, h, w) int64 label maps of 32x32 blocks: background, a few classes, some 255 (ignore)."""
+    hb, wb = -(-h // 32), -(-w // 32)
+    small = torch.randint(0, classes + 1, (n, hb, wb), generator=gen)
+    small[torch.rand(n, hb, wb, generator=gen) < 0.15] = 255
+    return small.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, :h, :w].contiguous()
+
+
+def _sgd(params: Iterable[torch.nn.Parameter], momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-6, momentum=momentum, weight_decay=1e-4)
+
+
+def _result(stage: str, phase: str, backbone: str, input_: str, batch: int, device: torch.device, bf16: bool,
+            timing: tuple[float, float, int, str]) -> BenchResult:
+    sec, peak, n, method = timing
+    return BenchResult(stage=stage, phase=phase, backbone=backbone, input=input_, batch=batch,
+                       images_per_s=batch / sec, peak_mib=peak, seconds_per_iter=sec, iters=n,
+                       device=str(device), precision="bf16 autocast" if bf16 else "fp32", memory_method=method)
+
+
+def _scales_text(scales: Sequence[float]) -> str:
+    return "/".join(f"{s:g}" for s in scales)
+
+
+# =================================================================================================
+# The cases
+# =================================================================================================
+def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
+                     group_size: int = 2, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
+                     bf16: bool = False, min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
+    """One SGD step (forward with losses, backward, update) of the classifier on ``batch`` groups
+    of ``group_size`` images at ``crop`` (RPNet runs its enhanced scales 0.5/1.5/2 too)."""
+    from rpnet_pl.models import build_classifier
+
+    dev = resolve_device(str(device))
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
+                                 group_size=group_size).to(dev).train()
+        backbone_params, new_params = model.param_groups()
+        opt = _sgd([*backbone_params, *new_params], momentum=0.0)
+        n = batch * group_size
+        images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
+        labels = _multi_hot(n, num_classes, gen).to(dev).reshape(batch, group_size, num_classes)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dev, bf16):
+                loss = model.training_losses(images, labels)["loss"]
+            loss.backward()
+            opt.step()
+
+        return step
+
+    name = "classifier (RPNet)" if method == "rpnet" else "classifier (CAM baseline)"
+    return _result(name, "train", backbone, f"crop {crop}, {batch} group(s) of {group_size}", batch * group_size,
+                   dev, bf16, measure(build, dev, iters, warmup, min_time))
+
+
+def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
+                  scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), iters: int = 3, warmup: int = 1,
+                  device: str | torch.device = "cpu", bf16: bool = False, min_time: float = 0.0,
+                  num_classes: int = 20) -> BenchResult:
+    """Multi-scale + flip CAMs (strided and high-res) of one (H, W) image with the plain branch."""
+    from rpnet_pl.models import build_classifier
+    from rpnet_pl.stages.cam_inference import multiscale_cam
+
+    dev = resolve_device(str(device))
+    h, w = image_size
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes).to(dev).eval()
+        image = _images(1, h, w, dev, gen)
+
+        def step() -> None:
+            with torch.no_grad(), _autocast(dev, bf16):
+                multiscale_cam(model.cam, image, scales, flip=True)
+
+        return step
+
+    name = "CAM seeds (RPNet)" if method == "rpnet" else "CAM seeds (CAM baseline)"
+    return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip", 1, dev, bf16,
+                   measure(build, dev, iters, warmup, min_time))
+
+
+def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radius: int = 10, iters: int = 3,
+              warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False,
+              min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
+    """One IRN step as :class:`rpnet_pl.stages.affinity.AffinityStage` takes it: boundary and
+    displacement branches on the frozen backbone, affinity + displacement losses at ``radius``."""
+    from rpnet_pl.models import IRNet, displacement_losses
+    from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
+    from rpnet_pl.stages.affinity import stride4_labels
+
+    dev = resolve_device(str(device))
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = IRNet(backbone=backbone, pretrained=False).to(dev).train()
+        edge_params, dp_params = model.param_groups()
+        opt = _sgd([*edge_params, *dp_params], momentum=0.0)
+        images = _images(batch, crop, crop, dev, gen)
+        labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dev, bf16):
+                out = model(images)
+            edge = torch.sigmoid(out["edge_logits"][:, 0].float())  # (B, h4, w4)
+            label = stride4_labels(labels, tuple(edge.shape[-2:]))
+            aff = affinity_from_boundary(edge, radius)
+            pos_bg, pos_fg, neg = affinity_labels(label, radius)
+            pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
+            dp_fg, dp_bg = displacement_losses(out["displacement"].float(), label, radius)
+            loss = (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2 + (dp_fg + dp_bg) / 2
+            loss.backward()
+            opt.step()
+
+        return step
+
+    return _result("IRN (boundary + displacement)", "train", backbone, f"crop {crop}, radius {radius}", batch, dev,
+                   bf16, measure(build, dev, iters, warmup, min_time))
+
+
+def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500), channels: int = 2,
+                          radius: int = 5, beta: float = 10.0, exp_times: int = 8, iters: int = 3, warmup: int = 1,
+                          device: str | torch.device = "cpu", bf16: bool = False,
+                          min_time: float = 0.0) -> BenchResult:
+    """Pseudo mask of one (H, W) image: flip-averaged boundary map (padded to 512 as IRN), random
+    walk of ``channels`` stride-4 CAMs (``2 ** exp_times`` steps, radius 5), upsampling and argmax."""
+    from rpnet_pl.models import IRNet
+    from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
+
+    dev = resolve_device(str(device))
+    h, w = image_size
+    h4, w4 = (h - 1) // 4 + 1, (w - 1) // 4 + 1
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = IRNet(backbone=backbone, pretrained=False).to(dev).eval()
+        image = _images(1, h, w, dev, gen)
+        cams = torch.rand(channels, h4, w4, generator=gen).to(dev)
+        keys = list(range(1, channels + 1))
+
+        def step() -> None:
+            with torch.no_grad():
+                with _autocast(dev, bf16):
+                    boundary = model.boundary(image)
+                rw = propagate_cams(cams, boundary.float(), radius=radius, beta=beta, exp_times=exp_times)
+                sem_seg_from_rw(rw, keys, (h, w))
+
+        return step
+
+    return _result("pseudo masks (boundary + random walk)", "inference", backbone,
+                   f"{w}x{h} (map {w4}x{h4}), {channels} classes, {2 ** exp_times} RW steps", 1, dev, bf16,
+                   measure(build, dev, iters, warmup, min_time))
+
+
+def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, head: str = "largefov",
+                  output_stride: int = 8, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
+                  bf16: bool = False, min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
+    """One SGD step (momentum 0.9) of DeepLab on ``batch`` crops: logits upsampled to the crop,
+    cross-entropy ignoring 255, as :class:`rpnet_pl.stages.segmenter.SegmenterStage`."""
+    from rpnet_pl.models import build_deeplab
+
+    dev = resolve_device(str(device))
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
+                              pretrained=False).to(dev).train()
+        backbone_params, head_params = model.param_groups()
+        opt = _sgd([*backbone_params, *head_params], momentum=0.9)
+        images = _images(batch, crop, crop, dev, gen)
+        labels = _blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dev, bf16):
+                logits = model(images)
+                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
+    return _result(name, "train", backbone, f"crop {crop}, OS {output_stride}", batch, dev, bf16,
+                   measure(build, dev, iters, warmup, min_time))
+
+
+def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
+                      scales: Sequence[float] = (1.0, 0.75, 1.25), head: str = "largefov", output_stride: int = 8,
+                      iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False,
+                      min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
+    """Multi-scale + flip softmax and argmax of one (H, W) image (no CRF)."""
+    from rpnet_pl.models import build_deeplab
+    from rpnet_pl.stages.segmenter import multiscale_probs
+
+    dev = resolve_device(str(device))
+    h, w = image_size
+
+    def build() -> Step:
+        gen = torch.Generator().manual_seed(0)
+        model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
+                              pretrained=False).to(dev).eval()
+        image = _images(1, h, w, dev, gen)
+
+        def step() -> None:
+            with torch.no_grad(), _autocast(dev, bf16):
+                multiscale_probs(model, image, scales, flip=True).argmax(0)
+
+        return step
+
+    name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
+    return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip, OS {output_stride}",
+                   1, dev, bf16, measure(build, dev, iters, warmup, min_time))
+
+
+def run_case(case: str, profile: Profile, device: str | torch.device, bf16: bool = False) -> BenchResult:
+    """Run one of :data:`CASES` with ``profile``'s sizes on ``device``."""
+    p = profile
+    common = dict(iters=p.iters, warmup=p.warmup, device=device, bf16=bf16, min_time=p.min_time)
+    if case in ("classifier-rpnet", "classifier-cam"):
+        return classifier_train(case.split("-")[1], p.classifier_backbone, p.classifier_crop, p.classifier_batch,
+                                p.group_size, **common)
+    if case == "cam":
+        return cam_inference("rpnet", p.classifier_backbone, p.image_size, p.cam_scales, **common)
+    if case == "irn":
+        return irn_train(p.irn_backbone, p.irn_crop, p.irn_batch, **common)
+    if case == "pseudo-mask":
+        return pseudo_mask_inference(p.irn_backbone, p.image_size, p.cam_channels, **common)
+    if case == "deeplab-train":
+        return deeplab_train(p.deeplab_backbone, p.deeplab_crop, p.deeplab_batch, **common)
+    if case == "deeplab-infer":
+        return deeplab_inference(p.deeplab_backbone, p.image_size, p.seg_scales, **common)
+    raise ConfigError(f"unknown bench case {case!r} ({', '.join(CASES)})")
+
+
+def get_profile(name: str, iters: int | None = None, warmup: int | None = None, backbone: str | None = None,
+                **sizes: object) -> Profile:
+    """A copy of :data:`PROFILES` ``[name]`` with the given overrides (``backbone`` sets all three;
+    ``sizes`` are other :class:`Profile` fields, e.g. ``classifier_crop=64``)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown bench profile {name!r} ({', '.join(PROFILES)})")
+    changes: dict[str, object] = {k: v for k, v in sizes.items() if v is not None}
+    if iters is not None:
+        changes["iters"] = iters
+    if warmup is not None:
+        changes["warmup"] = warmup
+    if backbone:
+        changes.update(classifier_backbone=backbone, irn_backbone=backbone, deeplab_backbone=backbone)
+    return replace(PROFILES[name], **changes)
+
+
+def run_profile(profile: Profile, device: str | torch.device = "auto", bf16: bool = False,
+                cases: Sequence[str] | None = None,
+                on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
+    """Every case of ``cases`` (default :data:`CASES`) in order; ``on_result`` is called after each."""
+    results = []
+    for case in cases or CASES:
+        res = run_case(case, profile, device, bf16)
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+    return results
+
+
+# =================================================================================================
+# Report
+# =================================================================================================
+@dataclass
+class MachineInfo:
+    """What the numbers were measured on."""
+
+    cpu: str
+    cores: int
+    usable_cores: int
+    torch_threads: int
+    ram_gib: float
+    torch: str
+    python: str
+    gpus: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line naming the machine."""
+        cpu = (f"{self.cpu}, {self.cores} logical cores ({self.usable_cores} usable, torch threads "
+               f"{self.torch_threads}), {self.ram_gib:.1f} GiB RAM")
+        gpu = "; GPU: " + ", ".join(self.gpus) if self.gpus else "; no CUDA GPU"
+        return f"{cpu}{gpu}; torch {self.torch}, Python {self.python}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def machine_info() -> MachineInfo:
+    """CPU model (``/proc/cpuinfo``), cores, RAM, CUDA GPUs (name and memory), torch version."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append(f"{props.name} ({props.total_memory / 2 ** 30:.1f} GiB)")
+    return MachineInfo(cpu=_cpu_model(), cores=os.cpu_count() or 1, usable_cores=usable,
+                       torch_threads=torch.get_num_threads(), ram_gib=_ram_gib(), torch=torch.__version__,
+                       python=platform.python_version(), gpus=gpus)
+
+
+def markdown_table(results: Sequence[BenchResult]) -> str:
+    """The results as a markdown table (stage, phase, backbone, input, batch, images/s, peak MiB)."""
+    lines = ["| stage | phase | backbone | input | batch | images/s | peak memory (MiB) |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for r in results:
+        ips = f"{r.images_per_s:.3g}" if r.images_per_s < 100 else f"{r.images_per_s:.0f}"
+        lines.append(f"| {r.stage} | {r.phase} | {r.backbone} | {r.input} | {r.batch} | {ips} | {r.peak_mib:.0f} |")
+    return "\n".join(lines)
+
+
+BENCH_HEADER = """# Benchmarks
+
+`make bench` (or `rpnet bench`) measures every stage of the pipeline, training and inference, on
+synthetic random tensors (no dataset, random weights), and appends one dated section per run here.
+
+* **Cases.** Classifier training step (RPNet and the IRN CAM baseline; a step is `batch` groups of
+  `k` images, RPNet including its no-grad enhanced scales 0.5/1.5/2), multi-scale + flip CAM
+  inference on a 500x375 image, IRN training step (affinity + displacement losses, frozen
+  backbone), pseudo-mask inference (flip-averaged boundary map, sparse random walk of 2^8 steps on
+  the 125x94 stride-4 map, argmax), DeepLab-LargeFOV training step and multi-scale + flip
+  inference. Training steps include the backward pass and the SGD update.
+* **Throughput** is images per step over the median step time (after warm-up steps); `batch` is
+  images per step (inference: one image, all its scales and flips).
+* **Peak memory** is the peak over the case (model, optimiser state, inputs, every step) above what
+  was in use before it: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the kernel's peak
+  resident set size (`VmHWM`, reset per case through `/proc/self/clear_refs`), or the growth of
+  `ru_maxrss` where that reset is unavailable (a lower bound).
+* **Profiles.** `cpu`: ResNet-18 for every stage at the paper's crop sizes (classifier 512, IRN 512,
+  DeepLab 321) with small batches, 3 timed steps (about 2 minutes on 2 cores). `gpu`: the paper's
+  networks and batch sizes: classifier ResNeXt-50, 8 groups of 2 at 512; IRN ResNet-50, batch 32 at
+  512; DeepLab-LargeFOV ResNet-50 (output stride 8), batch 10 at 321; at least 10 timed steps and
+  0.3 s per case. `--bf16` runs the networks under bfloat16 autocast.
+
+Run: `make bench` (the CPU profile, then the GPU profile when `torch.cuda.is_available()`), or
+`rpnet bench --profile cpu|gpu [--device cpu|cuda] [--iters N] [--bf16] [--out docs/benchmarks.md]`.
+Speeds depend on the machine and its load; compare numbers only within one section.
+
+GPU numbers are pending a run on a GPU machine (`make bench` there appends them below).
+"""
+
+
+def format_section(results: Sequence[BenchResult], profile: Profile, command: str,
+                   machine: MachineInfo | None = None, when: _dt.datetime | None = None) -> str:
+    """A dated markdown section: machine, command, settings and the table."""
+    machine = machine or machine_info()
+    when = when or _dt.datetime.now(_dt.timezone.utc)
+    device = results[0].device if results else "?"
+    precision = results[0].precision if results else "fp32"
+    memory = results[0].memory_method if results else "?"
+    lines = [
+        f"## {when.strftime('%Y-%m-%d %H:%M UTC')}: profile `{profile.name}` on {device}",
+        "",
+        f"- Machine: {machine.describe()}",
+        f"- Command: `{command}`",
+        f"- Precision: {precision}; timing: median of >= {profile.iters} step(s) after {profile.warmup} warm-up "
+        f"step(s); peak memory: {memory}",
+        "",
+        markdown_table(results),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def append_section(path: str | os.PathLike, section: str, header: str = BENCH_HEADER) -> Path:
+    """Append ``section`` to the markdown file at ``path`` (created with ``header`` when missing),
+    atomically: the old text is read, the new text written to a temporary file and renamed."""
+    from rpnet_pl.io import atomic_path
+
+    path = Path(path)
+    old = path.read_text() if path.is_file() else header
+    text = old.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def results_as_dicts(results: Sequence[BenchResult]) -> list[dict[str, object]]:
+    """Plain dicts (for JSON)."""
+    return [asdict(r) for r in results]
+
+
+__all__ = [
+    "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile", "append_section",
+    "cam_inference", "classifier_train", "deeplab_inference", "deeplab_train", "format_section", "get_profile",
+    "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "resolve_device",
+    "results_as_dicts", "run_case", "run_profile",
+]

@@ -1,0 +1,133 @@
+"""`rpnet bench`: every case runs at tiny sizes and reports sane numbers; the markdown file grows by
+one section a run and names the machine. No speed is asserted."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpnet_pl import bench
+from rpnet_pl.cli import build_parser, main
+
+TINY = dict(iters=1, warmup=0, device="cpu")
+
+
+def _check(r: bench.BenchResult, batch: int) -> None:
+    assert r.batch == batch
+    assert math.isfinite(r.images_per_s) and r.images_per_s > 0
+    assert math.isfinite(r.peak_mib) and r.peak_mib >= 0
+    assert r.seconds_per_iter > 0 and r.iters == 1
+    assert r.device == "cpu" and r.precision == "fp32" and r.memory_method
+
+
+@pytest.mark.parametrize("method", ["rpnet", "cam"])
+def test_classifier_train(method: str) -> None:
+    r = bench.classifier_train(method, "resnet18", crop=64, batch=1, group_size=2, **TINY)
+    _check(r, 2)
+    assert r.phase == "train" and ("RPNet" in r.stage) == (method == "rpnet")
+
+
+def test_cam_inference() -> None:
+    _check(bench.cam_inference("rpnet", "resnet18", image_size=(40, 56), scales=(1.0, 0.5), **TINY), 1)
+
+
+def test_irn_train() -> None:
+    _check(bench.irn_train("resnet18", crop=64, batch=2, radius=4, **TINY), 2)
+
+
+def test_pseudo_mask_inference() -> None:
+    r = bench.pseudo_mask_inference("resnet18", image_size=(40, 56), channels=2, exp_times=2, **TINY)
+    _check(r, 1)
+    assert "14x10" in r.input  # the stride-4 map of a 56x40 image
+
+
+def test_deeplab_train_and_inference() -> None:
+    _check(bench.deeplab_train("resnet18", crop=48, batch=2, **TINY), 2)
+    _check(bench.deeplab_inference("resnet18", image_size=(40, 56), scales=(1.0, 0.75), **TINY), 1)
+
+
+def test_measure_takes_median_and_counts_memory() -> None:
+    def build():
+        def step() -> None:
+            torch.ones(4, 2 ** 20).sum()  # 16 MiB, freed at once
+        return step
+
+    sec, peak, n, method = bench.measure(build, torch.device("cpu"), iters=3, warmup=1)
+    assert n == 3 and sec > 0 and peak >= 0 and method
+    with pytest.raises(ValueError):
+        bench.measure(build, torch.device("cpu"), iters=0)
+
+
+def test_profiles_follow_the_paper() -> None:
+    gpu, cpu = bench.PROFILES["gpu"], bench.PROFILES["cpu"]
+    assert (gpu.classifier_backbone, gpu.irn_backbone, gpu.deeplab_backbone) == ("resnext50", "resnet50", "resnet50")
+    assert (gpu.classifier_crop, gpu.classifier_batch, gpu.group_size) == (512, 8, 2)
+    assert (gpu.irn_crop, gpu.irn_batch, gpu.deeplab_crop, gpu.deeplab_batch) == (512, 32, 321, 10)
+    assert gpu.iters >= 10
+    assert cpu.device == "cpu" and cpu.classifier_backbone == "resnet18"
+    assert (cpu.classifier_crop, cpu.irn_crop, cpu.deeplab_crop) == (512, 512, 321)
+    p = bench.get_profile("gpu", iters=2, backbone="resnet18", deeplab_crop=64)
+    assert (p.iters, p.irn_backbone, p.deeplab_crop) == (2, "resnet18", 64)
+    with pytest.raises(Exception):
+        bench.get_profile("tpu")
+
+
+def test_cli_case_choices_match_the_library() -> None:
+    sub = next(a for a in build_parser()._subparsers._group_actions)  # the COMMAND sub-parsers
+    cases = next(a for a in sub.choices["bench"]._actions if a.dest == "cases")
+    assert tuple(cases.choices) == bench.CASES
+
+
+def _fake_result(stage: str = "IRN", ips: float = 12.5) -> bench.BenchResult:
+    return bench.BenchResult(stage=stage, phase="train", backbone="resnet18", input="crop 512", batch=2,
+                             images_per_s=ips, peak_mib=321.4, seconds_per_iter=0.16, iters=3, device="cpu",
+                             precision="fp32", memory_method="peak RSS")
+
+
+def test_markdown_appends_sections_and_names_the_machine(tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "benchmarks.md"
+    machine = bench.machine_info()
+    assert machine.cpu and machine.cores >= 1 and machine.torch == torch.__version__
+    prof = bench.PROFILES["cpu"]
+    first = bench.format_section([_fake_result("IRN", 12.5)], prof, "rpnet bench --profile cpu", machine,
+                                 dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.timezone.utc))
+    bench.append_section(out, first)
+    text1 = out.read_text()
+    assert text1.startswith("# Benchmarks") and "pending" in text1
+    second = bench.format_section([_fake_result("DeepLab", 7.25)], prof, "rpnet bench --profile cpu", machine,
+                                  dt.datetime(2025, 1, 3, 3, 4, tzinfo=dt.timezone.utc))
+    bench.append_section(out, second)
+    text2 = out.read_text()
+    assert text2.startswith(text1.rstrip("\n"))  # the first run is preserved as it was
+    assert text2.count("\n## ") == 2 and text2.count("# Benchmarks") == 1
+    assert "2025-01-02 03:04 UTC" in text2 and "2025-01-03 03:04 UTC" in text2
+    assert machine.cpu in text2 and f"torch {torch.__version__}" in text2
+    assert "| IRN | train | resnet18 | crop 512 | 2 | 12.5 | 321 |" in text2
+    assert "`rpnet bench --profile cpu`" in text2
+    assert not list(out.parent.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_cli_bench_writes_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    tiny = dataclasses.replace(bench.PROFILES["cpu"], classifier_crop=64, classifier_batch=1, image_size=(40, 56),
+                               cam_scales=(1.0,))
+    monkeypatch.setitem(bench.PROFILES, "cpu", tiny)
+    out = tmp_path / "bench.md"
+    args = ["bench", "--profile", "cpu", "--iters", "1", "--warmup", "0", "--cases", "classifier-cam", "cam",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| classifier (CAM baseline) | train |" in printed and "images/s" in printed
+    text = out.read_text()
+    assert text.count("\n## ") == 2 and "profile `cpu` on cpu" in text
+    assert "`rpnet bench --profile cpu --device cpu --iters 1 --warmup 0 --cases classifier-cam cam --out" in text
+
+
+def test_cli_bench_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--profile", "gpu", "--no-write"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
