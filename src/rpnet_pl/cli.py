@@ -143,6 +143,28 @@ def _sem_seg_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_refinement(args: argparse.Namespace) -> int:
+    """Pseudo-mask mIoU after each refinement step (CAM, x (1-B), walks of 2^e steps)."""
+    import torch
+
+    from rpnet_pl.stages.affinity import AffinityStage, format_breakdown, refinement_breakdown
+    from rpnet_pl.stages.common import write_json
+
+    if not Path(args.ckpt).is_file():
+        raise DatasetError(f"{args.ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
+    stage = AffinityStage.load_from_checkpoint(
+        args.ckpt, map_location="cpu", pretrained=False, weights=None, rw_radius=args.radius, rw_beta=args.beta,
+        bg_threshold=args.bg_threshold)
+    if torch.cuda.is_available():
+        stage = stage.cuda()
+    result = refinement_breakdown(stage, args.cams, args.root, dataset=args.dataset, split=args.split,
+                                  exp_times=args.exp_times)
+    print(format_breakdown(result))
+    if args.out:
+        print(f"wrote {write_json(args.out, result)}")
+    return 0
+
+
 def _crf_params(args: argparse.Namespace) -> dict[str, float]:
     return {"t": args.crf_iters, "pos_w": args.crf_pos_w, "pos_xy": args.crf_pos_xy, "bi_w": args.crf_bi_w,
             "bi_xy": args.crf_bi_xy, "bi_rgb": args.crf_bi_rgb}
@@ -371,6 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bg-threshold", type=float, default=0.25)
     _add_device_args(p)
     p.set_defaults(func=_sem_seg_labels)
+
+    p = sub.add_parser("eval-refinement", help="diagnose boundary refinement: pseudo-mask mIoU and foreground "
+                       "share after each step (CAMs alone, x (1 - boundary), random walks of 2^e steps)")
+    p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
+    p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
+    _add_data_args(p, "train")
+    p.add_argument("--exp-times", type=int, nargs="+", default=[0, 2, 8], help="walks of 2**e steps to score")
+    p.add_argument("--radius", type=int, default=5)
+    p.add_argument("--beta", type=float, default=10.0, help="affinity power")
+    p.add_argument("--bg-threshold", type=float, default=0.25)
+    p.add_argument("--out", help="write the result as JSON here")
+    p.set_defaults(func=_eval_refinement)
 
     for name, func, split, help_ in (("eval-seg", _eval_seg, "val", "segmenter mIoU with and without denseCRF"),
                                      ("predict-seg", _predict_seg, "test", "segmenter predictions for the benchmark")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -169,3 +169,82 @@ def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path,
     trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     trainer.predict(stage, datamodule=dm, return_predictions=False)
     return todo
+
+
+# -- where refinement gains or loses -----------------------------------------------------------
+def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Tensor, image_size: tuple[int, int],
+                     exp_times: Sequence[int] = (0, 2, 8), radius: int = 5, beta: float = 10.0,
+                     bg: float = 0.25) -> dict[str, np.ndarray]:
+    """Pseudo masks of one image after each step of the refinement (spec "Pseudo masks"):
+
+    * ``cam``: the strided CAMs alone (x4 up, global max, background ``bg``, argmax);
+    * ``cam x (1-B)``: the CAMs damped by the boundary map, no walk;
+    * ``walk 2^e``: the full recipe with ``2 ** e`` random-walk steps, for each ``e`` in ``exp_times``.
+
+    cams (K, h, w), boundary (h, w), keys (K,) class ids. Returns name -> (H, W) int64 label map.
+    """
+    out = {"cam": sem_seg_from_rw(cams, keys, image_size, bg=bg),
+           "cam x (1-B)": sem_seg_from_rw(cams * (1.0 - boundary), keys, image_size, bg=bg)}
+    for e in exp_times:
+        rw = propagate_cams(cams, boundary, radius=radius, beta=beta, exp_times=e)
+        out[f"walk 2^{e}"] = sem_seg_from_rw(rw, keys, image_size, bg=bg)
+    return out
+
+
+def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, dataset: str = "voc",
+                         split: str = "train", exp_times: Sequence[int] = (0, 2, 8)) -> dict[str, Any]:
+    """mIoU and foreground share of the pseudo masks after each step of :func:`refinement_steps` over
+    a split with ground truth (a diagnosis of the Table I "+ BR" gain; `rpnet eval-refinement`).
+
+    Also reports the mean boundary probability. Uses the stage's random-walk settings. Returns
+    ``{"split", "n_images", "mean_boundary", "steps": {name: {"miou", "fg_fraction",
+    "per_class_iou"}}}`` (nan -> None).
+    """
+    from rpnet_pl.data.datamodules import InferenceDataModule
+    from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
+    from rpnet_pl.stages.evaluate import _num, _per_class
+
+    hp = stage.hparams
+    dm = InferenceDataModule(root=root, dataset=dataset, split=split, with_mask=True, num_workers=0)  # type: ignore[arg-type]
+    reader = dm.reader
+    c = reader.num_classes
+    conf: dict[str, np.ndarray] = {}
+    boundary_sum, n = 0.0, 0
+    stage.eval()
+    with torch.no_grad():
+        for item in dm.dataset_:
+            image, gt = item["image"][None].to(stage.device), item["mask"].numpy()
+            boundary = stage.model.boundary(image)
+            record = read_cam(cams_dir, item["id"])
+            cams = torch.as_tensor(record["cam"], dtype=torch.float32, device=boundary.device)
+            keys = torch.as_tensor(record["keys"], dtype=torch.long)
+            h4, w4 = boundary.shape
+            cams = F.pad(cams[:, :h4, :w4], (0, max(0, w4 - cams.shape[-1]), 0, max(0, h4 - cams.shape[-2])))
+            steps = refinement_steps(cams, boundary, keys, gt.shape, exp_times, radius=hp.rw_radius,
+                                     beta=hp.rw_beta, bg=hp.bg_threshold)
+            for name, pred in steps.items():
+                conf.setdefault(name, np.zeros((c, c), dtype=np.int64))
+                conf[name] += confusion_matrix(pred, gt, c)
+            boundary_sum += float(boundary.mean())
+            n += 1
+    result: dict[str, Any] = {"split": split, "dataset": dataset, "n_images": n,
+                              "mean_boundary": boundary_sum / max(n, 1), "steps": {}}
+    for name, m in conf.items():
+        iou = iou_from_confusion(m)
+        result["steps"][name] = {
+            "miou": _num(miou(m)),
+            "fg_fraction": _num(float(m[:, 1:].sum() / max(m.sum(), 1))),
+            "per_class_iou": _per_class(iou, reader.class_names),
+        }
+    return result
+
+
+def format_breakdown(result: dict[str, Any]) -> str:
+    """Markdown table of a :func:`refinement_breakdown` result."""
+    lines = ["| step | mIoU (%) | predicted foreground (%) |", "|---|---:|---:|"]
+    for name, row in result["steps"].items():
+        m = "-" if row["miou"] is None else f"{100 * row['miou']:.1f}"
+        lines.append(f"| {name} | {m} | {100 * row['fg_fraction']:.1f} |")
+    lines.append(f"\n({result['n_images']} image(s), split {result['split']}, "
+                 f"mean boundary probability {result['mean_boundary']:.3f})")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""`rpnet eval-refinement`: pseudo masks after each refinement step, on hand-computed maps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import pytest
+import torch
+
+from rpnet_pl.cli import main
+from rpnet_pl.data.datasets import build_reader
+from rpnet_pl.data.transforms import eval_transform, to_chw
+from rpnet_pl.ops.metrics import confusion_matrix, miou
+from rpnet_pl.stages.affinity import AffinityStage, refinement_breakdown, refinement_steps
+from rpnet_pl.stages.cam_inference import read_cam, write_cam
+
+# x4 bilinear (align_corners=False) of a 1D step [1, 1, 0, 0]: output i samples source (i + 0.5) / 4 - 0.5
+STEP_UP = np.array([1, 1, 1, 1, 1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0, 0, 0, 0, 0])
+
+
+def _block_cam() -> torch.Tensor:
+    cams = torch.zeros(1, 4, 4)
+    cams[0, :2, :2] = 1.0
+    return cams
+
+
+def test_cam_step_is_the_upsampled_cam_against_the_background_threshold() -> None:
+    steps = refinement_steps(_block_cam(), torch.zeros(4, 4), torch.tensor([3]), (16, 16), exp_times=())
+    expected = np.where(np.outer(STEP_UP, STEP_UP) > 0.25, 3, 0)
+    np.testing.assert_array_equal(steps["cam"], expected)
+    # no boundary: damping changes nothing
+    np.testing.assert_array_equal(steps["cam x (1-B)"], expected)
+    assert list(steps) == ["cam", "cam x (1-B)"]
+
+
+def test_a_boundary_over_the_cam_damps_it_to_background() -> None:
+    boundary = torch.zeros(4, 4)
+    boundary[:2, :2] = 1.0
+    steps = refinement_steps(_block_cam(), boundary, torch.tensor([3]), (16, 16), exp_times=())
+    assert (steps["cam x (1-B)"] == 0).all()
+    assert (steps["cam"] == 3).sum() == (np.outer(STEP_UP, STEP_UP) > 0.25).sum()
+
+
+def test_a_long_walk_without_boundaries_floods_the_map() -> None:
+    steps = refinement_steps(_block_cam(), torch.zeros(4, 4), torch.tensor([3]), (16, 16), exp_times=(0, 8),
+                             radius=2)
+    assert (steps["walk 2^8"] == 3).all()  # 256 steps mix a 4x4 map completely; global max -> 1 everywhere
+    assert (steps["walk 2^0"] == 3).sum() > (steps["cam"] == 3).sum()  # one step already spreads
+
+
+def _stage() -> AffinityStage:
+    torch.manual_seed(0)
+    return AffinityStage(backbone="resnet18", pretrained=False, radius=2, rw_radius=2).eval()
+
+
+def _write_cams(tiny_voc: Path, cams_dir: Path) -> None:
+    reader = build_reader("voc", str(tiny_voc), "train")
+    rng = np.random.default_rng(0)
+    for image_id in reader.ids:
+        keys = np.array(reader.labels(image_id), dtype=np.int64)
+        write_cam(cams_dir, image_id, {"keys": keys, "cam": rng.uniform(0, 1, (len(keys), 4, 5)).astype(np.float32),
+                                       "high_res": np.zeros((len(keys), 16, 20), np.float16)})
+
+
+def test_breakdown_sums_every_image(tiny_voc: Path, tmp_path: Path) -> None:
+    stage, cams = _stage(), tmp_path / "cams"
+    _write_cams(tiny_voc, cams)
+    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(1,))
+    assert result["n_images"] == 4 and list(result["steps"]) == ["cam", "cam x (1-B)", "walk 2^1"]
+    assert 0.0 < result["mean_boundary"] < 1.0
+    # the same confusion matrix built image by image here
+    reader = build_reader("voc", str(tiny_voc), "train")
+    conf = np.zeros((21, 21), dtype=np.int64)
+    for image_id in reader.ids:
+        image = torch.from_numpy(to_chw(eval_transform()(image=reader.image(image_id))["image"]))[None]
+        with torch.no_grad():
+            boundary = stage.model.boundary(image)
+        rec = read_cam(cams, image_id)
+        gt = reader.mask(image_id)
+        steps = refinement_steps(torch.from_numpy(rec["cam"]), boundary, torch.from_numpy(rec["keys"]), gt.shape,
+                                 exp_times=(1,), radius=2)
+        conf += confusion_matrix(steps["walk 2^1"], gt, 21)
+    assert result["steps"]["walk 2^1"]["miou"] == pytest.approx(miou(conf))
+    assert result["steps"]["walk 2^1"]["fg_fraction"] == pytest.approx(conf[:, 1:].sum() / conf.sum())
+
+
+def test_cli_prints_the_table_and_writes_json(tiny_voc: Path, tmp_path: Path, capsys) -> None:
+    stage, cams = _stage(), tmp_path / "cams"
+    _write_cams(tiny_voc, cams)
+    ckpt = tmp_path / "irn.ckpt"
+    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    out = tmp_path / "breakdown.json"
+    assert main(["eval-refinement", "--ckpt", str(ckpt), "--cams", str(cams), "--root", str(tiny_voc),
+                 "--exp-times", "0", "--radius", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| cam x (1-B) |" in printed and "| walk 2^0 |" in printed and "4 image(s), split train" in printed
+    assert set(json.loads(out.read_text())["steps"]) == {"cam", "cam x (1-B)", "walk 2^0"}
+
+
+def test_cli_missing_checkpoint_is_a_clear_error(tiny_voc: Path, tmp_path: Path, capsys) -> None:
+    assert main(["eval-refinement", "--ckpt", str(tmp_path / "none.ckpt"), "--cams", str(tmp_path),
+                 "--root", str(tiny_voc)]) == 2
+    assert "none.ckpt: affinity checkpoint not found" in capsys.readouterr().err
