@@ -68,7 +68,36 @@ $(addprefix ablation-,$(ABLATIONS)): ablation-%: $(STAMP)  ## a paper table's sw
 		$(if $(DATA),--data $(DATA)) $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run)
 
 report: $(STAMP)  ## tables from every run in RUNS -> RUNS/report.md
-	$(RPNET) report $(RUNS)
+	$(if $(DRY),@echo )$(RPNET) report $(RUNS)
+
+# Every table of the paper as one target: our rows (the other methods' rows are the paper's).
+# Tables I and X need COCO: VOC_DATA= / COCO_DATA= set the two roots (default: each experiment's dataset.root).
+VOC_DATA ?= $(DATA)
+COCO_DATA ?=
+TABLES := 1 2 3 4 5 6 7 8 9 10 11
+.PHONY: $(addprefix table-,$(TABLES))
+define run_targets
+	@for t in $(1); do $(MAKE) --no-print-directory $$t $(2) || exit 1; done
+endef
+table-1: $(STAMP)  ## Table I: seeds / + RPNet / + BR on VOC and COCO train (ResNet-50 baseline and RPNet)
+	$(call run_targets,voc-baseline-resnet50 voc-resnet50,DATA=$(VOC_DATA))
+	$(call run_targets,coco-baseline-resnet50 coco-resnet50,DATA=$(COCO_DATA))
+	$(MAKE) --no-print-directory report
+table-2: ablation-data-volume  ## Table II (data volume)
+table-3: ablation-backbone  ## Table III (backbones)
+table-4: ablation-blocks  ## Table IV (feature blocks)
+table-5: ablation-beta  ## Table V (beta)
+table-6: ablation-gaussian  ## Table VI (Gaussian filter)
+table-7: ablation-group-size  ## Table VII (images per group)
+table-8 table-9: $(STAMP)  ## Tables VIII / IX: VOC val (+/- CRF) and test export, ResNet-50/101, ResNeXt-50/101
+	$(call run_targets,voc-resnet50 voc-resnet101 voc-resnext50 voc-resnext101,DATA=$(VOC_DATA))
+	$(MAKE) --no-print-directory report
+table-10: $(STAMP)  ## Table X: COCO val (ResNet-50)
+	$(call run_targets,coco-resnet50,DATA=$(COCO_DATA))
+	$(MAKE) --no-print-directory report
+table-11: $(STAMP)  ## Table XI: per-class VOC val IoU (ResNet-50, ResNeXt-101)
+	$(call run_targets,voc-resnet50 voc-resnext101,DATA=$(VOC_DATA))
+	$(MAKE) --no-print-directory report
 
 # The CPU profile always; the GPU profile (ResNeXt-50 / ResNet-50, the paper's batches) too when torch sees CUDA.
 BENCH_OUT ?= docs/benchmarks.md

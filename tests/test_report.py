@@ -116,3 +116,37 @@ def test_report_overlays_need_the_dataset(tmp_path: Path) -> None:
 
     rec = {"keys": np.array([3, 7]), "high_res": np.array([[[0.9, 0.1]], [[0.2, 0.05]]], np.float16)}
     assert seed_labels(rec, 0.15).tolist() == [[3, 0]]
+
+
+def test_report_segmentation_and_per_class_tables(tmp_path: Path) -> None:
+    from rpnet_pl.data.classes import VOC_CLASSES
+
+    def seg_run(name: str, method: str, backbone: str, dataset: str, val: float, crf: float, export: bool) -> None:
+        run = tmp_path / name
+        (run / "classifier").mkdir(parents=True)
+        (run / "classifier" / "config.yaml").write_text(
+            f"model:\n  method: {method}\n  backbone: {backbone}\ndata:\n  dataset: {dataset}\n")
+        per_class = {c: (0.9 if c == "background" else 0.5 if c == "aeroplane" else None) for c in VOC_CLASSES}
+        (run / "eval_seg").mkdir()
+        (run / "eval_seg" / "metrics.json").write_text(json.dumps({
+            "without_crf": {"miou": val, "per_class_iou": per_class},
+            "with_crf": {"miou": crf, "per_class_iou": {**per_class, "aeroplane": 0.6}}}))
+        if export:
+            (run / "predict_seg").mkdir()
+            (run / "predict_seg" / ".done").write_text("")
+
+    seg_run("voc-rx50", "rpnet", "resnext50", "voc", 0.657, 0.670, export=True)
+    seg_run("coco-r50", "rpnet", "resnet50", "coco", 0.371, 0.386, export=False)
+    _, text = write_report(tmp_path)
+    voc = text.split("## Table VIII")[1].split("##")[0]
+    assert f"| RPNet (resnext50) [voc-rx50] w/o CRF | 65.7 | submit `{tmp_path / 'voc-rx50' / 'predict_seg'}` |" in voc
+    assert "| RPNet (resnext50) [voc-rx50] | 67.0 |" in voc and "coco-r50" not in voc
+    coco = text.split("## Table X:")[1].split("##")[0]
+    assert "| RPNet (resnet50) [coco-r50] | 38.6 | - |" in coco
+    xi = text.split("## Table XI")[1]
+    header = xi.strip().splitlines()[2]
+    assert header.startswith("| method | background | aeroplane |") and header.endswith("| mIoU |")
+    # per-class rows: bg 90, aeroplane 50 (60 with CRF), the rest absent; mIoU over the present classes
+    assert "| RPNet (resnext50) [voc-rx50] w/o CRF | 90.0 | 50.0 | - |" in xi and xi.count("| 70.0 |") == 1
+    assert "| RPNet (resnext50) [voc-rx50] | 90.0 | 60.0 | - |" in xi and "| 75.0 |" in xi
+    assert "coco-r50" not in xi

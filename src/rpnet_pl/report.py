@@ -31,11 +31,16 @@ class RunSummary:
 
     name: str
     method: str | None = None
+    backbone: str | None = None
+    dataset: str | None = None
     seeds: float | None = None
     seed_threshold: float | None = None
     pseudo_masks: float | None = None
     val: float | None = None
     val_crf: float | None = None
+    val_per_class: dict[str, float | None] | None = None
+    val_crf_per_class: dict[str, float | None] | None = None
+    test_export: Path | None = None
 
 
 def _read(path: Path) -> dict | None:
@@ -52,7 +57,12 @@ def summarise_run(run: Path) -> RunSummary:
     if cfg.is_file():
         import yaml
 
-        out.method = ((yaml.safe_load(cfg.read_text()) or {}).get("model") or {}).get("method")
+        try:
+            config = yaml.safe_load(cfg.read_text()) or {}
+        except yaml.YAMLError:
+            config = {}
+        model, data = config.get("model") or {}, config.get("data") or {}
+        out.method, out.backbone, out.dataset = model.get("method"), model.get("backbone"), data.get("dataset")
     if (m := _read(run / "eval_cam" / "metrics.json")) is not None:
         out.seeds, out.seed_threshold = m.get("best_miou"), m.get("best_threshold")
     if (m := _read(run / "eval_sem_seg" / "metrics.json")) is not None:
@@ -60,6 +70,10 @@ def summarise_run(run: Path) -> RunSummary:
     if (m := _read(run / "eval_seg" / "metrics.json")) is not None:
         out.val = (m.get("without_crf") or {}).get("miou")
         out.val_crf = (m.get("with_crf") or {}).get("miou")
+        out.val_per_class = (m.get("without_crf") or {}).get("per_class_iou")
+        out.val_crf_per_class = (m.get("with_crf") or {}).get("per_class_iou")
+    if (run / "predict_seg" / ".done").is_file():
+        out.test_export = run / "predict_seg"
     return out
 
 
@@ -75,6 +89,45 @@ def summary_table(runs: list[RunSummary]) -> str:
         lines.append(f"| {r.name} | {r.method or '-'} | {_pct(r.seeds)} | {_pct(r.pseudo_masks)} | "
                      f"{_pct(r.val)} | {_pct(r.val_crf)} |")
     return "\n".join(lines)
+
+
+def _label(r: RunSummary) -> str:
+    """The paper's row label: "RPNet (resnext50)" / "Base (resnet50)"; the run name in brackets."""
+    method = {"rpnet": "RPNet", "cam": "Base"}.get(r.method or "", r.method or "?")
+    return f"{method} ({r.backbone or '?'}) [{r.name}]"
+
+
+def segmentation_table(runs: list[RunSummary], dataset: str) -> str | None:
+    """Tables VIII (VOC) / X (COCO): our rows, val mIoU with and without denseCRF; the test column
+    names the exported predictions (scored by the benchmark's server, not here). None without rows."""
+    rows = [r for r in runs if (r.dataset or "voc") == dataset and (r.val is not None or r.val_crf is not None)]
+    if not rows:
+        return None
+    lines = ["| method | val | test |", "|---|---:|---|"]
+    for r in rows:
+        test = f"submit `{r.test_export}`" if r.test_export else "-"
+        lines.append(f"| {_label(r)} w/o CRF | {_pct(r.val)} | {test} |")
+        lines.append(f"| {_label(r)} | {_pct(r.val_crf)} | {test} |")
+    return "\n".join(lines)
+
+
+def per_class_table(runs: list[RunSummary]) -> str | None:
+    """Table XI: per-class val IoU of every VOC run (with and without CRF), one row each."""
+    from rpnet_pl.data.classes import VOC_CLASSES
+    from rpnet_pl.ops.metrics import format_iou_table
+
+    rows: list[str] = []
+    for r in runs:
+        if (r.dataset or "voc") != "voc":
+            continue
+        for suffix, per_class in ((" w/o CRF", r.val_per_class), ("", r.val_crf_per_class)):
+            if not per_class:
+                continue
+            values = [np.nan if per_class.get(c) is None else per_class[c] for c in VOC_CLASSES]
+            table = format_iou_table(values, VOC_CLASSES, row_name=_label(r) + suffix).splitlines()
+            rows += table[:2] if not rows else []
+            rows.append(table[2])
+    return "\n".join(rows) if rows else None
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:
@@ -265,7 +318,15 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     folder = path.parent
     run_dirs = find_runs(runs_dir)
     runs = [summarise_run(p) for p in run_dirs]
-    text = "# rpnet-pl report\n\n## Seeds, pseudo masks and segmentation (mIoU %)\n\n" + summary_table(runs) + "\n"
+    text = ("# rpnet-pl report\n\n## Table I: seeds, pseudo masks (+ BR) and segmentation (mIoU %)\n\n"
+            + summary_table(runs) + "\n")
+    for dataset, table in (("voc", "VIII"), ("coco", "X")):
+        seg = segmentation_table(runs, dataset)
+        if seg:
+            text += f"\n## Table {table}: segmentation on {dataset.upper()} val (mIoU %)\n\n" + seg + "\n"
+    per_class = per_class_table(runs)
+    if per_class:
+        text += "\n## Table XI: per-class IoU on VOC val (%)\n\n" + per_class + "\n"
     for run in run_dirs:
         figures = run_figures(run, folder)
         if figures:

@@ -1,0 +1,40 @@
+"""The paper-table make targets, checked through their dry runs (DRY=1 prints the commands only)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                                reason="needs make and the installed .venv (make test provides both)")
+
+
+def _dry(target: str, tmp_path: Path, *extra: str) -> str:
+    done = subprocess.run(["make", "--no-print-directory", target, "DRY=1", f"RUNS={tmp_path}", *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_table_1_runs_baseline_and_rpnet_on_voc_and_coco(tmp_path: Path) -> None:
+    out = _dry("table-1", tmp_path, "VOC_DATA=/d/voc", "COCO_DATA=/d/coco")
+    pipelines = re.findall(r"rpnet pipeline .*--data (\S+) --dry-run\s+(\S+)", out)
+    assert pipelines == [("/d/voc", "experiments/voc_baseline_resnet50.yaml"),
+                         ("/d/voc", "experiments/voc_resnet50.yaml"),
+                         ("/d/coco", "experiments/coco_baseline_resnet50.yaml"),
+                         ("/d/coco", "experiments/coco_resnet50.yaml")]
+    assert out.rstrip().endswith(f"rpnet report {tmp_path}")
+    assert not (tmp_path / "report.md").exists()  # a dry run writes nothing
+
+
+def test_table_8_lists_every_step_of_four_backbones(tmp_path: Path) -> None:
+    out = _dry("table-8", tmp_path)
+    for backbone in ("resnet50", "resnet101", "resnext50", "resnext101"):
+        run = tmp_path / f"voc-{backbone}"
+        assert f"fit classifier --config {run}/classifier/config.yaml" in out
+        assert f"eval-seg --ckpt {run}/segmenter/checkpoints/last.ckpt" in out
+        assert f"predict-seg --ckpt {run}/segmenter/checkpoints/last.ckpt --out {run}/predict_seg" in out
