@@ -18,7 +18,7 @@ from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import write_label_png
 from rpnet_pl.stages.cam_inference import cam_path, write_cam
-from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_masks, format_report
+from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_masks, format_report, sweep_edge
 
 A, B = "2007_000001", "2007_000002"  # A: {1}; B: {1, 2}
 
@@ -198,3 +198,26 @@ def test_cli_eval_cam_and_sem_seg(tiny_voc: Path, tmp_path: Path, capsys: pytest
     cam_path(tmp_path / "cams", A).unlink()
     assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc)]) == 2
     assert f"{A}.npy" in capsys.readouterr().err
+
+
+def test_sweep_edge_flags_an_optimum_at_the_end_of_the_sweep() -> None:
+    assert sweep_edge({0.1: 0.2, 0.2: 0.3, 0.3: 0.4}) == "high"
+    assert sweep_edge({0.1: 0.5, 0.2: 0.3, 0.3: 0.4}) == "low"
+    assert sweep_edge({0.1: 0.2, 0.2: 0.5, 0.3: 0.4}) is None
+    assert sweep_edge({0.1: 0.5, 0.2: 0.5}) is None  # a tie: the edge is not strictly best
+    assert sweep_edge({0.3: 0.4}) is None and sweep_edge({0.1: float("nan"), 0.3: 0.4}) is None
+
+
+def test_best_at_the_largest_threshold_is_reported(tiny_voc: Path, tmp_path: Path) -> None:
+    cams = tmp_path / "cams"
+    exact_cams(tiny_voc, cams)
+    # Image A: its class-1 block at 1.0 and a background strip at 0.3: thresholds below 0.3 call it class 1.
+    high = np.zeros((1, 16, 20), dtype=np.float16)
+    high[0, 1:5, 1:5] = 1.0
+    high[0, 10:14, :] = 0.3
+    write_cam(cams, A, {"keys": np.array([1]), "cam": high[:, ::4, ::4].astype(np.float32), "high_res": high})
+    res = evaluate_cams(cams, tiny_voc, split="train", thresholds=(0.1, 0.2, 0.4))
+    assert res["best_threshold"] == 0.4 and res["best_miou"] == 1.0 and res["best_at_edge"] == "high"
+    assert "the best threshold is the sweep's largest" in format_report(res)
+    res = evaluate_cams(cams, tiny_voc, split="train", thresholds=(0.1, 0.4, 0.6))
+    assert res["best_at_edge"] is None and "sweep's" not in format_report(res)

@@ -104,6 +104,7 @@ def evaluate_cams(
         sweep.update(cams, rec["keys"], gt)
     best_t, best_m = sweep.best()
     best = _summary(sweep.confusion[best_t], names)
+    results = sweep.results()
     return {
         "split": split,
         "dataset": dataset,
@@ -111,14 +112,28 @@ def evaluate_cams(
         "cam": "high_res" if use_high_res else "strided",
         "thresholds": {
             _thr_key(t): {"miou": _num(m), "per_class": _per_class(iou, names)}
-            for t, (m, iou) in sweep.results().items()
+            for t, (m, iou) in results.items()
         },
         "best_threshold": best_t,
         "best_miou": _num(best_m),
+        "best_at_edge": sweep_edge({t: m for t, (m, _) in results.items()}),
         "per_class_iou": best["per_class_iou"],
         "precision": best["precision"],
         "recall": best["recall"],
     }
+
+
+def sweep_edge(miou_by_threshold: dict[float, float]) -> str | None:
+    """"low" / "high" when the sweep's best mIoU lies at its smallest / largest threshold and beats
+    the neighbouring one (the optimum may lie beyond the sweep), else None. One threshold: None."""
+    ts = sorted(t for t, m in miou_by_threshold.items() if not math.isnan(m))
+    if len(ts) < 2:
+        return None
+    if miou_by_threshold[ts[-1]] > max(miou_by_threshold[t] for t in ts[:-1]):
+        return "high"
+    if miou_by_threshold[ts[0]] > max(miou_by_threshold[t] for t in ts[1:]):
+        return "low"
+    return None
 
 
 def evaluate_masks(
@@ -179,6 +194,10 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
         best = result["best_miou"]
         lines += ["", f"best threshold {result['best_threshold']:g}: mIoU "
                       f"{'-' if best is None else f'{100 * best:.1f}'}", ""]
+        edge = result.get("best_at_edge")
+        if edge:
+            lines += [f"note: the best threshold is the sweep's {'largest' if edge == 'high' else 'smallest'}; "
+                      "the optimum may lie beyond it (widen --thresholds)", ""]
         row = f"IoU @ {result['best_threshold']:g}"
     else:
         row = "IoU"
