@@ -104,3 +104,23 @@ def test_cli_missing_checkpoint_is_a_clear_error(tiny_voc: Path, tmp_path: Path,
     assert main(["eval-refinement", "--ckpt", str(tmp_path / "none.ckpt"), "--cams", str(tmp_path),
                  "--root", str(tiny_voc)]) == 2
     assert "none.ckpt: affinity checkpoint not found" in capsys.readouterr().err
+
+
+def test_irn_losses_hand_computed() -> None:
+    """Boundary 0.5 everywhere (logits 0): every pair affinity is 0.5. An all-background label has
+    only positive background pairs: pos_bg = -log(0.5 + 1e-5), the others 0; zero displacement on
+    background costs nothing. loss = (pos_bg / 2) / 2."""
+    from rpnet_pl.stages.affinity import irn_losses
+
+    out = {"edge_logits": torch.zeros(1, 1, 6, 6, requires_grad=True), "displacement": torch.zeros(1, 2, 6, 6)}
+    terms = irn_losses(out, torch.zeros(1, 24, 24, dtype=torch.long), radius=2)
+    pos_bg = -np.log(0.5 + 1e-5)
+    assert terms["pos_bg_loss"].item() == pytest.approx(pos_bg, rel=1e-4)
+    assert terms["pos_fg_loss"].item() == 0 and terms["neg_loss"].item() == 0
+    assert terms["dp_bg_loss"].item() == 0 and terms["dp_fg_loss"].item() == 0
+    assert terms["loss"].item() == pytest.approx(pos_bg / 4, rel=1e-4)
+    assert terms["edge"].shape == (1, 6, 6) and torch.allclose(terms["edge"], torch.full((1, 6, 6), 0.5))
+    terms["loss"].backward()  # d loss / d logit >= 0: descent lowers the boundary and raises the affinity
+    assert (out["edge_logits"].grad >= 0).all() and out["edge_logits"].grad.sum() > 0
+    no_dp = irn_losses(out, torch.zeros(1, 24, 24, dtype=torch.long), radius=2, displacement=False)
+    assert "dp_bg_loss" not in no_dp and no_dp["loss"].item() == pytest.approx(pos_bg / 4, rel=1e-4)

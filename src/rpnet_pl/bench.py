@@ -341,9 +341,8 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
               min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
     """One IRN step as :class:`rpnet_pl.stages.affinity.AffinityStage` takes it: boundary and
     displacement branches on the frozen backbone, affinity + displacement losses at ``radius``."""
-    from rpnet_pl.models import IRNet, displacement_losses
-    from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
-    from rpnet_pl.stages.affinity import stride4_labels
+    from rpnet_pl.models import IRNet
+    from rpnet_pl.stages.affinity import irn_losses
 
     dev = resolve_device(str(device))
 
@@ -359,13 +358,7 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
             opt.zero_grad(set_to_none=True)
             with _autocast(dev, bf16):
                 out = model(images)
-            edge = torch.sigmoid(out["edge_logits"][:, 0].float())  # (B, h4, w4)
-            label = stride4_labels(labels, tuple(edge.shape[-2:]))
-            aff = affinity_from_boundary(edge, radius)
-            pos_bg, pos_fg, neg = affinity_labels(label, radius)
-            pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
-            dp_fg, dp_bg = displacement_losses(out["displacement"].float(), label, radius)
-            loss = (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2 + (dp_fg + dp_bg) / 2
+            loss = irn_losses(out, labels, radius)["loss"]
             loss.backward()
             opt.step()
 

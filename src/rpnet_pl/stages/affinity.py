@@ -38,6 +38,27 @@ def stride4_labels(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int,
+               displacement: bool = True) -> dict[str, torch.Tensor]:
+    """IRN's objective on one batch (spec "Stage 2"): ``loss = (pos_bg/2 + pos_fg/2 + neg)/2``
+    plus ``(dp_fg + dp_bg)/2`` when ``displacement``; every term is returned for logging.
+
+    out: IRNet's output (``edge_logits`` (B, 1, h4, w4), ``displacement`` (B, 2, h4, w4));
+    ir_label: (B, H, W) IR labels at full size (255 ignore). ``edge`` is the boundary probability.
+    """
+    edge = torch.sigmoid(out["edge_logits"][:, 0].float())  # (B, h4, w4)
+    label = stride4_labels(ir_label, tuple(edge.shape[-2:]))
+    aff = affinity_from_boundary(edge, radius)  # (B, D, h', w')
+    pos_bg, pos_fg, neg = affinity_labels(label, radius)
+    pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
+    terms = {"edge": edge, "pos_bg_loss": pos_bg_loss, "pos_fg_loss": pos_fg_loss, "neg_loss": neg_loss,
+             "loss": (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2}
+    if displacement:
+        terms["dp_fg_loss"], terms["dp_bg_loss"] = displacement_losses(out["displacement"].float(), label, radius)
+        terms["loss"] = terms["loss"] + (terms["dp_fg_loss"] + terms["dp_bg_loss"]) / 2
+    return terms
+
+
 class AffinityStage(pl.LightningModule):
     """Trains IRNet's boundary and displacement branches (backbone frozen) on IR labels.
 
@@ -70,23 +91,14 @@ class AffinityStage(pl.LightningModule):
         self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model(batch["image"])
-        edge = torch.sigmoid(out["edge_logits"][:, 0])  # (B, h4, w4) boundary probability
-        label = stride4_labels(batch["label"], tuple(edge.shape[-2:]))
-        aff = affinity_from_boundary(edge, self.hparams.radius)  # (B, D, h', w')
-        pos_bg, pos_fg, neg = affinity_labels(label, self.hparams.radius)
-        pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
-        loss = (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2
+        terms = irn_losses(self.model(batch["image"]), batch["label"], self.hparams.radius,
+                           displacement=self.hparams.displacement_loss)
         bs = batch["image"].shape[0]
-        if self.hparams.displacement_loss:
-            dp_fg, dp_bg = displacement_losses(out["displacement"], label, self.hparams.radius)
-            loss = loss + (dp_fg + dp_bg) / 2
-            self.log("train/dp_fg_loss", dp_fg, batch_size=bs)
-            self.log("train/dp_bg_loss", dp_bg, batch_size=bs)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/pos_bg_loss", pos_bg_loss, batch_size=bs)
-        self.log("train/pos_fg_loss", pos_fg_loss, batch_size=bs)
-        self.log("train/neg_loss", neg_loss, batch_size=bs)
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
+        for key in ("pos_bg_loss", "pos_fg_loss", "neg_loss", "dp_fg_loss", "dp_bg_loss"):
+            if key in terms:
+                self.log(f"train/{key}", terms[key], batch_size=bs)
+        edge, loss = terms["edge"], terms["loss"]
         if image_logging_due(self, self.hparams.image_log_every_n_steps):
             self._log_samples(batch, edge)
         return loss
