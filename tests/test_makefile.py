@@ -37,4 +37,5 @@ def test_table_8_lists_every_step_of_four_backbones(tmp_path: Path) -> None:
         run = tmp_path / f"voc-{backbone}"
         assert f"fit classifier --config {run}/classifier/config.yaml" in out
         assert f"eval-seg --ckpt {run}/segmenter/checkpoints/last.ckpt" in out
+        assert re.search(rf"sem-seg-labels --ckpt {run}/affinity/checkpoints/last.ckpt .*--pad-to 512", out)
         assert f"predict-seg --ckpt {run}/segmenter/checkpoints/last.ckpt --out {run}/predict_seg" in out

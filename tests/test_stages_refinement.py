@@ -124,3 +124,18 @@ def test_irn_losses_hand_computed() -> None:
     assert (out["edge_logits"].grad >= 0).all() and out["edge_logits"].grad.sum() > 0
     no_dp = irn_losses(out, torch.zeros(1, 24, 24, dtype=torch.long), radius=2, displacement=False)
     assert "dp_bg_loss" not in no_dp and no_dp["loss"].item() == pytest.approx(pos_bg / 4, rel=1e-4)
+
+
+@pytest.mark.parametrize("pad_to", [None, 64])
+def test_breakdown_pads_as_configured(tiny_voc: Path, tmp_path: Path, pad_to: int | None) -> None:
+    stage, cams = _stage(), tmp_path / "cams"
+    stage.hparams.rw_pad_to = pad_to
+    _write_cams(tiny_voc, cams)
+    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=())
+    reader = build_reader("voc", str(tiny_voc), "train")
+    means = []
+    for image_id in reader.ids:
+        image = torch.from_numpy(to_chw(eval_transform()(image=reader.image(image_id))["image"]))[None]
+        with torch.no_grad():
+            means.append(float(stage.model.boundary(image, pad_to=pad_to).mean()))
+    assert result["mean_boundary"] == pytest.approx(np.mean(means), rel=1e-5)

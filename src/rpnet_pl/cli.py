@@ -71,6 +71,11 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pad_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pad-to", type=int, default=512, help="zero-pad each image to this square before the "
+                   "boundary network, as IRN does (512 for VOC-size images; 0: no padding)")
+
+
 def _add_data_args(p: argparse.ArgumentParser, split: str, root_required: bool = True) -> None:
     p.add_argument("--dataset", choices=("voc", "coco"), default="voc")
     p.add_argument("--root", required=root_required, help="dataset root (see `rpnet data check`)")
@@ -137,8 +142,8 @@ def _sem_seg_labels(args: argparse.Namespace) -> int:
 
     n = make_sem_seg_labels(args.ckpt, args.cams, args.out, root=args.root, dataset=args.dataset, split=args.split,
                             radius=args.radius, beta=args.beta, exp_times=args.exp_times,
-                            bg_threshold=args.bg_threshold, devices=_devices(args.devices), num_nodes=args.num_nodes,
-                            accelerator=args.accelerator)
+                            bg_threshold=args.bg_threshold, pad_to=args.pad_to or None,
+                            devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
     print(f"wrote {n} pseudo mask(s) to {args.out}")
     return 0
 
@@ -154,7 +159,7 @@ def _eval_refinement(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
     stage = AffinityStage.load_from_checkpoint(
         args.ckpt, map_location="cpu", pretrained=False, weights=None, rw_radius=args.radius, rw_beta=args.beta,
-        bg_threshold=args.bg_threshold)
+        bg_threshold=args.bg_threshold, rw_pad_to=args.pad_to or None)
     if torch.cuda.is_available():
         stage = stage.cuda()
     result = refinement_breakdown(stage, args.cams, args.root, dataset=args.dataset, split=args.split,
@@ -280,7 +285,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.name:
         cfg["name"] = args.name
     steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                 steps=args.steps, tags=args.tag or [])
+                 steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
     try:
         run_steps(steps, dry_run=args.dry_run, force=args.force or [])
     except StepFailed as exc:
@@ -391,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=10.0, help="affinity power")
     p.add_argument("--exp-times", type=int, default=8, help="random walk of 2**exp_times steps")
     p.add_argument("--bg-threshold", type=float, default=0.25)
+    _add_pad_arg(p)
     _add_device_args(p)
     p.set_defaults(func=_sem_seg_labels)
 
@@ -403,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=int, default=5)
     p.add_argument("--beta", type=float, default=10.0, help="affinity power")
     p.add_argument("--bg-threshold", type=float, default=0.25)
+    _add_pad_arg(p)
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_eval_refinement)
 
@@ -431,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: the experiment's name)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
     p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu",
+                   help="cpu: --gpus N runs N CPU processes per node instead (DDP over gloo)")
     p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"))
     p.add_argument("--steps", nargs="+", help="only these steps")
     p.add_argument("--force", nargs="+", help="re-run these steps even if complete")

@@ -45,7 +45,10 @@ class Step:
 
     @property
     def log_path(self) -> Path:
-        return self.folder / "log.txt"
+        """``log.txt``; under SLURM every task but the first writes ``log.rank<N>.txt`` beside it."""
+        rank = os.environ.get("SLURM_PROCID", "0")
+        return self.folder / ("log.txt" if rank == "0" or os.environ.get("SLURM_NTASKS", "1") == "1"
+                              else f"log.rank{rank}.txt")
 
     def is_done(self) -> bool:
         return self.done_marker.is_file()
@@ -97,13 +100,18 @@ def substitute(value: Any, run: Path) -> Any:
 
 
 def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
-         steps: Sequence[str] | None = None, tags: Sequence[str] = ()) -> list[Step]:
-    """The steps of an experiment, with their argv and resolved configs (nothing runs here)."""
+         steps: Sequence[str] | None = None, tags: Sequence[str] = (), accelerator: str = "gpu") -> list[Step]:
+    """The steps of an experiment, with their argv and resolved configs (nothing runs here).
+
+    ``gpus`` processes per node on ``nodes`` nodes (0: one process, Lightning's default device);
+    ``accelerator="cpu"`` runs those processes on CPUs (DDP over gloo: CPU clusters, tests).
+    """
     name = cfg.get("name", "experiment")
     run = Path(runs_dir) / name
     ds = cfg.get("dataset") or {}
     data_args = ["--dataset", str(ds.get("name", "voc")), "--root", str(ds.get("root", "data/voc"))]
-    dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)] + (["--accelerator", "gpu"] if gpus else [])
+    dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)]
+    dev_args += ["--accelerator", accelerator] if gpus else []
     rpnet = [sys.executable, "-m", "rpnet_pl.cli"]
     wanted = list(steps or [s for s in STEP_ORDER if s in cfg])
     unknown = [s for s in wanted if s not in STEP_ORDER]
@@ -121,7 +129,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
             trainer["logger"] = _logger_config(logger, folder, name, step, tags)
             if gpus:
-                trainer.update({"accelerator": "gpu", "devices": gpus, "num_nodes": nodes})
+                trainer.update({"accelerator": accelerator, "devices": gpus, "num_nodes": nodes})
                 if gpus * nodes > 1:
                     trainer["strategy"] = "ddp"
             stage_cfg["trainer"] = trainer

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
-from rpnet_pl.models.irn import IRNet, displacement_losses
+from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
@@ -81,6 +81,7 @@ class AffinityStage(pl.LightningModule):
         rw_beta: float = 10.0,
         rw_exp_times: int = 8,
         bg_threshold: float = 0.25,
+        rw_pad_to: int | None = IRN_INFER_PAD,
         cams_dir: str | None = None,
         out_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
@@ -129,7 +130,7 @@ class AffinityStage(pl.LightningModule):
         image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
         """
         hp = self.hparams
-        boundary = self.model.boundary(image)  # (h4, w4), flip-averaged
+        boundary = self.model.boundary(image, pad_to=hp.rw_pad_to or None)  # (h4, w4), flip-averaged
         cams = torch.as_tensor(cam_record["cam"], dtype=torch.float32, device=boundary.device)  # (K, h4, w4)
         keys = torch.as_tensor(cam_record["keys"], dtype=torch.long)
         h4, w4 = boundary.shape
@@ -154,8 +155,8 @@ class AffinityStage(pl.LightningModule):
 
 def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
                         split: str = "train_aug", radius: int = 5, beta: float = 10.0, exp_times: int = 8,
-                        bg_threshold: float = 0.25, devices: int | str = "auto", num_nodes: int = 1,
-                        accelerator: str = "auto") -> int:
+                        bg_threshold: float = 0.25, pad_to: int | None = IRN_INFER_PAD,
+                        devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
     """`rpnet sem-seg-labels`: pseudo masks for every image of ``split`` without a complete PNG."""
     from rpnet_pl.data.datamodules import InferenceDataModule
     from rpnet_pl.errors import DatasetError
@@ -165,7 +166,7 @@ def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path,
         raise DatasetError(f"{ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
     stage = AffinityStage.load_from_checkpoint(
         ckpt, map_location="cpu", pretrained=False, weights=None, cams_dir=str(cams_dir), out_dir=str(out),
-        rw_radius=radius, rw_beta=beta, rw_exp_times=exp_times, bg_threshold=bg_threshold)
+        rw_radius=radius, rw_beta=beta, rw_exp_times=exp_times, bg_threshold=bg_threshold, rw_pad_to=pad_to)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
     reader = dm.reader
     from PIL import Image
@@ -226,7 +227,7 @@ def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, 
     with torch.no_grad():
         for item in dm.dataset_:
             image, gt = item["image"][None].to(stage.device), item["mask"].numpy()
-            boundary = stage.model.boundary(image)
+            boundary = stage.model.boundary(image, pad_to=hp.rw_pad_to or None)
             record = read_cam(cams_dir, item["id"])
             cams = torch.as_tensor(record["cam"], dtype=torch.float32, device=boundary.device)
             keys = torch.as_tensor(record["keys"], dtype=torch.long)
