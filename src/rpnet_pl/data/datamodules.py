@@ -180,10 +180,11 @@ class InferenceDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         self.setup()
-        # One pass: no persistent workers; forkserver, because forking a process that already runs
-        # DDP (gloo) threads can deadlock a worker (seen at shutdown under SLURM).
+        # One pass: no persistent workers. Under DDP, forkserver: forking a process that already runs
+        # the process group's threads can deadlock a worker (seen at shutdown under SLURM).
         kwargs = {**_loader_kwargs(self.num_workers), "persistent_workers": False}
-        if self.num_workers > 0:
+        trainer = getattr(self, "trainer", None)
+        if self.num_workers > 0 and trainer is not None and trainer.world_size > 1:
             kwargs["multiprocessing_context"] = "forkserver"
         return DataLoader(self.dataset_, batch_size=1, sampler=ShardSampler(len(self.dataset_)),
                           collate_fn=collate_single, **kwargs)
