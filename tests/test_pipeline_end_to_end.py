@@ -34,13 +34,19 @@ TINY = {
 }
 
 
-@pytest.mark.slow
-def test_whole_chain_then_resume(tmp_path: Path) -> None:
+def tiny_experiment(tmp_path: Path) -> tuple[Path, Path]:
+    """A 12-image synthetic VOC set and an experiment ``tiny`` on it: (dataset root, YAML path)."""
     data = tmp_path / "synth"
     generate_synthetic_voc(data, images=12, size=48, classes=3, seed=0, test_images=2)
     exp = tmp_path / "tiny.yaml"
     exp.write_text(yaml.safe_dump({"extends": str(EXPERIMENTS / "base.yaml"), "name": "tiny",
                                    "dataset": {"root": str(data)}, **TINY}))
+    return data, exp
+
+
+@pytest.mark.slow
+def test_whole_chain_then_resume(tmp_path: Path) -> None:
+    data, exp = tiny_experiment(tmp_path)
     cfg = load_experiment(exp)
     runs = tmp_path / "runs"
     steps = plan(cfg, runs_dir=runs, logger="csv")

@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from rpnet_pl.data.synthetic import generate_synthetic_voc
 from rpnet_pl.pipeline import STEP_ORDER
-from tests.test_pipeline_end_to_end import EXPERIMENTS, TINY
+from tests.test_pipeline_end_to_end import tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 RPNET = Path(sys.executable).parent / "rpnet"
@@ -30,11 +27,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or not RPNET.exists(), reason="needs bash and the rpnet script")
 def test_sbatch_script_runs_the_chain_as_two_slurm_tasks(tmp_path: Path) -> None:
-    data = tmp_path / "synth"
-    generate_synthetic_voc(data, images=12, size=48, classes=3, seed=0, test_images=2)
-    exp = tmp_path / "tiny.yaml"
-    exp.write_text(yaml.safe_dump({"extends": str(EXPERIMENTS / "base.yaml"), "name": "tiny",
-                                   "dataset": {"root": str(data)}, **TINY}))
+    data, exp = tiny_experiment(tmp_path)
     runs = tmp_path / "runs"
     env = {**os.environ, "PATH": f"{REPO / 'tests' / 'bin'}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NTASKS": "2",
