@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+import json
 import xml.etree.ElementTree as ET
 from itertools import combinations
 from pathlib import Path
@@ -255,11 +256,59 @@ def test_distinctive_head_is_smaller_than_body(big_summary, synth):
     for name, parts in big_summary["part_fraction"].items():
         assert parts["instances"] > 0
         assert 0.0 < parts["head_fraction"] < parts["body_fraction"], name
-    # object scales span roughly 15-45% of the short side
+    # object scales (major axis) span roughly 15-45% of the short side by default
     spans = [max(o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]) + 1
              for m in big_summary["images_meta"].values() for o in m["objects"] if not o["truncated"]]
     spans = np.array(spans) / 32
     assert spans.min() < 0.3 and spans.max() > 0.45
+
+
+def _fg_share(voc: Path, ids: list[str]) -> float:
+    masks = [read_label_png(voc / "SegmentationClassAug" / f"{i}.png") for i in ids]
+    fg = sum(int(((m > 0) & (m != IGNORE_INDEX)).sum()) for m in masks)
+    return fg / sum(int((m != IGNORE_INDEX).sum()) for m in masks)
+
+
+def test_foreground_share_follows_object_scale(tmp_path):
+    kw = dict(images=80, size=32, classes=C, seed=5, test_images=1)
+    default = generate_synthetic_voc(tmp_path / "default", **kw)
+    voc_like = generate_synthetic_voc(tmp_path / "voc_like", object_scale=(0.35, 0.75), context="family", **kw)
+    for summary in (default, voc_like):
+        voc = Path(summary["root"])
+        ids = read_split(voc, "train_aug") + read_split(voc, "val")
+        assert summary["foreground_fraction"] == pytest.approx(_fg_share(voc, ids), abs=1e-4)
+    assert (default["object_scale"], default["context"]) == ([0.15, 0.45], "class")
+    assert (voc_like["object_scale"], voc_like["context"]) == ([0.35, 0.75], "family")
+    assert 0.05 < default["foreground_fraction"] < 0.16
+    # VOC's foreground is about a quarter to a third of the labelled pixels
+    assert 0.2 < voc_like["foreground_fraction"] < 0.4
+
+
+def test_cli_passes_the_variant_through(tmp_path, capsys):
+    from rpnet_pl.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "6", "--size", "32", "--classes", "3",
+                 "--object-scale", "0.35", "0.75", "--context", "family"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["object_scale"] == [0.35, 0.75] and printed["context"] == "family"
+
+
+def test_context_textures_are_shared_by_a_family_or_owned_by_a_class():
+    def context(style):
+        return (style.bg_texture, style.bg_rgb, style.bg_period, style.bg_angle)
+
+    family, own = class_styles(C, "family"), class_styles(C, "class")
+    n_fam = round(C / 3)
+    for a, b in combinations(range(1, C + 1), 2):
+        same_family = (a - 1) % n_fam == (b - 1) % n_fam
+        assert (context(family[a]) == context(family[b])) == same_family, (a, b)
+        assert context(own[a]) != context(own[b]), (a, b)
+    # only the context differs between the two: heads and bodies are the same
+    for k in range(1, C + 1):
+        assert (family[k].head_rgb, family[k].body_hsv, family[k].body_period) == \
+            (own[k].head_rgb, own[k].body_hsv, own[k].body_period)
+    with pytest.raises(ConfigError, match="context"):
+        class_styles(C, "scene")
 
 
 def test_heads_are_distinct_and_bodies_alike():
@@ -280,7 +329,8 @@ def test_heads_are_distinct_and_bodies_alike():
 
 
 @pytest.mark.parametrize("kw", [dict(images=1), dict(classes=0), dict(classes=21), dict(size=8),
-                                dict(val_fraction=1.0), dict(test_images=0)])
+                                dict(val_fraction=1.0), dict(test_images=0), dict(object_scale=(0.5, 0.2)),
+                                dict(object_scale=(0.0, 0.5)), dict(context="scene")])
 def test_rejects_bad_arguments(tmp_path, kw):
     with pytest.raises(ConfigError):
         _make(tmp_path, **kw)

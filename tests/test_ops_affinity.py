@@ -111,3 +111,25 @@ def test_loss_hand_computed_average_and_gradient():
     assert affinity_loss(aff, empty, empty, empty)[0].item() == 0.0
     with pytest.raises(ValueError):
         affinity_loss(aff, pos_bg[:1], pos_fg, neg)
+
+
+def test_mask_boundary_marks_blocks_with_two_labels_or_ignore():
+    from rpnet_pl.ops.affinity import mask_boundary
+
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:4, :6] = 3  # fills block (0, 0), half of block (0, 1)
+    mask[6, 1] = 255  # one ignore pixel in block (1, 0)
+    np.testing.assert_array_equal(mask_boundary(mask, (2, 2)), [[0, 1], [1, 0]])
+    assert mask_boundary(mask, (2, 2)).dtype == np.float32
+    # a 7 x 7 mask: the missing last row and column repeat the mask's edge
+    small = np.zeros((7, 7), dtype=np.uint8)
+    small[4:, 4:] = 2
+    np.testing.assert_array_equal(mask_boundary(small, (2, 2)), [[0, 0], [0, 0]])
+    small[4, 3] = 2
+    np.testing.assert_array_equal(mask_boundary(small, (2, 2)), [[0, 0], [1, 0]])
+    # stride 2 over a 4 x 4 mask with a vertical edge between columns 1 and 2: no block is mixed
+    edge = np.zeros((4, 4), dtype=np.uint8)
+    edge[:, 2:] = 1
+    np.testing.assert_array_equal(mask_boundary(edge, (2, 2), stride=2), np.zeros((2, 2)))
+    edge[:, 1] = 1
+    np.testing.assert_array_equal(mask_boundary(edge, (2, 2), stride=2), [[1, 0], [1, 0]])

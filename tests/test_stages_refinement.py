@@ -86,6 +86,31 @@ def test_breakdown_sums_every_image(tiny_voc: Path, tmp_path: Path) -> None:
     assert result["steps"]["walk 2^1"]["fg_fraction"] == pytest.approx(conf[:, 1:].sum() / conf.sum())
 
 
+def test_ground_truth_boundary_replaces_the_learned_one(tiny_voc: Path, tmp_path: Path) -> None:
+    from rpnet_pl.ops.affinity import mask_boundary
+
+    stage, cams = _stage(), tmp_path / "cams"
+    _write_cams(tiny_voc, cams)
+    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(8,),
+                                  boundary_source="ground_truth")
+    assert result["boundary_source"] == "ground_truth"
+    reader = build_reader("voc", str(tiny_voc), "train")
+    conf = np.zeros((21, 21), dtype=np.int64)
+    means = []
+    for image_id in reader.ids:
+        gt = reader.mask(image_id)
+        boundary = mask_boundary(gt, ((gt.shape[0] - 1) // 4 + 1, (gt.shape[1] - 1) // 4 + 1))
+        means.append(boundary.mean())
+        rec = read_cam(cams, image_id)
+        steps = refinement_steps(torch.from_numpy(rec["cam"]), torch.from_numpy(boundary),
+                                 torch.from_numpy(rec["keys"]), gt.shape, exp_times=(8,), radius=2)
+        conf += confusion_matrix(steps["walk 2^8"], gt, 21)
+    assert result["mean_boundary"] == pytest.approx(float(np.mean(means)))
+    assert result["steps"]["walk 2^8"]["miou"] == pytest.approx(miou(conf))
+    with pytest.raises(ValueError, match="boundary_source"):
+        refinement_breakdown(stage, cams, str(tiny_voc), boundary_source="oracle")
+
+
 def test_cli_prints_the_table_and_writes_json(tiny_voc: Path, tmp_path: Path, capsys) -> None:
     stage, cams = _stage(), tmp_path / "cams"
     _write_cams(tiny_voc, cams)
@@ -98,6 +123,11 @@ def test_cli_prints_the_table_and_writes_json(tiny_voc: Path, tmp_path: Path, ca
     printed = capsys.readouterr().out
     assert "| cam x (1-B) |" in printed and "| walk 2^0 |" in printed and "4 image(s), split train" in printed
     assert set(json.loads(out.read_text())["steps"]) == {"cam", "cam x (1-B)", "walk 2^0"}
+    assert "learned boundary" in printed
+    assert main(["eval-refinement", "--ckpt", str(ckpt), "--cams", str(cams), "--root", str(tiny_voc),
+                 "--exp-times", "0", "--radius", "2", "--boundary", "ground-truth", "--out", str(out)]) == 0
+    assert "ground truth boundary" in capsys.readouterr().out
+    assert json.loads(out.read_text())["boundary_source"] == "ground_truth"
 
 
 def test_cli_missing_checkpoint_is_a_clear_error(tiny_voc: Path, tmp_path: Path, capsys) -> None:

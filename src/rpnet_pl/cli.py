@@ -23,7 +23,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     from rpnet_pl.data.synthetic import generate_synthetic_voc
 
     summary = generate_synthetic_voc(args.out, images=args.images, size=args.size, classes=args.classes,
-                                     seed=args.seed)
+                                     seed=args.seed, object_scale=tuple(args.object_scale), context=args.context)
     print(json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str))
     return 0
 
@@ -163,7 +163,7 @@ def _eval_refinement(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         stage = stage.cuda()
     result = refinement_breakdown(stage, args.cams, args.root, dataset=args.dataset, split=args.split,
-                                  exp_times=args.exp_times)
+                                  exp_times=args.exp_times, boundary_source=args.boundary.replace("-", "_"))
     print(format_breakdown(result))
     if args.out:
         print(f"wrote {write_json(args.out, result)}")
@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--classes", type=int, default=6, help="number of foreground classes (<= 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-scale", type=float, nargs=2, default=[0.15, 0.45], metavar=("LOW", "HIGH"),
+                   help="objects' major axis as a fraction of the short side (default 0.15 0.45: about 10%% "
+                        "foreground; 0.35 0.75 gives VOC's share, about 30%%)")
+    p.add_argument("--context", choices=["class", "family"], default="class",
+                   help="background context textures: one per class (default; context as class-specific as "
+                        "the object, harder than VOC) or one per family of classes, as in VOC")
     p.set_defaults(func=_data_synth)
     p = dsub.add_parser("check", help="validate a dataset tree and print a summary")
     p.add_argument("root")
@@ -409,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=int, default=5)
     p.add_argument("--beta", type=float, default=10.0, help="affinity power")
     p.add_argument("--bg-threshold", type=float, default=0.25)
+    p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
+                   help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
+                        "(what the walk can do with these seeds when the boundary is right)")
     _add_pad_arg(p)
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_eval_refinement)

@@ -35,6 +35,23 @@ def affinity_from_boundary(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.stack(out, dim=-3)  # (..., D, H', W')
 
 
+def mask_boundary(mask: np.ndarray, size: tuple[int, int], stride: int = 4) -> np.ndarray:
+    """A class-boundary map at ``stride`` drawn from a label mask: the ideal ``B`` (a diagnosis
+    reference for IRN's learned one; `rpnet eval-refinement --boundary ground-truth`).
+
+    mask: (H, W) class ids, 255 ignore. Cell ``(i, j)`` of the (h, w) = ``size`` map covers pixels
+    ``[stride i, stride (i + 1)) x [stride j, stride (j + 1))``; it is 1 where that block holds two
+    labels or an ignore pixel, else 0. Blocks past the mask's edge repeat its last row/column.
+    """
+    h, w = size
+    H, W = mask.shape
+    m = np.asarray(mask, dtype=np.int64)
+    m = np.pad(m, ((0, max(0, h * stride - H)), (0, max(0, w * stride - W))), mode="edge")[:h * stride, :w * stride]
+    blocks = m.reshape(h, stride, w, stride).transpose(0, 2, 1, 3).reshape(h, w, stride * stride)
+    mixed = (blocks.max(-1) != blocks.min(-1)) | (blocks == IGNORE_INDEX).any(-1)
+    return mixed.astype(np.float32)
+
+
 def affinity_labels(
     label: torch.Tensor | np.ndarray,
     radius: int,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
-from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
+from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss, mask_boundary
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
@@ -204,15 +204,24 @@ def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Ten
     return out
 
 
+BOUNDARY_SOURCES = ("learned", "ground_truth")
+
+
 def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, dataset: str = "voc",
-                         split: str = "train", exp_times: Sequence[int] = (0, 2, 8)) -> dict[str, Any]:
+                         split: str = "train", exp_times: Sequence[int] = (0, 2, 8),
+                         boundary_source: str = "learned") -> dict[str, Any]:
     """mIoU and foreground share of the pseudo masks after each step of :func:`refinement_steps` over
     a split with ground truth (a diagnosis of the Table I "+ BR" gain; `rpnet eval-refinement`).
 
+    ``boundary_source="ground_truth"`` walks over the ideal boundary map drawn from each ground-truth
+    mask (:func:`mask_boundary`) instead of IRN's: what the walk can do with these seeds when the
+    boundary is right, which splits a loss between the boundary network and the seeds.
     Also reports the mean boundary probability. Uses the stage's random-walk settings. Returns
-    ``{"split", "n_images", "mean_boundary", "steps": {name: {"miou", "fg_fraction",
-    "per_class_iou"}}}`` (nan -> None).
+    ``{"split", "n_images", "boundary_source", "mean_boundary", "steps": {name: {"miou",
+    "fg_fraction", "per_class_iou"}}}`` (nan -> None).
     """
+    if boundary_source not in BOUNDARY_SOURCES:
+        raise ValueError(f"boundary_source must be one of {BOUNDARY_SOURCES}, got {boundary_source!r}")
     from rpnet_pl.data.datamodules import InferenceDataModule
     from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
     from rpnet_pl.stages.evaluate import _num, _per_class
@@ -227,7 +236,11 @@ def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, 
     with torch.no_grad():
         for item in dm.dataset_:
             image, gt = item["image"][None].to(stage.device), item["mask"].numpy()
-            boundary = stage.model.boundary(image, pad_to=hp.rw_pad_to or None)
+            if boundary_source == "learned":
+                boundary = stage.model.boundary(image, pad_to=hp.rw_pad_to or None)
+            else:
+                size4 = tuple((s - 1) // stage.model.stride + 1 for s in gt.shape)
+                boundary = torch.as_tensor(mask_boundary(gt, size4, stage.model.stride), device=stage.device)
             record = read_cam(cams_dir, item["id"])
             cams = torch.as_tensor(record["cam"], dtype=torch.float32, device=boundary.device)
             keys = torch.as_tensor(record["keys"], dtype=torch.long)
@@ -240,7 +253,7 @@ def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, 
                 conf[name] += confusion_matrix(pred, gt, c)
             boundary_sum += float(boundary.mean())
             n += 1
-    result: dict[str, Any] = {"split": split, "dataset": dataset, "n_images": n,
+    result: dict[str, Any] = {"split": split, "dataset": dataset, "n_images": n, "boundary_source": boundary_source,
                               "mean_boundary": boundary_sum / max(n, 1), "steps": {}}
     for name, m in conf.items():
         iou = iou_from_confusion(m)
@@ -259,5 +272,6 @@ def format_breakdown(result: dict[str, Any]) -> str:
         m = "-" if row["miou"] is None else f"{100 * row['miou']:.1f}"
         lines.append(f"| {name} | {m} | {100 * row['fg_fraction']:.1f} |")
     lines.append(f"\n({result['n_images']} image(s), split {result['split']}, "
+                 f"{result.get('boundary_source', 'learned').replace('_', ' ')} boundary, "
                  f"mean boundary probability {result['mean_boundary']:.3f})")
     return "\n".join(lines)
