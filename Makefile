@@ -25,7 +25,7 @@ PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger
 VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101 baseline-resnet50
 COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101 baseline-resnet50
 
-.PHONY: help install demo test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
+.PHONY: help install demo demo-voclike test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
 
 help:  ## list the targets
 	@grep -E '## ' $(MAKEFILE_LIST) | grep -v grep | sed -E 's/^\$$\(addprefix ablation-,.*## /ablation-NAME: ## /; s/^\$$\(addprefix ([a-z]+)-,.*## /\1-BACKBONE: ## /; s/:.*## /\t/' | column -t -s $$'\t'
@@ -49,6 +49,20 @@ demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), ba
 	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
 	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
 	$(RPNET) report $(RUNS)/demo
+
+# docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
+# synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.
+SYNTH_VOCLIKE ?= data/synth-voclike
+TO_PSEUDO_MASKS := classifier cam eval_cam ir_labels affinity sem_seg eval_sem_seg
+demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo masks + eval-refinement (learned / ideal boundary), ~12 min on 2 cores
+	@if [ -z "$(DRY)" ] && [ ! -f $(SYNTH_VOCLIKE)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt ]; then \
+		$(RPNET) data synth --out $(SYNTH_VOCLIKE) --object-scale 0.35 0.75 --context family > /dev/null; fi
+	@for e in demo_cam demo; do $(RPNET) pipeline experiments/$$e.yaml --data $(SYNTH_VOCLIKE) --runs $(RUNS)/voclike \
+		--logger $(LOGGER) --steps $(TO_PSEUDO_MASKS) $(if $(DRY),--dry-run) || exit 1; done
+	@for r in demo-cam demo; do for b in learned ground-truth; do \
+		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $(RUNS)/voclike/$$r/affinity/checkpoints/last.ckpt \
+		--cams $(RUNS)/voclike/$$r/cam/cams --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
+		--out $(RUNS)/voclike/$$r/eval_refinement_$$b.json || exit 1; done; done
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
 	OMP_NUM_THREADS=2 WANDB_MODE=offline $(PY) -m pytest -q tests

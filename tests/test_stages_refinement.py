@@ -169,3 +169,26 @@ def test_breakdown_pads_as_configured(tiny_voc: Path, tmp_path: Path, pad_to: in
         with torch.no_grad():
             means.append(float(stage.model.boundary(image, pad_to=pad_to).mean()))
     assert result["mean_boundary"] == pytest.approx(np.mean(means), rel=1e-5)
+
+
+def test_walk_over_the_object_boundary_completes_a_partial_cam() -> None:
+    """Table I's "+ BR" in miniature: a CAM on one corner of an object spreads over the whole object
+    and stops at its boundary (the boundary drawn from the mask, as `--boundary ground-truth`)."""
+    from rpnet_pl.ops.affinity import mask_boundary
+
+    gt = np.zeros((48, 48), dtype=np.int64)
+    gt[6:30, 6:30] = 3  # 24 x 24 px: stride-4 cells 1..7, whose rings 1 and 7 are mixed
+    boundary = torch.from_numpy(mask_boundary(gt, (12, 12)))
+    assert boundary[1, 1:8].eq(1).all() and boundary[2:7, 2:7].eq(0).all() and boundary[9:, 9:].eq(0).all()
+    cams = torch.zeros(1, 12, 12)
+    cams[0, 2:4, 2:4] = 1.0  # the "discriminative part": 4 of the 25 inner cells
+    steps = refinement_steps(cams, boundary, torch.tensor([3]), (48, 48), exp_times=(8,), radius=5)
+
+    def iou(pred: np.ndarray) -> float:
+        return float(((pred == 3) & (gt == 3)).sum() / ((pred == 3) | (gt == 3)).sum())
+
+    assert iou(steps["cam"]) < 0.25
+    assert iou(steps["walk 2^8"]) > 0.75
+    assert (steps["walk 2^8"][gt == 0] == 0).mean() > 0.97  # the boundary holds: background stays background
+    inner = steps["walk 2^8"][8:28, 8:28]  # the pixels of the inner cells 2..6
+    assert (inner == 3).all()
