@@ -28,16 +28,32 @@ def vectors(rows: list[list[tuple[float, ...]]]) -> torch.Tensor:
 # -- eq. 3-4, 6: confidence mask ---------------------------------------------------------------
 def test_confidence_mask_hand_computed() -> None:
     f4 = torch.tensor([[
-        [[1.0, 0.2], [0.5, -1.0]],  # max 1: >= 0.3 at (0,0), (1,0)
-        [[-1.0, -2.0], [-3.0, -0.5]],  # max <= 0: no confident position
-        [[0.0, 2.0], [0.6, 0.5]],  # max 2: 0.6 / 2 == 0.3 exactly (>=), 0.5 / 2 < 0.3
+        [[1.0, 0.2], [0.5, -1.0]],  # max 1: /(1 + 1e-5) >= 0.3 at (0,0), (1,0)
+        [[0.0, 0.1], [0.0, 0.0]],  # max 0.1: >= 0.3 * 0.1 at (0,1) only
+        [[0.0, 2.0], [0.6, 0.5]],  # max 2: 0.6 / (2 + 1e-5) just below 0.3
     ]])
     m = confidence_mask(f4, alpha=0.3)
     assert m.shape == (1, 1, 2, 2)
     assert m[0, 0].tolist() == [[1.0, 1.0], [1.0, 0.0]]
-    # alpha 0.6: channel 0 keeps (0,0) only (0.5 < 0.6), channel 2 keeps (0,1) only (0.3 < 0.6)
+    # alpha 0.6: channel 0 keeps (0,0) only (0.5 < 0.6), channel 1 (0,1), channel 2 (0,1)
     assert confidence_mask(f4, alpha=0.6)[0, 0].tolist() == [[1.0, 1.0], [0.0, 0.0]]
     assert not confidence_mask(f4.requires_grad_()).requires_grad
+
+
+def test_confidence_mask_negative_channel_reference_vs_clamped() -> None:
+    """The reference divides by (max + 1e-5): an all-negative channel divides by a negative number,
+    so every position with f <= 0.3 * (max + 1e-5) (here all four) becomes confident. The paper's
+    ReLU reading (clamp_peak) lets such a channel mark nothing."""
+    f4 = torch.tensor([[
+        [[1.0, 0.2], [0.2, 0.1]],  # confident at (0,0) only
+        [[-1.0, -2.0], [-3.0, -0.5]],  # max -0.5: -0.5 / (-0.49999) = 1.00002 >= 0.3, -1 / -0.49999 = 2 ...
+    ]])
+    assert confidence_mask(f4, alpha=0.3)[0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert confidence_mask(f4, alpha=0.3, clamp_peak=True)[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    # 0.6 / 2 == 0.3 exactly counts (>=) when the peak is not offset by eps
+    g = torch.tensor([[[[0.0, 2.0], [0.6, 0.5]]]])
+    assert confidence_mask(g, alpha=0.3, clamp_peak=True)[0, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert confidence_mask(g, alpha=0.3)[0, 0].tolist() == [[0.0, 1.0], [0.0, 0.0]]
 
 
 # -- eq. 5: prototypes -------------------------------------------------------------------------
@@ -163,7 +179,8 @@ def test_smooth_foreground_equals_reference_convolution() -> None:
         np.testing.assert_allclose(out[i, 0].numpy(), ref, rtol=1e-5, atol=1e-6)
     # no smoothing (Table VI "w/o GF"): max-normalised and scaled only
     plain = smooth_foreground(fmap, smooth=False)
-    torch.testing.assert_close(plain.amax(dim=(2, 3)), torch.full((2, 1), 1.3))
+    peak = fmap.amax(dim=(2, 3))
+    torch.testing.assert_close(plain.amax(dim=(2, 3)), 1.3 * peak / (peak + 1e-5))
     # any leading shape
     assert smooth_foreground(torch.rand(2, 3, 1, 4, 4)).shape == (2, 3, 1, 4, 4)
 
@@ -181,7 +198,8 @@ def test_self_supervised_loss_hand_computed() -> None:
     plain = torch.tensor([[[[2.0, 0.0]], [[5.0, 1.0]]]])  # (1, C=2, 1, 2)
     enhanced = torch.tensor([[[[2.0, 2.0]], [[0.0, 9.0]]]])
     labels = torch.tensor([[1.0, 0.0]])  # class 1 absent: its maps are masked out
-    a = 2 / (2 + 1e-5)
+    # the reference's normalisation: relu(relu(m) - 1e-5) / (max relu(m) + 1e-5)
+    a = (2 - 1e-5) / (2 + 1e-5)
     expected = 10.0 * (0.0 + a ** 2 + 0.0 + 0.0) / 4  # mean over (N, C, h, w) = 4 elements
     torch.testing.assert_close(self_supervised_loss(plain, enhanced, labels, lam=10.0), torch.tensor(expected))
     # identical maps, or differences only in absent classes -> 0
@@ -190,7 +208,7 @@ def test_self_supervised_loss_hand_computed() -> None:
     only_absent[0, 1] = 7.0
     assert self_supervised_loss(plain, only_absent, labels).item() == 0.0
     # scale invariance per class (both maps max-normalised) and ReLU
-    assert self_supervised_loss(plain, 3 * plain, labels).item() < 1e-10
+    assert self_supervised_loss(plain, 3 * plain, labels).item() < 1e-9  # up to the -1e-5 of the numerator
     assert self_supervised_loss(plain, plain - 100.0 * (plain == 0), labels).item() == 0.0
 
 
@@ -318,12 +336,12 @@ def test_rpnet_gradients_stage2_detached_and_ls_reaches_both_branches() -> None:
     body = model.backbone.body
     assert not _has_grad(body.layer1) and not _has_grad(body.layer2)  # stage-2 output detached
     assert body.conv1.weight.grad is None
-    assert _has_grad(body.layer3) and _has_grad(body.layer4) and _has_grad(model.down)
+    assert _has_grad(body.layer3) and _has_grad(body.layer4) and _has_grad(model.head.down)
     model.zero_grad(set_to_none=True)
     out = model(images, labels)
     out["loss_ss"].backward()  # Ls alone: into the plain branch and into the enhanced branch
-    assert _has_grad(model.attn_plain.out[1]) and _has_grad(model.attn_enhanced.out[1])
-    assert _has_grad(model.classifier) and _has_grad(model.backbone.body.layer4)
+    assert _has_grad(model.head.attn_plain.out[1]) and _has_grad(model.head.attn_enhanced.out[1])
+    assert _has_grad(model.head.classifier) and _has_grad(model.backbone.body.layer4)
 
 
 def test_rpnet_cam_inference() -> None:
@@ -343,7 +361,7 @@ def test_rpnet_param_groups() -> None:
     ids_b, ids_n = {id(p) for p in backbone}, {id(p) for p in new}
     assert not ids_b & ids_n
     assert ids_b | ids_n == {id(p) for p in model.parameters() if p.requires_grad}
-    assert id(model.classifier.weight) in ids_n and id(model.down.weight) in ids_n
+    assert id(model.head.classifier.weight) in ids_n and id(model.head.down.weight) in ids_n
     assert id(model.backbone.body.conv1.weight) not in ids_b  # frozen stem
     assert id(model.backbone.body.layer3[0].bn1.weight) in ids_b  # IRN trains the BN affine parameters
 
@@ -417,3 +435,130 @@ def test_every_trainable_parameter_gets_a_gradient(method: str) -> None:
     assert unused == []
     frozen = {n for n, p in net.backbone.named_parameters() if not p.requires_grad}
     assert "body.layer2.0.bn1.weight" in frozen and "body.layer3.0.bn1.weight" not in frozen
+
+
+# -- the reference's head rules (parity issue) -----------------------------------------------------
+def test_dot_product_attention_hand_computed_and_both_orders_agree() -> None:
+    from rpnet_pl.models.rpnet import dot_product_attention, softmax_attention
+
+    theta = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, L=2, I=2)
+    phi = torch.tensor([[[1.0, 3.0], [1.0, 0.0]]])  # (1, I=2, M=2): key 0 = (1, 1), key 1 = (3, 0)
+    g = torch.tensor([[[1.0, 2.0], [4.0, 0.0]]])  # (1, M=2, I=2)
+    # query 0 = (1, 0): scores (1, 3) / 2 -> 0.5 * (1, 2) + 1.5 * (4, 0) = (6.5, 1)
+    # query 1 = (0, 2): scores (2, 0) / 2 -> 1 * (1, 2) = (1, 2)
+    expected = torch.tensor([[[6.5, 1.0], [1.0, 2.0]]])
+    torch.testing.assert_close(dot_product_attention(theta, phi, g), expected)
+    torch.testing.assert_close(dot_product_attention(theta, phi, g, associative=False), expected)
+    gen = torch.Generator().manual_seed(0)
+    t, p, v = (torch.randn(3, 64, 16, generator=gen), torch.randn(3, 16, 64, generator=gen),
+               torch.randn(3, 64, 16, generator=gen))
+    torch.testing.assert_close(dot_product_attention(t, p, v), dot_product_attention(t, p, v, associative=False),
+                               rtol=1e-5, atol=1e-5)
+    w = torch.softmax(torch.tensor([1.0, 3.0]), 0)
+    torch.testing.assert_close(softmax_attention(theta, phi, g)[0, 0], w[0] * g[0, 0] + w[1] * g[0, 1])
+
+
+def test_grouped_batch_norm_equals_batch_norm_per_group() -> None:
+    from rpnet_pl.models.rpnet import grouped_batch_norm
+
+    x = torch.randn(6, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    weight, bias = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, -1.0, 3.0])
+    groups = torch.tensor([0, 1, 0, 1, 0, 1])  # member index of 3 groups of 2 (group-major)
+    y, mean, var = grouped_batch_norm(x, groups, weight, bias)
+    for gid in (0, 1):
+        rows = groups == gid
+        ref = F.batch_norm(x[rows], None, None, weight, bias, training=True, eps=1e-5)
+        torch.testing.assert_close(y[rows], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mean[gid], x[rows].mean(dim=(0, 2, 3)))
+    # hand-computed: one channel, values 1 and 3 -> mean 2, var 1 -> -1, +1 (eps aside)
+    h = torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1)
+    y1, _, _ = grouped_batch_norm(h, None, None, None, eps=0.0)
+    assert y1.flatten().tolist() == [-1.0, 1.0]
+
+
+def test_non_local_batch_norm_uses_batch_statistics_in_eval_mode() -> None:
+    from rpnet_pl.models.rpnet import NonLocalBlock
+
+    torch.manual_seed(0)
+    ref_block, std_block = NonLocalBlock(8, norm="batch"), NonLocalBlock(8, norm="running")
+    std_block.load_state_dict(ref_block.state_dict())
+    for b in (ref_block, std_block):
+        torch.nn.init.ones_(b.out[1].weight)  # leave the identity initialisation
+    x = torch.randn(2, 8, 3, 4)
+    ref_block.eval(), std_block.eval()
+    with torch.no_grad():
+        y_ref, y_std = ref_block(x), std_block(x)
+        std_block.train()
+        y_std_train = std_block(x)
+    torch.testing.assert_close(y_ref, y_std_train)  # eval in the reference = training-mode statistics
+    assert not torch.allclose(y_ref, y_std)  # eval-mode BatchNorm (running statistics) differs
+    # two stat groups = two separate passes
+    groups = torch.tensor([0, 1])
+    with torch.no_grad():
+        split = ref_block(x, groups)
+        torch.testing.assert_close(split[:1], ref_block(x[:1]))
+
+
+def test_separate_reference_heads_score_reference_members() -> None:
+    model = tiny_rpnet(enhanced_scales=(1.0,))
+    head = model.head
+    assert head.classifier_ref is not head.classifier
+    with torch.no_grad():
+        head.classifier_ref.weight.zero_()
+    f4 = torch.randn(4, 16, 3, 3)  # B = 2 groups of k = 2, group-major
+    cams = head.plain_cam(f4, k=2)
+    assert torch.all(cams[1::2] == 0) and torch.all(cams[0::2] != 0)  # members 1 use the _ref classifier
+    torch.testing.assert_close(cams[0::2], head.classifier(head.attn_plain(f4[0::2])))
+    shared = tiny_rpnet(enhanced_scales=(1.0,), separate_reference_heads=False)
+    assert not hasattr(shared.head, "classifier_ref")
+    # CAM inference uses the anchor's head only
+    torch.testing.assert_close(model.cam(torch.randn(2, 3, 48, 48)).shape, torch.Size([2, 20, 3, 3]))
+
+
+def test_part_mask_drawn_per_level_and_injectable() -> None:
+    """The reference draws the part mask afresh at each feature level; an injected keep mask that
+    keeps nothing at level 2 and everything at level 4 gives exactly that."""
+    head = tiny_rpnet(enhanced_scales=(1.0,)).head
+    f4 = torch.rand(2, 16, 4, 4) + 0.1  # positive: the confidence mask is where f4 / max >= 0.3
+    levels = [torch.rand(2, 8, 4, 4), f4]
+    nothing, everything = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    a = head.foreground(f4, levels, k=2, part_keep={2: nothing, 4: everything})
+    from rpnet_pl.models.rpnet import confidence_mask, foreground_map, smooth_foreground
+
+    m = confidence_mask(f4).reshape(1, 2, 1, 4, 4)
+    lv = [x.reshape(1, 2, *x.shape[1:]) for x in levels]
+    manual = foreground_map(lv, [[m, torch.zeros_like(m)], [m, m]])
+    torch.testing.assert_close(a, smooth_foreground(manual.reshape(2, 1, 4, 4)))
+    # without injection the two levels get independent draws from the generator
+    gen = torch.Generator().manual_seed(0)
+    drawn = []
+    orig = __import__("rpnet_pl.models.rpnet", fromlist=["part_mask"]).part_mask
+
+    def spy(mask, *args, **kw):
+        out = orig(mask, *args, **kw)
+        drawn.append(out)
+        return out
+
+    import rpnet_pl.models.rpnet as mod
+    mod.part_mask, saved = spy, mod.part_mask
+    try:
+        head.foreground(torch.rand(2, 16, 8, 8) + 0.1, [torch.rand(2, 8, 8, 8), torch.rand(2, 16, 8, 8)], k=2,
+                        generator=gen)
+    finally:
+        mod.part_mask = saved
+    assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
+
+
+def test_level_features_align_corners_and_floored_scales() -> None:
+    model = tiny_rpnet(enhanced_scales=(1.0, 1.5))
+    f4 = torch.zeros(1, 16, 3, 3)
+    raw2 = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])  # (1, 1, 2, 2) -> 3 x 3 with corners kept
+    lv2 = model.head.level_features(f4, {2: raw2})[0]
+    assert lv2[0, 0].tolist() == [[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]]
+    sizes = []
+    hook = model.backbone.register_forward_pre_hook(lambda m, args, *rest: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        model(torch.randn(1, 2, 3, 61, 45), torch.ones(1, 2, 20))
+    finally:
+        hook.remove()
+    assert sizes == [(61, 45), (91, 67)]  # int(61 * 1.5) = 91, int(45 * 1.5) = 67 (floor, as the reference)

@@ -192,3 +192,19 @@ def test_walk_over_the_object_boundary_completes_a_partial_cam() -> None:
     assert (steps["walk 2^8"][gt == 0] == 0).mean() > 0.97  # the boundary holds: background stays background
     inner = steps["walk 2^8"][8:28, 8:28]  # the pixels of the inner cells 2..6
     assert (inner == 3).all()
+
+
+def test_stride4_labels_sample_like_pil_nearest() -> None:
+    """IRN reduces IR labels with PIL's nearest resize at 0.25: pixel 4i + 2 (not 4i)."""
+    from PIL import Image
+
+    from rpnet_pl.stages.affinity import nearest_indices, stride4_labels
+
+    assert nearest_indices(16, 4).tolist() == [2, 6, 10, 14]
+    assert nearest_indices(18, 5).tolist() == [1, 5, 9, 12, 16]  # floor((i + .5) * 3.6)
+    label = (torch.arange(18)[:, None] * 10 + torch.arange(18)[None, :]).to(torch.uint8)[None]  # (1, 18, 18)
+    out = stride4_labels(label, (6, 6))  # IRN: round(18 / 4) = round(4.5) = 4 rows and columns (numpy rounds to even)
+    pil = np.asarray(Image.fromarray(label[0].numpy()).resize((4, 4), Image.NEAREST))
+    assert out[0, :4, :4].numpy().tolist() == pil.tolist() == [[22, 26, 31, 35], [62, 66, 71, 75],
+                                                                 [112, 116, 121, 125], [152, 156, 161, 165]]
+    assert torch.all(out[0, 4:] == 255) and torch.all(out[0, :, 4:] == 255)  # padded to the network's size

@@ -97,7 +97,7 @@ def _cam(args: argparse.Namespace) -> int:
 
     n = make_cams(args.ckpt, args.out, root=args.root, dataset=args.dataset, split=args.split,
                   scales=tuple(args.scales), flip=not args.no_flip, devices=_devices(args.devices),
-                  num_nodes=args.num_nodes, accelerator=args.accelerator)
+                  num_nodes=args.num_nodes, accelerator=args.accelerator, backbone=args.backbone)
     print(f"wrote {n} CAM file(s) to {args.out}")
     return 0
 
@@ -332,6 +332,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity(args: argparse.Namespace) -> int:
+    from rpnet_pl.parity import default_cases_dir, format_table, run_parity
+
+    results = run_parity(args.cases_dir)
+    print(f"parity cases: {args.cases_dir or default_cases_dir()} ({len(results)} files)")
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpnet", description="RPNet weakly supervised segmentation suite.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -362,11 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
     p = sub.add_parser("cam", help="multi-scale + flip CAM seeds of a split from a classifier checkpoint")
-    p.add_argument("--ckpt", required=True, help="classifier checkpoint (runs/<exp>/classifier/checkpoints/last.ckpt)")
+    p.add_argument("--ckpt", required=True, help="classifier checkpoint (runs/<exp>/classifier/checkpoints/last.ckpt), "
+                   "or a state dict of the public RPNet/IRN code (e.g. sess/res50_cam.pth)")
     p.add_argument("--out", required=True, help="output folder, one ID.npy per image")
     _add_data_args(p, "train_aug")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
-    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0],
+                   help="input scales, summed (default: 1.0 0.5 1.5 2.0)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
+    p.add_argument("--backbone", default=None, help="backbone of a reference-code checkpoint (default: read from "
+                   "its tensor shapes)")
     _add_device_args(p)
     p.set_defaults(func=_cam)
     p = sub.add_parser("eval-cam", help="mIoU of CAM seeds against the ground truth, over a threshold sweep")
@@ -469,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_ablation)
+
+    p = sub.add_parser("parity", help="run the reference-code parity cases through our functions (exit 1 on a "
+                       "failure)")
+    p.add_argument("cases_dir", nargs="?", default=None, help="folder of <group>_<i>.npz cases (default: the cases "
+                   "shipped with the package)")
+    p.set_defaults(func=_parity)
 
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
     p.add_argument("runs_dir", nargs="?", default="runs")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
+from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
 from rpnet_pl.models.rpnet import RPNet, multilabel_loss
 
 
@@ -21,7 +22,8 @@ class CAMNet(nn.Module):
 
     Args:
         backbone, pretrained, weights, output_stride, dilated, freeze_bn_affine: see
-            :func:`rpnet_pl.models.backbones.build_backbone` (IRN: ResNet-50, OS 16 without
+            :func:`rpnet_pl.models.backbones.build_backbone`; ``weights`` may also be IRN's own CAM
+            checkpoint (whole model, :mod:`rpnet_pl.models.reference_weights`) (IRN: ResNet-50, OS 16 without
             dilation, BatchNorm statistics frozen, affine parameters trained).
         freeze_early: see :class:`rpnet_pl.models.rpnet.RPNet`.
         num_classes: foreground classes (20 for VOC).
@@ -41,12 +43,16 @@ class CAMNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.detach_level = 2 if freeze_early else None
-        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+        whole_model = weights is not None and is_reference_checkpoint(weights)  # IRN's own res50_cam.pth
+        self.backbone = build_backbone(backbone, pretrained=pretrained and not whole_model,
+                                       weights=None if whole_model else weights, output_stride=output_stride,
                                        freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
         if freeze_early:
             self.backbone.freeze_through(2)  # stages 1-2 sit behind the detach: no gradient reaches them
         self.classifier = nn.Conv2d(self.backbone.channels[4], num_classes, 1, bias=False)
+        if whole_model:
+            load_reference_checkpoint(self, weights, kind="cam")
 
     @staticmethod
     def _flat(images: Tensor) -> Tensor:

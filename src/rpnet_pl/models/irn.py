@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.models.backbones import Backbone, build_backbone
+from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
 from rpnet_pl.ops.affinity import affinity_labels
 from rpnet_pl.ops.path_index import search_directions, source_window
 
@@ -118,8 +119,10 @@ class IRNet(nn.Module):
         mean_shift_momentum: float = 0.1,
     ) -> None:
         super().__init__()
+        whole_model = weights is not None and is_reference_checkpoint(weights)  # IRN's own res50_irn.pth
         if isinstance(backbone, str):
-            backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+            backbone = build_backbone(backbone, pretrained=pretrained and not whole_model,
+                                      weights=None if whole_model else weights, output_stride=output_stride,
                                       freeze_stem=True, freeze_bn=True, dilated=dilated)
         self.backbone = backbone
         self.backbone.requires_grad_(False)
@@ -151,6 +154,8 @@ class IRNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(DP_FUSED, 2, 1, bias=False),
         )
+        if whole_model:
+            load_reference_checkpoint(self, weights, kind="irn")
         self.train(self.training)
 
     # -- nn.Module -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
+from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
 
 LsVariant = Literal["code", "paper"]
 
@@ -29,19 +30,22 @@ LsVariant = Literal["code", "paper"]
 # =================================================================================================
 # Pure functions
 # =================================================================================================
-def confidence_mask(f4: Tensor, alpha: float = 0.3, eps: float = 1e-5) -> Tensor:
+def confidence_mask(f4: Tensor, alpha: float = 0.3, eps: float = 1e-5, clamp_peak: bool = False) -> Tensor:
     """Binary confidence mask M (eq. 3-4 and the threshold of eq. 6, as coded; spec step 2).
 
-    Each channel of ``f4`` is divided by its spatial max (eq. 3), thresholded at ``alpha`` (``>=``),
-    and the max over channels (eq. 4, "cmax") marks the confident positions. A channel whose
-    spatial max is <= 0 has no confident position (its max is clamped to ``eps``; for
-    ``alpha > 0`` this equals eq. 3's ReLU form ``relu(f) / max relu(f)``). No gradient.
+    Each channel of ``f4`` is divided by its spatial max + ``eps`` (eq. 3, the reference's
+    ``x / (adaptive_max_pool2d(x) + 1e-5)``), thresholded at ``alpha`` (``>=``), and the max over
+    channels (eq. 4, "cmax") marks the confident positions. As in the reference, a channel whose
+    values are all negative divides by a negative peak and so marks every position where
+    ``f <= alpha * (peak + eps)``: in practice its whole map. ``clamp_peak=True`` is the paper's ReLU
+    reading of eq. 3 instead: the peak is clamped to ``eps``, so such a channel marks nothing.
+    No gradient.
 
     f4: (N, D, h, w) -> (N, 1, h, w) float in {0, 1}.
     """
     with torch.no_grad():
-        peak = f4.amax(dim=(2, 3), keepdim=True).clamp_min(eps)  # (N, D, 1, 1)
-        normalised = f4 / peak  # O, eq. 3
+        peak = f4.amax(dim=(2, 3), keepdim=True)  # (N, D, 1, 1)
+        normalised = f4 / (peak.clamp_min(eps) if clamp_peak else peak + eps)  # O, eq. 3
         return (normalised >= alpha).any(dim=1, keepdim=True).to(f4.dtype)  # cmax >= alpha, eq. 4/6
 
 
@@ -101,22 +105,27 @@ def group_prototypes(features: Tensor, masks: Sequence[Tensor], eps: float = 5e-
     return torch.cat(protos, dim=1)  # (B, M*k, D)
 
 
-def foreground_map(features_levels: Sequence[Tensor], masks: Sequence[Tensor], eps: float = 5e-4) -> Tensor:
+def foreground_map(features_levels: Sequence[Tensor], masks: Sequence[Tensor] | Sequence[Sequence[Tensor]],
+                   eps: float = 5e-4) -> Tensor:
     """Foreground probability map F^ = max over prototypes of cos(p, f) (eq. 7-8).
 
     For each feature level, the prototypes of all k members of the group are computed from that
-    level's features with each of ``masks`` (full and part confidence masks, taken from f4 and
-    shared by the levels), and every member's features are compared with all of them; the map is
-    the max over prototypes and over levels. With k = 1 the prototypes come from the image itself.
+    level's features with each of its masks (full and part confidence masks, taken from f4), and
+    every member's features are compared with all of them; the map is the max over prototypes and
+    over levels. With k = 1 the prototypes come from the image itself. ``masks`` is either one list
+    shared by every level or one list per level (the reference draws the part mask per level).
 
     features_levels: each (B, k, D_l, h, w); masks: each (B, k, 1, h, w) -> (B, k, 1, h, w).
     """
     if not features_levels or not masks:
         raise ValueError("foreground_map needs at least one feature level and one mask")
+    per_level = [list(masks)] * len(features_levels) if isinstance(masks[0], Tensor) else [list(m) for m in masks]
+    if len(per_level) != len(features_levels):
+        raise ValueError(f"{len(per_level)} mask lists for {len(features_levels)} feature levels")
     out: Tensor | None = None
-    for feats in features_levels:
+    for feats, level_masks in zip(features_levels, per_level):
         b, k, d, h, w = feats.shape
-        protos = group_prototypes(feats, masks, eps)  # (B, P, D), P = len(masks) * k
+        protos = group_prototypes(feats, level_masks, eps)  # (B, P, D), P = len(masks) * k
         protos = protos.unsqueeze(1).expand(b, k, *protos.shape[1:]).reshape(b * k, -1, d)  # (N, P, D)
         sim = cosine_map(feats.reshape(b * k, d, h, w), protos)  # (N, P, h, w)
         fmap = sim.amax(dim=1, keepdim=True).reshape(b, k, 1, h, w)
@@ -141,7 +150,7 @@ def smooth_foreground(fmap: Tensor, sigma: float = 3.0, size: int = 5, scale: fl
                       normalise: bool = True, smooth: bool = True, eps: float = 1e-5) -> Tensor:
     """Foreground map as used for re-weighting (eq. 9, as coded; spec step 5).
 
-    Divide by the spatial max (``normalise``; clamped to ``eps``), multiply by ``scale`` (1.3 in the
+    Divide by the spatial max + ``eps`` (``normalise``, as the reference), multiply by ``scale`` (1.3 in the
     code), then convolve with the normalised ``size`` x ``size`` Gaussian of ``sigma`` with zero
     padding ``size // 2`` (``smooth``; ``smooth=False`` is Table VI's "w/o GF").
 
@@ -150,7 +159,7 @@ def smooth_foreground(fmap: Tensor, sigma: float = 3.0, size: int = 5, scale: fl
     shape = fmap.shape
     x = fmap.reshape(-1, 1, *shape[-2:])  # (M, 1, h, w)
     if normalise:
-        x = x / x.amax(dim=(2, 3), keepdim=True).clamp_min(eps)
+        x = x / (x.amax(dim=(2, 3), keepdim=True) + eps)
     x = x * scale
     if smooth:
         kernel = gaussian_kernel(size, sigma).to(x)[None, None]  # (1, 1, size, size)
@@ -163,10 +172,11 @@ def enhance_features(features: Tensor, fmap: Tensor) -> Tensor:
     return features * fmap
 
 
-def max_normalise(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """relu(x) / (spatial max of relu(x) + eps), per channel. x: (N, C, h, w)."""
+def ls_normalise(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """relu(relu(x) - eps) / (spatial max of relu(x) + eps), per channel: the reference's
+    normalisation of both maps in Ls (``step/train_cam.py``). x: (N, C, h, w)."""
     x = F.relu(x)
-    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
+    return F.relu(x - eps) / (x.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def self_supervised_loss(plain: Tensor, enhanced: Tensor, labels: Tensor | None = None, lam: float = 10.0,
@@ -174,7 +184,7 @@ def self_supervised_loss(plain: Tensor, enhanced: Tensor, labels: Tensor | None 
     """Self-supervised loss lambda * Ls (eq. 11, 13).
 
     ``variant="code"`` (default): ``plain`` and ``enhanced`` are class maps (N, C, h, w); both are
-    relu'd, normalised per class by their spatial max (+1e-5), masked by ``labels`` (N, C), and
+    relu'd, normalised per class by their spatial max (:func:`ls_normalise`), masked by ``labels`` (N, C), and
     Ls = mean over (N, C, h, w) of the squared difference. Gradient flows into both maps.
     ``variant="paper"``: eq. 13 literally, on feature maps (N, D, h, w): the squared difference
     summed over positions and channels, averaged over images; ``labels`` unused.
@@ -190,8 +200,8 @@ def self_supervised_loss(plain: Tensor, enhanced: Tensor, labels: Tensor | None 
     if labels is None:
         raise ValueError("the code variant of Ls needs the image labels")
     m = labels.float()[:, :, None, None]  # (N, C, 1, 1)
-    a = max_normalise(plain.float()) * m  # float32: the +1e-5 survives mixed precision
-    b = max_normalise(enhanced.float()) * m
+    a = ls_normalise(plain.float()) * m  # float32: the +1e-5 survives mixed precision
+    b = ls_normalise(enhanced.float()) * m
     return lam * (a - b).pow(2).mean()
 
 
@@ -206,17 +216,88 @@ def multilabel_loss(logits: Tensor, labels: Tensor) -> Tensor:
 # =================================================================================================
 # Modules
 # =================================================================================================
-class NonLocalBlock(nn.Module):
-    """Embedded-Gaussian non-local self-attention (Wang et al. 2018), as in the public RPNet code.
+AttentionForm = Literal["dot_product", "softmax"]
+AttentionNorm = Literal["batch", "running"]
 
-    theta, phi, g: 1x1 convs to ``inter`` channels (default ``channels // 2``); attention =
-    softmax over positions of theta^T phi; output projection 1x1 conv + BatchNorm initialised to
-    zero (the block starts as the identity); residual. ``sub_sample`` max-pools phi and g by 2.
+
+def dot_product_attention(theta: Tensor, phi: Tensor, g: Tensor, associative: bool = True) -> Tensor:
+    """Dot-product non-local attention y = (theta^T phi / M) g, no softmax (the public RPNet code's
+    ``_NonLocalBlockND``; Wang et al. 2018, "dot product" form).
+
+    theta: (N, L, I) queries at L positions; phi: (N, I, M) keys and g: (N, M, I) values at M
+    positions -> (N, L, I). Without a softmax the product is associative: ``associative=True``
+    computes theta (phi g) / M, O(L I^2) operations and no L x M matrix; ``False`` computes
+    (theta phi / M) g as the reference does, O(L M I). Both give the same numbers up to rounding.
+    """
+    m = phi.shape[-1]
+    if associative:
+        return theta @ ((phi @ g) / m)  # (N, L, I) @ (N, I, I)
+    return ((theta @ phi) / m) @ g  # (N, L, M) @ (N, M, I)
+
+
+def softmax_attention(theta: Tensor, phi: Tensor, g: Tensor) -> Tensor:
+    """Embedded-Gaussian non-local attention y = softmax_M(theta^T phi) g (not the reference's form).
+
+    theta: (N, L, I), phi: (N, I, M), g: (N, M, I) -> (N, L, I).
+    """
+    return torch.softmax(theta @ phi, dim=-1) @ g
+
+
+def grouped_batch_norm(x: Tensor, groups: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+                       eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm with the batch's own statistics, computed separately for each group of images.
+
+    The public RPNet code never leaves training mode, so its non-local BatchNorm normalises every
+    forward pass with that pass's statistics: the B anchors of a training step in one pass, the B
+    references in another, an image and its flip at CAM inference. ``groups`` (N,) assigns each
+    image to such a pass (``None``: one pass). x: (N, C, h, w) -> (y, mean (G, C), biased var (G, C)).
+    """
+    n, c = x.shape[:2]
+    xf = x.float()
+    if groups is None:
+        mean = xf.mean(dim=(0, 2, 3))[None]  # (1, C)
+        var = xf.var(dim=(0, 2, 3), unbiased=False)[None]
+        idx = torch.zeros(n, dtype=torch.long, device=x.device)
+    else:
+        idx = groups.to(device=x.device, dtype=torch.long)
+        n_groups = int(idx.max().item()) + 1
+        onehot = F.one_hot(idx, n_groups).to(xf.dtype)  # (N, G)
+        count = onehot.sum(dim=0)[:, None] * (x.shape[2] * x.shape[3])  # (G, 1)
+        mean = (onehot.t() @ xf.sum(dim=(2, 3))) / count  # (G, C)
+        centred = xf - mean[idx][:, :, None, None]
+        var = (onehot.t() @ centred.pow(2).sum(dim=(2, 3))) / count
+    y = (xf - mean[idx][:, :, None, None]) * torch.rsqrt(var[idx] + eps)[:, :, None, None]
+    if weight is not None:
+        y = y * weight.float()[None, :, None, None]
+    if bias is not None:
+        y = y + bias.float()[None, :, None, None]
+    return y.to(x.dtype), mean, var
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local self-attention block as in the public RPNet code (``NONLocalBlock2D``).
+
+    theta, phi, g: 1x1 convs to ``inter`` channels (default ``channels // 2``); ``attention``
+    ``"dot_product"`` (reference, default): y = theta^T phi / N g, computed in the associative
+    order (:func:`dot_product_attention`); ``"softmax"``: the embedded-Gaussian form. Output
+    projection: 1x1 conv + BatchNorm initialised to zero (the block starts as the identity);
+    residual. ``sub_sample`` max-pools phi and g by 2.
+
+    ``norm="batch"`` (reference, default): the projection's BatchNorm always normalises with the
+    statistics of the current pass, per group of ``stat_groups`` (:func:`grouped_batch_norm`), in
+    training and at inference alike, because the reference's ``Net.train()`` never calls
+    ``super().train()``. ``norm="running"``: standard BatchNorm (running statistics in eval mode).
     """
 
-    def __init__(self, channels: int, inter_channels: int | None = None, sub_sample: bool = False) -> None:
+    def __init__(self, channels: int, inter_channels: int | None = None, sub_sample: bool = False,
+                 attention: AttentionForm = "dot_product", norm: AttentionNorm = "batch") -> None:
         super().__init__()
+        if attention not in ("dot_product", "softmax"):
+            raise ConfigError(f"attention must be 'dot_product' or 'softmax', got {attention!r}")
+        if norm not in ("batch", "running"):
+            raise ConfigError(f"attention_norm must be 'batch' or 'running', got {norm!r}")
         inter = inter_channels or max(1, channels // 2)
+        self.attention, self.norm = attention, norm
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)
         self.g = nn.Conv2d(channels, inter, 1)
@@ -225,38 +306,200 @@ class NonLocalBlock(nn.Module):
         nn.init.zeros_(self.out[1].bias)
         self.pool = nn.MaxPool2d(2) if sub_sample else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, stat_groups: Tensor | None = None) -> Tensor:
+        """x (N, C, h, w) -> (N, C, h, w); ``stat_groups`` (N,) ids of the BatchNorm passes."""
         n, _, h, w = x.shape
         theta = self.theta(x).flatten(2).transpose(1, 2)  # (N, hw, I)
         phi = self.pool(self.phi(x)).flatten(2)  # (N, I, h'w')
         g = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # (N, h'w', I)
-        attn = torch.softmax(theta @ phi, dim=-1)  # (N, hw, h'w')
-        y = (attn @ g).transpose(1, 2).reshape(n, -1, h, w)  # (N, I, h, w)
-        return x + self.out(y)
+        if self.attention == "dot_product":
+            y = dot_product_attention(theta, phi, g)
+        else:
+            y = softmax_attention(theta, phi, g)
+        y = y.transpose(1, 2).reshape(n, -1, h, w)  # (N, I, h, w)
+        if self.norm == "running":
+            return x + self.out(y)
+        conv, bn = self.out[0], self.out[1]
+        z = conv(y)
+        out, mean, var = grouped_batch_norm(z, stat_groups, bn.weight, bn.bias, bn.eps)
+        if self.training and bn.track_running_stats and bn.running_mean is not None:
+            with torch.no_grad():  # keep the buffers meaningful for a later norm="running"
+                count = z.numel() / z.shape[1] / mean.shape[0]
+                unbiased = var.mean(0) * (count / max(count - 1.0, 1.0))
+                bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mean.mean(0).to(bn.running_mean))
+                bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * unbiased.to(bn.running_var))
+                bn.num_batches_tracked.add_(1)
+        return x + out
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def _attend(block: nn.Module, x: Tensor, stat_groups: Tensor | None) -> Tensor:
+    return block(x, stat_groups) if isinstance(block, NonLocalBlock) else block(x)
+
+
+def member_index(n: int, k: int, device: torch.device | None = None) -> Tensor:
+    """(N,) member index j of each row of a group-major batch (row b*k + j): the reference runs the
+    anchors (j = 0) and the references (j >= 1) as separate passes."""
+    return torch.arange(n, device=device) % k
+
+
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+class RPNetHead(nn.Module):
+    """Everything of RPNet after the backbone (Fig. 2), as the public code builds it.
+
+    f4 = 1x1 conv (no bias) of block 4 to ``mid`` channels ("downsample"). Plain branch:
+    non-local block -> 1x1 classifier -> class maps. Prototype branch: confidence mask from f4
+    (eq. 3-4, 6), full and part prototypes from every feature level of every group member (eq. 5),
+    foreground map (eq. 7-8), smoothed (eq. 9), enhanced features F * f4 (eq. 10) -> second
+    non-local block -> the classifier -> enhanced class maps.
+
+    ``separate_reference_heads`` (reference, default): as in the public code, the reference
+    members (j >= 1) have their own non-local blocks and classifier (``self_atten_y``,
+    ``cross_atten_y``, ``classifiery``), trained by their Lc and Ls only and unused at CAM
+    inference; ``False`` shares the anchor's heads (the paper's figure; needed for k = 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 20,
+        mid: int = 512,
+        alpha: float = 0.3,
+        beta: float = 0.5,
+        beta_is_keep_prob: bool = False,
+        levels: Sequence[int] = (2, 4),
+        gaussian: bool = True,
+        sigma: float = 3.0,
+        gaussian_size: int = 5,
+        fg_scale: float = 1.3,
+        self_attention: bool = True,
+        attention: AttentionForm = "dot_product",
+        attention_norm: AttentionNorm = "batch",
+        attn_sub_sample: bool = False,
+        separate_reference_heads: bool = True,
+        clamp_confidence_peak: bool = False,
+    ) -> None:
+        super().__init__()
+        levels = tuple(int(v) for v in levels)
+        if not levels or not set(levels) <= {2, 3, 4} or len(set(levels)) != len(levels):
+            raise ConfigError(f"levels must be a non-empty subset of (2, 3, 4), got {levels}")
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"beta must be in [0, 1], got {beta}")
+        self.levels = tuple(sorted(levels))
+        self.alpha, self.beta, self.beta_is_keep_prob = alpha, beta, beta_is_keep_prob
+        self.gaussian, self.sigma, self.gaussian_size, self.fg_scale = gaussian, sigma, gaussian_size, fg_scale
+        self.num_classes = num_classes
+        self.clamp_confidence_peak = clamp_confidence_peak
+
+        def block() -> nn.Module:
+            if not self_attention:
+                return nn.Identity()
+            return NonLocalBlock(mid, mid // 2, attn_sub_sample, attention=attention, norm=attention_norm)
+
+        self.down = nn.Conv2d(in_channels, mid, 1, bias=False)  # reference "downsample": block 4 -> mid
+        self.attn_plain: nn.Module = block()  # reference self_atten_x
+        self.attn_enhanced: nn.Module = block()  # reference cross_atten_x
+        self.classifier = nn.Conv2d(mid, num_classes, 1, bias=False)  # reference classifierx
+        self.separate_reference_heads = separate_reference_heads
+        if separate_reference_heads:
+            self.attn_plain_ref: nn.Module = block()  # reference self_atten_y
+            self.attn_enhanced_ref: nn.Module = block()  # reference cross_atten_y
+            self.classifier_ref = nn.Conv2d(mid, num_classes, 1, bias=False)  # reference classifiery
+
+    # -- features --------------------------------------------------------------------------------
+    def level_features(self, f4: Tensor, raw: dict[int, Tensor]) -> list[Tensor]:
+        """The compared feature levels (Table IV), each resized to f4's (h, w) bilinearly with
+        ``align_corners=True`` (the reference's ``F.upsample_bilinear``): 4 is f4 itself, 2 and 3
+        the raw block outputs ``raw[level]`` (N, D_l, h_l, w_l)."""
+        size = tuple(f4.shape[-2:])
+        by_level = {**raw, 4: f4}
+        return [_resize(by_level[lv], size, align_corners=True) for lv in self.levels]
+
+    # -- heads -------------------------------------------------------------------------------
+    def _head(self, feats: Tensor, k: int, enhanced: bool) -> Tensor:
+        """Non-local block + classifier of every member; (N, mid, h, w) -> (N, C, h, w), N = B*k."""
+        attn = self.attn_enhanced if enhanced else self.attn_plain
+        n = feats.shape[0]
+        if not self.separate_reference_heads or k == 1:
+            return self.classifier(_attend(attn, feats, member_index(n, k, feats.device)))
+        attn_ref = self.attn_enhanced_ref if enhanced else self.attn_plain_ref
+        b = n // k
+        grouped = feats.reshape(b, k, *feats.shape[1:])
+        anchors = self.classifier(_attend(attn, grouped[:, 0], None))  # (B, C, h, w)
+        refs = grouped[:, 1:].reshape(b * (k - 1), *feats.shape[1:])
+        refs = self.classifier_ref(_attend(attn_ref, refs, member_index(b * (k - 1), k - 1, feats.device)))
+        out = torch.cat([anchors[:, None], refs.reshape(b, k - 1, *refs.shape[1:])], dim=1)
+        return out.reshape(n, *out.shape[2:])
+
+    def plain_cam(self, f4: Tensor, k: int = 1) -> Tensor:
+        """Plain class maps (N, C, h, w) from f4 (no ReLU); N = B*k in group-major order."""
+        return self._head(f4, k, enhanced=False)
+
+    def enhanced_cam(self, f4: Tensor, fmap: Tensor, k: int = 1) -> Tensor:
+        """Enhanced class maps (N, C, h, w) from f4 and the smoothed foreground map (N, 1, h, w)."""
+        return self._head(enhance_features(f4, fmap), k, enhanced=True)
+
+    def cam(self, f4: Tensor) -> Tensor:
+        """CAM inference: relu(classifier(non-local(f4))) with the anchor's head, the whole batch one
+        BatchNorm pass (the reference's image and its flip)."""
+        return F.relu(F.conv2d(_attend(self.attn_plain, f4, None), self.classifier.weight))
+
+    # -- prototype branch ----------------------------------------------------------------------
+    def foreground(self, f4: Tensor, levels: list[Tensor], k: int, generator: torch.Generator | None = None,
+                   part_keep: dict[int, Tensor] | None = None) -> Tensor:
+        """Smoothed foreground map (N, 1, h, w) of N = B*k images in group-major order (eq. 3-9).
+
+        The part mask is drawn afresh for every image and every feature level (the reference's
+        ``cal_cos_vector_part``: four draws for a pair at levels 2 and 4); ``part_keep[level]``
+        (N, 1, h, w) in {0, 1} replaces the draw (tests, parity cases).
+        """
+        n, _, h, w = f4.shape
+        b = n // k
+        mask = confidence_mask(f4, self.alpha, clamp_peak=self.clamp_confidence_peak)  # (N, 1, h, w)
+        per_level = []
+        for lv in self.levels:
+            if part_keep is not None and lv in part_keep:
+                part = mask * part_keep[lv].to(mask)
+            else:
+                # functional dropout in the reference: on in eval mode too
+                part = part_mask(mask, self.beta, generator=generator, training=True,
+                                 beta_is_keep_prob=self.beta_is_keep_prob)
+            per_level.append([mask.reshape(b, k, 1, h, w), part.reshape(b, k, 1, h, w)])
+        fmap = foreground_map([lv.reshape(b, k, *lv.shape[1:]) for lv in levels], per_level)  # (B, k, 1, h, w)
+        return smooth_foreground(fmap.reshape(n, 1, h, w), sigma=self.sigma, size=self.gaussian_size,
+                                 scale=self.fg_scale, normalise=True, smooth=self.gaussian)
+
+    def forward(self, block4: Tensor, raw_levels: dict[int, Tensor], k: int,
+                generator: torch.Generator | None = None, part_keep: dict[int, Tensor] | None = None,
+                plain: bool = True) -> dict[str, Tensor]:
+        """block4 (N, D4, h, w) and the raw blocks 2/3 -> ``f4``, ``cams`` (plain, no ReLU; only with
+        ``plain``), ``enhanced`` (no ReLU) and ``foreground`` (smoothed), N = B*k group-major."""
+        f4 = self.down(block4)
+        levels = self.level_features(f4, raw_levels)
+        fmap = self.foreground(f4, levels, k, generator, part_keep)
+        out = {"f4": f4, "foreground": fmap, "enhanced": self.enhanced_cam(f4, fmap, k)}
+        if plain:
+            out["cams"] = self.plain_cam(f4, k)
+        return out
 
 
 class RPNet(nn.Module):
-    """The RPNet classifier (Fig. 2), as the public code builds it (see the spec).
+    """The RPNet classifier (Fig. 2): a backbone (stage-2 output detached) and :class:`RPNetHead`.
 
-    backbone (stage-2 output detached) -> f4 = 1x1 conv (no bias) of block 4 to ``mid`` channels.
-    Plain branch: non-local block -> shared 1x1 classifier -> class maps; logits = their spatial
-    mean. Prototype branch: confidence mask from f4 (eq. 3-4, 6), full and part prototypes from the
-    feature ``levels`` (2, 3: the raw block outputs resized to f4's size; 4: f4) of every member of
-    the group (eq. 5), foreground map (eq. 7-8), smoothed (eq. 9), enhanced features F * f4
-    (eq. 10) -> second non-local block -> the shared classifier -> enhanced class maps, run at
-    ``enhanced_scales`` (scales other than 1 without gradient) and averaged after ReLU.
-    Losses (eq. 11-13, as coded): Lc on the plain logits of every member, lambda * Ls between
-    the plain and the enhanced maps of every member; each summed over the k members (for k = 2:
+    The enhanced branch runs at ``enhanced_scales`` (input sizes floored, ``int(H * s)``, as the
+    reference; scales other than 1 without gradient) and the maps are averaged after ReLU.
+    Losses (eq. 11-13, as coded): Lc on the plain logits of every member, lambda * Ls between the
+    plain and the enhanced maps of every member; each summed over the k members (for k = 2:
     Lc(x) + Lc(y) + Ls(x) + Ls(y)).
 
     Args:
-        backbone, pretrained, weights: see :func:`rpnet_pl.models.backbones.build_backbone`.
+        backbone, pretrained, weights: see :func:`rpnet_pl.models.backbones.build_backbone`;
+            ``weights`` may also be a checkpoint of the public RPNet code (whole model, see
+            :mod:`rpnet_pl.models.reference_weights`).
         num_classes: foreground classes (20 for VOC, 80 for COCO).
         mid: channels of f4 (512 in the code, 256 in the paper).
         alpha: confidence threshold (eq. 6 / spec step 2).
@@ -264,7 +507,13 @@ class RPNet(nn.Module):
         levels: feature levels compared (Table IV): a non-empty subset of (2, 3, 4).
         gaussian, sigma, gaussian_size, fg_scale: foreground-map smoothing (eq. 9, Table VI).
         self_attention: the code's non-local blocks (off = the paper's plain heads).
+        attention: ``dot_product`` (reference) or ``softmax`` (embedded Gaussian) non-local form.
+        attention_norm: ``batch`` (reference: the blocks' BatchNorm always uses the statistics of
+            the current pass, also at CAM inference) or ``running`` (standard eval-mode BatchNorm).
         attn_sub_sample: max-pool phi/g in the non-local blocks.
+        separate_reference_heads: the reference members' own heads (reference); see RPNetHead.
+        clamp_confidence_peak: the paper's ReLU reading of eq. 3 (see :func:`confidence_mask`);
+            ``False`` (reference) lets an all-negative channel mark its whole map confident.
         enhanced_scales: input scales of the enhanced branch; must contain 1.0.
         lam: lambda of eq. 11.
         ls_variant: ``code`` (normalised class maps) or ``paper`` (eq. 13 on features).
@@ -293,7 +542,11 @@ class RPNet(nn.Module):
         gaussian_size: int = 5,
         fg_scale: float = 1.3,
         self_attention: bool = True,
+        attention: AttentionForm = "dot_product",
+        attention_norm: AttentionNorm = "batch",
         attn_sub_sample: bool = False,
+        separate_reference_heads: bool = True,
+        clamp_confidence_peak: bool = False,
         enhanced_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
         lam: float = 10.0,
         ls_variant: LsVariant = "code",
@@ -305,9 +558,6 @@ class RPNet(nn.Module):
         freeze_early: bool = True,
     ) -> None:
         super().__init__()
-        levels = tuple(int(v) for v in levels)
-        if not levels or not set(levels) <= {2, 3, 4} or len(set(levels)) != len(levels):
-            raise ConfigError(f"levels must be a non-empty subset of (2, 3, 4), got {levels}")
         scales = tuple(float(s) for s in enhanced_scales)
         if 1.0 not in scales:
             raise ConfigError(f"enhanced_scales must contain 1.0, got {scales}")
@@ -315,59 +565,50 @@ class RPNet(nn.Module):
             raise ConfigError(f"ls_variant must be 'code' or 'paper', got {ls_variant!r}")
         if not 1 <= group_size:
             raise ConfigError(f"group_size must be >= 1, got {group_size}")
-        if not 0.0 <= beta <= 1.0:
-            raise ConfigError(f"beta must be in [0, 1], got {beta}")
-        self.levels = tuple(sorted(levels))
-        self.alpha, self.beta, self.beta_is_keep_prob = alpha, beta, beta_is_keep_prob
-        self.gaussian, self.sigma, self.gaussian_size, self.fg_scale = gaussian, sigma, gaussian_size, fg_scale
         self.enhanced_scales = scales
         self.lam, self.ls_variant, self.lc_on_enhanced = lam, ls_variant, lc_on_enhanced
         self.group_size = group_size
         self.num_classes = num_classes
         self.detach_level = 2 if freeze_early else None
 
-        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+        whole_model = weights is not None and is_reference_checkpoint(weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained and not whole_model,
+                                       weights=None if whole_model else weights, output_stride=output_stride,
                                        freeze_stem=freeze_early, freeze_bn=freeze_early, dilated=dilated,
                                        freeze_bn_affine=freeze_bn_affine)
         if freeze_early:
             self.backbone.freeze_through(2)  # stages 1-2 sit behind the detach: no gradient reaches them
-        self.down = nn.Conv2d(self.backbone.channels[4], mid, 1, bias=False)  # "down": block 4 -> mid
-        self.attn_plain: nn.Module = NonLocalBlock(mid, mid // 2, attn_sub_sample) if self_attention else nn.Identity()
-        self.attn_enhanced: nn.Module = (NonLocalBlock(mid, mid // 2, attn_sub_sample) if self_attention
-                                         else nn.Identity())
-        self.classifier = nn.Conv2d(mid, num_classes, 1, bias=False)
+        self.head = RPNetHead(
+            self.backbone.channels[4], num_classes=num_classes, mid=mid, alpha=alpha, beta=beta,
+            beta_is_keep_prob=beta_is_keep_prob, levels=levels, gaussian=gaussian, sigma=sigma,
+            gaussian_size=gaussian_size, fg_scale=fg_scale, self_attention=self_attention, attention=attention,
+            attention_norm=attention_norm, attn_sub_sample=attn_sub_sample,
+            separate_reference_heads=separate_reference_heads, clamp_confidence_peak=clamp_confidence_peak)
+        if whole_model:
+            load_reference_checkpoint(self, weights)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return self.head.levels
 
     # -- pieces ------------------------------------------------------------------------------
+    def _raw(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        feats = self.backbone(images, detach_level=self.detach_level)  # stage-2 output detached (IRN)
+        return feats[4], {lv: feats[lv] for lv in self.head.levels if lv != 4}
+
     def features(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """images (N, 3, H, W) -> f4 (N, mid, h, w) and the chosen levels, each resized to (h, w)."""
-        feats = self.backbone(images, detach_level=self.detach_level)  # stage-2 output detached (IRN)
-        f4 = self.down(feats[4])
-        size = tuple(f4.shape[-2:])
-        by_level = {2: feats[2], 3: feats[3], 4: f4}
-        return f4, [_resize(by_level[lv], size) for lv in self.levels]
+        block4, raw = self._raw(images)
+        f4 = self.head.down(block4)
+        return f4, self.head.level_features(f4, raw)
 
-    def plain_cam(self, f4: Tensor) -> Tensor:
+    def plain_cam(self, f4: Tensor, k: int = 1) -> Tensor:
         """Plain class maps (N, C, h, w) from f4 (no ReLU)."""
-        return self.classifier(self.attn_plain(f4))
+        return self.head.plain_cam(f4, k)
 
-    def enhanced_cam(self, f4: Tensor, fmap: Tensor) -> Tensor:
+    def enhanced_cam(self, f4: Tensor, fmap: Tensor, k: int = 1) -> Tensor:
         """Enhanced class maps (N, C, h, w) from f4 and the smoothed foreground map (N, 1, h, w)."""
-        return self.classifier(self.attn_enhanced(enhance_features(f4, fmap)))
-
-    def foreground(self, f4: Tensor, levels: list[Tensor], k: int,
-                   generator: torch.Generator | None = None) -> Tensor:
-        """Smoothed foreground map (N, 1, h, w) of N = B*k images in group-major order (eq. 3-9)."""
-        n, _, h, w = f4.shape
-        b = n // k
-        mask = confidence_mask(f4, self.alpha)  # (N, 1, h, w)
-        # The public code thins the mask with functional dropout, which is on in eval mode too.
-        part = part_mask(mask, self.beta, generator=generator, training=True,
-                         beta_is_keep_prob=self.beta_is_keep_prob)
-        masks = [mask.reshape(b, k, 1, h, w), part.reshape(b, k, 1, h, w)]
-        fmap = foreground_map([lv.reshape(b, k, *lv.shape[1:]) for lv in levels], masks)  # (B, k, 1, h, w)
-        fmap = smooth_foreground(fmap.reshape(n, 1, h, w), sigma=self.sigma, size=self.gaussian_size,
-                                 scale=self.fg_scale, normalise=True, smooth=self.gaussian)
-        return fmap
+        return self.head.enhanced_cam(f4, fmap, k)
 
     def _group(self, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None, int, int]:
         if images.dim() == 5:  # (B, k, 3, H, W)
@@ -399,68 +640,78 @@ class RPNet(nn.Module):
           ``loss_ss`` (lambda * Ls) and ``loss`` (their sum).
         """
         x, y, b, k = self._group(images, labels)
-        f4, levels = self.features(x)  # (N, mid, h, w), [(N, D_l, h, w)]
-        size = tuple(f4.shape[-2:])
-        cams = self.plain_cam(f4)  # (N, C, h, w)
+        block4, raw = self._raw(x)
+        head = self.head(block4, raw, k, generator)
+        f4, cams, fmap, enh1 = head["f4"], head["cams"], head["foreground"], head["enhanced"]
+        size = tuple(cams.shape[-2:])
         logits = cams.mean(dim=(2, 3))  # GAP, (N, C)
-
-        fmap = self.foreground(f4, levels, k, generator)  # (N, 1, h, w)
-        enh1 = self.enhanced_cam(f4, fmap)  # (N, C, h, w), keeps its gradient
         enhanced = [F.relu(enh1)]
         hh, ww = x.shape[-2:]
         for s in self.enhanced_scales:
             if s == 1.0:
                 continue
-            with torch.no_grad():
-                xs = F.interpolate(x, size=(max(1, round(hh * s)), max(1, round(ww * s))), mode="bilinear",
+            with torch.no_grad():  # the reference's extra scales (plain branch not needed)
+                xs = F.interpolate(x, size=(max(1, int(hh * s)), max(1, int(ww * s))), mode="bilinear",
                                    align_corners=False)
-                f4s, levels_s = self.features(xs)
-                es = self.enhanced_cam(f4s, self.foreground(f4s, levels_s, k, generator))
+                block4_s, raw_s = self._raw(xs)
+                es = self.head(block4_s, raw_s, k, generator, plain=False)["enhanced"]
                 enhanced.append(F.relu(_resize(es, size)))
         enhanced_cams = torch.stack(enhanced).mean(dim=0)  # (N, C, h, w)
 
         out = {"logits": logits, "cams": cams, "enhanced_cams": enhanced_cams, "foreground": fmap}
         if y is None:
             return out
-        # Sum over the k members of each member's batch-mean loss (k = 2: Lc(x) + Lc(y)).
-        yk = y.reshape(b, k, -1)
-        loss_cls = sum(multilabel_loss(logits.reshape(b, k, -1)[:, j], yk[:, j]) for j in range(k))
+        out.update(self.losses(cams, enhanced_cams, y, k, f4=f4, fmap=fmap, enhanced_1=enh1))
+        return out
+
+    def losses(self, cams: Tensor, enhanced_cams: Tensor, labels: Tensor, k: int, f4: Tensor | None = None,
+               fmap: Tensor | None = None, enhanced_1: Tensor | None = None) -> dict[str, Tensor]:
+        """``loss_cls`` (Lc), ``loss_ss`` (lambda * Ls) and ``loss`` from the maps (eq. 11-13, as coded):
+        each member's batch-mean loss, summed over the k members (k = 2: Lc(x) + Lc(y))."""
+        n = cams.shape[0]
+        b = n // k
+        yk = labels.reshape(b, k, -1)
+        logits = cams.mean(dim=(2, 3)).reshape(b, k, -1)
+        loss_cls = sum(multilabel_loss(logits[:, j], yk[:, j]) for j in range(k))
         if self.lc_on_enhanced:
-            enh_logits = enh1.mean(dim=(2, 3)).reshape(b, k, -1)
+            if enhanced_1 is None:
+                raise ValueError("lc_on_enhanced needs the scale-1 enhanced maps")
+            enh_logits = enhanced_1.mean(dim=(2, 3)).reshape(b, k, -1)
             loss_cls = loss_cls + sum(multilabel_loss(enh_logits[:, j], yk[:, j]) for j in range(k))
         if self.ls_variant == "code":
             cams_k = cams.reshape(b, k, *cams.shape[1:])
             enh_k = enhanced_cams.reshape(b, k, *enhanced_cams.shape[1:])
             loss_ss = sum(self_supervised_loss(cams_k[:, j], enh_k[:, j], yk[:, j], self.lam) for j in range(k))
         else:
+            if f4 is None or fmap is None:
+                raise ValueError("the paper's Ls needs f4 and the foreground map")
             ef = enhance_features(f4, fmap)
             f4_k, ef_k = f4.reshape(b, k, *f4.shape[1:]), ef.reshape(b, k, *ef.shape[1:])
             loss_ss = sum(self_supervised_loss(f4_k[:, j], ef_k[:, j], None, self.lam, "paper") for j in range(k))
-        out.update(loss_cls=loss_cls, loss_ss=loss_ss, loss=loss_cls + loss_ss)
-        return out
+        return {"loss_cls": loss_cls, "loss_ss": loss_ss, "loss": loss_cls + loss_ss}
 
     def training_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """``forward`` with labels: the dict with ``loss``, ``loss_cls``, ``loss_ss`` and the maps."""
         return self.forward(images, labels)
 
     def cam(self, images: Tensor) -> Tensor:
-        """CAM inference, plain branch only: relu(conv(features, classifier weight)).
+        """CAM inference, plain branch only: relu(conv(non-local(f4), classifier weight)); the batch
+        (an image and its flip) is one BatchNorm pass, as in the reference.
 
         images (N, 3, H, W) -> (N, C, ceil(H/16), ceil(W/16)).
         """
-        feats = self.backbone(images)
-        f4 = self.down(feats[4])
-        return F.relu(F.conv2d(self.attn_plain(f4), self.classifier.weight))
+        return self.head.cam(self.head.down(self.backbone(images)[4]))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters) that require grad; new layers get 10x lr."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        new = [p for name, p in self.named_parameters() if not name.startswith("backbone.") and p.requires_grad]
+        new = [p for p in self.head.parameters() if p.requires_grad]
         return backbone, new
 
 
 __all__ = [
-    "NonLocalBlock", "RPNet", "confidence_mask", "cosine_map", "enhance_features", "foreground_map",
-    "gaussian_kernel", "group_prototypes", "max_normalise", "multilabel_loss", "part_mask", "region_prototypes",
-    "self_supervised_loss", "smooth_foreground",
+    "NonLocalBlock", "RPNet", "RPNetHead", "confidence_mask", "cosine_map", "dot_product_attention",
+    "enhance_features", "foreground_map", "gaussian_kernel", "group_prototypes", "grouped_batch_norm",
+    "ls_normalise", "member_index", "multilabel_loss", "part_mask", "region_prototypes", "self_supervised_loss",
+    "smooth_foreground", "softmax_attention",
 ]

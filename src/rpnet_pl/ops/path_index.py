@@ -51,6 +51,14 @@ def _path_pixels(dy: int, dx: int) -> tuple[tuple[int, int], ...]:
     return tuple(coords)
 
 
+def reference_direction_order(radius: int) -> np.ndarray:
+    """(D,) indices into :func:`search_directions` in IRN's pair order (``PathIndex.path_dst``):
+    the directions grouped by the number of pixels on their path, shortest first, and in our
+    (dy, dx) order inside a group. IRN's pair tensors (B, D, P) use this order."""
+    dirs = search_directions(radius)
+    return np.asarray(sorted(range(len(dirs)), key=lambda i: len(path_pixels(*dirs[i]))), dtype=np.int64)
+
+
 def path_pixels(dy: int, dx: int) -> list[tuple[int, int]]:
     """The pixels (y, x), relative to the source, on the straight path from (0, 0) to (dy, dx),
     both ends included: the bounding-box pixels at distance < 1 from the line."""

@@ -28,9 +28,23 @@ from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_im
 log = logging.getLogger(__name__)
 
 
+def nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each output pixel of a nearest-neighbour resize ``n_in -> n_out``, as PIL's
+    ``Image.NEAREST`` does it: ``floor((i + 0.5) * n_in / n_out)`` (for a 4x reduction: 4i + 2)."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    return torch.floor((i + 0.5) * (n_in / n_out)).long().clamp_(0, max(n_in - 1, 0))
+
+
 def stride4_labels(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """IR labels (B, H, W) -> nearest-neighbour samples every 4 pixels, cut/padded (255) to ``size``."""
-    small = label[:, ::4, ::4]
+    """IR labels (B, H, W) -> the stride-4 label map IRN trains on, cut/padded (255) to ``size``.
+
+    IRN reduces the label with ``pil_rescale(label, 0.25, order=0)``: a PIL nearest resize to
+    ``round(H / 4) x round(W / 4)``, which samples pixel ``4i + 2`` (:func:`nearest_indices`).
+    """
+    H, W = label.shape[-2:]
+    hh, ww = max(1, int(np.round(H * 0.25))), max(1, int(np.round(W * 0.25)))
+    rows, cols = nearest_indices(H, hh).to(label.device), nearest_indices(W, ww).to(label.device)
+    small = label[:, rows][:, :, cols]
     h, w = size
     out = torch.full((label.shape[0], h, w), 255, dtype=label.dtype, device=label.device)
     hh, ww = min(h, small.shape[1]), min(w, small.shape[2])
@@ -38,25 +52,37 @@ def stride4_labels(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int,
-               displacement: bool = True) -> dict[str, torch.Tensor]:
-    """IRN's objective on one batch (spec "Stage 2"): ``loss = (pos_bg/2 + pos_fg/2 + neg)/2``
-    plus ``(dp_fg + dp_bg)/2`` when ``displacement``; every term is returned for logging.
+def irn_objective(edge_logits: torch.Tensor, displacement: torch.Tensor | None, label4: torch.Tensor,
+                  radius: int) -> dict[str, torch.Tensor]:
+    """IRN's objective from stride-4 labels (``train_irn.py``): ``loss = (pos_bg/2 + pos_fg/2 + neg)/2``
+    plus ``(dp_fg + dp_bg)/2`` when ``displacement`` is given; every term is returned.
 
-    out: IRNet's output (``edge_logits`` (B, 1, h4, w4), ``displacement`` (B, 2, h4, w4));
-    ir_label: (B, H, W) IR labels at full size (255 ignore). ``edge`` is the boundary probability.
+    edge_logits: (B, 1, h4, w4); displacement: (B, 2, h4, w4) raw (training mode) or None;
+    label4: (B, h4, w4) IR labels at stride 4 (255 ignore). ``edge`` is the boundary probability,
+    ``affinity`` (B, D, h', w') and the pair masks are returned for inspection.
     """
-    edge = torch.sigmoid(out["edge_logits"][:, 0].float())  # (B, h4, w4)
-    label = stride4_labels(ir_label, tuple(edge.shape[-2:]))
+    edge = torch.sigmoid(edge_logits[:, 0].float())  # (B, h4, w4)
     aff = affinity_from_boundary(edge, radius)  # (B, D, h', w')
-    pos_bg, pos_fg, neg = affinity_labels(label, radius)
+    pos_bg, pos_fg, neg = affinity_labels(label4, radius)
     pos_bg_loss, pos_fg_loss, neg_loss = affinity_loss(aff, pos_bg, pos_fg, neg)
-    terms = {"edge": edge, "pos_bg_loss": pos_bg_loss, "pos_fg_loss": pos_fg_loss, "neg_loss": neg_loss,
+    terms = {"edge": edge, "affinity": aff, "pos_bg": pos_bg, "pos_fg": pos_fg, "neg": neg,
+             "pos_bg_loss": pos_bg_loss, "pos_fg_loss": pos_fg_loss, "neg_loss": neg_loss,
              "loss": (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2}
-    if displacement:
-        terms["dp_fg_loss"], terms["dp_bg_loss"] = displacement_losses(out["displacement"].float(), label, radius)
+    if displacement is not None:
+        terms["dp_fg_loss"], terms["dp_bg_loss"] = displacement_losses(displacement.float(), label4, radius)
         terms["loss"] = terms["loss"] + (terms["dp_fg_loss"] + terms["dp_bg_loss"]) / 2
     return terms
+
+
+def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int,
+               displacement: bool = True) -> dict[str, torch.Tensor]:
+    """IRN's objective on one batch (spec "Stage 2"), see :func:`irn_objective`.
+
+    out: IRNet's output (``edge_logits`` (B, 1, h4, w4), ``displacement`` (B, 2, h4, w4));
+    ir_label: (B, H, W) IR labels at full size (255 ignore), reduced by :func:`stride4_labels`.
+    """
+    label = stride4_labels(ir_label, tuple(out["edge_logits"].shape[-2:]))
+    return irn_objective(out["edge_logits"], out["displacement"] if displacement else None, label, radius)
 
 
 class AffinityStage(pl.LightningModule):

@@ -29,6 +29,21 @@ def strided_up_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
     return h * stride, w * stride
 
 
+def combine_scales(outputs: Sequence[torch.Tensor], size: tuple[int, int], out_stride: int = 4,
+                   net_stride: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """IRN's ``make_cam`` after the network: the per-scale outputs (each (C, h_s, w_s), relu'd and
+    flip-summed) summed over scales, bilinearly resized (``align_corners=False``) to the stride-4
+    size ``ceil(H/4) x ceil(W/4)`` (``strided``) and to the stride-16-rounded-up size, then
+    cropped to (H, W) (``high_res``). Neither is normalised."""
+    if not outputs:
+        raise ValueError("combine_scales needs at least one scale")
+    h, w = size
+    s_size, up_size = strided_size((h, w), out_stride), strided_up_size((h, w), net_stride)
+    strided = sum(F.interpolate(o[None], size=s_size, mode="bilinear", align_corners=False)[0] for o in outputs)
+    high = sum(F.interpolate(o[None], size=up_size, mode="bilinear", align_corners=False)[0] for o in outputs)
+    return strided, high[:, :h, :w]
+
+
 @torch.no_grad()
 def multiscale_cam(
     cam_fn: CamFn,
@@ -40,16 +55,15 @@ def multiscale_cam(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CAMs of one image summed over scales (and flips).
 
-    Each scale runs on the image and its mirror; the mirrored map is flipped back and added, then
-    ReLU. Returns ``strided`` (C, ceil(H/4), ceil(W/4)) and ``high_res`` (C, H, W): each the sum over
-    scales of the bilinearly resized maps; ``high_res`` is resized to the stride-16-rounded size and
-    cropped, as in IRN. Neither is normalised (see :func:`rpnet_pl.ops.cam.max_normalise`).
+    Each scale runs on the image and its mirror as one batch; the mirrored map is flipped back and
+    added, then ReLU; :func:`combine_scales` sums the scales. Returns ``strided``
+    (C, ceil(H/4), ceil(W/4)) and ``high_res`` (C, H, W). Neither is normalised (see
+    :func:`rpnet_pl.ops.cam.max_normalise`).
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected one image (1, 3, H, W), got {tuple(image.shape)}")
     h, w = image.shape[-2:]
-    s_size, up_size = strided_size((h, w), out_stride), strided_up_size((h, w), net_stride)
-    strided = high = None
+    outputs = []
     for s in scales:
         x = image if s == 1.0 else F.interpolate(image, size=(round(h * s), round(w * s)), mode="bilinear",
                                                  align_corners=False)
@@ -57,12 +71,8 @@ def multiscale_cam(
             x = torch.cat([x, x.flip(-1)], dim=0)
         cams = cam_fn(x)  # (1 or 2, C, h', w')
         cam = cams[0:1] + cams[1:2].flip(-1) if flip else cams[0:1]
-        cam = F.relu(cam)
-        a = F.interpolate(cam, size=s_size, mode="bilinear", align_corners=False)[0]
-        b = F.interpolate(cam, size=up_size, mode="bilinear", align_corners=False)[0, :, :h, :w]
-        strided = a if strided is None else strided + a
-        high = b if high is None else high + b
-    return strided, high
+        outputs.append(F.relu(cam)[0])
+    return combine_scales(outputs, (h, w), out_stride, net_stride)
 
 
 def cam_record(strided: torch.Tensor, high_res: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:

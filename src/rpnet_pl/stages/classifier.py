@@ -15,7 +15,9 @@ import pytorch_lightning as pl
 import torch
 
 from rpnet_pl.data.classes import class_names
+from rpnet_pl.errors import ConfigError
 from rpnet_pl.models import build_classifier
+from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
 from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
@@ -45,8 +47,16 @@ class ClassifierStage(pl.LightningModule):
         levels: tuple[int, ...] = (2, 4),
         gaussian: bool = True,
         sigma: float = 3.0,
+        gaussian_size: int = 5,
         fg_scale: float = 1.3,
         self_attention: bool = True,
+        attention: Literal["dot_product", "softmax"] = "dot_product",
+        attention_norm: Literal["batch", "running"] = "batch",
+        attn_sub_sample: bool = False,
+        separate_reference_heads: bool = True,
+        clamp_confidence_peak: bool = False,
+        lc_on_enhanced: bool = False,
+        freeze_bn_affine: bool = False,
         enhanced_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
         lam: float = 10.0,
         ls_variant: Literal["code", "paper"] = "code",
@@ -69,9 +79,12 @@ class ClassifierStage(pl.LightningModule):
         self.model = build_classifier(
             method=method, backbone=backbone, pretrained=pretrained, weights=weights, num_classes=num_classes,
             mid=mid, alpha=alpha, beta=beta, beta_is_keep_prob=beta_is_keep_prob, levels=tuple(levels),
-            gaussian=gaussian, sigma=sigma, fg_scale=fg_scale, self_attention=self_attention,
-            enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant, output_stride=output_stride,
-            dilated=dilated, freeze_early=freeze_early,
+            gaussian=gaussian, sigma=sigma, gaussian_size=gaussian_size, fg_scale=fg_scale,
+            self_attention=self_attention, attention=attention, attention_norm=attention_norm,
+            attn_sub_sample=attn_sub_sample, separate_reference_heads=separate_reference_heads,
+            clamp_confidence_peak=clamp_confidence_peak, lc_on_enhanced=lc_on_enhanced,
+            freeze_bn_affine=freeze_bn_affine, enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant,
+            output_stride=output_stride, dilated=dilated, freeze_early=freeze_early,
         )
 
     # -- training ----------------------------------------------------------------------------
@@ -137,19 +150,42 @@ class ClassifierStage(pl.LightningModule):
         return image_id
 
 
+def reference_classifier_args(ckpt: str | Path, backbone: str | None = None) -> dict[str, Any]:
+    """ClassifierStage arguments for a checkpoint of the public code: method, backbone, sizes."""
+    state = read_state_dict(ckpt)
+    kind = detect_kind(list(state))
+    if kind == "irn":
+        raise ConfigError(f"{ckpt}: an IRN boundary-network checkpoint, not a classifier (use it with the refine stage)")
+    names = {k.removeprefix("module."): v for k, v in state.items()}
+    args: dict[str, Any] = {"method": "rpnet" if kind == "rpnet" else "cam", "pretrained": False, "weights": str(ckpt),
+                            "backbone": backbone or infer_backbone(state)}
+    if kind == "rpnet":
+        args.update(mid=int(names["downsample.weight"].shape[0]), num_classes=int(names["classifierx.weight"].shape[0]),
+                    separate_reference_heads="classifiery.weight" in names)
+    else:
+        args["num_classes"] = int(names["classifier.weight"].shape[0])
+    return args
+
+
 def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc", split: str = "train_aug",
               scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0), flip: bool = True, devices: int | str = "auto",
-              num_nodes: int = 1, accelerator: str = "auto") -> int:
+              num_nodes: int = 1, accelerator: str = "auto", backbone: str | None = None) -> int:
     """`rpnet cam`: write the CAM file of every image of ``split`` that has none yet; returns how many
-    images were processed. Under DDP each rank writes a disjoint share of the images."""
+    images were processed. Under DDP each rank writes a disjoint share of the images. ``ckpt`` is a
+    Lightning checkpoint of ours or a state dict saved by the public RPNet / IRN code (``backbone``:
+    its backbone, read from the tensor shapes when not given)."""
     from rpnet_pl.data.datamodules import InferenceDataModule
     from rpnet_pl.errors import DatasetError
     from rpnet_pl.stages.common import inference_trainer
 
     if not Path(ckpt).is_file():
         raise DatasetError(f"{ckpt}: classifier checkpoint not found (train it with `rpnet fit classifier`)")
-    stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None,
-                                                 cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
+    if is_reference_checkpoint(ckpt):  # sess/res50_cam.pth of the public RPNet / IRN code
+        stage = ClassifierStage(**reference_classifier_args(ckpt, backbone), cam_out=str(out),
+                                cam_scales=tuple(scales), cam_flip=flip)
+    else:
+        stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None,
+                                                     cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
     reader = dm.reader
     dm.skip_ids = {i for i in reader.ids if cam_is_complete(cam_path(out, i))}

@@ -1,0 +1,81 @@
+"""Parity with the public IRN / RPNet code: the shipped cases (computed by running that code) through
+our functions, one test per group, and `rpnet parity`'s errors and exit status."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rpnet_pl.cli import main
+from rpnet_pl.parity import GROUPS, ParityCaseError, default_cases_dir, load_case, run_case, run_parity, summarise
+
+torch.set_num_threads(1)
+CASES = default_cases_dir()
+
+
+def test_every_group_is_shipped() -> None:
+    shipped = {p.stem.rsplit("_", 1)[0] for p in CASES.glob("*.npz")}
+    assert shipped == set(GROUPS)
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_group_matches_the_reference(group: str) -> None:
+    files = sorted(CASES.glob(f"{group}_*.npz"))
+    assert files
+    for f in files:
+        result = run_case(f)
+        failed = [c for c in result.checks if not c.passed]
+        assert not failed, f"{f.name}: {failed}"
+        assert result.checks  # every case compares something
+
+
+def test_a_perturbed_case_fails(tmp_path: Path) -> None:
+    """The checks can fail: the reference head's output moved by 1e-3 is caught, and so is one
+    flipped label of a pseudo mask."""
+    _, case = load_case(CASES / "rpnet_head_0.npz")
+    case["plain_cam_x"] = case["plain_cam_x"] + 1e-3
+    np.savez(tmp_path / "rpnet_head_0.npz", **case)
+    _, rw = load_case(CASES / "random_walk_0.npz")
+    rw["pseudo_mask"] = rw["pseudo_mask"].copy()
+    rw["pseudo_mask"][0, 0] = 255
+    np.savez(tmp_path / "random_walk_0.npz", **rw)
+    results = run_parity(tmp_path)
+    assert [r.passed for r in results] == [False, False]
+    bad = {c.name for r in results for c in r.checks if not c.passed}
+    assert bad == {"plain_cam_x", "pseudo_mask"}
+    rows = {r["group"]: r for r in summarise(results)}
+    assert rows["random_walk"]["mismatched"] == 1
+
+
+def test_cli_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for f in sorted(CASES.glob("path_index_*.npz")) + [CASES / "irn_loss_0.npz"]:
+        shutil.copy(f, tmp_path / f.name)
+    assert main(["parity", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 passed, 0 failed" in out and "path_index" in out and "FAIL" not in out
+    _, case = load_case(tmp_path / "irn_loss_0.npz")
+    case["total_loss"] = np.asarray(case["total_loss"] + 0.01, dtype=np.float32)
+    np.savez(tmp_path / "irn_loss_0.npz", **case)
+    assert main(["parity", str(tmp_path)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_bad_case_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, case = load_case(CASES / "ir_labels_0.npz")
+    del case["crf_t"]
+    np.savez(tmp_path / "ir_labels_7.npz", **case)
+    with pytest.raises(ParityCaseError, match=r"ir_labels_7.npz: a ir_labels case needs key\(s\) crf_t"):
+        run_parity(tmp_path)
+    (tmp_path / "ir_labels_7.npz").unlink()
+    (tmp_path / "mystery_0.npz").write_bytes(b"")
+    with pytest.raises(ParityCaseError, match="mystery_0.npz: unknown case group 'mystery'"):
+        run_parity(tmp_path)
+    (tmp_path / "mystery_0.npz").unlink()
+    (tmp_path / "random_walk_0.npz").write_bytes(b"not a zip")
+    assert main(["parity", str(tmp_path)]) == 2
+    assert "random_walk_0.npz: cannot read" in capsys.readouterr().err
+    with pytest.raises(ParityCaseError, match="no case files"):
+        run_parity(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
