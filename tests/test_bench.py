@@ -131,3 +131,30 @@ def test_cli_bench_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "--profile", "gpu", "--no-write"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def _result(stage: str, seconds: float) -> bench.BenchResult:
+    return bench.BenchResult(stage=stage, phase="train", backbone="resnet18", input="crop 64", batch=4,
+                             images_per_s=4 / seconds, peak_mib=1.0, seconds_per_iter=seconds, iters=1, device="cpu",
+                             precision="fp32", memory_method="x")
+
+
+def test_step_ratio_and_its_line_in_the_section() -> None:
+    results = [_result("classifier (RPNet)", 3.0), _result("classifier (CAM baseline)", 0.75)]
+    assert bench.step_ratio(results) == 4.0
+    assert bench.step_ratio(results[:1]) is None
+    section = bench.format_section(results, bench.PROFILES["cpu"], "rpnet bench")
+    assert "RPNet / CAM-baseline training step (same run, same batch): **4.0x**" in section
+
+
+def test_step_breakdown_names_every_part_of_the_step() -> None:
+    rows = dict(bench.step_breakdown("rpnet", "resnet18", crop=64, batch=1, group_size=2, device="cpu", warmup=0))
+    for scope in ("step/forward", "step/backward", "step/optimizer", "rpnet/backbone scale 1", "rpnet/head scale 1",
+                  "rpnet/backbone extra scales", "rpnet/head extra scales", "rpnet/losses"):
+        assert scope in rows and rows[scope] >= 0, scope
+    inner = sum(v for k, v in rows.items() if k.startswith("rpnet/"))
+    assert inner <= rows["step/forward"] * 1.05  # the model's scopes nest inside the forward
+    cam = dict(bench.step_breakdown("cam", "resnet18", crop=64, batch=1, group_size=2, device="cpu", warmup=0))
+    assert "cam/backbone" in cam and not any(k.startswith("rpnet/") for k in cam)
+    table = bench.format_breakdown(list(rows.items()), "t")
+    assert table.count("\n| ") == len(rows) + 1

@@ -562,3 +562,28 @@ def test_level_features_align_corners_and_floored_scales() -> None:
     finally:
         hook.remove()
     assert sizes == [(61, 45), (91, 67)]  # int(61 * 1.5) = 91, int(45 * 1.5) = 67 (floor, as the reference)
+
+
+def test_seeded_training_step_same_in_both_attention_orders() -> None:
+    """One fixed SGD step: the associative order of the dot-product blocks gives the losses and the
+    updated weights of the reference's order (float32 tolerance)."""
+    from rpnet_pl.models.rpnet import NonLocalBlock
+
+    def one_step(associative: bool) -> tuple[dict[str, float], torch.Tensor]:
+        model = tiny_rpnet(enhanced_scales=(1.0, 0.5))
+        for m in model.modules():
+            if isinstance(m, NonLocalBlock):
+                m.associative = associative
+                torch.nn.init.normal_(m.out[1].weight, std=0.5)  # leave the identity start
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        images, labels = group_batch()
+        out = model(images, labels, generator=torch.Generator().manual_seed(7))
+        out["loss"].backward()
+        opt.step()
+        return {k: out[k].item() for k in ("loss", "loss_cls", "loss_ss")}, model.head.classifier.weight.detach()
+
+    fast, w_fast = one_step(True)
+    ref, w_ref = one_step(False)
+    for key in ref:
+        assert fast[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    torch.testing.assert_close(w_fast, w_ref, rtol=1e-5, atol=1e-6)

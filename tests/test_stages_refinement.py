@@ -208,3 +208,13 @@ def test_stride4_labels_sample_like_pil_nearest() -> None:
     assert out[0, :4, :4].numpy().tolist() == pil.tolist() == [[22, 26, 31, 35], [62, 66, 71, 75],
                                                                  [112, 116, 121, 125], [152, 156, 161, 165]]
     assert torch.all(out[0, 4:] == 255) and torch.all(out[0, :, 4:] == 255)  # padded to the network's size
+
+
+def test_stride4_labels_cv2_reduction_is_irn_masters() -> None:
+    from rpnet_pl.stages.affinity import stride4_labels
+
+    label = torch.arange(64, dtype=torch.uint8).reshape(1, 8, 8)
+    assert stride4_labels(label, (2, 2), "cv2")[0].tolist() == [[0, 4], [32, 36]]  # pixel 4i
+    assert stride4_labels(label, (2, 2), "pil")[0].tolist() == [[18, 22], [50, 54]]  # pixel 4i + 2
+    with pytest.raises(ValueError):
+        stride4_labels(label, (2, 2), "other")  # type: ignore[arg-type]

@@ -484,6 +484,70 @@ def run_case(case: str, profile: Profile, device: str | torch.device, bf16: bool
     raise ConfigError(f"unknown bench case {case!r} ({', '.join(CASES)})")
 
 
+def step_ratio(results: Sequence[BenchResult]) -> float | None:
+    """Seconds of one RPNet training step over one CAM-baseline step (same batch, same run), or
+    None when either case is missing."""
+    by = {r.stage: r for r in results if r.phase == "train"}
+    rp, cam = by.get("classifier (RPNet)"), by.get("classifier (CAM baseline)")
+    if rp is None or cam is None or cam.seconds_per_iter <= 0:
+        return None
+    return rp.seconds_per_iter / cam.seconds_per_iter
+
+
+def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
+                   group_size: int = 2, device: str | torch.device = "cpu", bf16: bool = False, warmup: int = 1,
+                   num_classes: int = 20) -> list[tuple[str, float]]:
+    """Where one classifier training step spends its time: ``torch.profiler`` over one step (after
+    ``warmup``), summed per named scope (``rpnet/...`` or ``cam/...`` inside the model; ``step/...``
+    for forward, backward and the optimiser). Returns (scope, milliseconds) in first-seen order;
+    scopes nest (``step/forward`` contains the model's scopes). Device time on CUDA, CPU time else."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from rpnet_pl.models import build_classifier
+
+    dev = resolve_device(str(device))
+    gen = torch.Generator().manual_seed(0)
+    model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
+                             group_size=group_size).to(dev).train()
+    opt = _sgd([*model.param_groups()[0], *model.param_groups()[1]], momentum=0.0)
+    n = batch * group_size
+    images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
+    labels = _multi_hot(n, num_classes, gen).to(dev).reshape(batch, group_size, num_classes)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with record_function("step/forward"), _autocast(dev, bf16):
+            loss = model.training_losses(images, labels)["loss"]
+        with record_function("step/backward"):
+            loss.backward()
+        with record_function("step/optimizer"):
+            opt.step()
+
+    for _ in range(max(0, warmup)):
+        step()
+    _sync(dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        _sync(dev)
+    rows: dict[str, float] = {}
+    for ev in prof.key_averages():
+        if ev.key.startswith(("step/", "rpnet/", "cam/")):
+            us = getattr(ev, "device_time_total", 0.0) if dev.type == "cuda" else ev.cpu_time_total
+            rows[ev.key] = rows.get(ev.key, 0.0) + us / 1000.0
+    order = ["step/forward", "rpnet/backbone scale 1", "rpnet/head scale 1", "rpnet/backbone extra scales",
+             "rpnet/head extra scales", "rpnet/losses", "cam/backbone", "cam/head", "step/backward", "step/optimizer"]
+    return [(k, rows[k]) for k in order if k in rows] + [(k, v) for k, v in rows.items() if k not in order]
+
+
+def format_breakdown(rows: Sequence[tuple[str, float]], title: str) -> str:
+    """A markdown table of :func:`step_breakdown`'s rows with each scope's share of the step."""
+    total = sum(ms for k, ms in rows if k.startswith("step/")) or 1.0
+    lines = [f"{title}", "", "| scope | ms | share of the step |", "|---|---:|---:|"]
+    lines += [f"| {k} | {ms:.0f} | {100 * ms / total:.0f} % |" for k, ms in rows]
+    return "\n".join(lines)
+
+
 def get_profile(name: str, iters: int | None = None, warmup: int | None = None, backbone: str | None = None,
                 **sizes: object) -> Profile:
     """A copy of :data:`PROFILES` ``[name]`` with the given overrides (``backbone`` sets all three;
@@ -636,6 +700,9 @@ def format_section(results: Sequence[BenchResult], profile: Profile, command: st
         markdown_table(results),
         "",
     ]
+    ratio = step_ratio(results)
+    if ratio is not None:
+        lines += [f"RPNet / CAM-baseline training step (same run, same batch): **{ratio:.1f}x**", ""]
     return "\n".join(lines)
 
 

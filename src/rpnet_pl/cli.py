@@ -298,7 +298,8 @@ def _bench(args: argparse.Namespace) -> int:
     """Throughput and peak memory per stage; prints the table and appends a section to ``--out``."""
     import torch
 
-    from rpnet_pl.bench import BenchResult, format_section, get_profile, markdown_table, resolve_device, run_profile
+    from rpnet_pl.bench import (BenchResult, format_breakdown, format_section, get_profile, markdown_table,
+                                resolve_device, run_profile, step_breakdown, step_ratio)
 
     name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
@@ -324,10 +325,23 @@ def _bench(args: argparse.Namespace) -> int:
     results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress)
     print()
     print(markdown_table(results))
+    ratio = step_ratio(results)
+    if ratio is not None:
+        print(f"\nRPNet / CAM-baseline training step: {ratio:.1f}x")
+    breakdowns = []
+    if args.breakdown:
+        for method in ("rpnet", "cam"):
+            rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
+                                  profile.classifier_batch, profile.group_size, device, args.bf16)
+            breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
+                                                     f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
+                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}):"))
+            print("\n" + breakdowns[-1])
     if args.out:
         from rpnet_pl.bench import append_section
 
-        section = format_section(results, profile, " ".join(command))
+        section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])))
+        section = "\n\n".join([section.rstrip("\n"), *breakdowns]) + "\n"
         print(f"\nappended to {append_section(args.out, section)}")
     return 0
 
@@ -505,7 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="timed steps per case (default: the profile's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the profile's)")
     p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
+                   "bf16-mixed does)")
+    p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
+                   "step (torch.profiler) and print where the time goes")
     p.add_argument("--cases", nargs="+", help="only these cases", choices=(
         "classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer"))
     out = p.add_mutually_exclusive_group()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
@@ -64,8 +65,10 @@ class CAMNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images (N, 3, H, W) or (B, k, 3, H, W) -> logits (N, C), N = B*k (group-major)."""
-        x = self.backbone(self._flat(images), detach_level=self.detach_level)[4]  # (N, D, h, w), stage 2 detached
-        return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
+        with record_function("cam/backbone"):
+            x = self.backbone(self._flat(images), detach_level=self.detach_level)[4]  # (N, D, h, w), stage 2 detached
+        with record_function("cam/head"):
+            return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
 
     def training_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Lc averaged over every image of the batch (groups are flattened). labels: (N, C) or (B, k, C)."""

@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
@@ -298,6 +299,7 @@ class NonLocalBlock(nn.Module):
             raise ConfigError(f"attention_norm must be 'batch' or 'running', got {norm!r}")
         inter = inter_channels or max(1, channels // 2)
         self.attention, self.norm = attention, norm
+        self.associative = True  # theta (phi^T g) / N; False: the reference's (theta^T phi / N) g order
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)
         self.g = nn.Conv2d(channels, inter, 1)
@@ -313,7 +315,7 @@ class NonLocalBlock(nn.Module):
         phi = self.pool(self.phi(x)).flatten(2)  # (N, I, h'w')
         g = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # (N, h'w', I)
         if self.attention == "dot_product":
-            y = dot_product_attention(theta, phi, g)
+            y = dot_product_attention(theta, phi, g, associative=self.associative)
         else:
             y = softmax_attention(theta, phi, g)
         y = y.transpose(1, 2).reshape(n, -1, h, w)  # (N, I, h, w)
@@ -640,8 +642,10 @@ class RPNet(nn.Module):
           ``loss_ss`` (lambda * Ls) and ``loss`` (their sum).
         """
         x, y, b, k = self._group(images, labels)
-        block4, raw = self._raw(x)
-        head = self.head(block4, raw, k, generator)
+        with record_function("rpnet/backbone scale 1"):
+            block4, raw = self._raw(x)
+        with record_function("rpnet/head scale 1"):
+            head = self.head(block4, raw, k, generator)
         f4, cams, fmap, enh1 = head["f4"], head["cams"], head["foreground"], head["enhanced"]
         size = tuple(cams.shape[-2:])
         logits = cams.mean(dim=(2, 3))  # GAP, (N, C)
@@ -653,15 +657,18 @@ class RPNet(nn.Module):
             with torch.no_grad():  # the reference's extra scales (plain branch not needed)
                 xs = F.interpolate(x, size=(max(1, int(hh * s)), max(1, int(ww * s))), mode="bilinear",
                                    align_corners=False)
-                block4_s, raw_s = self._raw(xs)
-                es = self.head(block4_s, raw_s, k, generator, plain=False)["enhanced"]
+                with record_function("rpnet/backbone extra scales"):
+                    block4_s, raw_s = self._raw(xs)
+                with record_function("rpnet/head extra scales"):
+                    es = self.head(block4_s, raw_s, k, generator, plain=False)["enhanced"]
                 enhanced.append(F.relu(_resize(es, size)))
         enhanced_cams = torch.stack(enhanced).mean(dim=0)  # (N, C, h, w)
 
         out = {"logits": logits, "cams": cams, "enhanced_cams": enhanced_cams, "foreground": fmap}
         if y is None:
             return out
-        out.update(self.losses(cams, enhanced_cams, y, k, f4=f4, fmap=fmap, enhanced_1=enh1))
+        with record_function("rpnet/losses"):
+            out.update(self.losses(cams, enhanced_cams, y, k, f4=f4, fmap=fmap, enhanced_1=enh1))
         return out
 
     def losses(self, cams: Tensor, enhanced_cams: Tensor, labels: Tensor, k: int, f4: Tensor | None = None,

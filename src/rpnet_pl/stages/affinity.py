@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,11 +21,13 @@ from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss, mask_boundary
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
-from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import set_memory_format, checkpoint_callback, poly_sgd
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
 
 log = logging.getLogger(__name__)
+
+LabelReduction = Literal["pil", "cv2"]
 
 
 def nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
@@ -35,16 +37,23 @@ def nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
     return torch.floor((i + 0.5) * (n_in / n_out)).long().clamp_(0, max(n_in - 1, 0))
 
 
-def stride4_labels(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def stride4_labels(label: torch.Tensor, size: tuple[int, int], reduction: LabelReduction = "pil") -> torch.Tensor:
     """IR labels (B, H, W) -> the stride-4 label map IRN trains on, cut/padded (255) to ``size``.
 
-    IRN reduces the label with ``pil_rescale(label, 0.25, order=0)``: a PIL nearest resize to
-    ``round(H / 4) x round(W / 4)``, which samples pixel ``4i + 2`` (:func:`nearest_indices`).
+    ``reduction="pil"`` (RPNet's copy of IRN, default): ``pil_rescale(label, 0.25, order=0)``, a PIL
+    nearest resize to ``round(H / 4) x round(W / 4)`` that samples pixel ``4i + 2``
+    (:func:`nearest_indices`). ``"cv2"`` (IRN's own master): ``cv2.resize(..., fx=0.25,
+    interpolation=INTER_NEAREST)``, which samples pixel ``4i``.
     """
     H, W = label.shape[-2:]
     hh, ww = max(1, int(np.round(H * 0.25))), max(1, int(np.round(W * 0.25)))
-    rows, cols = nearest_indices(H, hh).to(label.device), nearest_indices(W, ww).to(label.device)
-    small = label[:, rows][:, :, cols]
+    if reduction == "pil":
+        rows, cols = nearest_indices(H, hh).to(label.device), nearest_indices(W, ww).to(label.device)
+        small = label[:, rows][:, :, cols]
+    elif reduction == "cv2":
+        small = label[:, ::4, ::4][:, :hh, :ww]
+    else:
+        raise ValueError(f"label reduction must be 'pil' or 'cv2', got {reduction!r}")
     h, w = size
     out = torch.full((label.shape[0], h, w), 255, dtype=label.dtype, device=label.device)
     hh, ww = min(h, small.shape[1]), min(w, small.shape[2])
@@ -75,13 +84,13 @@ def irn_objective(edge_logits: torch.Tensor, displacement: torch.Tensor | None, 
 
 
 def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int,
-               displacement: bool = True) -> dict[str, torch.Tensor]:
+               displacement: bool = True, reduction: LabelReduction = "pil") -> dict[str, torch.Tensor]:
     """IRN's objective on one batch (spec "Stage 2"), see :func:`irn_objective`.
 
     out: IRNet's output (``edge_logits`` (B, 1, h4, w4), ``displacement`` (B, 2, h4, w4));
     ir_label: (B, H, W) IR labels at full size (255 ignore), reduced by :func:`stride4_labels`.
     """
-    label = stride4_labels(ir_label, tuple(out["edge_logits"].shape[-2:]))
+    label = stride4_labels(ir_label, tuple(out["edge_logits"].shape[-2:]), reduction)
     return irn_objective(out["edge_logits"], out["displacement"] if displacement else None, label, radius)
 
 
@@ -102,6 +111,7 @@ class AffinityStage(pl.LightningModule):
         momentum: float = 0.0,
         poly_power: float = 0.9,
         displacement_loss: bool = True,
+        label_reduction: LabelReduction = "pil",
         displacement_lr_mult: float = 10.0,
         rw_radius: int = 5,
         rw_beta: float = 10.0,
@@ -112,14 +122,21 @@ class AffinityStage(pl.LightningModule):
         out_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights)
 
+    def setup(self, stage: str) -> None:
+        """``channels_last``: the network's weights in NHWC, which speeds up convolutions on GPUs with
+        tensor cores (inputs follow the weights' layout); pair it with ``trainer.precision: bf16-mixed``."""
+        set_memory_format(self.model, self.hparams.get("channels_last", False))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = irn_losses(self.model(batch["image"]), batch["label"], self.hparams.radius,
-                           displacement=self.hparams.displacement_loss)
+                           displacement=self.hparams.displacement_loss,
+                           reduction=self.hparams.get("label_reduction", "pil"))
         bs = batch["image"].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
         for key in ("pos_bg_loss", "pos_fg_loss", "neg_loss", "dp_fg_loss", "dp_bg_loss"):

@@ -19,7 +19,7 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import set_memory_format, checkpoint_callback, poly_sgd
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
 
@@ -73,6 +73,7 @@ class ClassifierStage(pl.LightningModule):
         cam_out: str | None = None,
         checkpoint_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +89,11 @@ class ClassifierStage(pl.LightningModule):
         )
 
     # -- training ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """``channels_last``: the network's weights in NHWC, which speeds up convolutions on GPUs with
+        tensor cores (inputs follow the weights' layout); pair it with ``trainer.precision: bf16-mixed``."""
+        set_memory_format(self.model, self.hparams.get("channels_last", False))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model.training_losses(batch["images"], batch["labels"])
         loss = out["loss"]

@@ -118,3 +118,10 @@ def checkpoint_callback(trainer, every_n_steps: int | None):
         return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
                                every_n_train_steps=every_n_steps)
     return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+
+
+def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
+    """Put ``module``'s 4-D parameters and buffers in channels-last (NHWC) layout, or leave them."""
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
