@@ -60,7 +60,9 @@ def sweeps(backbone: str | None = None) -> dict[str, Sweep]:
             Variant("Ours w/o GF", bb + ("classifier.model.gaussian=false",))), "method"),
         "group-size": Sweep("VII", "Images per group", (
             Variant("baseline", bb + cam),
-            *(Variant(f"prototype with {k} image{'s' if k > 1 else ''}", bb + (f"classifier.data.group_size={k}",))
+            # one image per group has no reference image, so no reference heads (they would get no gradient)
+            *(Variant(f"prototype with {k} image{'s' if k > 1 else ''}", bb + (f"classifier.data.group_size={k}",)
+                      + (("classifier.model.separate_reference_heads=false",) if k == 1 else ()))
               for k in (1, 2, 3, 4))), "method"),
         "data-volume": Sweep("II", "Training data volume", tuple(volume), "Data Volume",
                              columns=("Baseline", "Ours"),

@@ -1,0 +1,1 @@
+"""Data layer: VOC / COCO / synthetic readers, the group sampler, transforms, datamodules, checks."""

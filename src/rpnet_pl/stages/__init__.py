@@ -1,0 +1,1 @@
+"""One LightningModule per stage (classifier, affinity, segmenter) and their per-image inference steps."""
