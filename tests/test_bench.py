@@ -158,3 +158,8 @@ def test_step_breakdown_names_every_part_of_the_step() -> None:
     assert "cam/backbone" in cam and not any(k.startswith("rpnet/") for k in cam)
     table = bench.format_breakdown(list(rows.items()), "t")
     assert table.count("\n| ") == len(rows) + 1
+
+
+def test_channels_last_case_is_labelled() -> None:
+    r = bench.classifier_train("cam", "resnet18", crop=64, batch=1, group_size=2, channels_last=True, **TINY)
+    assert r.precision == "fp32, channels_last" and r.images_per_s > 0

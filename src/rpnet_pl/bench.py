@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.stages.common import set_memory_format
 
 Step = Callable[[], None]
 
@@ -262,11 +263,12 @@ def _sgd(params: Iterable[torch.nn.Parameter], momentum: float) -> torch.optim.O
 
 
 def _result(stage: str, phase: str, backbone: str, input_: str, batch: int, device: torch.device, bf16: bool,
-            timing: tuple[float, float, int, str]) -> BenchResult:
+            timing: tuple[float, float, int, str], channels_last: bool = False) -> BenchResult:
     sec, peak, n, method = timing
     return BenchResult(stage=stage, phase=phase, backbone=backbone, input=input_, batch=batch,
                        images_per_s=batch / sec, peak_mib=peak, seconds_per_iter=sec, iters=n,
-                       device=str(device), precision="bf16 autocast" if bf16 else "fp32", memory_method=method)
+                       device=str(device), precision=("bf16 autocast" if bf16 else "fp32") + (", channels_last" if channels_last else ""),
+                       memory_method=method)
 
 
 def _scales_text(scales: Sequence[float]) -> str:
@@ -278,7 +280,7 @@ def _scales_text(scales: Sequence[float]) -> str:
 # =================================================================================================
 def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
                      group_size: int = 2, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
-                     bf16: bool = False, min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
+                     bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
     """One SGD step (forward with losses, backward, update) of the classifier on ``batch`` groups
     of ``group_size`` images at ``crop`` (RPNet runs its enhanced scales 0.5/1.5/2 too)."""
     from rpnet_pl.models import build_classifier
@@ -289,6 +291,7 @@ def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: in
         gen = torch.Generator().manual_seed(0)
         model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
                                  group_size=group_size).to(dev).train()
+        set_memory_format(model, channels_last)
         backbone_params, new_params = model.param_groups()
         opt = _sgd([*backbone_params, *new_params], momentum=0.0)
         n = batch * group_size
@@ -306,12 +309,12 @@ def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: in
 
     name = "classifier (RPNet)" if method == "rpnet" else "classifier (CAM baseline)"
     return _result(name, "train", backbone, f"crop {crop}, {batch} group(s) of {group_size}", batch * group_size,
-                   dev, bf16, measure(build, dev, iters, warmup, min_time))
+                   dev, bf16, measure(build, dev, iters, warmup, min_time), channels_last)
 
 
 def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
                   scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), iters: int = 3, warmup: int = 1,
-                  device: str | torch.device = "cpu", bf16: bool = False, min_time: float = 0.0,
+                  device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False, min_time: float = 0.0,
                   num_classes: int = 20) -> BenchResult:
     """Multi-scale + flip CAMs (strided and high-res) of one (H, W) image with the plain branch."""
     from rpnet_pl.models import build_classifier
@@ -323,6 +326,7 @@ def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size:
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
         model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes).to(dev).eval()
+        set_memory_format(model, channels_last)
         image = _images(1, h, w, dev, gen)
 
         def step() -> None:
@@ -333,11 +337,11 @@ def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size:
 
     name = "CAM seeds (RPNet)" if method == "rpnet" else "CAM seeds (CAM baseline)"
     return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip", 1, dev, bf16,
-                   measure(build, dev, iters, warmup, min_time))
+                   measure(build, dev, iters, warmup, min_time), channels_last)
 
 
 def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radius: int = 10, iters: int = 3,
-              warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False,
+              warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
               min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
     """One IRN step as :class:`rpnet_pl.stages.affinity.AffinityStage` takes it: boundary and
     displacement branches on the frozen backbone, affinity + displacement losses at ``radius``."""
@@ -349,6 +353,7 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
         model = IRNet(backbone=backbone, pretrained=False).to(dev).train()
+        set_memory_format(model, channels_last)
         edge_params, dp_params = model.param_groups()
         opt = _sgd([*edge_params, *dp_params], momentum=0.0)
         images = _images(batch, crop, crop, dev, gen)
@@ -365,12 +370,12 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
         return step
 
     return _result("IRN (boundary + displacement)", "train", backbone, f"crop {crop}, radius {radius}", batch, dev,
-                   bf16, measure(build, dev, iters, warmup, min_time))
+                   bf16, measure(build, dev, iters, warmup, min_time), channels_last)
 
 
 def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500), channels: int = 2,
                           radius: int = 5, beta: float = 10.0, exp_times: int = 8, iters: int = 3, warmup: int = 1,
-                          device: str | torch.device = "cpu", bf16: bool = False,
+                          device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
                           min_time: float = 0.0) -> BenchResult:
     """Pseudo mask of one (H, W) image: flip-averaged boundary map (padded to 512 as IRN), random
     walk of ``channels`` stride-4 CAMs (``2 ** exp_times`` steps, radius 5), upsampling and argmax."""
@@ -384,6 +389,7 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
         model = IRNet(backbone=backbone, pretrained=False).to(dev).eval()
+        set_memory_format(model, channels_last)
         image = _images(1, h, w, dev, gen)
         cams = torch.rand(channels, h4, w4, generator=gen).to(dev)
         keys = list(range(1, channels + 1))
@@ -399,12 +405,12 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
 
     return _result("pseudo masks (boundary + random walk)", "inference", backbone,
                    f"{w}x{h} (map {w4}x{h4}), {channels} classes, {2 ** exp_times} RW steps", 1, dev, bf16,
-                   measure(build, dev, iters, warmup, min_time))
+                   measure(build, dev, iters, warmup, min_time), channels_last)
 
 
 def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, head: str = "largefov",
                   output_stride: int = 8, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
-                  bf16: bool = False, min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
+                  bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """One SGD step (momentum 0.9) of DeepLab on ``batch`` crops: logits upsampled to the crop,
     cross-entropy ignoring 255, as :class:`rpnet_pl.stages.segmenter.SegmenterStage`."""
     from rpnet_pl.models import build_deeplab
@@ -415,6 +421,7 @@ def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, h
         gen = torch.Generator().manual_seed(0)
         model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
                               pretrained=False).to(dev).train()
+        set_memory_format(model, channels_last)
         backbone_params, head_params = model.param_groups()
         opt = _sgd([*backbone_params, *head_params], momentum=0.9)
         images = _images(batch, crop, crop, dev, gen)
@@ -433,12 +440,12 @@ def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, h
 
     name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
     return _result(name, "train", backbone, f"crop {crop}, OS {output_stride}", batch, dev, bf16,
-                   measure(build, dev, iters, warmup, min_time))
+                   measure(build, dev, iters, warmup, min_time), channels_last)
 
 
 def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
                       scales: Sequence[float] = (1.0, 0.75, 1.25), head: str = "largefov", output_stride: int = 8,
-                      iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False,
+                      iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
                       min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """Multi-scale + flip softmax and argmax of one (H, W) image (no CRF)."""
     from rpnet_pl.models import build_deeplab
@@ -451,6 +458,7 @@ def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = 
         gen = torch.Generator().manual_seed(0)
         model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
                               pretrained=False).to(dev).eval()
+        set_memory_format(model, channels_last)
         image = _images(1, h, w, dev, gen)
 
         def step() -> None:
@@ -461,13 +469,15 @@ def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = 
 
     name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
     return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip, OS {output_stride}",
-                   1, dev, bf16, measure(build, dev, iters, warmup, min_time))
+                   1, dev, bf16, measure(build, dev, iters, warmup, min_time), channels_last)
 
 
-def run_case(case: str, profile: Profile, device: str | torch.device, bf16: bool = False) -> BenchResult:
+def run_case(case: str, profile: Profile, device: str | torch.device, bf16: bool = False,
+             channels_last: bool = False) -> BenchResult:
     """Run one of :data:`CASES` with ``profile``'s sizes on ``device``."""
     p = profile
-    common = dict(iters=p.iters, warmup=p.warmup, device=device, bf16=bf16, min_time=p.min_time)
+    common = dict(iters=p.iters, warmup=p.warmup, device=device, bf16=bf16, min_time=p.min_time,
+                  channels_last=channels_last)
     if case in ("classifier-rpnet", "classifier-cam"):
         return classifier_train(case.split("-")[1], p.classifier_backbone, p.classifier_crop, p.classifier_batch,
                                 p.group_size, **common)
@@ -496,7 +506,7 @@ def step_ratio(results: Sequence[BenchResult]) -> float | None:
 
 def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
                    group_size: int = 2, device: str | torch.device = "cpu", bf16: bool = False, warmup: int = 1,
-                   num_classes: int = 20) -> list[tuple[str, float]]:
+                   num_classes: int = 20, channels_last: bool = False) -> list[tuple[str, float]]:
     """Where one classifier training step spends its time: ``torch.profiler`` over one step (after
     ``warmup``), summed per named scope (``rpnet/...`` or ``cam/...`` inside the model; ``step/...``
     for forward, backward and the optimiser). Returns (scope, milliseconds) in first-seen order;
@@ -509,6 +519,7 @@ def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int 
     gen = torch.Generator().manual_seed(0)
     model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
                              group_size=group_size).to(dev).train()
+    set_memory_format(model, channels_last)
     opt = _sgd([*model.param_groups()[0], *model.param_groups()[1]], momentum=0.0)
     n = batch * group_size
     images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
@@ -566,11 +577,12 @@ def get_profile(name: str, iters: int | None = None, warmup: int | None = None, 
 
 def run_profile(profile: Profile, device: str | torch.device = "auto", bf16: bool = False,
                 cases: Sequence[str] | None = None,
-                on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
+                on_result: Callable[[BenchResult], None] | None = None,
+                channels_last: bool = False) -> list[BenchResult]:
     """Every case of ``cases`` (default :data:`CASES`) in order; ``on_result`` is called after each."""
     results = []
     for case in cases or CASES:
-        res = run_case(case, profile, device, bf16)
+        res = run_case(case, profile, device, bf16, channels_last)
         results.append(res)
         if on_result is not None:
             on_result(res)

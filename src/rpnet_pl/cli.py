@@ -313,6 +313,8 @@ def _bench(args: argparse.Namespace) -> int:
         command += ["--backbone", args.backbone]
     if args.bf16:
         command.append("--bf16")
+    if args.channels_last:
+        command.append("--channels-last")
     if args.cases:
         command += ["--cases", *args.cases]
     command += ["--out", str(args.out)] if args.out else ["--no-write"]
@@ -322,7 +324,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
               f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
 
-    results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress)
+    results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
+                          channels_last=args.channels_last)
     print()
     print(markdown_table(results))
     ratio = step_ratio(results)
@@ -332,7 +335,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.breakdown:
         for method in ("rpnet", "cam"):
             rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
-                                  profile.classifier_batch, profile.group_size, device, args.bf16)
+                                  profile.classifier_batch, profile.group_size, device, args.bf16,
+                                  channels_last=args.channels_last)
             breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
                                                      f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
                                                      f"{profile.classifier_batch} group(s) of {profile.group_size}):"))
@@ -521,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
                    "bf16-mixed does)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does)")
     p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
                    "step (torch.profiler) and print where the time goes")
     p.add_argument("--cases", nargs="+", help="only these cases", choices=(
