@@ -510,16 +510,21 @@ def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int 
     """Where one classifier training step spends its time: ``torch.profiler`` over one step (after
     ``warmup``), summed per named scope (``rpnet/...`` or ``cam/...`` inside the model; ``step/...``
     for forward, backward and the optimiser). Returns (scope, milliseconds) in first-seen order;
-    scopes nest (``step/forward`` contains the model's scopes). Device time on CUDA, CPU time else."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    scopes nest (``step/forward`` contains the model's scopes). On a GPU every scope synchronises
+    the device at its ends, so each is wall-clock time of the GPU work in it (the step is slower
+    than unprofiled; compare the shares)."""
+    from torch.profiler import ProfilerActivity, profile
 
     from rpnet_pl.models import build_classifier
+    from rpnet_pl.models.rpnet import timed_scope
 
     dev = resolve_device(str(device))
+    sync = dev.type == "cuda"
     gen = torch.Generator().manual_seed(0)
     model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
                              group_size=group_size).to(dev).train()
     set_memory_format(model, channels_last)
+    model.sync_scopes = sync
     opt = _sgd([*model.param_groups()[0], *model.param_groups()[1]], momentum=0.0)
     n = batch * group_size
     images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
@@ -527,25 +532,23 @@ def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int 
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with record_function("step/forward"), _autocast(dev, bf16):
+        with timed_scope("step/forward", sync), _autocast(dev, bf16):
             loss = model.training_losses(images, labels)["loss"]
-        with record_function("step/backward"):
+        with timed_scope("step/backward", sync):
             loss.backward()
-        with record_function("step/optimizer"):
+        with timed_scope("step/optimizer", sync):
             opt.step()
 
     for _ in range(max(0, warmup)):
         step()
     _sync(dev)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
         _sync(dev)
     rows: dict[str, float] = {}
     for ev in prof.key_averages():
         if ev.key.startswith(("step/", "rpnet/", "cam/")):
-            us = getattr(ev, "device_time_total", 0.0) if dev.type == "cuda" else ev.cpu_time_total
-            rows[ev.key] = rows.get(ev.key, 0.0) + us / 1000.0
+            rows[ev.key] = rows.get(ev.key, 0.0) + ev.cpu_time_total / 1000.0
     order = ["step/forward", "rpnet/backbone scale 1", "rpnet/head scale 1", "rpnet/backbone extra scales",
              "rpnet/head extra scales", "rpnet/losses", "cam/backbone", "cam/head", "step/backward", "step/optimizer"]
     return [(k, rows[k]) for k in order if k in rows] + [(k, v) for k, v in rows.items() if k not in order]

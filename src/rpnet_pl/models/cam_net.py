@@ -9,12 +9,11 @@ from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.profiler import record_function
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
-from rpnet_pl.models.rpnet import RPNet, multilabel_loss
+from rpnet_pl.models.rpnet import RPNet, multilabel_loss, timed_scope
 
 
 class CAMNet(nn.Module):
@@ -65,9 +64,9 @@ class CAMNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images (N, 3, H, W) or (B, k, 3, H, W) -> logits (N, C), N = B*k (group-major)."""
-        with record_function("cam/backbone"):
+        with timed_scope("cam/backbone", getattr(self, "sync_scopes", False)):
             x = self.backbone(self._flat(images), detach_level=self.detach_level)[4]  # (N, D, h, w), stage 2 detached
-        with record_function("cam/head"):
+        with timed_scope("cam/head", getattr(self, "sync_scopes", False)):
             return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
 
     def training_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:

@@ -14,7 +14,8 @@ Shapes in comments: N = B*k images, h x w the stride-16 feature size, D a featur
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import contextlib
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -344,6 +345,17 @@ def member_index(n: int, k: int, device: torch.device | None = None) -> Tensor:
     return torch.arange(n, device=device) % k
 
 
+@contextlib.contextmanager
+def timed_scope(name: str, sync: bool = False) -> Iterator[None]:
+    """``torch.profiler.record_function(name)``; ``sync`` waits for the GPU at both ends."""
+    if sync and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    with record_function(name):
+        yield
+        if sync and torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
 def _resize(x: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -593,6 +605,11 @@ class RPNet(nn.Module):
     def levels(self) -> tuple[int, ...]:
         return self.head.levels
 
+    def _scope(self, name: str) -> contextlib.AbstractContextManager:
+        """A named profiler range; with ``sync_scopes`` set (``rpnet bench --breakdown`` on a GPU)
+        the device is synchronised at its ends, so the range's CPU time is the GPU work in it."""
+        return timed_scope(name, getattr(self, "sync_scopes", False))
+
     # -- pieces ------------------------------------------------------------------------------
     def _raw(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
         feats = self.backbone(images, detach_level=self.detach_level)  # stage-2 output detached (IRN)
@@ -642,9 +659,9 @@ class RPNet(nn.Module):
           ``loss_ss`` (lambda * Ls) and ``loss`` (their sum).
         """
         x, y, b, k = self._group(images, labels)
-        with record_function("rpnet/backbone scale 1"):
+        with self._scope("rpnet/backbone scale 1"):
             block4, raw = self._raw(x)
-        with record_function("rpnet/head scale 1"):
+        with self._scope("rpnet/head scale 1"):
             head = self.head(block4, raw, k, generator)
         f4, cams, fmap, enh1 = head["f4"], head["cams"], head["foreground"], head["enhanced"]
         size = tuple(cams.shape[-2:])
@@ -657,9 +674,9 @@ class RPNet(nn.Module):
             with torch.no_grad():  # the reference's extra scales (plain branch not needed)
                 xs = F.interpolate(x, size=(max(1, int(hh * s)), max(1, int(ww * s))), mode="bilinear",
                                    align_corners=False)
-                with record_function("rpnet/backbone extra scales"):
+                with self._scope("rpnet/backbone extra scales"):
                     block4_s, raw_s = self._raw(xs)
-                with record_function("rpnet/head extra scales"):
+                with self._scope("rpnet/head extra scales"):
                     es = self.head(block4_s, raw_s, k, generator, plain=False)["enhanced"]
                 enhanced.append(F.relu(_resize(es, size)))
         enhanced_cams = torch.stack(enhanced).mean(dim=0)  # (N, C, h, w)
@@ -667,7 +684,7 @@ class RPNet(nn.Module):
         out = {"logits": logits, "cams": cams, "enhanced_cams": enhanced_cams, "foreground": fmap}
         if y is None:
             return out
-        with record_function("rpnet/losses"):
+        with self._scope("rpnet/losses"):
             out.update(self.losses(cams, enhanced_cams, y, k, f4=f4, fmap=fmap, enhanced_1=enh1))
         return out
 
