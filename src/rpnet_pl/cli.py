@@ -248,8 +248,10 @@ def _ablation(args: argparse.Namespace) -> int:
     from rpnet_pl.ablations import collect, get_sweep, run_name, table
     from rpnet_pl.config import load_experiment
     from rpnet_pl.io import atomic_path
-    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+    from rpnet_pl.pipeline import StepFailed, run_steps
+    from rpnet_pl.validate import check_overrides
 
+    check_overrides(args.set or [])
     sweep = get_sweep(args.name, args.backbone)
     for variant in sweep.variants:
         overrides = list(variant.overrides) + list(args.set or [])
@@ -257,8 +259,8 @@ def _ablation(args: argparse.Namespace) -> int:
             overrides.append(f"dataset.root={args.data}")
         cfg = load_experiment(args.experiment, overrides)
         cfg["name"] = run_name(args.name, variant)
-        steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                     steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
+        steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                                steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
         try:
             run_steps(steps, dry_run=args.dry_run)
         except StepFailed as exc:
@@ -274,18 +276,40 @@ def _ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
+    """Plan an experiment's steps after checking it: config problems always stop here; the dataset,
+    weights files and network stop a real run and are warnings in a dry run (printing the commands
+    needs no data). Each problem is one line, in seconds, before any step starts."""
+    from rpnet_pl.pipeline import plan
+    from rpnet_pl.validate import check_environment, check_tree
+
+    check_tree(cfg, where=str(args.experiment))
+    steps = plan(cfg, **plan_kwargs)
+    todo = [s for s in steps if not s.is_done() or s.name in (getattr(args, "force", None) or [])]
+    run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
+    try:
+        check_environment(cfg, todo, run_dir, **({"network": lambda: True} if args.dry_run else {}))
+    except (DatasetError, ConfigError) as exc:
+        if not args.dry_run:
+            raise
+        log.warning("a real run would stop here: %s", exc)
+    return steps
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from rpnet_pl.config import load_experiment
-    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+    from rpnet_pl.pipeline import StepFailed, run_steps
+    from rpnet_pl.validate import check_overrides
 
     overrides = list(args.set or [])
+    check_overrides(overrides)
     if args.data:
         overrides.append(f"dataset.root={args.data}")
     cfg = load_experiment(args.experiment, overrides)
     if args.name:
         cfg["name"] = args.name
-    steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                 steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
+    steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                            steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
     try:
         run_steps(steps, dry_run=args.dry_run, force=args.force or [])
     except StepFailed as exc:
@@ -543,6 +567,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error. An error raised in a DataLoader worker arrives with the worker's
+    traceback folded into its message; its last line is the original one-line message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    for prefix in (f"{type(exc).__module__}.{type(exc).__name__}: ", f"{type(exc).__name__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last if "Original Traceback" in str(exc) else " ".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -559,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (DatasetError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 
