@@ -24,7 +24,17 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     summary = generate_synthetic_voc(args.out, images=args.images, size=args.size, classes=args.classes,
                                      seed=args.seed, object_scale=tuple(args.object_scale), context=args.context)
-    print(json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str))
+    text = json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str)
+    if args.json:
+        print(text)
+        return 0
+    from rpnet_pl.io import atomic_path
+
+    path = Path(args.out) / "synth_summary.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    print(f"{summary['classes']} classes, foreground {100 * summary['foreground_fraction']:.1f}% of the labelled "
+          f"pixels; full summary (per-class counts, texture co-occurrence) in {path}")
     return 0
 
 
@@ -417,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--classes", type=int, default=6, help="number of foreground classes (<= 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
+    p.add_argument("--json", action="store_true", help="print the full summary as JSON instead of writing it to "
+                   "OUT/synth_summary.json")
     p.add_argument("--object-scale", type=float, nargs=2, default=[0.15, 0.45], metavar=("LOW", "HIGH"),
                    help="objects' major axis as a fraction of the short side (default 0.15 0.45: about 10%% "
                         "foreground; 0.35 0.75 gives VOC's share, about 30%%)")
