@@ -207,6 +207,9 @@ class ProgressLog(pl.Callback):
             if trainer.global_step:
                 progress_log.info("resumed at epoch %d, step %d/%s", trainer.current_epoch + 1,
                                   trainer.global_step, total)
+            elif trainer.max_epochs in (None, -1):
+                progress_log.info("training from step 0/%s (%s batches per epoch)", total,
+                                  trainer.num_training_batches)
             else:
                 progress_log.info("training from step 0/%s (%s epoch(s) of %s batches)", total,
                                   trainer.max_epochs, trainer.num_training_batches)
@@ -232,7 +235,8 @@ def progress_line(trainer: pl.Trainer, elapsed: float, steps_done: int, images: 
     """``epoch 2/5 step 60/150 loss 0.52 loss_cls 0.41 lr 0.0191 images/s 12.3 ETA 0:01:10``."""
     total = trainer.estimated_stepping_batches
     total = int(total) if math.isfinite(total) else None
-    parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs if trainer.max_epochs != -1 else '?'}",
+    epochs = "?" if trainer.max_epochs in (None, -1) else trainer.max_epochs
+    parts = [f"epoch {trainer.current_epoch + 1}/{epochs}",
              f"step {trainer.global_step}/{total if total is not None else '?'}"]
     for key, value in sorted(trainer.callback_metrics.items()):
         if key.startswith("train/") and not key.endswith("_epoch"):
