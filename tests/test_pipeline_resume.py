@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from rpnet_pl.config import load_experiment
+from rpnet_pl.io import process_umask
 from rpnet_pl.pipeline import plan, run_steps
 from tests.test_pipeline_end_to_end import tiny_experiment
 
@@ -54,6 +55,9 @@ def test_killed_training_step_resumes_from_its_last_checkpoint(tmp_path: Path) -
     first_log = (folder / "log.txt").read_text()
     total = int(re.search(r"training from step 0/(\d+) \(3 epoch", first_log).group(1))
     assert 0 < killed_at < total
+    assert last.stat().st_mode & 0o777 == 0o666 & ~process_umask()  # 0644 under umask 022, not 0600
+    for noise in ("Tip:", "LightningCLI's args parameter", "LeafSpec", "will override existing callbacks"):
+        assert noise not in first_log  # library chatter kept out of the log
 
     assert run_steps(plan(load_experiment(exp), runs_dir=runs, logger="none", steps=["classifier"])) == ["classifier"]
     resumed_log = (folder / "log.txt").read_text()[len(first_log):]

@@ -122,3 +122,18 @@ def test_training_callbacks_write_under_the_trainer_root(tmp_path: Path, every: 
     ckpt, progress = training_callbacks(trainer, every)
     assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.every_n_steps == (every or 0)
+
+
+class _Predict(_Tiny):
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        return None
+
+
+def test_prediction_runs_log_done_over_total(caplog) -> None:
+    from rpnet_pl.stages.common import inference_trainer
+
+    trainer = inference_trainer(devices=1, accelerator="cpu", progress=False)
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        trainer.predict(_Predict(), DataLoader(_Images(), batch_size=1), return_predictions=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
+    assert [line.split(",")[0] for line in lines] == [f"predictions: {k}/6 images" for k in range(1, 7)]
