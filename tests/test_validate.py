@@ -9,7 +9,7 @@ import yaml
 
 from rpnet_pl.cli import main
 from rpnet_pl.config import load_experiment
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.errors import ConfigError, DatasetError
 from rpnet_pl.pipeline import plan
 from rpnet_pl.validate import accepts, check_environment, check_pretrained, check_tree
 
@@ -139,3 +139,13 @@ def test_accepts(annotation: str, good: list, bad: list) -> None:
     node = ast.parse(annotation, mode="eval").body
     assert all(accepts(node, v) for v in good)
     assert not any(accepts(node, v) for v in bad)
+
+
+def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None:
+    from rpnet_pl.validate import check_dataset
+
+    (tmp_path / "train2014").mkdir()
+    cfg = {"dataset": {"name": "coco", "root": str(tmp_path)}}
+    check_dataset(cfg, ["train"])
+    with pytest.raises(DatasetError, match=r"val2014: image folder of split 'val' not found"):
+        check_dataset(cfg, ["train", "val"])

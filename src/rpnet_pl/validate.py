@@ -32,7 +32,7 @@ TRAIN_CLASSES = {
     "segmenter": (("stages/segmenter.py", "SegmenterStage"), ("data/datamodules.py", "LabelledDataModule")),
 }
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
-FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler")
+FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
 #: `rpnet` subcommand of each per-image step, and the options the pipeline sets itself.
 STEP_COMMANDS = {"cam": "cam", "eval_cam": "eval-cam", "ir_labels": "ir-labels", "sem_seg": "sem-seg-labels",
                  "eval_sem_seg": "eval-sem-seg", "eval_seg": "eval-seg", "predict_seg": "predict-seg"}
@@ -294,8 +294,13 @@ def check_dataset(cfg: dict, splits: Iterable[str]) -> None:
         for split in sorted(set(splits)):
             read_split(voc, split)
     elif name == "coco":
-        if not any((root / d).is_dir() for d in ("images", "train2014", "val2014")):
-            raise DatasetError(f"{root}: not a COCO tree (expected train2014/ and val2014/ images; see README)")
+        from rpnet_pl.data.coco import coco_split_dir
+
+        for split in sorted(set(splits)):
+            folder = root / coco_split_dir(split)
+            if not folder.is_dir():
+                raise DatasetError(f"{folder}: image folder of split {split!r} not found (not a COCO tree? "
+                                   "see README 'Real data')")
 
 
 def used_splits(cfg: dict, steps: Sequence[Any]) -> list[str]:
