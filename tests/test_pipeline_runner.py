@@ -108,3 +108,14 @@ def test_progress_lines_of_a_step_reach_the_terminal_and_the_log(tmp_path: Path,
     assert not any("chatter" in line for line in echoed if not line.startswith("run a:"))
     log_text = (tmp_path / "a" / "log.txt").read_text()
     assert "epoch 1/2 step 5/10" in log_text and "INFO other: chatter" in log_text
+
+
+def test_failure_cause_of_a_killed_step_names_the_signal() -> None:
+    from rpnet_pl.pipeline import failure_cause
+
+    progress = ["INFO rpnet_pl.progress: epoch 1/5 step 10/50 loss 0.3"]
+    assert failure_cause(progress, -9).startswith("killed by SIGKILL (out of memory?")
+    assert failure_cause(progress, 1) == ""
+    assert failure_cause(["Traceback (most recent call last):", '  File "x.py", line 1',
+                          "torch.OutOfMemoryError: CUDA out of memory."], 1) == \
+        "torch.OutOfMemoryError: CUDA out of memory."

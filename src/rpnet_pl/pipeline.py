@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -173,14 +174,20 @@ PROGRESS_MARK = "rpnet_pl.progress: "
 _ERROR_LINE = re.compile(r"^(error: |\S*(Error|Exception|Interrupt)\b|Killed\b)")
 
 
-def failure_cause(lines: Sequence[str]) -> str:
+def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
     """The line of a failed step's output that says why: the last error line (``error: ...``,
-    ``SomeError: ...``), else the last non-empty line; '' when there is no output."""
+    ``SomeError: ...``); for a process killed by a signal, the signal; else the last non-empty line
+    that is not an INFO line; '' when there is none."""
     text = [line.strip() for line in lines if line.strip()]
     for line in reversed(text):
         if _ERROR_LINE.match(line):
             return line
-    return text[-1] if text else ""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return f"killed by {name}" + (" (out of memory? the resume point is checkpoints/last.ckpt)"
+                                      if name == "SIGKILL" else "")
+    plain = [line for line in text if not line.startswith("INFO ")]
+    return plain[-1] if plain else ""
 
 
 def _run_logged(step: Step, argv: list[str], env: dict[str, str] | None) -> tuple[int, list[str]]:
@@ -226,7 +233,7 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
         start = time.time()
         returncode, tail = _run_logged(step, argv, env)
         if returncode != 0:
-            cause = failure_cause(tail)
+            cause = failure_cause(tail, returncode)
             raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                              + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
