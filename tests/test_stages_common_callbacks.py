@@ -137,3 +137,17 @@ def test_prediction_runs_log_done_over_total(caplog) -> None:
         trainer.predict(_Predict(), DataLoader(_Images(), batch_size=1), return_predictions=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
     assert [line.split(",")[0] for line in lines] == [f"predictions: {k}/6 images" for k in range(1, 7)]
+
+
+@pytest.mark.parametrize("stage", ["classifier", "affinity", "segmenter"])
+def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Path, stage: str) -> None:
+    from rpnet_pl.cli import STAGES, _load
+    from rpnet_pl.stages.common import ProgressLog
+
+    module = _load(STAGES[stage][0])(backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
+                                     progress_every_n_steps=5)
+    module.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
+    ckpt, progress = module.configure_callbacks()
+    assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.every_n_steps == 50
+    assert isinstance(progress, ProgressLog) and progress.every_n_steps == 5
