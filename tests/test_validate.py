@@ -149,3 +149,10 @@ def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None
     check_dataset(cfg, ["train"])
     with pytest.raises(DatasetError, match=r"val2014: image folder of split 'val' not found"):
         check_dataset(cfg, ["train", "val"])
+
+
+def test_network_probe_respects_offline_mode(monkeypatch) -> None:
+    from rpnet_pl.validate import network_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert network_reachable() is False

@@ -381,10 +381,16 @@ def weights_cached(backbone: str) -> bool:
     return torch_hub.is_dir() and any(torch_hub.glob(f"{stem}*"))
 
 
-def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether ``host`` accepts a TCP connection within ``timeout`` s (DNS included)."""
+def network_reachable(host: str | None = None, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection
+    within ``timeout`` s, DNS included."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
         return False
+    if host is None:
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
     ok: list[bool] = []
 
     def probe() -> None:
