@@ -39,3 +39,12 @@ def test_cli_check_exit_codes(tiny_voc: Path, capsys) -> None:
     assert "| class | train | train_aug | val |" in out and "| person | 1 | 1 | 1 |" in out
     assert main(["data", "check", str(tiny_voc / "missing")]) == 2
     assert "missing: dataset root not found" in capsys.readouterr().err
+
+
+def test_a_problem_is_listed_once_naming_its_splits(tiny_voc: Path) -> None:
+    voc = tiny_voc / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages" / "2007_000003.jpg").write_bytes(b"garbage")  # listed in all four splits
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000002\n")
+    problems = check_voc(tiny_voc).problems
+    assert problems == [f"{voc / 'JPEGImages' / '2007_000003.jpg'}: unreadable image "
+                        "(listed in train.txt, train_aug.txt, test.txt)"]

@@ -288,9 +288,20 @@ def test_cli_passes_the_variant_through(tmp_path, capsys):
     from rpnet_pl.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path), "--images", "6", "--size", "32", "--classes", "3",
-                 "--object-scale", "0.35", "0.75", "--context", "family"]) == 0
+                 "--object-scale", "0.35", "0.75", "--context", "family", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["object_scale"] == [0.35, 0.75] and printed["context"] == "family"
+
+
+def test_cli_prints_one_line_and_writes_the_summary(tmp_path, capsys):
+    from rpnet_pl.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "6", "--size", "32", "--classes", "3"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads((tmp_path / "synth_summary.json").read_text())
+    assert out == [f"3 classes, foreground {100 * summary['foreground_fraction']:.1f}% of the labelled pixels; "
+                   f"full summary (per-class counts, texture co-occurrence) in {tmp_path / 'synth_summary.json'}"]
+    assert summary["classes"] == 3 and "images_meta" not in summary
 
 
 def test_context_textures_are_shared_by_a_family_or_owned_by_a_class():

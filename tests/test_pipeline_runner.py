@@ -84,3 +84,38 @@ def test_interrupted_training_step_resumes_from_last_checkpoint(tmp_path: Path) 
     (step.folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
     run_steps([step])
     assert seen.read_text().endswith(f"fit classifier --ckpt_path {step.folder / 'checkpoints' / 'last.ckpt'}")
+
+
+def test_a_failed_step_shows_its_cause_not_only_its_log(tmp_path: Path) -> None:
+    code = ("import sys; print('usage: rpnet fit [-h] ...'); print('  --model.beta BETA  ...'); "
+            "print('error: Parser key \"model\": no option \"betta\"', file=sys.stderr); "
+            "print('see the usage above'); sys.exit(2)")
+    with pytest.raises(StepFailed, match=r"^step 'a' failed \(exit 2\): error: Parser key \"model\": no option "
+                                         r"\"betta\"; log: .*a/log\.txt$"):
+        run_steps([_py_step(tmp_path, "a", code)])
+    code = "import logging; logging.basicConfig(); logging.error('noise'); raise ValueError('/x.jpg: broken')"
+    with pytest.raises(StepFailed, match=r"failed \(exit 1\): ValueError: /x\.jpg: broken; log: "):
+        run_steps([_py_step(tmp_path, "b", code)])
+
+
+def test_progress_lines_of_a_step_reach_the_terminal_and_the_log(tmp_path: Path, caplog) -> None:
+    code = ("import sys; print('INFO rpnet_pl.progress: epoch 1/2 step 5/10 loss 0.5 ETA 0:00:09', file=sys.stderr);"
+            " print('INFO other: chatter', file=sys.stderr)")
+    with caplog.at_level("INFO", logger="rpnet_pl.pipeline"):
+        run_steps([_py_step(tmp_path, "a", code)])
+    echoed = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.pipeline"]
+    assert "a: epoch 1/2 step 5/10 loss 0.5 ETA 0:00:09" in echoed
+    assert not any("chatter" in line for line in echoed if not line.startswith("run a:"))
+    log_text = (tmp_path / "a" / "log.txt").read_text()
+    assert "epoch 1/2 step 5/10" in log_text and "INFO other: chatter" in log_text
+
+
+def test_failure_cause_of_a_killed_step_names_the_signal() -> None:
+    from rpnet_pl.pipeline import failure_cause
+
+    progress = ["INFO rpnet_pl.progress: epoch 1/5 step 10/50 loss 0.3"]
+    assert failure_cause(progress, -9).startswith("killed by SIGKILL (out of memory?")
+    assert failure_cause(progress, 1) == ""
+    assert failure_cause(["Traceback (most recent call last):", '  File "x.py", line 1',
+                          "torch.OutOfMemoryError: CUDA out of memory."], 1) == \
+        "torch.OutOfMemoryError: CUDA out of memory."

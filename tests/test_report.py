@@ -150,3 +150,13 @@ def test_report_segmentation_and_per_class_tables(tmp_path: Path) -> None:
     assert "| RPNet (resnext50) [voc-rx50] w/o CRF | 90.0 | 50.0 | - |" in xi and xi.count("| 70.0 |") == 1
     assert "| RPNet (resnext50) [voc-rx50] | 90.0 | 60.0 | - |" in xi and "| 75.0 |" in xi
     assert "coco-r50" not in xi
+
+
+def test_seed_iou_figure_draws_only_the_classes_of_the_data() -> None:
+    from rpnet_pl.report import present_classes
+
+    per_class = {"background": 0.9, "aeroplane": 0.25, "bicycle": None, "bird": 0.0, "boat": None}
+    names, values, absent = present_classes(per_class)
+    assert names == ["background", "aeroplane", "bird"]
+    assert values.tolist() == [90.0, 25.0, 0.0]
+    assert absent == 2

@@ -24,7 +24,17 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     summary = generate_synthetic_voc(args.out, images=args.images, size=args.size, classes=args.classes,
                                      seed=args.seed, object_scale=tuple(args.object_scale), context=args.context)
-    print(json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str))
+    text = json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str)
+    if args.json:
+        print(text)
+        return 0
+    from rpnet_pl.io import atomic_path
+
+    path = Path(args.out) / "synth_summary.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    print(f"{summary['classes']} classes, foreground {100 * summary['foreground_fraction']:.1f}% of the labelled "
+          f"pixels; full summary (per-class counts, texture co-occurrence) in {path}")
     return 0
 
 
@@ -77,15 +87,15 @@ def _add_pad_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str, root_required: bool = True) -> None:
-    p.add_argument("--dataset", choices=("voc", "coco"), default="voc")
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="dataset layout")
     p.add_argument("--root", required=root_required, help="dataset root (see `rpnet data check`)")
-    p.add_argument("--split", default=split)
+    p.add_argument("--split", default=split, help="image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="auto", help="devices per node (DDP when more than one)")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes (DDP)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (Lightning's names)")
 
 
 def _devices(value: str) -> int | str:
@@ -227,12 +237,12 @@ def _predict_seg(args: argparse.Namespace) -> int:
 
 def _add_crf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("denseCRF (deeplab-style post-processing)")
-    g.add_argument("--crf-iters", type=int, default=10)
-    g.add_argument("--crf-pos-w", type=float, default=3.0)
-    g.add_argument("--crf-pos-xy", type=float, default=3.0)
-    g.add_argument("--crf-bi-w", type=float, default=4.0)
-    g.add_argument("--crf-bi-xy", type=float, default=67.0)
-    g.add_argument("--crf-bi-rgb", type=float, default=3.0)
+    g.add_argument("--crf-iters", type=int, default=10, help="mean-field iterations")
+    g.add_argument("--crf-pos-w", type=float, default=3.0, help="smoothness kernel weight")
+    g.add_argument("--crf-pos-xy", type=float, default=3.0, help="smoothness kernel width (pixels)")
+    g.add_argument("--crf-bi-w", type=float, default=4.0, help="appearance kernel weight")
+    g.add_argument("--crf-bi-xy", type=float, default=67.0, help="appearance kernel width (pixels)")
+    g.add_argument("--crf-bi-rgb", type=float, default=3.0, help="appearance kernel colour width")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -248,8 +258,10 @@ def _ablation(args: argparse.Namespace) -> int:
     from rpnet_pl.ablations import collect, get_sweep, run_name, table
     from rpnet_pl.config import load_experiment
     from rpnet_pl.io import atomic_path
-    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+    from rpnet_pl.pipeline import StepFailed, run_steps
+    from rpnet_pl.validate import check_overrides
 
+    check_overrides(args.set or [])
     sweep = get_sweep(args.name, args.backbone)
     for variant in sweep.variants:
         overrides = list(variant.overrides) + list(args.set or [])
@@ -257,8 +269,8 @@ def _ablation(args: argparse.Namespace) -> int:
             overrides.append(f"dataset.root={args.data}")
         cfg = load_experiment(args.experiment, overrides)
         cfg["name"] = run_name(args.name, variant)
-        steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                     steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
+        steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                                steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
         try:
             run_steps(steps, dry_run=args.dry_run)
         except StepFailed as exc:
@@ -274,18 +286,40 @@ def _ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
+    """Plan an experiment's steps after checking it: config problems always stop here; the dataset,
+    weights files and network stop a real run and are warnings in a dry run (printing the commands
+    needs no data). Each problem is one line, in seconds, before any step starts."""
+    from rpnet_pl.pipeline import plan
+    from rpnet_pl.validate import check_environment, check_tree
+
+    check_tree(cfg, where=str(args.experiment))
+    steps = plan(cfg, **plan_kwargs)
+    todo = [s for s in steps if not s.is_done() or s.name in (getattr(args, "force", None) or [])]
+    run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
+    try:
+        check_environment(cfg, todo, run_dir, **({"network": lambda: True} if args.dry_run else {}))
+    except (DatasetError, ConfigError) as exc:
+        if not args.dry_run:
+            raise
+        log.warning("a real run would stop here: %s", exc)
+    return steps
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from rpnet_pl.config import load_experiment
-    from rpnet_pl.pipeline import StepFailed, plan, run_steps
+    from rpnet_pl.pipeline import StepFailed, run_steps
+    from rpnet_pl.validate import check_overrides
 
     overrides = list(args.set or [])
+    check_overrides(overrides)
     if args.data:
         overrides.append(f"dataset.root={args.data}")
     cfg = load_experiment(args.experiment, overrides)
     if args.name:
         cfg["name"] = args.name
-    steps = plan(cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                 steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
+    steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                            steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
     try:
         run_steps(steps, dry_run=args.dry_run, force=args.force or [])
     except StepFailed as exc:
@@ -361,6 +395,25 @@ def _parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings and not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
+        if shown and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsHelp
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpnet", description="RPNet weakly supervised segmentation suite.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -373,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=240, help="train_aug + val images")
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--classes", type=int, default=6, help="number of foreground classes (<= 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
+    p.add_argument("--json", action="store_true", help="print the full summary as JSON instead of writing it to "
+                   "OUT/synth_summary.json")
     p.add_argument("--object-scale", type=float, nargs=2, default=[0.15, 0.45], metavar=("LOW", "HIGH"),
                    help="objects' major axis as a fraction of the short side (default 0.15 0.45: about 10%% "
                         "foreground; 0.35 0.75 gives VOC's share, about 30%%)")
@@ -382,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the object, harder than VOC) or one per family of classes, as in VOC")
     p.set_defaults(func=_data_synth)
     p = dsub.add_parser("check", help="validate a dataset tree and print a summary")
-    p.add_argument("root")
-    p.add_argument("--dataset", choices=("voc", "coco"), default="voc")
+    p.add_argument("root", help="dataset root")
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="dataset layout")
     p.set_defaults(func=_data_check)
     p = dsub.add_parser("coco-masks", help="write COCO label PNGs from instances_*2014.json")
-    p.add_argument("root")
-    p.add_argument("--split", nargs="+", default=["train", "val"], choices=("train", "val"))
+    p.add_argument("root", help="COCO root (with annotations/instances_*2014.json)")
+    p.add_argument("--split", nargs="+", default=["train", "val"], choices=("train", "val"), help="splits to write")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
     p = sub.add_parser("cam", help="multi-scale + flip CAM seeds of a split from a classifier checkpoint")
@@ -413,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
     p.add_argument("--out", required=True, help="output folder, one ID.png per image")
     _add_data_args(p, "train_aug")
-    p.add_argument("--fg-threshold", type=float, default=0.30)
-    p.add_argument("--bg-threshold", type=float, default=0.05)
+    p.add_argument("--fg-threshold", type=float, default=0.30,
+                   help="background score of the map whose foreground is kept (confident foreground)")
+    p.add_argument("--bg-threshold", type=float, default=0.05,
+                   help="background score of the map whose background is kept (confident background)")
     p.add_argument("--no-crf", action="store_true", help="threshold only, no denseCRF")
     p.add_argument("--workers", type=int, default=None, help="CPU processes (default: all cores; 0 = inline)")
     p.set_defaults(func=_ir_labels)
@@ -431,10 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
     p.add_argument("--out", required=True, help="output folder, one palette PNG per image")
     _add_data_args(p, "train_aug")
-    p.add_argument("--radius", type=int, default=5)
+    p.add_argument("--radius", type=int, default=5, help="affinity radius of the random walk (stride-4 pixels)")
     p.add_argument("--beta", type=float, default=10.0, help="affinity power")
     p.add_argument("--exp-times", type=int, default=8, help="random walk of 2**exp_times steps")
-    p.add_argument("--bg-threshold", type=float, default=0.25)
+    p.add_argument("--bg-threshold", type=float, default=0.25, help="background score of the seeds before the walk")
     _add_pad_arg(p)
     _add_device_args(p)
     p.set_defaults(func=_sem_seg_labels)
@@ -445,9 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
     _add_data_args(p, "train")
     p.add_argument("--exp-times", type=int, nargs="+", default=[0, 2, 8], help="walks of 2**e steps to score")
-    p.add_argument("--radius", type=int, default=5)
+    p.add_argument("--radius", type=int, default=5, help="affinity radius of the random walk (stride-4 pixels)")
     p.add_argument("--beta", type=float, default=10.0, help="affinity power")
-    p.add_argument("--bg-threshold", type=float, default=0.25)
+    p.add_argument("--bg-threshold", type=float, default=0.25, help="background score of the seeds before the walk")
     p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
                    help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
                         "(what the walk can do with these seeds when the boundary is right)")
@@ -461,12 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ckpt", required=True, help="segmenter checkpoint (runs/<exp>/segmenter/checkpoints/last.ckpt)")
         p.add_argument("--out", required=True, help="output folder")
         _add_data_args(p, split, root_required=name == "eval-seg")
-        p.add_argument("--scales", type=float, nargs="+", default=[1.0])
-        p.add_argument("--no-flip", action="store_true")
+        p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales whose scores are averaged")
+        p.add_argument("--no-flip", action="store_true", help="no horizontal-flip test-time augmentation")
         if name == "eval-seg":
             p.add_argument("--no-crf", action="store_true", help="skip the with-CRF evaluation")
         else:
-            p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True)
+            p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                           help="write the denseCRF-refined predictions (the benchmark's)")
             p.add_argument("--images", help="predict every image of this folder instead of a dataset split "
                                             "(--root is then ignored; output in OUT/predictions)")
         _add_crf_args(p)
@@ -479,10 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="runs folder; outputs go to RUNS/<name>/<step>/")
     p.add_argument("--name", help="run name (default: the experiment's name)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=1, help="nodes (DDP)")
     p.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu",
                    help="cpu: --gpus N runs N CPU processes per node instead (DDP over gloo)")
-    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"))
+    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
+                   help="tracker of the training steps (W&B runs offline without WANDB_API_KEY)")
     p.add_argument("--steps", nargs="+", help="only these steps")
     p.add_argument("--force", nargs="+", help="re-run these steps even if complete")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
@@ -491,16 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pipeline)
 
     p = sub.add_parser("ablation", help="run one of the paper's ablation sweeps (Tables II-VII) and write its table")
-    p.add_argument("name", choices=("beta", "blocks", "gaussian", "group-size", "data-volume", "backbone"))
+    p.add_argument("name", choices=("beta", "blocks", "gaussian", "group-size", "data-volume", "backbone"),
+                   help="the sweep (paper table)")
     p.add_argument("experiment", help="experiment YAML the variants start from (e.g. experiments/voc_resnext50.yaml)")
     p.add_argument("--data", help="dataset root (overrides dataset.root)")
     p.add_argument("--backbone", help="classifier backbone for every variant (not for the backbone sweep)")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--gpus", type=int, default=0)
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"))
+    p.add_argument("--runs", default="runs", help="runs folder")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (DDP)")
+    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
+                   help="tracker of the training steps")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_ablation)
 
     p = sub.add_parser("parity", help="run the reference-code parity cases through our functions (exit 1 on a "
@@ -510,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_parity)
 
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
-    p.add_argument("runs_dir", nargs="?", default="runs")
+    p.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders")
     p.add_argument("--out", help="report path (default RUNS_DIR/report.md)")
     p.set_defaults(func=_report)
 
@@ -538,9 +599,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
                        "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
                        add_help=False)
-    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("stage", choices=sorted(STAGES), help="the stage to train")
     p.set_defaults(func=_fit, accepts_extra=True)
+    _show_defaults(parser)
     return parser
+
+
+#: Library warnings every step's log repeated without telling the user anything they can act on.
+_NOISY_WARNINGS = (
+    r"LightningCLI's args parameter is intended",  # we pass args on purpose (`rpnet fit STAGE ...`)
+    r"No seed found, seed set to",  # LightningCLI's default seed; its INFO line stays
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch's pytree API
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen BatchNorm, by design
+)
+_NOISY_LOG_LINES = (
+    "💡 Tip:",  # advertisements for other Lightning products
+    "will override existing callbacks passed to Trainer",  # our resume-point callback, by design
+    "`weights_only` was not set",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in _NOISY_LOG_LINES)
+
+
+def quiet_library_noise() -> None:
+    """Drop the library warnings and log lines listed above from the terminal and every log.txt."""
+    import warnings
+
+    for pattern in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "pytorch_lightning.trainer.connectors.checkpoint_connector"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error. An error raised in a DataLoader worker arrives with the worker's
+    traceback folded into its message; its last line is the original one-line message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    for prefix in (f"{type(exc).__module__}.{type(exc).__name__}: ", f"{type(exc).__name__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last if "Original Traceback" in str(exc) else " ".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -549,6 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_library_noise()
     func: Command | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -559,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (DatasetError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -53,6 +53,8 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     parents = data.pop("extends", None)
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else (parents or []):
+        if not (path.parent / str(parent)).is_file():
+            raise ConfigError(f"{path}: extends {parent!r}, which is not there ({path.parent / str(parent)})")
         merged = deep_merge(merged, load_experiment(path.parent / parent, (), (*_seen, path)))
     merged = deep_merge(merged, data)
     for ov in overrides:

@@ -19,9 +19,26 @@ from rpnet_pl.errors import DatasetError
 PathLike = str | os.PathLike
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The result gets the mode a plain ``open()`` would give (0644 under umask 022), not mkstemp's 0600,
+    so colleagues on a shared machine can read the outputs.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
@@ -29,6 +46,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~process_umask())  # the writer may have replaced the file: chmod last
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -4,16 +4,20 @@
 ``log.txt``. A step is complete when its ``.done`` marker exists (written last, atomically); a
 re-run skips complete steps, resumes an interrupted training step from ``checkpoints/last.ckpt``
 and an interrupted per-image step from the files it already wrote (corrupt ones are redone). A
-failure stops the chain with the step named and its log path; nothing downstream runs.
+failure stops the chain with the step named, the cause (the last error line of its log) and the
+log path; nothing downstream runs. Progress lines of long steps are echoed to the terminal.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -165,6 +169,47 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     return out
 
 
+#: A line of a step's output that a person should see in the terminal too (see stages.common.ProgressLog).
+PROGRESS_MARK = "rpnet_pl.progress: "
+_ERROR_LINE = re.compile(r"^(error: |\S*(Error|Exception|Interrupt)\b|Killed\b)")
+
+
+def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
+    """The line of a failed step's output that says why: the last error line (``error: ...``,
+    ``SomeError: ...``); for a process killed by a signal, the signal; else the last non-empty line
+    that is not an INFO line; '' when there is none."""
+    text = [line.strip() for line in lines if line.strip()]
+    for line in reversed(text):
+        if _ERROR_LINE.match(line):
+            return line
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return f"killed by {name}" + (" (out of memory? the resume point is checkpoints/last.ckpt)"
+                                      if name == "SIGKILL" else "")
+    plain = [line for line in text if not line.startswith("INFO ")]
+    return plain[-1] if plain else ""
+
+
+def _run_logged(step: Step, argv: list[str], env: dict[str, str] | None) -> tuple[int, list[str]]:
+    """Run ``argv`` with its output appended to the step's log; progress lines are echoed to this
+    process's log. Returns the exit status and the last lines of output."""
+    tail: deque[str] = deque(maxlen=200)
+    with open(step.log_path, "a") as fh:
+        fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
+        fh.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env={"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            fh.flush()
+            tail.append(line.rstrip("\n"))
+            if PROGRESS_MARK in line:
+                log.info("%s: %s", step.name, line.split(PROGRESS_MARK, 1)[1].rstrip())
+        returncode = proc.wait()
+    return returncode, list(tail)
+
+
 def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str] = (),
               env: dict[str, str] | None = None) -> list[str]:
     """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
@@ -186,12 +231,11 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
         start = time.time()
-        with open(step.log_path, "a") as fh:
-            fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
-            fh.flush()
-            proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        if proc.returncode != 0:
-            raise StepFailed(f"step '{step.name}' failed (exit {proc.returncode}); log: {step.log_path}")
+        returncode, tail = _run_logged(step, argv, env)
+        if returncode != 0:
+            cause = failure_cause(tail, returncode)
+            raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
+                             + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
         ran.append(step.name)
     return ran

@@ -72,6 +72,11 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport
     voc = resolve_voc_root(root)
     report = CheckReport(str(voc), "voc")
     n_classes = len(VOC_CLASSES)
+    found: dict[str, list[str]] = {}  # a problem of an image -> the splits that list the image
+
+    def problem(message: str) -> None:  # once per file, naming every split that lists it
+        found.setdefault(message, []).append(split)
+
     for split in splits:
         try:
             ids = read_split(voc, split)
@@ -84,11 +89,11 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport
         for image_id in ids:
             img = voc / "JPEGImages" / f"{image_id}.jpg"
             if not img.is_file():
-                report.problems.append(f"{img}: image not found (listed in {split}.txt)")
+                problem(f"{img}: image not found")
                 continue
             size = _image_size(img)
             if size is None:
-                report.problems.append(f"{img}: unreadable image")
+                problem(f"{img}: unreadable image")
                 continue
             if split == "test":
                 continue
@@ -102,25 +107,26 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport
                         labels = labels_from_mask(mask)
                         n_masks += 1
                     except DatasetError as exc:
-                        report.problems.append(str(exc))
+                        problem(str(exc))
                     break
             xml = voc / "Annotations" / f"{image_id}.xml"
             if labels is None and xml.is_file():
                 try:
                     labels = labels_from_xml(xml)
                 except DatasetError as exc:
-                    report.problems.append(str(exc))
+                    problem(str(exc))
             if labels is None:
                 if split in ("val", "train") and not (voc / "Annotations" / f"{image_id}.xml").is_file():
-                    report.problems.append(f"{voc / 'SegmentationClass'}/{image_id}.png: no mask and no XML")
+                    problem(f"{voc / 'SegmentationClass'}/{image_id}.png: no mask and no XML")
                 continue
             if len(labels) == 0:
-                report.problems.append(f"{img}: no class label (skipped in weakly supervised training)")
+                problem(f"{img}: no class label (skipped in weakly supervised training)")
             n_multi += int(len(labels) > 1)
             counts.update(int(c) for c in labels)
         report.class_counts[split] = counts
         report.masks[split] = n_masks
         report.multi_label[split] = n_multi
+    report.problems += [f"{msg} (listed in {', '.join(f'{s}.txt' for s in where)})" for msg, where in found.items()]
     return report
 
 

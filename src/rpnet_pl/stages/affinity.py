@@ -21,7 +21,7 @@ from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss, mask_boundary
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
-from rpnet_pl.stages.common import set_memory_format, checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
 
@@ -121,6 +121,7 @@ class AffinityStage(pl.LightningModule):
         cams_dir: str | None = None,
         out_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
+        progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
         channels_last: bool = False,
     ) -> None:
@@ -164,7 +165,8 @@ class AffinityStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
+        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
+                                  self.hparams.get("progress_every_n_steps"))
 
     # -- pseudo masks ------------------------------------------------------------------------
     def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":

@@ -19,7 +19,7 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import set_memory_format, checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
 
@@ -72,6 +72,7 @@ class ClassifierStage(pl.LightningModule):
         cam_flip: bool = True,
         cam_out: str | None = None,
         checkpoint_every_n_steps: int | None = None,
+        progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
         channels_last: bool = False,
     ) -> None:
@@ -140,7 +141,8 @@ class ClassifierStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
+        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
+                                  self.hparams.get("progress_every_n_steps"))
 
     # -- CAM seeds ---------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
+import numpy as np
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
+
+from rpnet_pl.progress import CountProgress, format_eta, progress_log
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,7 @@ def inference_trainer(devices: int | str = "auto", num_nodes: int = 1, accelerat
     return pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                       strategy="ddp" if multi else "auto", logger=False, use_distributed_sampler=False,
                       enable_progress_bar=progress, enable_model_summary=False, precision=precision,
-                      enable_checkpointing=False)
+                      enable_checkpointing=False, callbacks=[PredictProgress()])
 
 
 def write_json(path: str | Path, obj: object) -> Path:
@@ -108,16 +115,168 @@ def write_json(path: str | Path, obj: object) -> Path:
     return path
 
 
-def checkpoint_callback(trainer, every_n_steps: int | None):
-    """``checkpoints/last.ckpt`` under the trainer's root, written after every epoch, or every
-    ``every_n_steps`` optimiser steps when given (for long epochs): the resume point of a step."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def images_in_batch(batch: Any) -> int:
+    """How many images a training batch holds: ``images`` (B, G, 3, H, W) groups or ``image`` (B, 3, H, W)."""
+    if isinstance(batch, dict):
+        for key in ("images", "image"):
+            x = batch.get(key)
+            if isinstance(x, torch.Tensor) and x.ndim >= 4:
+                return int(np.prod(x.shape[:-3]))
+    return 0
 
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``checkpoints/last.ckpt`` at the end of every training epoch and, with ``every_n_steps``,
+    every N optimiser steps: a temporary file beside it, then a rename, so a killed job leaves either the
+    previous resume point or the new one, never a torn file.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True, save_top_k=0)`` never writes ``last.ckpt`` before
+    ``fit`` returns: its epoch-end hook copies "last" only when a top-k file was saved at the same step,
+    and ``save_top_k=0`` saves none. Subclassing ModelCheckpoint makes this callback replace the
+    Trainer's default one (no ``epoch=N-step=M.ckpt`` files beside ours).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
+        super().__init__(dirpath=str(dirpath), save_top_k=0, save_last=False, enable_version_counter=False)
+        self.every_n_steps = int(every_n_steps or 0)
+        self._saved_step = -1
+
+    @property
+    def path(self) -> Path:
+        return Path(str(self.dirpath)) / "last.ckpt"
+
+    def write(self, trainer: pl.Trainer) -> None:
+        """Save the full training state atomically (every rank calls this; rank 0 writes)."""
+        if trainer.sanity_checking or trainer.global_step == self._saved_step:
+            return
+        if trainer.is_global_zero:
+            from rpnet_pl.io import atomic_path
+
+            with atomic_path(self.path) as tmp:
+                trainer.save_checkpoint(tmp)
+        else:  # the strategy writes on rank 0 only; the other ranks join its barrier
+            trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+        self.last_model_path = str(self.path)
+        log.debug("wrote %s at step %d", self.path, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.write(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        pass
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)  # max_steps reached mid-epoch
+
+
+class ProgressLog(pl.Callback):
+    """Plain progress lines (logger ``rpnet_pl.progress``) after every training epoch and every
+    ``every_n_steps`` optimiser steps: epoch, step / total, the logged ``train/*`` terms, lr, images/s
+    and ETA. They go to ``log.txt`` in a pipeline and the pipeline echoes them to the terminal.
+
+    ``every_n_steps=None`` picks about ten lines per epoch for epochs of 50 steps or more, else one.
+    """
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self._start_time = 0.0
+        self._start_step = 0
+        self._images = 0
+
+    def _interval(self, trainer: pl.Trainer) -> int:
+        if self.every_n_steps is not None:
+            return max(0, int(self.every_n_steps))
+        per_epoch = trainer.num_training_batches
+        if not isinstance(per_epoch, int) or per_epoch < 50:
+            return 0
+        return max(1, per_epoch // 10)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_time, self._start_step, self._images = time.monotonic(), trainer.global_step, 0
+        total = trainer.estimated_stepping_batches
+        if trainer.is_global_zero:
+            if trainer.global_step:
+                progress_log.info("resumed at epoch %d, step %d/%s", trainer.current_epoch + 1,
+                                  trainer.global_step, total)
+            elif trainer.max_epochs in (None, -1):
+                progress_log.info("training from step 0/%s (%s batches per epoch)", total,
+                                  trainer.num_training_batches)
+            else:
+                progress_log.info("training from step 0/%s (%s epoch(s) of %s batches)", total,
+                                  trainer.max_epochs, trainer.num_training_batches)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._images += images_in_batch(batch) * trainer.world_size
+        every = self._interval(trainer)
+        if every and trainer.global_step % every == 0 and batch_idx + 1 < trainer.num_training_batches:
+            self._report(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module)
+
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        progress_log.info(progress_line(trainer, time.monotonic() - self._start_time,
+                                        trainer.global_step - self._start_step, self._images))
+
+
+def progress_line(trainer: pl.Trainer, elapsed: float, steps_done: int, images: int) -> str:
+    """``epoch 2/5 step 60/150 loss 0.52 loss_cls 0.41 lr 0.0191 images/s 12.3 ETA 0:01:10``."""
+    total = trainer.estimated_stepping_batches
+    total = int(total) if math.isfinite(total) else None
+    epochs = "?" if trainer.max_epochs in (None, -1) else trainer.max_epochs
+    parts = [f"epoch {trainer.current_epoch + 1}/{epochs}",
+             f"step {trainer.global_step}/{total if total is not None else '?'}"]
+    for key, value in sorted(trainer.callback_metrics.items()):
+        if key.startswith("train/") and not key.endswith("_epoch"):
+            parts.append(f"{key[len('train/'):].removesuffix('_step')} {float(value):.4g}")
+    if trainer.optimizers:
+        parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.4g}")
+    rate = images / elapsed if elapsed > 0 else float("nan")
+    parts.append(f"images/s {rate:.3g}")
+    per_step = elapsed / steps_done if steps_done > 0 else float("nan")
+    remaining = (total - trainer.global_step) * per_step if total is not None else float("nan")
+    parts.append(f"ETA {format_eta(remaining)}")
+    return " ".join(parts)
+
+
+def training_callbacks(trainer: pl.Trainer | None, checkpoint_every_n_steps: int | None,
+                       progress_every_n_steps: int | None = None) -> list[pl.Callback]:
+    """The callbacks every training stage returns from ``configure_callbacks``: the resume point
+    ``checkpoints/last.ckpt`` under the trainer's root and the plain progress lines."""
     root = Path(trainer.default_root_dir) if trainer is not None else Path(".")
-    if every_n_steps:
-        return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
-                               every_n_train_steps=every_n_steps)
-    return ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    return [LastCheckpoint(root / "checkpoints", checkpoint_every_n_steps), ProgressLog(progress_every_n_steps)]
+
+
+class PredictProgress(pl.Callback):
+    """``done / total`` lines with images/s and ETA over a prediction run (rank 0's share under DDP)."""
+
+    def __init__(self) -> None:
+        self.counter: CountProgress | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = trainer.num_predict_batches
+        total = sum(batches) if isinstance(batches, list) else int(batches)
+        if trainer.is_global_zero and math.isfinite(total):
+            name = {"ClassifierStage": "CAMs", "AffinityStage": "pseudo masks"}.get(type(pl_module).__name__,
+                                                                                    "predictions")
+            self.counter = CountProgress(name, int(total))
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.counter is not None:
+            self.counter.update(1)
 
 
 def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:

@@ -24,6 +24,7 @@ from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import read_label_png
 from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
+from rpnet_pl.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 
 # 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
@@ -94,6 +95,7 @@ def evaluate_cams(
     names = reader.class_names
     _missing([cam_path(cams_dir, i) for i in reader.ids], "CAM", cams_dir, split)
     sweep = ThresholdSweep(thresholds, reader.num_classes, IGNORE_INDEX)
+    progress = CountProgress("eval CAMs", len(reader.ids))
     for image_id in reader.ids:
         rec = read_cam(cams_dir, image_id)
         gt = reader.mask(image_id)
@@ -102,6 +104,7 @@ def evaluate_cams(
             raise DatasetError(f"{cam_path(cams_dir, image_id)}: CAM size {cams.shape[2]}x{cams.shape[1]} "
                                f"differs from its mask {gt.shape[1]}x{gt.shape[0]}")
         sweep.update(cams, rec["keys"], gt)
+        progress.update()
     best_t, best_m = sweep.best()
     best = _summary(sweep.confusion[best_t], names)
     results = sweep.results()
@@ -161,6 +164,7 @@ def evaluate_masks(
     _missing(paths, "label PNG", masks_dir, split)
     c = reader.num_classes
     conf = np.zeros((c, c), dtype=np.int64)
+    progress = CountProgress(f"eval {masks_dir.name}", len(reader.ids))
     for image_id, path in zip(reader.ids, paths):
         gt = reader.mask(image_id)
         pred = read_label_png(path)
@@ -171,6 +175,7 @@ def evaluate_masks(
             conf += confusion_matrix(pred, gt, c, IGNORE_INDEX, ignore_pred=ignore_pred)
         except ValueError as exc:
             raise DatasetError(f"{path}: {exc}") from None
+        progress.update()
     return {"split": split, "dataset": dataset, "n_images": len(reader.ids), **_summary(conf, names)}
 
 

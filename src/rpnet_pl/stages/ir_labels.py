@@ -26,6 +26,7 @@ from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import read_label_png, write_label_png
 from rpnet_pl.ops.cam import cam_to_ir_label
 from rpnet_pl.ops.crf import crf_inference_label
+from rpnet_pl.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 
 log = logging.getLogger(__name__)
@@ -138,20 +139,19 @@ def make_ir_labels(
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     workers = min(workers, len(ids))
     written = 0
+    progress = CountProgress("IR labels", len(ids))
     if workers <= 1:
         _init_job(*init_args)
-        for k, image_id in enumerate(ids, 1):
+        for image_id in ids:
             written += _do_one(image_id)
-            if k % 500 == 0:
-                log.info("IR labels: %d/%d images (%d written)", k, len(ids), written)
+            progress.update()
     else:
         chunksize = chunksize or max(1, min(32, len(ids) // (workers * 4)))
         # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely.
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker, initargs=init_args) as pool:
-            for k, done in enumerate(pool.map(_do_one, ids, chunksize=chunksize), 1):
+            for done in pool.map(_do_one, ids, chunksize=chunksize):
                 written += done
-                if k % 500 == 0:
-                    log.info("IR labels: %d/%d images (%d written)", k, len(ids), written)
+                progress.update()
     log.info("IR labels: %d image(s), %d written to %s", len(ids), written, out_dir)
     return written

@@ -20,7 +20,7 @@ from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, class_names, 
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
-from rpnet_pl.stages.common import set_memory_format, checkpoint_callback, poly_sgd
+from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
 
@@ -77,6 +77,7 @@ class SegmenterStage(pl.LightningModule):
         crf_params: dict[str, float] | None = None,
         label_format: Literal["voc", "coco"] = "voc",
         checkpoint_every_n_steps: int | None = None,
+        progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
         channels_last: bool = False,
     ) -> None:
@@ -138,7 +139,8 @@ class SegmenterStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [checkpoint_callback(self._trainer, self.hparams.checkpoint_every_n_steps)]
+        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
+                                  self.hparams.get("progress_every_n_steps"))
 
     def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
         if self.hparams.label_format == "coco":

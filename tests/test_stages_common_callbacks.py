@@ -1,0 +1,153 @@
+"""The resume point and the progress lines every training stage gets from ``training_callbacks``."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rpnet_pl.progress import CountProgress, format_eta
+from rpnet_pl.stages.common import LastCheckpoint, images_in_batch, training_callbacks
+
+BATCHES, EPOCHS = 3, 2
+
+
+class _Images(Dataset):
+    def __len__(self) -> int:
+        return BATCHES * 2
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.full((3, 4, 4), float(i)), "target": torch.tensor(float(i))}
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self, every: int | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.every = every
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pred = self.layer(batch["image"].mean(dim=(2, 3))).squeeze(1)
+        loss = torch.nn.functional.mse_loss(pred, batch["target"])
+        self.log("train/loss", loss, batch_size=len(pred))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return training_callbacks(self._trainer, self.every)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Images(), batch_size=2)
+
+
+class _Probe(pl.Callback):
+    """Records, before each batch, the global step stored in last.ckpt (None: no file yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = torch.load(self.path, weights_only=False)["global_step"] if self.path.is_file() else None
+        self.seen.append((trainer.global_step, step))
+
+
+def _fit(tmp_path: Path, every: int | None) -> tuple[pl.Trainer, _Probe]:
+    probe = _Probe(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), max_epochs=EPOCHS, logger=False, callbacks=[probe],
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_Tiny(every))
+    return trainer, probe
+
+
+def test_last_ckpt_exists_after_the_first_epoch_and_is_the_only_checkpoint(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        trainer, probe = _fit(tmp_path, None)
+    finally:
+        os.umask(old)
+    # before the batches of epoch 2 the file holds the end of epoch 1; none before that
+    assert probe.seen == [(0, None), (1, None), (2, None), (3, 3), (4, 3), (5, 3)]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == EPOCHS * BATCHES
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no epoch=N files, no temp files
+    assert isinstance(trainer.checkpoint_callback, LastCheckpoint)
+    assert last.stat().st_mode & 0o777 == 0o644
+
+
+def test_last_ckpt_every_n_steps(tmp_path: Path) -> None:
+    _, probe = _fit(tmp_path, 2)
+    assert probe.seen == [(0, None), (1, None), (2, 2), (3, 3), (4, 4), (5, 4)]
+
+
+def test_progress_lines_per_epoch(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        _fit(tmp_path, None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
+    assert lines[0] == f"training from step 0/{EPOCHS * BATCHES} ({EPOCHS} epoch(s) of {BATCHES} batches)"
+    assert len(lines) == 1 + EPOCHS
+    for epoch, line in enumerate(lines[1:], 1):
+        assert re.fullmatch(rf"epoch {epoch}/{EPOCHS} step {epoch * BATCHES}/{EPOCHS * BATCHES} loss [\d.e+-]+ "
+                            r"lr 0\.01 images/s [\d.e+-]+ ETA \d+:\d\d:\d\d", line), line
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+def test_images_in_batch_counts_groups_and_plain_batches() -> None:
+    assert images_in_batch({"images": torch.zeros(4, 2, 3, 8, 8)}) == 8  # 4 groups of 2
+    assert images_in_batch({"image": torch.zeros(5, 3, 8, 8)}) == 5
+    assert images_in_batch([torch.zeros(2)]) == 0
+
+
+def test_format_eta_and_count_progress(caplog) -> None:
+    assert format_eta(7384.2) == "2:03:04"
+    assert format_eta(float("nan")) == "?"
+    counter = CountProgress("CAMs", 10, every=4)
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        for _ in range(10):
+            counter.update()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["CAMs: 4/10 images", "CAMs: 8/10 images", "CAMs: 10/10 images"]
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+@pytest.mark.parametrize("every", [None, 7])
+def test_training_callbacks_write_under_the_trainer_root(tmp_path: Path, every: int | None) -> None:
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
+    ckpt, progress = training_callbacks(trainer, every)
+    assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.every_n_steps == (every or 0)
+
+
+class _Predict(_Tiny):
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        return None
+
+
+def test_prediction_runs_log_done_over_total(caplog) -> None:
+    from rpnet_pl.stages.common import inference_trainer
+
+    trainer = inference_trainer(devices=1, accelerator="cpu", progress=False)
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        trainer.predict(_Predict(), DataLoader(_Images(), batch_size=1), return_predictions=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
+    assert [line.split(",")[0] for line in lines] == [f"predictions: {k}/6 images" for k in range(1, 7)]
+
+
+@pytest.mark.parametrize("stage", ["classifier", "affinity", "segmenter"])
+def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Path, stage: str) -> None:
+    from rpnet_pl.cli import STAGES, _load
+    from rpnet_pl.stages.common import ProgressLog
+
+    module = _load(STAGES[stage][0])(backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
+                                     progress_every_n_steps=5)
+    module.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
+    ckpt, progress = module.configure_callbacks()
+    assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.every_n_steps == 50
+    assert isinstance(progress, ProgressLog) and progress.every_n_steps == 5

@@ -1,0 +1,158 @@
+"""Validation before work: `rpnet pipeline` rejects a bad experiment in one line, before any step runs."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rpnet_pl.cli import main
+from rpnet_pl.config import load_experiment
+from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.pipeline import plan
+from rpnet_pl.validate import accepts, check_environment, check_pretrained, check_tree
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+TINY = {"classifier": {"model": {"backbone": "resnet18", "pretrained": False},
+                       "trainer": {"max_epochs": 1}},
+        "cam": {"scales": [1.0]}}
+
+
+def _experiment(tmp_path: Path, root: Path | str, extra: dict | None = None, extends: str | None = None) -> Path:
+    exp = tmp_path / "exp.yaml"
+    cfg = {"extends": extends or str(EXPERIMENTS / "base.yaml"), "name": "t", "dataset": {"root": str(root)},
+           **yaml.safe_load(yaml.safe_dump(TINY))}
+    for dotted, value in (extra or {}).items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    exp.write_text(yaml.safe_dump(cfg))
+    return exp
+
+
+def _fails(capsys, tmp_path: Path, argv: list[str]) -> str:
+    """Run `rpnet pipeline ...`; it must exit 2 with one error line and leave no run folder."""
+    assert main(["pipeline", *argv, "--runs", str(tmp_path / "runs"), "--logger", "none",
+                 "--steps", "classifier", "cam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()  # nothing started
+    return err
+
+
+def test_typo_in_a_key_names_it_and_suggests_the_known_one(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    exp = _experiment(tmp_path, tiny_voc, {"classifier.model.betta": 0.3})
+    err = _fails(capsys, tmp_path, [str(exp)])
+    assert err == f"error: {exp}: unknown key 'classifier.model.betta' (did you mean 'beta'?)"
+
+
+def test_wrong_type_names_the_key_and_the_expected_type(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    exp = _experiment(tmp_path, tiny_voc, {"classifier.trainer.max_epochs": "twenty"})
+    err = _fails(capsys, tmp_path, [str(exp)])
+    assert err == f"error: {exp}: classifier.trainer.max_epochs: expected Optional[int], got 'twenty' (str)"
+    exp = _experiment(tmp_path, tiny_voc, {"cam.scales": [1.0, "big"]})
+    assert _fails(capsys, tmp_path, [str(exp)]).endswith("cam.scales: expected a list of float, got 'big' (str)")
+
+
+def test_typo_in_a_set_section_is_rejected(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    exp = _experiment(tmp_path, tiny_voc)
+    err = _fails(capsys, tmp_path, [str(exp), "--set", "classifer.model.beta=0.3"])
+    assert err == "error: --set classifer.model.beta=0.3: unknown section 'classifer' (did you mean 'classifier'?)"
+
+
+def test_missing_extends_names_the_file(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    exp = _experiment(tmp_path, tiny_voc, extends="bsae.yaml")
+    err = _fails(capsys, tmp_path, [str(exp)])
+    assert err == f"error: {exp}: extends 'bsae.yaml', which is not there ({tmp_path / 'bsae.yaml'})"
+
+
+def test_missing_or_wrong_dataset_fails_a_run_and_warns_a_dry_run(tmp_path: Path, capsys, caplog) -> None:
+    exp = _experiment(tmp_path, tmp_path / "nowhere")
+    assert _fails(capsys, tmp_path, [str(exp)]) == f"error: {tmp_path / 'nowhere'}: dataset root not found " \
+                                                    "(dataset.root, or --data / DATA=)"
+    (tmp_path / "empty").mkdir()
+    assert "not a VOC tree" in _fails(capsys, tmp_path, [str(exp), "--data", str(tmp_path / "empty")])
+    # a dry run still prints the commands (no data needed for that), with the problem as a warning
+    assert main(["pipeline", str(exp), "--runs", str(tmp_path / "runs"), "--logger", "none", "--dry-run"]) == 0
+    assert "fit classifier" in capsys.readouterr().out
+    assert "a real run would stop here" in caplog.text and "dataset root not found" in caplog.text
+
+
+def test_missing_split_list_is_named(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    (tiny_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").unlink()
+    err = _fails(capsys, tmp_path, [str(_experiment(tmp_path, tiny_voc))])
+    assert err.endswith("train_aug.txt: split file not found (get SBD's train_aug list; see README 'Real data')")
+
+
+def test_weights_file_must_exist_unless_an_earlier_step_writes_it(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    exp = _experiment(tmp_path, tiny_voc, {"classifier.model.weights": str(tmp_path / "r50.pth")})
+    assert _fails(capsys, tmp_path, [str(exp)]) == f"error: classifier.model.weights: {tmp_path / 'r50.pth'} not found"
+    # cam reads the classifier's checkpoint: fine when the classifier runs first, an error alone
+    exp = _experiment(tmp_path, tiny_voc)
+    cfg = load_experiment(exp)
+    runs = tmp_path / "runs"
+    check_environment(cfg, plan(cfg, runs, steps=["classifier", "cam"]), runs / "t", network=lambda: True)
+    with pytest.raises(ConfigError, match=r"cam \(--ckpt\): .*classifier/checkpoints/last\.ckpt not found "
+                                          r"\(run the 'classifier' step first\)"):
+        check_environment(cfg, plan(cfg, runs, steps=["cam"]), runs / "t", network=lambda: True)
+
+
+def test_pretrained_without_network_says_how_to_pass_weights(tmp_path: Path, tiny_voc: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = load_experiment(_experiment(tmp_path, tiny_voc, {"classifier.model.pretrained": True}))
+    steps = plan(cfg, tmp_path / "runs", steps=["classifier"])
+    with pytest.raises(ConfigError, match=r"^classifier\.model\.pretrained: true needs the ImageNet weights of "
+                                          r"'resnet18' .* set classifier\.model\.weights: /path/to/file\.pth"):
+        check_pretrained(steps, network=lambda: False)
+    check_pretrained(steps, network=lambda: True)  # online: timm will download them
+
+    def no_probe() -> bool:
+        raise AssertionError("cached weights need no network")
+
+    snap = tmp_path / "hf" / "models--timm--resnet18.tv_in1k" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"")
+    check_pretrained(steps, network=no_probe)
+
+
+def test_every_shipped_experiment_passes_the_key_and_type_check() -> None:
+    for exp in sorted(EXPERIMENTS.glob("*.yaml")):
+        check_tree(load_experiment(exp), where=exp.name)
+
+
+@pytest.mark.parametrize("annotation, good, bad", [
+    ("int | None", [3, None, "4"], [2.5, "twenty", True]),
+    ("float", [0.1, 2, "1e-4"], ["high", None, False]),
+    ("bool", [True], [1, "yes"]),
+    ("Literal['rpnet', 'cam']", ["cam"], ["irn"]),
+    ("tuple[float, ...]", [[1, 0.5], (2.0,)], [1.0, ["a"]]),
+    ("tuple[int, int]", [[1, 2]], [[1, 2, 3]]),
+    ("Optional[Union[int, float]]", [None, 1, 0.5], ["x"]),
+    ("_PRECISION_INPUT", ["32-true", 16], []),
+])
+def test_accepts(annotation: str, good: list, bad: list) -> None:
+    node = ast.parse(annotation, mode="eval").body
+    assert all(accepts(node, v) for v in good)
+    assert not any(accepts(node, v) for v in bad)
+
+
+def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None:
+    from rpnet_pl.validate import check_dataset
+
+    (tmp_path / "train2014").mkdir()
+    cfg = {"dataset": {"name": "coco", "root": str(tmp_path)}}
+    check_dataset(cfg, ["train"])
+    with pytest.raises(DatasetError, match=r"val2014: image folder of split 'val' not found"):
+        check_dataset(cfg, ["train", "val"])
+
+
+def test_network_probe_respects_offline_mode(monkeypatch) -> None:
+    from rpnet_pl.validate import network_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert network_reachable() is False
