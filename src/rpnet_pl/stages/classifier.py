@@ -75,6 +75,9 @@ class ClassifierStage(pl.LightningModule):
         progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
         channels_last: bool = False,
+        seed_monitor_images: int = 0,
+        seed_monitor_split: str = "train",
+        seed_monitor_threshold: float = 0.25,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -141,8 +144,14 @@ class ClassifierStage(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
-                                  self.hparams.get("progress_every_n_steps"))
+        callbacks = training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
+                                       self.hparams.get("progress_every_n_steps"))
+        if self.hparams.get("seed_monitor_images", 0):
+            from rpnet_pl.stages.seed_monitor import SeedMonitor
+
+            callbacks.append(SeedMonitor(self.hparams.seed_monitor_images, self.hparams.get("seed_monitor_split", "train"),
+                                         self.hparams.get("seed_monitor_threshold", 0.25)))
+        return callbacks
 
     # -- CAM seeds ---------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
