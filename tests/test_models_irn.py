@@ -288,3 +288,19 @@ def test_displacement_loss_gradient_and_shape_checks() -> None:
         displacement_losses(torch.zeros(2, 2, 10, 12), torch.ones(2, 10, 11, dtype=torch.long), radius=3)
     with pytest.raises(ValueError):
         displacement_losses(torch.zeros(2, 3, 10, 12), torch.ones(2, 10, 12, dtype=torch.long), radius=3)
+
+
+def test_displacement_losses_accept_the_affinity_pairs() -> None:
+    """Given the pair masks the affinity loss computed, the same losses (no second computation)."""
+    from rpnet_pl.ops.affinity import affinity_labels
+
+    gen = torch.Generator().manual_seed(3)
+    label = torch.randint(0, 3, (2, 9, 9), generator=gen)
+    label[0, :2] = 255
+    disp = torch.randn(2, 2, 9, 9, generator=gen)
+    pos_bg, pos_fg, _ = affinity_labels(label, 3)
+    a = displacement_losses(disp, label, radius=3)
+    b = displacement_losses(disp, label, radius=3, pairs=(pos_bg, pos_fg))
+    assert a[0].item() == b[0].item() and a[1].item() == b[1].item()
+    c = displacement_losses(disp, label, radius=3, pairs=(torch.zeros_like(pos_bg), pos_fg))
+    assert c[1].item() == 0.0  # the given masks are the ones used

@@ -311,6 +311,7 @@ def displacement_losses(
     label: Tensor,
     radius: int,
     ignore_index: int = IGNORE_INDEX,
+    pairs: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """IRN's displacement losses ``(fg, bg)`` from a stride-4 IR label map (spec "Stage 2").
 
@@ -318,13 +319,17 @@ def displacement_losses(
     labels at the same size (0 background, ``ignore_index`` unsure). The pairs are those of
     the affinity loss (``affinity_labels(label, radius)``: positive fg = same foreground
     class, positive bg = both background; IRN trains with radius 10). The objective adds
-    ``(fg + bg) / 2``.
+    ``(fg + bg) / 2``. ``pairs = (pos_bg, pos_fg)``: those masks when the caller has them already
+    (the affinity loss computes them), so they are not computed twice.
     """
     if displacement.dim() != 4 or displacement.shape[1] != 2:
         raise ValueError(f"displacement must be (B, 2, H, W), got {tuple(displacement.shape)}")
     if tuple(label.shape) != (displacement.shape[0], *displacement.shape[-2:]):
         raise ValueError(f"label {tuple(label.shape)} does not match displacement {tuple(displacement.shape)}")
-    pos_bg, pos_fg, _ = affinity_labels(label, radius, ignore_index=ignore_index)  # (B, D, H', W') each
+    if pairs is None:
+        pos_bg, pos_fg, _ = affinity_labels(label, radius, ignore_index=ignore_index)  # (B, D, H', W') each
+    else:
+        pos_bg, pos_fg = pairs
     pair = pair_displacement(displacement, radius)  # (B, 2, D, H', W')
     return displacement_fg_loss(pair, pos_fg.to(pair.device), radius), displacement_bg_loss(pair, pos_bg.to(pair.device))
 

@@ -78,7 +78,8 @@ def irn_objective(edge_logits: torch.Tensor, displacement: torch.Tensor | None, 
              "pos_bg_loss": pos_bg_loss, "pos_fg_loss": pos_fg_loss, "neg_loss": neg_loss,
              "loss": (pos_bg_loss / 2 + pos_fg_loss / 2 + neg_loss) / 2}
     if displacement is not None:
-        terms["dp_fg_loss"], terms["dp_bg_loss"] = displacement_losses(displacement.float(), label4, radius)
+        terms["dp_fg_loss"], terms["dp_bg_loss"] = displacement_losses(displacement.float(), label4, radius,
+                                                                        pairs=(pos_bg, pos_fg))
         terms["loss"] = terms["loss"] + (terms["dp_fg_loss"] + terms["dp_bg_loss"]) / 2
     return terms
 
