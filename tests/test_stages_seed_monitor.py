@@ -49,3 +49,23 @@ def test_monitor_logs_every_epoch(tmp_path: Path) -> None:
         assert 0.0 <= h["miou"] <= 1.0 and 0.0 <= h["fg_precision"] <= 1.0 and 0.0 <= h["fg_recall"] <= 1.0
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "seed/miou" in metrics.splitlines()[0] and "seed/fg_recall" in metrics.splitlines()[0]
+
+
+def test_confidence_coverage_counts_negative_channels() -> None:
+    """A model whose f4 has one all-negative channel: the reference rule covers every image
+    entirely, the clamped rule only the positive channel's confident positions."""
+    from types import SimpleNamespace
+
+    from rpnet_pl.stages.seed_monitor import confidence_coverage
+
+    def backbone(image: torch.Tensor) -> list[torch.Tensor]:
+        pos = torch.zeros(1, 1, 2, 2)
+        pos[0, 0, 0, 0] = 1.0  # confident at one position of four
+        neg = -torch.ones(1, 1, 2, 2)  # all negative
+        return [None, None, None, None, torch.cat([pos, neg], dim=1)]
+
+    model = SimpleNamespace(backbone=backbone, head=SimpleNamespace(alpha=0.3, down=lambda x: x))
+    c = confidence_coverage(model, [torch.zeros(1, 3, 32, 32)] * 3)
+    assert c["covered_reference"] == 1.0 and c["whole_image_reference"] == 1.0
+    assert c["covered_clamped"] == 0.25 and c["whole_image_clamped"] == 0.0
+    assert c["negative_channels"] == 0.5 and c["images"] == 3.0

@@ -384,6 +384,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confidence(args: argparse.Namespace) -> int:
+    import json
+
+    from rpnet_pl.data.datasets import InferenceDataset, build_reader
+    from rpnet_pl.data.transforms import eval_transform
+    from rpnet_pl.stages.classifier import ClassifierStage
+    from rpnet_pl.stages.seed_monitor import confidence_coverage
+
+    if not Path(args.ckpt).is_file():
+        raise DatasetError(f"{args.ckpt}: classifier checkpoint not found")
+    stage = ClassifierStage.load_from_checkpoint(args.ckpt, map_location="cpu", pretrained=False, weights=None)
+    if stage.hparams.method != "rpnet":
+        raise ConfigError(f"{args.ckpt}: a {stage.hparams.method} classifier has no confidence mask (RPNet only)")
+    reader = build_reader(args.dataset, args.root, args.split)
+    data = InferenceDataset(reader, eval_transform(), ids=reader.ids[:args.images])
+    model = stage.model.eval()
+    print(json.dumps(confidence_coverage(model, (data[i]["image"][None] for i in range(len(data)))), indent=1))
+    return 0
+
+
 def _parity(args: argparse.Namespace) -> int:
     from rpnet_pl.parity import default_cases_dir, format_table, run_parity
 
@@ -563,6 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_ablation)
+
+    p = sub.add_parser("confidence", help="share of each image RPNet's confidence mask covers (reference rule "
+                       "and the paper's clamped reading), from a classifier checkpoint")
+    p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
+    _add_data_args(p, "train")
+    p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
+    p.set_defaults(func=_confidence)
 
     p = sub.add_parser("parity", help="run the reference-code parity cases through our functions (exit 1 on a "
                        "failure)")

@@ -78,3 +78,27 @@ class SeedMonitor(pl.Callback):
                  self.split, len(data), self.threshold, trainer.current_epoch, scores["miou"],
                  scores["fg_precision"], scores["fg_recall"])
         pl_module.log_dict({f"seed/{k}": v for k, v in scores.items() if k != "epoch"}, rank_zero_only=True)
+
+
+def confidence_coverage(model: Any, images: Any, alpha: float | None = None) -> dict[str, float]:
+    """How much of each image RPNet's confidence mask M (eq. 3-4, 6) covers, under the reference's
+    rule (divide by max + 1e-5: an all-negative channel of f4 marks its whole map) and under the
+    paper's ReLU reading (``clamp_peak``). images: iterable of (1, 3, H, W) tensors. Returns the mean
+    covered share, the share of images covered entirely, and the mean share of all-negative channels."""
+    from rpnet_pl.models.rpnet import confidence_mask
+
+    alpha = model.head.alpha if alpha is None else alpha
+    ref, clamped, full_ref, full_clamped, negative, n = 0.0, 0.0, 0, 0, 0.0, 0
+    with torch.no_grad():
+        for image in images:
+            f4 = model.head.down(model.backbone(image)[4])  # (1, mid, h, w)
+            m_ref, m_clamp = confidence_mask(f4, alpha), confidence_mask(f4, alpha, clamp_peak=True)
+            ref += m_ref.mean().item()
+            clamped += m_clamp.mean().item()
+            full_ref += int(m_ref.min().item() == 1.0)
+            full_clamped += int(m_clamp.min().item() == 1.0)
+            negative += (f4.amax(dim=(2, 3)) < 0).float().mean().item()
+            n += 1
+    n = max(n, 1)
+    return {"covered_reference": ref / n, "covered_clamped": clamped / n, "whole_image_reference": full_ref / n,
+            "whole_image_clamped": full_clamped / n, "negative_channels": negative / n, "images": float(n)}
