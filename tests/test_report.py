@@ -160,3 +160,50 @@ def test_seed_iou_figure_draws_only_the_classes_of_the_data() -> None:
     assert names == ["background", "aeroplane", "bird"]
     assert values.tolist() == [90.0, 25.0, 0.0]
     assert absent == 2
+
+
+def _seed_run(root: Path, seed: int, seeds: float, pseudo: float | None, val: tuple[float, float] | None) -> None:
+    run = root / f"seed{seed}"
+    (run / "classifier").mkdir(parents=True)
+    (run / "classifier" / "config.yaml").write_text("model:\n  method: rpnet\n  backbone: resnet18\n")
+    (run / "eval_cam").mkdir()
+    (run / "eval_cam" / "metrics.json").write_text(json.dumps({"best_miou": seeds, "best_threshold": 0.15}))
+    if pseudo is not None:
+        (run / "eval_sem_seg").mkdir()
+        (run / "eval_sem_seg" / "metrics.json").write_text(json.dumps({"miou": pseudo}))
+    if val is not None:
+        (run / "eval_seg").mkdir()
+        (run / "eval_seg" / "metrics.json").write_text(
+            json.dumps({"without_crf": {"miou": val[0]}, "with_crf": {"miou": val[1]}}))
+
+
+def test_report_seed_runs_as_mean_and_std(tmp_path: Path) -> None:
+    """Three seeds of `demo` (the third stopped after eval_cam) beside a single run: by hand,
+    seeds (60, 64, 56) -> 60.0 ± 4.0, n=3; pseudo masks (70, 74) -> 72.0 ± 2.8, n=2 (sample std);
+    val (50, 54) -> 52.0 ± 2.8; val + CRF (52, 56) -> 54.0 ± 2.8."""
+    _fake_run(tmp_path, "demo-cam", "cam", 0.483, None)
+    _seed_run(tmp_path / "demo", 0, 0.60, 0.70, (0.50, 0.52))
+    _seed_run(tmp_path / "demo", 1, 0.64, 0.74, (0.54, 0.56))
+    _seed_run(tmp_path / "demo", 2, 0.56, None, None)
+    (tmp_path / "demo" / "seed3").mkdir()  # a seed that has not started: not counted
+    assert [p.name for p in find_runs(tmp_path)] == ["demo", "demo-cam"]
+    _, text = write_report(tmp_path)
+    assert "| demo-cam | cam | 48.3 | - | - | - |" in text  # a single run reports as before
+    assert ("| demo | rpnet | 60.0 ± 4.0 (n=3) | 72.0 ± 2.8 (n=2) | 52.0 ± 2.8 (n=2) | 54.0 ± 2.8 (n=2) |"
+            in text)
+    assert "| RPNet (resnet18) [demo] | 54.0 ± 2.8 (n=2) | - |" in text  # Table VIII
+
+
+def test_ablation_table_over_seeds(tmp_path: Path) -> None:
+    """A sweep variant run with two seeds is one cell: (41 + 45) / 2 = 43.0, sample std 2.8 (n=2)."""
+    from rpnet_pl.ablations import collect, get_sweep, run_name, table
+
+    sweep = get_sweep("beta")
+    v01, v05 = sweep.variants[0], sweep.variants[2]
+    _seed_run(tmp_path / run_name("beta", v01), 0, 0.41, None, None)
+    _seed_run(tmp_path / run_name("beta", v01), 1, 0.45, None, None)
+    _fake_run(tmp_path, run_name("beta", v05), "rpnet", 0.47, None)
+    text = table(sweep, collect("beta", sweep, tmp_path))
+    assert "| 0.1 | 43.0 ± 2.8 (n=2) |" in text and "| 0.5 | 47.0 |" in text and "| 0.9 | - |" in text
+    _, report = write_report(tmp_path)
+    assert "](ablation-beta.png)" in report

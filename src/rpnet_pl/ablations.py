@@ -3,6 +3,7 @@
 ``rpnet ablation NAME EXPERIMENT`` runs every variant of a sweep (stage 1 + CAM seeds + their
 evaluation on the train split: Tables II-VII report seed mIoU) and writes the paper-layout table to
 ``RUNS/ablation-NAME/table.md``. Runs are ordinary run folders, so a re-run skips what is done.
+With ``--seeds`` each variant runs once per seed (``.../seed<k>/``) and each cell is mean ± std (n).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.seeds import Stat, format_pct
 
 SEED_STEPS = ("classifier", "cam", "eval_cam")
 BACKBONES = ("resnet50", "resnet101", "xception", "wide_resnet50", "wide_resnet101", "resnext50", "resnext101")
@@ -80,8 +82,9 @@ def run_name(sweep: str, variant: Variant) -> str:
     return f"ablation-{sweep}/{'-'.join(p for p in slug.split('-') if p)}"
 
 
-def table(sweep: Sweep, results: dict[tuple[str, str], float | None]) -> str:
-    """The paper-layout markdown table; ``results[(label, column)]`` is mIoU in [0, 1] or None."""
+def table(sweep: Sweep, results: dict[tuple[str, str], float | Stat | None]) -> str:
+    """The paper-layout markdown table; ``results[(label, column)]`` is mIoU in [0, 1] (a Stat over
+    seeds: ``mean ± std (n=K)``) or None."""
     labels = list(dict.fromkeys(v.label for v in sweep.variants))
     lines = [f"TABLE {sweep.table}: {sweep.title} (seed mIoU %, train split)", "",
              f"| {sweep.row_header} | " + " | ".join(sweep.columns) + " |",
@@ -89,8 +92,7 @@ def table(sweep: Sweep, results: dict[tuple[str, str], float | None]) -> str:
     for lab in labels:
         cells = []
         for col in sweep.columns:
-            v = results.get((lab, col))
-            cells.append("-" if v is None else f"{100 * v:.1f}")
+            cells.append(format_pct(results.get((lab, col))))
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     if sweep.notes:
         lines += ["", sweep.notes]
@@ -104,11 +106,12 @@ def get_sweep(name: str, backbone: str | None = None) -> Sweep:
     return all_sweeps[name]
 
 
-def collect(sweep_name: str, sweep: Sweep, runs_dir: str | Path) -> dict[tuple[str, str], float | None]:
-    """Read each variant's seed mIoU from its run folder (None where it has not run)."""
-    from rpnet_pl.report import summarise_run
+def collect(sweep_name: str, sweep: Sweep, runs_dir: str | Path) -> dict[tuple[str, str], float | Stat | None]:
+    """Read each variant's seed mIoU from its run folder (None where it has not run; mean ± std over
+    its ``seed<k>/`` runs when it has some)."""
+    from rpnet_pl.report import summarise
 
-    out: dict[tuple[str, str], float | None] = {}
+    out: dict[tuple[str, str], float | Stat | None] = {}
     for v in sweep.variants:
-        out[(v.label, v.column)] = summarise_run(Path(runs_dir) / run_name(sweep_name, v)).seeds
+        out[(v.label, v.column)] = summarise(Path(runs_dir) / run_name(sweep_name, v)).seeds
     return out

@@ -41,7 +41,15 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from rpnet_pl.data.check import check_dataset
 
-    report, names = check_dataset(args.root, args.dataset)
+    needs, dataset = None, args.dataset
+    if args.experiment:
+        from rpnet_pl.config import load_experiment
+        from rpnet_pl.data.splits import needed_splits
+
+        cfg = load_experiment(args.experiment)
+        dataset = str((cfg.get("dataset") or {}).get("name", dataset))
+        needs = needed_splits(cfg, dataset)
+    report, names = check_dataset(args.root, dataset, needs=needs)
     print(report.format(names))
     return 0 if report.ok else 1
 
@@ -269,13 +277,15 @@ def _ablation(args: argparse.Namespace) -> int:
             overrides.append(f"dataset.root={args.data}")
         cfg = load_experiment(args.experiment, overrides)
         cfg["name"] = run_name(args.name, variant)
-        steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                                steps=list(sweep.steps), tags=[f"ablation-{args.name}", f"table-{sweep.table}"])
-        try:
-            run_steps(steps, dry_run=args.dry_run)
-        except StepFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        for seed in list(dict.fromkeys(args.seeds or [None])):
+            steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes,
+                                    logger=args.logger, steps=list(sweep.steps),
+                                    tags=[f"ablation-{args.name}", f"table-{sweep.table}"], seed=seed)
+            try:
+                run_steps(steps, dry_run=args.dry_run)
+            except StepFailed as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
     text = table(sweep, collect(args.name, sweep, args.runs))
     print(text)
     if not args.dry_run:
@@ -289,14 +299,19 @@ def _ablation(args: argparse.Namespace) -> int:
 def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
     """Plan an experiment's steps after checking it: config problems always stop here; the dataset,
     weights files and network stop a real run and are warnings in a dry run (printing the commands
-    needs no data). Each problem is one line, in seconds, before any step starts."""
-    from rpnet_pl.pipeline import plan
+    needs no data). Each problem is one line, in seconds, before any step starts. A step whose optional
+    split is absent (the test export without a test split) is left out: `run_steps` skips it."""
+    from rpnet_pl.pipeline import absent_split, plan
+    from rpnet_pl.seeds import seed_dir_name
     from rpnet_pl.validate import check_environment, check_tree
 
     check_tree(cfg, where=str(args.experiment))
     steps = plan(cfg, **plan_kwargs)
-    todo = [s for s in steps if not s.is_done() or s.name in (getattr(args, "force", None) or [])]
+    todo = [s for s in steps if (not s.is_done() or s.name in (getattr(args, "force", None) or []))
+            and absent_split(s) is None]
     run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
+    if plan_kwargs.get("seed") is not None:
+        run_dir = run_dir / seed_dir_name(plan_kwargs["seed"])
     try:
         check_environment(cfg, todo, run_dir, **({"network": lambda: True} if args.dry_run else {}))
     except (DatasetError, ConfigError) as exc:
@@ -318,13 +333,16 @@ def _pipeline(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.experiment, overrides)
     if args.name:
         cfg["name"] = args.name
-    steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                            steps=args.steps, tags=args.tag or [], accelerator=args.accelerator)
-    try:
-        run_steps(steps, dry_run=args.dry_run, force=args.force or [])
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    for seed in list(dict.fromkeys(args.seeds or [None])):
+        steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
+                                steps=args.steps, tags=args.tag or [], accelerator=args.accelerator, seed=seed)
+        if seed is not None:
+            log.info("seed %d: %s", seed, steps[0].folder.parent if steps else args.runs)
+        try:
+            run_steps(steps, dry_run=args.dry_run, force=args.force or [])
+        except StepFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -459,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("check", help="validate a dataset tree and print a summary")
     p.add_argument("root", help="dataset root")
     p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="dataset layout")
+    p.add_argument("--experiment", help="fail only on the splits this experiment YAML needs (default: the base "
+                   "recipe's: VOC train_aug, train, val; COCO train, val); the test split is always optional")
     p.set_defaults(func=_data_check)
     p = dsub.add_parser("coco-masks", help="write COCO label PNGs from instances_*2014.json")
     p.add_argument("root", help="COCO root (with annotations/instances_*2014.json)")
@@ -566,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", nargs="+", help="re-run these steps even if complete")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
+                   "(each resumable on its own); `rpnet report` shows mean ± std over them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_pipeline)
 
@@ -581,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
                    help="tracker of the training steps")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
+                   "(each resumable on its own); `rpnet report` shows mean ± std over them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_ablation)
 

@@ -6,6 +6,11 @@ re-run skips complete steps, resumes an interrupted training step from ``checkpo
 and an interrupted per-image step from the files it already wrote (corrupt ones are redone). A
 failure stops the chain with the step named, the cause (the last error line of its log) and the
 log path; nothing downstream runs. Progress lines of long steps are echoed to the terminal.
+
+With ``seed=k`` the run folder is ``runs/<experiment>/seed<k>/``: every training stage gets
+``seed_everything: k`` and ``data.seed: k``, and each seed is its own run (resumed and skipped on
+its own). A step whose split is optional (the test export) is skipped with one line when the
+dataset has no such split.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Any, Sequence
 
 from rpnet_pl.config import dump_yaml, section
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.seeds import seed_dir_name
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ class Step:
     argv: list[str]
     folder: Path
     config: dict[str, Any] = field(default_factory=dict)
+    #: (dataset, root, split) of an optional split: the step is skipped, with one line, when it is absent
+    optional_split: tuple[str, str, str] | None = None
 
     @property
     def done_marker(self) -> Path:
@@ -75,7 +83,9 @@ def _flags(options: dict[str, Any]) -> list[str]:
     return out
 
 
-def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags: Sequence[str]) -> Any:
+def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags: Sequence[str],
+                   seed: int | None = None) -> Any:
+    """The trainer's logger; W&B: one group per experiment, one run per seed (and stage)."""
     if kind == "none":
         return False
     if kind == "csv":
@@ -85,10 +95,13 @@ def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags:
         return {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(save_dir), "name": "tensorboard", "version": ""}}
     if kind == "wandb":
+        parts = [experiment, *([seed_dir_name(seed)] if seed is not None else []), stage]
+        tags = [*tags, *([seed_dir_name(seed)] if seed is not None else [])]
         offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
         return {"class_path": "pytorch_lightning.loggers.WandbLogger",
-                "init_args": {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": f"{experiment}/{stage}",
-                              "group": experiment, "tags": list(tags), "save_dir": str(save_dir), "offline": offline}}
+                "init_args": {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": "/".join(parts),
+                              "group": experiment, "job_type": stage, "tags": list(tags),
+                              "save_dir": str(save_dir), "offline": offline}}
     raise ConfigError(f"LOGGER must be wandb, csv, tensorboard or none, got {kind!r}")
 
 
@@ -104,14 +117,19 @@ def substitute(value: Any, run: Path) -> Any:
 
 
 def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
-         steps: Sequence[str] | None = None, tags: Sequence[str] = (), accelerator: str = "gpu") -> list[Step]:
+         steps: Sequence[str] | None = None, tags: Sequence[str] = (), accelerator: str = "gpu",
+         seed: int | None = None) -> list[Step]:
     """The steps of an experiment, with their argv and resolved configs (nothing runs here).
+
+    ``seed``: one run of a multi-seed experiment, in ``RUNS/<name>/seed<k>/`` (see the module doc).
 
     ``gpus`` processes per node on ``nodes`` nodes (0: one process, Lightning's default device);
     ``accelerator="cpu"`` runs those processes on CPUs (DDP over gloo: CPU clusters, tests).
     """
     name = cfg.get("name", "experiment")
     run = Path(runs_dir) / name
+    if seed is not None:
+        run = run / seed_dir_name(seed)
     ds = cfg.get("dataset") or {}
     data_args = ["--dataset", str(ds.get("name", "voc")), "--root", str(ds.get("root", "data/voc"))]
     dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)]
@@ -131,12 +149,15 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             trainer = dict(stage_cfg.get("trainer") or {})
             trainer["default_root_dir"] = str(folder)
             trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
-            trainer["logger"] = _logger_config(logger, folder, name, step, tags)
+            trainer["logger"] = _logger_config(logger, folder, name, step, tags, seed)
             if gpus:
                 trainer.update({"accelerator": accelerator, "devices": gpus, "num_nodes": nodes})
                 if gpus * nodes > 1:
                     trainer["strategy"] = "ddp"
             stage_cfg["trainer"] = trainer
+            if seed is not None:
+                stage_cfg["seed_everything"] = int(seed)
+                stage_cfg["data"] = {**(stage_cfg.get("data") or {}), "seed": int(seed)}
             if step == "affinity":
                 stage_cfg.setdefault("data", {})["label_dir"] = str(ir)
             if step == "segmenter":
@@ -165,7 +186,9 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
         elif step == "predict_seg":
             argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
-        out.append(Step(step, argv + _flags(sec), folder, sec))
+        optional = (str(ds.get("name", "voc")), str(ds.get("root", "data/voc")), str(sec.get("split", "test"))) \
+            if step == "predict_seg" else None
+        out.append(Step(step, argv + _flags(sec), folder, sec, optional))
     return out
 
 
@@ -210,6 +233,16 @@ def _run_logged(step: Step, argv: list[str], env: dict[str, str] | None) -> tupl
     return returncode, list(tail)
 
 
+def absent_split(step: Step) -> str | None:
+    """Why ``step`` cannot run because its optional split is absent (None when it can, or cannot tell)."""
+    if step.optional_split is None:
+        return None
+    from rpnet_pl.data.splits import absent_split_reason
+
+    dataset, root, split = step.optional_split
+    return absent_split_reason(dataset, root, split, step=step.name)
+
+
 def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str] = (),
               env: dict[str, str] | None = None) -> list[str]:
     """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
@@ -217,6 +250,10 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
     for step in steps:
         if step.is_done() and step.name not in force:
             log.info("skip %s: complete (%s)", step.name, step.done_marker)
+            continue
+        reason = absent_split(step)
+        if reason:
+            log.warning("skip %s: %s", step.name, reason)
             continue
         if dry_run:
             print(step.shell())

@@ -6,8 +6,12 @@ Each run folder (``RUNS_DIR/<name>/``) contributes the metrics its steps wrote:
 
 Figures (PNG, matplotlib's Agg renderer) are written next to ``report.md`` and linked from it: the
 mIoU curve of every ``ablation-*`` sweep with numbers, the per-class seed IoU of every run with an
-``eval_cam``, and image | seed | pseudo mask overlays of up to four images of every run whose CAMs,
-pseudo masks and VOC images can be found.
+``eval_cam``, and image | ground truth | seed | pseudo mask overlays (with a legend of the class
+colours) of up to four images of every run whose CAMs, pseudo masks and VOC images can be found.
+Every figure is labelled with its run, split and threshold.
+
+A folder of ``seed<k>/`` runs (``rpnet pipeline --seeds``) is one row: each number is the mean ± std
+over the seeds that have it, with n (:mod:`rpnet_pl.seeds`); its figures are those of its first seed.
 """
 from __future__ import annotations
 
@@ -21,26 +25,29 @@ from typing import Any, Sequence
 import numpy as np
 
 from rpnet_pl.io import atomic_path
+from rpnet_pl.seeds import Stat, as_float, format_pct, mean_std, seed_folders
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunSummary:
-    """The headline numbers of one run (mIoU in [0, 1]; None where the step has not run)."""
+    """The headline numbers of one run (mIoU in [0, 1]; None where the step has not run); over
+    several seeds each number is a :class:`~rpnet_pl.seeds.Stat` and the per-class IoUs are means."""
 
     name: str
     method: str | None = None
     backbone: str | None = None
     dataset: str | None = None
-    seeds: float | None = None
-    seed_threshold: float | None = None
-    pseudo_masks: float | None = None
-    val: float | None = None
-    val_crf: float | None = None
+    seeds: float | Stat | None = None
+    seed_threshold: float | Stat | None = None
+    pseudo_masks: float | Stat | None = None
+    val: float | Stat | None = None
+    val_crf: float | Stat | None = None
     val_per_class: dict[str, float | None] | None = None
     val_crf_per_class: dict[str, float | None] | None = None
     test_export: Path | None = None
+    n_seeds: int = 0  # 0: a single run; k: the mean over k seed folders
 
 
 def _read(path: Path) -> dict | None:
@@ -77,8 +84,41 @@ def summarise_run(run: Path) -> RunSummary:
     return out
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+_NUMBERS = ("seeds", "seed_threshold", "pseudo_masks", "val", "val_crf")
+
+
+def _mean_per_class(dicts: Sequence[dict[str, float | None] | None]) -> dict[str, float | None] | None:
+    """Class -> mean IoU over the runs that have the class (None where none has it)."""
+    dicts = [d for d in dicts if d]
+    if not dicts:
+        return None
+    names = list(dict.fromkeys(c for d in dicts for c in d))
+    return {c: as_float(mean_std([d.get(c) for d in dicts])) for c in names}
+
+
+def aggregate_runs(name: str, runs: Sequence[RunSummary]) -> RunSummary:
+    """One row for the seed runs of an experiment: mean ± std (n) of every number over the seeds
+    that have it; method, backbone and dataset of the first seed."""
+    first = runs[0]
+    out = RunSummary(name, first.method, first.backbone, first.dataset, n_seeds=len(runs))
+    for key in _NUMBERS:
+        setattr(out, key, mean_std([as_float(getattr(r, key)) for r in runs]))
+    out.val_per_class = _mean_per_class([r.val_per_class for r in runs])
+    out.val_crf_per_class = _mean_per_class([r.val_crf_per_class for r in runs])
+    out.test_export = next((r.test_export for r in runs if r.test_export), None)
+    return out
+
+
+def summarise(folder: Path) -> RunSummary:
+    """A run folder's numbers, or the mean ± std over its ``seed<k>/`` runs when it has some."""
+    seeds = [p for p in seed_folders(folder) if _is_run(p)]
+    if seeds:
+        return aggregate_runs(folder.name, [summarise_run(p) for p in seeds])
+    return summarise_run(folder)
+
+
+def _pct(v: float | Stat | None) -> str:
+    return format_pct(v)
 
 
 def summary_table(runs: list[RunSummary]) -> str:
@@ -124,18 +164,27 @@ def per_class_table(runs: list[RunSummary]) -> str | None:
             if not per_class:
                 continue
             values = [np.nan if per_class.get(c) is None else per_class[c] for c in VOC_CLASSES]
-            table = format_iou_table(values, VOC_CLASSES, row_name=_label(r) + suffix).splitlines()
+            label = _label(r) + suffix + (f" (mean of n={r.n_seeds} seeds)" if r.n_seeds else "")
+            table = format_iou_table(values, VOC_CLASSES, row_name=label).splitlines()
             rows += table[:2] if not rows else []
             rows.append(table[2])
     return "\n".join(rows) if rows else None
 
 
+def _is_run(folder: Path) -> bool:
+    return any((folder / s).is_dir() for s in ("classifier", "eval_cam", "eval_sem_seg", "eval_seg"))
+
+
 def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders: sub-folders of ``runs_dir`` holding at least one step folder."""
+    """Run folders: sub-folders of ``runs_dir`` holding at least one step folder, or ``seed<k>/`` runs."""
     root = Path(runs_dir)
-    steps = ("classifier", "eval_cam", "eval_sem_seg", "eval_seg")
-    return sorted(p for p in root.iterdir() if p.is_dir() and any((p / s).is_dir() for s in steps)) \
-        if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (
+        _is_run(p) or any(_is_run(s) for s in seed_folders(p)))) if root.is_dir() else []
+
+
+def figure_run(folder: Path) -> Path:
+    """The run whose figures stand for ``folder``: itself, or its first seed run."""
+    return next((p for p in seed_folders(folder) if _is_run(p)), folder)
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -161,14 +210,20 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_ablation(title: str, labels: Sequence[str], series: dict[str, Sequence[float | None]], path: Path) -> Path:
-    """mIoU (%) per variant label, one line per column (None: a gap)."""
+def plot_ablation(title: str, labels: Sequence[str], series: dict[str, Sequence[float | Stat | None]],
+                  path: Path) -> Path:
+    """mIoU (%) per variant label, one line per column (None: a gap); over seeds, the mean with
+    ± std error bars."""
     fig = _figure(max(5.0, 0.9 * len(labels)), 3.5)
     ax = fig.add_subplot()
     x = np.arange(len(labels))
     for name, values in series.items():
-        y = np.array([np.nan if v is None else 100 * v for v in values], dtype=float)
-        ax.plot(x, y, marker="o", label=name)
+        y = np.array([np.nan if v is None else 100 * as_float(v) for v in values], dtype=float)
+        err = np.array([100 * v.std if isinstance(v, Stat) else 0.0 for v in values], dtype=float)
+        if err.any():
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        else:
+            ax.plot(x, y, marker="o", label=name)
     tilt = max(map(len, labels), default=0) > 6  # long labels (backbones, "block2 + block4") lean
     ax.set_xticks(x, labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel("seed mIoU (%)")
@@ -203,20 +258,67 @@ def plot_per_class_iou(per_class: dict[str, float | None], title: str, path: Pat
     return _save(fig, path)
 
 
-def plot_overlays(rows: Sequence[tuple[str, Sequence[np.ndarray]]], columns: Sequence[str], path: Path) -> Path:
-    """A grid of uint8 images: one row per (image id, tiles), column titles on the first row."""
-    fig = _figure(2.4 * len(columns), 2.2 * len(rows))
+def plot_overlays(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], columns: Sequence[str], path: Path,
+                  title: str | None = None, legend: Sequence[tuple[str, Sequence[int]]] = ()) -> Path:
+    """A grid of uint8 images: one row per (image id, tiles), column titles on the first row (a None
+    tile reads "n/a"), ``title`` above and a legend of (class name, RGB colour) below."""
+    from matplotlib.patches import Patch
+
+    extra = 0.5 + 0.25 * ((len(legend) + 4) // 5) if legend else 0.0
+    fig = _figure(2.4 * len(columns), 2.2 * len(rows) + extra + (0.4 if title else 0.0))
+    grid_spec = fig.add_gridspec(len(rows) + (1 if legend else 0), len(columns),
+                                 height_ratios=[2.2] * len(rows) + ([extra] if legend else []))
     for r, (image_id, tiles) in enumerate(rows):
         for c, tile in enumerate(tiles):
-            ax = fig.add_subplot(len(rows), len(columns), r * len(columns) + c + 1)
-            ax.imshow(tile, interpolation="nearest")
+            ax = fig.add_subplot(grid_spec[r, c])
+            if tile is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+            else:
+                ax.imshow(tile, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(columns[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=8)
+    if legend:
+        ax = fig.add_subplot(grid_spec[len(rows), :])
+        ax.axis("off")
+        handles = [Patch(facecolor=np.asarray(rgb, float) / 255.0, edgecolor="black", label=name)
+                   for name, rgb in legend]
+        ax.legend(handles=handles, loc="center", ncol=min(5, len(handles)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def legend_entries(labels: Sequence[np.ndarray], names: Sequence[str], palette: np.ndarray) -> list[tuple[str, list[int]]]:
+    """(class name, RGB) of every label value in ``labels``, in label order; 255 is "ignore"."""
+    present = sorted({int(v) for lab in labels for v in np.unique(lab)})
+    out = []
+    for v in present:
+        name = "ignore" if v == 255 else (names[v] if v < len(names) else f"class {v}")
+        out.append((name, [int(x) for x in palette[v]]))
+    return out
+
+
+def _step_split(run: Path, step: str, default: str) -> str:
+    """The ``--split`` a completed step ran with (from its ``.done`` argv), else ``default``."""
+    import yaml
+
+    try:
+        argv = (yaml.safe_load((run / step / ".done").read_text()) or {}).get("argv") or []
+    except (OSError, yaml.YAMLError):
+        return default
+    return str(argv[argv.index("--split") + 1]) if "--split" in argv[:-1] else default
+
+
+def _ground_truth(voc: Path, image_id: str) -> Path | None:
+    """The ground-truth mask of an image (SegmentationClassAug preferred), or None."""
+    for sub in ("SegmentationClassAug", "SegmentationClass"):
+        if (p := voc / sub / f"{image_id}.png").is_file():
+            return p
+    return None
 
 
 def seed_labels(record: dict[str, np.ndarray], threshold: float) -> np.ndarray:
@@ -247,9 +349,10 @@ def _dataset_root(run: Path) -> Path | None:
         return None
 
 
-def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, list[np.ndarray]]]:
-    """(id, [image, seed overlay, pseudo-mask overlay]) for up to ``n`` images of a run (sorted ids with
-    both a CAM file and a pseudo mask); empty when the images cannot be found."""
+def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, list[np.ndarray | None]]]:
+    """(id, [image, ground-truth overlay, seed overlay, pseudo-mask overlay]) for up to ``n`` images of a
+    run (sorted ids with both a CAM file and a pseudo mask; the ground truth is None where the image has
+    no mask); empty when the images cannot be found."""
     from rpnet_pl.data.classes import voc_palette
     from rpnet_pl.errors import DatasetError
     from rpnet_pl.io import read_image, read_label_png
@@ -267,36 +370,77 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
             image = read_image(voc / "JPEGImages" / f"{image_id}.jpg")
             seed = seed_labels(read_cam(cams, image_id), threshold)
             mask = read_label_png(masks / f"{image_id}.png")
+            gt_path = _ground_truth(voc, image_id)
+            gt = read_label_png(gt_path) if gt_path is not None else None
         except DatasetError as exc:
             log.debug("overlay of %s skipped: %s", image_id, exc)
             continue
         if seed.shape != image.shape[:2] or mask.shape != image.shape[:2]:
             continue
-        rows.append((image_id, [image, overlay_labels(image, seed, palette), overlay_labels(image, mask, palette)]))
+        gt_tile = overlay_labels(image, gt, palette) if gt is not None and gt.shape == image.shape[:2] else None
+        rows.append((image_id, [image, gt_tile, overlay_labels(image, seed, palette),
+                                overlay_labels(image, mask, palette)]))
         if len(rows) == n:
             break
     return rows
 
 
-def run_figures(run: Path, folder: Path) -> list[tuple[str, Path]]:
-    """Per-class seed IoU bars and overlays of one run, written into ``folder``; (caption, path) pairs."""
+def _row_labels(run: Path, ids: Sequence[str], threshold: float) -> list[np.ndarray]:
+    """The label maps shown in the overlay rows (ground truth, seeds, pseudo masks), for the legend."""
+    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.io import read_label_png
+    from rpnet_pl.stages.cam_inference import read_cam
+
+    voc, out = _dataset_root(run), []
+    for image_id in ids:
+        try:
+            out.append(seed_labels(read_cam(run / "cam" / "cams", image_id), threshold))
+            out.append(read_label_png(run / "sem_seg" / "masks" / f"{image_id}.png"))
+            gt = _ground_truth(voc, image_id) if voc is not None else None
+            if gt is not None:
+                out.append(read_label_png(gt))
+        except DatasetError:
+            continue
+    return out
+
+
+def run_figures(run: Path, folder: Path, label: str | None = None) -> list[tuple[str, Path]]:
+    """Per-class seed IoU bars and overlays of one run, written into ``folder``; (caption, path) pairs.
+    Each figure is labelled with ``label`` (default: the run's name), its split and its threshold."""
+    from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
+
+    label = label or run.name
     out: list[tuple[str, Path]] = []
     metrics = _read(run / "eval_cam" / "metrics.json") or {}
     per_class = metrics.get("per_class_iou")
+    threshold = metrics.get("best_threshold")
     if isinstance(per_class, dict) and per_class:
-        title = f"{run.name}: seed IoU per class"
+        title = f"run {label}: seed IoU per class, split {_step_split(run, 'eval_cam', 'train')}"
         if metrics.get("best_miou") is not None:
             title += f", mIoU {100 * metrics['best_miou']:.1f}"
-        if metrics.get("best_threshold") is not None:
-            title += f" (threshold {metrics['best_threshold']:g})"
-        out.append((f"{run.name} per-class seed IoU",
-                    plot_per_class_iou(per_class, title, folder / f"iou-{_slug(run.name)}.png")))
-    threshold = metrics.get("best_threshold")
-    rows = overlay_rows(run, 0.15 if threshold is None else float(threshold))
+        title += f", threshold {threshold:g}" if threshold is not None else ""
+        out.append((f"{label} per-class seed IoU",
+                    plot_per_class_iou(per_class, title, folder / f"iou-{_slug(label)}.png")))
+    thr = 0.15 if threshold is None else float(threshold)
+    rows = overlay_rows(run, thr)
     if rows:
-        out.append((f"{run.name} image, seed and pseudo mask", plot_overlays(
-            rows, ("image", "seed", "pseudo mask"), folder / f"overlays-{_slug(run.name)}.png")))
+        split = _step_split(run, "cam", "train_aug")
+        source = "best eval_cam threshold" if threshold is not None else "default"
+        title = f"run {label}, split {split}, seed threshold {thr:g} ({source})"
+        legend = legend_entries(_row_labels(run, [r[0] for r in rows], thr), VOC_CLASSES, voc_palette())
+        out.append((f"{label} image, ground truth, seed and pseudo mask", plot_overlays(
+            rows, ("image", "ground truth", "seed", "pseudo mask"), folder / f"overlays-{_slug(label)}.png",
+            title=title, legend=legend)))
     return out
+
+
+def _run_label(run: Path, runs_dir: Path) -> str:
+    """``demo`` for a single run, ``demo/seed0`` for the seed run whose figures stand for it."""
+    shown = figure_run(run)
+    try:
+        return shown.relative_to(runs_dir).as_posix()
+    except ValueError:
+        return shown.name
 
 
 def ablation_figure(sweep_dir: Path, folder: Path) -> Path | None:
@@ -312,7 +456,10 @@ def ablation_figure(sweep_dir: Path, folder: Path) -> Path | None:
         return None
     labels = list(dict.fromkeys(v.label for v in sweep.variants))
     series = {col: [results.get((lab, col)) for lab in labels] for col in sweep.columns}
-    return plot_ablation(f"Table {sweep.table}: {sweep.title}", labels, series, folder / f"{sweep_dir.name}.png")
+    n = max((v.n for v in results.values() if isinstance(v, Stat)), default=0)
+    title = (f"Table {sweep.table}: {sweep.title}\nrun {sweep_dir.name}, split train, best threshold per variant"
+             + (f", mean ± std over n={n} seeds" if n else ""))
+    return plot_ablation(title, labels, series, folder / f"{sweep_dir.name}.png")
 
 
 def _link(caption: str, path: Path, folder: Path) -> str:
@@ -324,7 +471,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     path = Path(out) if out else Path(runs_dir) / "report.md"
     folder = path.parent
     run_dirs = find_runs(runs_dir)
-    runs = [summarise_run(p) for p in run_dirs]
+    runs = [summarise(p) for p in run_dirs]
     text = ("# rpnet-pl report\n\n## Table I: seeds, pseudo masks (+ BR) and segmentation (mIoU %)\n\n"
             + summary_table(runs) + "\n")
     for dataset, table in (("voc", "VIII"), ("coco", "X")):
@@ -335,7 +482,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     if per_class:
         text += "\n## Table XI: per-class IoU on VOC val (%)\n\n" + per_class + "\n"
     for run in run_dirs:
-        figures = run_figures(run, folder)
+        figures = run_figures(figure_run(run), folder, label=_run_label(run, Path(runs_dir)))
         if figures:
             text += f"\n## {run.name}\n\n" + "\n".join(_link(c, p, folder) for c, p in figures)
     root = Path(runs_dir)

@@ -1,6 +1,9 @@
 """`rpnet data check`: validate a dataset tree before a long run and summarise it.
 
 Every problem is collected (not raised) with the file it concerns, so one pass lists them all.
+A split that is absent is a problem only when the chosen experiment (``--experiment``; by default
+the base recipe: train_aug, train and val) needs it; otherwise the report says what its absence
+rules out (no test split: no test export, which the pipeline skips).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from rpnet_pl.data.classes import COCO_CLASSES, VOC_CLASSES
+from rpnet_pl.data.splits import SPLIT_USES, TRAIN_AUG_SIZE, needed_splits, split_path
 from rpnet_pl.data.voc import SPLITS, check_mask, labels_from_mask, labels_from_xml, read_split, resolve_voc_root
 from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import read_label_png
@@ -26,6 +30,8 @@ class CheckReport:
     class_counts: dict[str, Counter] = field(default_factory=dict)
     masks: dict[str, int] = field(default_factory=dict)
     multi_label: dict[str, int] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -34,10 +40,15 @@ class CheckReport:
 
     def format(self, class_names: tuple[str, ...]) -> str:
         """A readable summary table."""
-        lines = [f"dataset: {self.dataset}  root: {self.root}", "", "| split | images | with masks | multi-label |",
-                 "|---|---:|---:|---:|"]
-        for split, n in self.split_sizes.items():
-            lines.append(f"| {split} | {n} | {self.masks.get(split, 0)} | {self.multi_label.get(split, 0)} |")
+        uses = SPLIT_USES.get(self.dataset, {})
+        lines = [f"dataset: {self.dataset}  root: {self.root}", "",
+                 "| split | images | with masks | multi-label | enables |", "|---|---:|---:|---:|---|"]
+        for split in [s for s in uses if s in self.split_sizes or s in self.absent]:
+            if split in self.split_sizes:
+                lines.append(f"| {split} | {self.split_sizes[split]} | {self.masks.get(split, 0)} | "
+                             f"{self.multi_label.get(split, 0)} | {uses[split]} |")
+            else:
+                lines.append(f"| {split} | absent | - | - | not possible: {uses[split]} |")
         splits = [s for s in self.class_counts if self.class_counts[s]]
         if splits:
             lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
@@ -46,6 +57,7 @@ class CheckReport:
                 if any(r != "0" for r in row):
                     lines.append(f"| {class_names[c]} | " + " | ".join(row) + " |")
         lines.append("")
+        lines += [f"note: {n}" for n in self.notes]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems[:50]]
@@ -57,20 +69,56 @@ class CheckReport:
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) from the header, or None if the image cannot be opened."""
+    """(H, W) of an image that decodes, or None if it cannot be opened or is truncated.
+
+    ``verify()`` does not see a truncated JPEG, so the image is decoded (a JPEG at 1/8 scale)."""
     try:
         with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
+            width, height = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            im.load()
+        return height, width
     except Exception:
         return None
 
 
-def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport:
-    """Validate a VOC tree: split files, images, XMLs, masks (values and sizes), labels."""
+def _absent(report: CheckReport, path: Path, split: str, needs: dict[str, list[str]]) -> None:
+    """Record an absent split: a problem when a step needs it, else a line on what it rules out."""
+    report.absent.append(split)
+    if split in needs:
+        report.problems.append(f"{path}: split {split!r} not found, needed by {', '.join(needs[split])}")
+    else:
+        use = SPLIT_USES.get(report.dataset, {}).get(split, "")
+        report.notes.append(f"no {split} split ({path} not found): {use} is skipped")
+
+
+def _voc_notes(report: CheckReport, voc: Path) -> None:
+    """What a tree without SBD (train_aug) or SegmentationClassAug means for training."""
+    if "train_aug" in report.absent and "train" in report.split_sizes:
+        n = report.split_sizes["train"]
+        report.notes.append(
+            f"no SBD train_aug list: training can only use train's {n} images instead of train_aug's "
+            f"{TRAIN_AUG_SIZE} (about {TRAIN_AUG_SIZE / max(n, 1):.0f}x fewer; expect lower mIoU than the paper); "
+            "to train on train, add --set classifier.data.split=train cam.split=train ir_labels.split=train "
+            "affinity.data.split=train sem_seg.split=train segmenter.data.split=train")
+    if not (voc / "SegmentationClassAug").is_dir() and "train_aug" in report.split_sizes:
+        report.notes.append(
+            f"no SegmentationClassAug: the image-level labels of train_aug come from the XML annotations "
+            f"(Annotations/), so all {report.split_sizes['train_aug']} train_aug images still train; only the "
+            "train and val masks (SegmentationClass) are scored")
+
+
+def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
+              needs: dict[str, list[str]] | None = None) -> CheckReport:
+    """Validate a VOC tree: split files, images, XMLs, masks (values and sizes), labels.
+
+    ``needs``: split -> steps that need it (default: the base recipe's train_aug, train, val);
+    any other absent split is reported, not failed.
+    """
     voc = resolve_voc_root(root)
     report = CheckReport(str(voc), "voc")
+    needs = needed_splits(None, "voc") if needs is None else needs
     n_classes = len(VOC_CLASSES)
     found: dict[str, list[str]] = {}  # a problem of an image -> the splits that list the image
 
@@ -78,6 +126,10 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport
         found.setdefault(message, []).append(split)
 
     for split in splits:
+        path = split_path("voc", voc, split)
+        if not path.is_file():
+            _absent(report, path, split, needs)
+            continue
         try:
             ids = read_split(voc, split)
         except DatasetError as exc:
@@ -127,15 +179,25 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS) -> CheckReport
         report.masks[split] = n_masks
         report.multi_label[split] = n_multi
     report.problems += [f"{msg} (listed in {', '.join(f'{s}.txt' for s in where)})" for msg, where in found.items()]
+    _voc_notes(report, voc)
     return report
 
 
-def check_coco(root: str | Path) -> CheckReport:
-    """Validate a COCO tree with label PNGs (see :mod:`rpnet_pl.data.coco`)."""
+def check_coco(root: str | Path, needs: dict[str, list[str]] | None = None) -> CheckReport:
+    """Validate a COCO tree with label PNGs (see :mod:`rpnet_pl.data.coco`); an absent split
+    (image folder) fails only when ``needs`` (default: train and val) names it."""
     from rpnet_pl.data.coco import COCOReader
 
     report = CheckReport(str(root), "coco")
+    if not Path(root).expanduser().is_dir():
+        report.problems.append(f"{root}: dataset root not found")
+        return report
+    needs = needed_splits(None, "coco") if needs is None else needs
     for split in ("train", "val"):
+        path = split_path("coco", root, split)
+        if not path.is_dir():
+            _absent(report, path, split, needs)
+            continue
         try:
             reader = COCOReader(root, split, weak=False)
         except DatasetError as exc:
@@ -162,12 +224,14 @@ def check_coco(root: str | Path) -> CheckReport:
     return report
 
 
-def check_dataset(root: str | Path, dataset: str = "voc") -> tuple[CheckReport, tuple[str, ...]]:
-    """Run the checks for ``dataset`` and return the report and the class names."""
+def check_dataset(root: str | Path, dataset: str = "voc",
+                  needs: dict[str, list[str]] | None = None) -> tuple[CheckReport, tuple[str, ...]]:
+    """Run the checks for ``dataset`` and return the report and the class names; ``needs`` as in
+    :func:`check_voc` (see :func:`rpnet_pl.data.splits.needed_splits`)."""
     if dataset == "voc":
-        return check_voc(root), VOC_CLASSES
+        return check_voc(root, needs=needs), VOC_CLASSES
     if dataset == "coco":
-        return check_coco(root), COCO_CLASSES
+        return check_coco(root, needs=needs), COCO_CLASSES
     raise DatasetError(f"unknown dataset {dataset!r} (voc or coco)")
 
 
