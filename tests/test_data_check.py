@@ -48,3 +48,74 @@ def test_a_problem_is_listed_once_naming_its_splits(tiny_voc: Path) -> None:
     problems = check_voc(tiny_voc).problems
     assert problems == [f"{voc / 'JPEGImages' / '2007_000003.jpg'}: unreadable image "
                         "(listed in train.txt, train_aug.txt, test.txt)"]
+
+
+def _split_file(root: Path, split: str) -> Path:
+    return root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
+def test_tree_without_test_split_passes_and_says_what_is_skipped(tiny_voc: Path, capsys) -> None:
+    _split_file(tiny_voc, "test").unlink()
+    report = check_voc(tiny_voc)
+    assert report.ok, report.problems
+    assert report.absent == ["test"] and "test" not in report.split_sizes
+    assert main(["data", "check", str(tiny_voc)]) == 0
+    out = capsys.readouterr().out
+    assert "| test | absent | - | - | not possible: test export (predict_seg) |" in out
+    assert "| val | 4 | 4 | 1 | segmentation evaluation (eval_seg) |" in out
+    assert "note: no test split (" in out and "test.txt not found): test export (predict_seg) is skipped" in out
+
+
+def test_tree_without_sbd_fails_the_base_recipe_and_says_the_training_size(tiny_voc: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    import yaml
+
+    _split_file(tiny_voc, "train_aug").unlink()
+    _split_file(tiny_voc, "test").unlink()
+    report = check_voc(tiny_voc)
+    assert len(report.problems) == 1
+    assert report.problems[0].endswith("train_aug.txt: split 'train_aug' not found, needed by (base recipe)")
+    notes = "\n".join(report.notes)
+    assert "no SBD train_aug list: training can only use train's 4 images instead of train_aug's 10582" in notes
+    assert "--set classifier.data.split=train" in notes
+    # an experiment that trains on train needs no train_aug: the same tree passes
+    exp = tmp_path / "train_only.yaml"
+    train = {"classifier": {"data": {"split": "train"}}, "cam": {"split": "train"}, "ir_labels": {"split": "train"},
+             "affinity": {"data": {"split": "train"}}, "sem_seg": {"split": "train"},
+             "segmenter": {"data": {"split": "train"}}}
+    exp.write_text(yaml.safe_dump({"extends": str(Path(__file__).resolve().parents[1] / "experiments/base.yaml"),
+                                   **train}))
+    assert main(["data", "check", str(tiny_voc)]) == 1
+    assert "needed by (base recipe)" in capsys.readouterr().out
+    assert main(["data", "check", str(tiny_voc), "--experiment", str(exp)]) == 0
+    # an experiment that needs val fails on a tree without it, naming the steps
+    _split_file(tiny_voc, "val").unlink()
+    assert main(["data", "check", str(tiny_voc), "--experiment", str(exp)]) == 1
+    assert "val.txt: split 'val' not found, needed by segmenter, eval_seg" in capsys.readouterr().out
+
+
+def test_tree_without_segmentation_class_aug_says_labels_come_from_xml(tmp_path: Path) -> None:
+    from tests.conftest import make_voc_tree
+
+    make_voc_tree(tmp_path, {"2007_000001": [1], "2007_000002": [3]}, mask_dir="SegmentationClass")
+    report = check_voc(tmp_path)
+    assert report.ok, report.problems
+    assert any("no SegmentationClassAug: the image-level labels of train_aug come from the XML annotations" in n
+               and "all 2 train_aug images still train" in n for n in report.notes)
+
+
+def test_coco_without_val_fails_only_when_needed(tmp_path: Path) -> None:
+    from rpnet_pl.data.check import check_coco
+    from rpnet_pl.io import write_image
+
+    write_image(tmp_path / "train2014" / "COCO_train2014_000000000001.jpg", np.zeros((8, 8, 3), np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 5
+    write_label_png(tmp_path / "masks" / "train2014" / "COCO_train2014_000000000001.png", mask)
+    report = check_coco(tmp_path)
+    assert report.split_sizes == {"train": 1} and report.absent == ["val"]
+    assert len(report.problems) == 1 and "val2014: split 'val' not found, needed by (base recipe)" in report.problems[0]
+    report = check_coco(tmp_path, needs={"train": ["classifier"]})
+    assert report.ok and report.notes == [
+        f"no val split ({tmp_path / 'val2014'} not found): segmentation evaluation (eval_seg) and the val export "
+        "(predict_seg) is skipped"]

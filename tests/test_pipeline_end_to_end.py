@@ -82,3 +82,32 @@ def test_whole_chain_then_resume(tmp_path: Path) -> None:
     assert lost.is_file()
     _, text = write_report(runs)
     assert "| tiny | rpnet |" in text
+
+
+@pytest.mark.slow
+def test_tree_without_test_split_completes_all_but_the_export(tmp_path: Path, capsys, caplog) -> None:
+    """VOC trainval + SBD as people keep it (no test.txt): `data check` passes, every step but the
+    test export completes (one seed, into seed0/), the export is skipped with one line, the report reads."""
+    from rpnet_pl.cli import main
+
+    data = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(data), "--images", "12", "--size", "48", "--classes", "3"]) == 0
+    (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").unlink()
+    capsys.readouterr()
+    assert main(["data", "check", str(data)]) == 0
+    assert "| test | absent |" in capsys.readouterr().out
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump({"extends": str(EXPERIMENTS / "base.yaml"), "name": "tiny",
+                                   "dataset": {"root": str(data)}, **TINY}))
+    runs = tmp_path / "runs"
+    with caplog.at_level("INFO"):
+        assert main(["pipeline", str(exp), "--runs", str(runs), "--logger", "csv", "--seeds", "0"]) == 0
+    run = runs / "tiny" / "seed0"
+    assert all((run / s / ".done").is_file() for s in STEP_ORDER if s != "predict_seg")
+    assert not (run / "predict_seg").exists()
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skip predict_seg")]
+    assert len(skips) == 1 and "no test split" in skips[0] and "--steps predict_seg" in skips[0]
+    assert yaml.safe_load((run / "classifier/config.yaml").read_text())["seed_everything"] == 0
+    _, text = write_report(runs)
+    assert "| tiny | rpnet |" in text and "(n=1)" in text
+    assert "](overlays-tiny-seed0.png)" in text

@@ -119,3 +119,59 @@ def test_failure_cause_of_a_killed_step_names_the_signal() -> None:
     assert failure_cause(["Traceback (most recent call last):", '  File "x.py", line 1',
                           "torch.OutOfMemoryError: CUDA out of memory."], 1) == \
         "torch.OutOfMemoryError: CUDA out of memory."
+
+
+def test_each_seed_is_its_own_run_folder(tmp_path: Path) -> None:
+    cfg = load_experiment(EXPERIMENTS / "demo.yaml", ["dataset.root=/data/voc"])
+    by = {s.name: s for s in plan(cfg, runs_dir=tmp_path, logger="wandb", seed=1)}
+    run = tmp_path / "demo" / "seed1"
+    assert by["classifier"].folder == run / "classifier" and by["predict_seg"].folder == run / "predict_seg"
+    clf = by["classifier"].config
+    assert clf["seed_everything"] == 1 and clf["data"]["seed"] == 1 and by["segmenter"].config["data"]["seed"] == 1
+    assert by["affinity"].config["model"]["weights"] == str(run / "classifier/checkpoints/last.ckpt")
+    cam = by["cam"].argv
+    assert cam[cam.index("--out") + 1] == str(run / "cam" / "cams")
+    wandb = clf["trainer"]["logger"]["init_args"]
+    assert (wandb["group"], wandb["name"], wandb["job_type"]) == ("demo", "demo/seed1/classifier", "classifier")
+    assert "seed1" in wandb["tags"]
+    single = {s.name: s for s in plan(cfg, runs_dir=tmp_path, logger="wandb")}  # no seed: as before
+    assert single["classifier"].folder == tmp_path / "demo" / "classifier"
+    assert "seed_everything" not in single["classifier"].config
+    assert single["classifier"].config["trainer"]["logger"]["init_args"]["name"] == "demo/classifier"
+
+
+def test_pipeline_seeds_skip_complete_seeds_independently(tmp_path: Path, capsys) -> None:
+    from rpnet_pl.cli import main
+
+    argv = ["pipeline", str(EXPERIMENTS / "demo.yaml"), "--runs", str(tmp_path), "--logger", "none",
+            "--data", "/data/voc", "--steps", "classifier", "cam", "--seeds", "0", "1", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for k in (0, 1):
+        assert f"--config {tmp_path}/demo/seed{k}/classifier/config.yaml" in out
+        assert f"--out {tmp_path}/demo/seed{k}/cam/cams" in out
+    for step in ("classifier", "cam"):  # seed 0 complete: only seed 1 would run
+        (tmp_path / "demo" / "seed0" / step).mkdir(parents=True)
+        (tmp_path / "demo" / "seed0" / step / ".done").write_text("argv: []\n")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seed0" not in out and f"{tmp_path}/demo/seed1/cam/cams" in out
+
+
+def test_test_export_is_skipped_without_a_test_split(tiny_voc: Path, tmp_path: Path, caplog) -> None:
+    (tiny_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").unlink()
+    cfg = load_experiment(EXPERIMENTS / "base.yaml", [f"dataset.root={tiny_voc}"])
+    export = [s for s in plan(cfg, runs_dir=tmp_path, logger="none") if s.name == "predict_seg"][0]
+    assert export.optional_split == ("voc", str(tiny_voc), "test")
+    never = Step("predict_seg", [sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "predict_seg",
+                 optional_split=export.optional_split)
+    with caplog.at_level("WARNING"):
+        assert run_steps([never]) == []
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and lines[0].startswith("skip predict_seg: no test split in ")
+    assert "test.txt not found" in lines[0] and "--steps predict_seg" in lines[0]
+    assert not never.folder.exists() and not never.is_done()  # skipped, not marked complete
+    # with the split present the step runs (and here fails, as its command says)
+    (tiny_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").write_text("2007_000001\n")
+    with pytest.raises(StepFailed):
+        run_steps([never])
