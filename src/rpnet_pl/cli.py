@@ -173,10 +173,10 @@ def _eval_refinement(args: argparse.Namespace) -> int:
     from rpnet_pl.stages.affinity import AffinityStage, format_breakdown, refinement_breakdown
     from rpnet_pl.stages.common import write_json
 
-    if not Path(args.ckpt).is_file():
-        raise DatasetError(f"{args.ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
-    stage = AffinityStage.load_from_checkpoint(
-        args.ckpt, map_location="cpu", pretrained=False, weights=None, rw_radius=args.radius, rw_beta=args.beta,
+    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
+
+    stage = load_stage_checkpoint(
+        AffinityStage, args.ckpt, "affinity", pretrained=False, weights=None, rw_radius=args.radius, rw_beta=args.beta,
         bg_threshold=args.bg_threshold, rw_pad_to=args.pad_to or None)
     if torch.cuda.is_available():
         stage = stage.cuda()

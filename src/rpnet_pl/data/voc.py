@@ -29,14 +29,39 @@ SPLITS = ("train", "train_aug", "val", "test")
 _CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 
 
-def resolve_voc_root(root: str | Path) -> Path:
-    """Find the ``VOC2012`` folder from ROOT, ROOT/VOCdevkit or ROOT/VOCdevkit/VOC2012."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(f"{root}: dataset root not found")
+def _voc_folder(root: Path) -> Path | None:
     for cand in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (cand / "ImageSets").is_dir() or (cand / "JPEGImages").is_dir():
             return cand
+    return None
+
+
+def _nearby_voc_root(root: Path) -> Path | None:
+    """A VOC root one or two folders above ``root`` (DATA= pointed inside the tree, e.g. at
+    JPEGImages) or one folder below it (DATA= pointed at the folder holding the dataset)."""
+    for parent in list(root.resolve().parents)[:2]:
+        if _voc_folder(parent) is not None:
+            return parent
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return None
+    return next((c for c in children[:200] if _voc_folder(c) is not None), None)
+
+
+def resolve_voc_root(root: str | Path) -> Path:
+    """Find the ``VOC2012`` folder from ROOT, ROOT/VOCdevkit or ROOT/VOCdevkit/VOC2012.
+
+    A ROOT one level above the dataset or inside the tree is an error that names the right one."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset root not found")
+    found = _voc_folder(root)
+    if found is not None:
+        return found
+    near = _nearby_voc_root(root)
+    if near is not None:
+        raise DatasetError(f"{root}: not a VOC tree, but {near} is one: use DATA={near} (or --root {near})")
     raise DatasetError(
         f"{root}: not a VOC tree (expected VOCdevkit/VOC2012/JPEGImages and ImageSets/Segmentation; "
         "see README 'Real data')"
@@ -44,16 +69,19 @@ def resolve_voc_root(root: str | Path) -> Path:
 
 
 def read_split(voc: Path, split: str) -> list[str]:
-    """Image ids of a split list, in file order, blank lines and duplicates removed."""
+    """Image ids of a split list, in file order, blank lines removed; an id listed twice is kept once,
+    with a warning naming the file and the line."""
     path = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
         hint = " (get SBD's train_aug list; see README 'Real data')" if split == "train_aug" else ""
         raise DatasetError(f"{path}: split file not found{hint}")
     ids: list[str] = []
     seen: set[str] = set()
-    for line in path.read_text().splitlines():
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         token = line.strip().split()[0] if line.strip() else ""
-        if token and token not in seen:
+        if token in seen:
+            log.warning("%s:%d: id %s listed twice; the repeat is skipped", path, lineno, token)
+        elif token:
             seen.add(token)
             ids.append(token)
     if not ids:

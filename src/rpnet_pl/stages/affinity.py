@@ -205,13 +205,12 @@ def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path,
                         devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
     """`rpnet sem-seg-labels`: pseudo masks for every image of ``split`` without a complete PNG."""
     from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.errors import DatasetError
     from rpnet_pl.stages.common import inference_trainer
 
-    if not Path(ckpt).is_file():
-        raise DatasetError(f"{ckpt}: affinity checkpoint not found (train it with `rpnet fit affinity`)")
-    stage = AffinityStage.load_from_checkpoint(
-        ckpt, map_location="cpu", pretrained=False, weights=None, cams_dir=str(cams_dir), out_dir=str(out),
+    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
+
+    stage = load_stage_checkpoint(
+        AffinityStage, ckpt, "affinity", pretrained=False, weights=None, cams_dir=str(cams_dir), out_dir=str(out),
         rw_radius=radius, rw_beta=beta, rw_exp_times=exp_times, bg_threshold=bg_threshold, rw_pad_to=pad_to)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
     reader = dm.reader

@@ -4,6 +4,7 @@ Kept apart from the LightningModule so it can be tested with a hand-made ``cam_f
 """
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -103,8 +104,18 @@ def cam_is_complete(path: Path) -> bool:
 
 
 def write_cam(out_dir: str | Path, image_id: str, record: dict[str, np.ndarray]) -> Path:
+    """Write one CAM file atomically; a full disk is a one-line DatasetError naming the file (the
+    partial temporary file is removed, the CAM files written before stay complete)."""
+    from rpnet_pl.errors import DatasetError
+
     path = cam_path(out_dir, image_id)
-    save_npy(path, record)
+    try:
+        save_npy(path, record)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DatasetError(f"{path}: no space left on device while writing the CAM file (nothing half-written "
+                           "is kept; free space and re-run `rpnet cam`: complete CAM files are skipped)") from None
     return path
 
 

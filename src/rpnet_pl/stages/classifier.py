@@ -193,6 +193,7 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
     its backbone, read from the tensor shapes when not given)."""
     from rpnet_pl.data.datamodules import InferenceDataModule
     from rpnet_pl.errors import DatasetError
+    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
     from rpnet_pl.stages.common import inference_trainer
 
     if not Path(ckpt).is_file():
@@ -201,8 +202,8 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
         stage = ClassifierStage(**reference_classifier_args(ckpt, backbone), cam_out=str(out),
                                 cam_scales=tuple(scales), cam_flip=flip)
     else:
-        stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None,
-                                                     cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
+        stage = load_stage_checkpoint(ClassifierStage, ckpt, "classifier", pretrained=False, weights=None,
+                                      cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
     reader = dm.reader
     dm.skip_ids = {i for i in reader.ids if cam_is_complete(cam_path(out, i))}

@@ -57,11 +57,22 @@ def ir_label(
     fg_threshold: float = 0.30,
     bg_threshold: float = 0.05,
     crf_fn: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = crf_inference_label,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W) uint8 IR label of one image from its high-res CAM record (spec "Stage 2")."""
+    """(H, W) uint8 IR label of one image from its high-res CAM record (spec "Stage 2").
+
+    ``labels``: the image's class indices; a CAM file whose classes differ (from another run or
+    dataset) or whose size differs from the image is a DatasetError naming the file."""
     path = cam_path(cams_dir, image_id)
     rec = read_cam(cams_dir, image_id)
+    keys = [int(k) for k in np.asarray(rec["keys"]).reshape(-1)]
+    if labels is not None and sorted(keys) != sorted(int(c) for c in labels):
+        raise DatasetError(f"{path}: CAM classes {keys} differ from the image's labels "
+                           f"{[int(c) for c in labels]} (a CAM file of another run or dataset?)")
     cams = np.asarray(rec["high_res"], dtype=np.float32)
+    if cams.ndim != 3 or cams.shape[0] != len(keys):
+        raise DatasetError(f"{path}: {cams.shape[0] if cams.ndim else 0} high-res CAM channel(s) for "
+                           f"{len(keys)} class key(s)")
     if cams.shape[1:] != image.shape[:2]:
         raise DatasetError(f"{path}: high-res CAM size {cams.shape[2]}x{cams.shape[1]} differs from its image "
                            f"{image.shape[1]}x{image.shape[0]}")
@@ -86,7 +97,8 @@ def _do_one(image_id: str) -> bool:
     out = ir_label_path(job["out_dir"], image_id)
     if label_is_complete(out, image.shape[:2]):
         return False
-    label = ir_label(job["cams_dir"], image_id, image, job["fg"], job["bg"], job["crf_fn"])
+    label = ir_label(job["cams_dir"], image_id, image, job["fg"], job["bg"], job["crf_fn"],
+                     labels=job["reader"].labels(image_id))
     write_label_png(out, label, job["palette"])
     return True
 

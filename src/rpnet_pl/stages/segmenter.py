@@ -180,13 +180,12 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
     from PIL import Image
 
     from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.errors import DatasetError
     from rpnet_pl.stages.common import inference_trainer
 
-    if not Path(ckpt).is_file():
-        raise DatasetError(f"{ckpt}: segmenter checkpoint not found (train it with `rpnet fit segmenter`)")
-    stage = SegmenterStage.load_from_checkpoint(
-        ckpt, map_location="cpu", pretrained=False, weights=None, pred_dir=str(pred_dir),
+    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
+
+    stage = load_stage_checkpoint(
+        SegmenterStage, ckpt, "segmenter", pretrained=False, weights=None, pred_dir=str(pred_dir),
         crf_dir=str(crf_dir) if crf_dir else None, eval_scales=tuple(scales), eval_flip=flip,
         crf_params=crf_params, label_format=label_format)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]

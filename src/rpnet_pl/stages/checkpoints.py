@@ -1,0 +1,75 @@
+"""Load a stage from the checkpoint given to ``--ckpt``, or say in one line why it is the wrong one.
+
+A checkpoint of another stage (an affinity checkpoint passed to ``rpnet cam``) or whose weights do
+not fit the backbone its hyper-parameters name would otherwise end in a deep traceback from
+``load_state_dict``; here it is a :class:`DatasetError` naming the file.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rpnet_pl.errors import DatasetError
+
+T = TypeVar("T")
+
+_STAGES = {"classifier": "rpnet_pl.stages.classifier:ClassifierStage",
+           "affinity": "rpnet_pl.stages.affinity:AffinityStage",
+           "segmenter": "rpnet_pl.stages.segmenter:SegmenterStage"}
+
+
+def _init_names(cls: type) -> set[str]:
+    return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
+
+
+def _stage_class(name: str) -> type:
+    import importlib
+
+    module, attr = _STAGES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def guess_stage(hparams: dict[str, Any]) -> str | None:
+    """The stage whose ``__init__`` accepts every hyper-parameter of a checkpoint (None: no stage's)."""
+    for name in _STAGES:
+        if set(hparams) <= _init_names(_stage_class(name)):
+            return name
+    return None
+
+
+def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **overrides: Any) -> T:
+    """``cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)`` with one-line errors naming
+    ``ckpt``: missing, unreadable, not a Lightning checkpoint, of another stage, or weights that do not
+    fit the backbone the checkpoint names."""
+    import torch
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {stage} checkpoint not found (train it with `rpnet fit {stage}`)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise DatasetError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise DatasetError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    hparams = dict(raw.get("hyper_parameters") or {})
+    foreign = sorted(set(hparams) - _init_names(cls))
+    if foreign:
+        other = guess_stage(hparams)
+        what = f"{_a(other)} checkpoint" if other else "not a checkpoint of any rpnet stage"
+        raise DatasetError(f"{path}: {what}, not {_a(stage)} one (its hyper-parameters {foreign[:3]} are not the "
+                           f"{stage}'s); pass runs/<experiment>/{stage}/checkpoints/last.ckpt")
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu", **overrides)  # type: ignore[attr-defined]
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise DatasetError(f"{path}: its weights do not fit {_a(stage)} with backbone "
+                           f"{hparams.get('backbone', '?')!r} ({first[:160]})") from None
+
+
+__all__ = ["guess_stage", "load_stage_checkpoint"]
