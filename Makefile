@@ -4,6 +4,8 @@
 #   LOGGER=wandb|csv|tensorboard|none   (W&B runs offline unless WANDB_API_KEY is set)
 #   RUNS=runs                 where run folders go;  DRY=1 prints the commands only
 #   SET='a.b=1 c.d=2'         config overrides
+#   SEEDS='0 1 2'             run every pipeline / ablation once per seed into RUNS/<experiment>/seed<k>/;
+#                             `rpnet report` then shows mean ± std over the seeds (n stated)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,9 +20,12 @@ LOGGER ?= wandb
 RUNS ?= runs
 DRY ?=
 BACKBONE ?=
+SEEDS ?=
+SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
 PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
-	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run) $(if $(SET),--set $(SET))
+	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run) $(if $(SET),--set $(SET)) $(SEED_ARGS) \
+	$(if $(or $(SET),$(SEED_ARGS)),--)
 
 VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101 baseline-resnet50
 COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101 baseline-resnet50
@@ -46,9 +51,9 @@ synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
 	$(RPNET) data check $(SYNTH) --dataset voc
 
 demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet
-	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
-	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run)
-	$(RPNET) report $(RUNS)/demo
+	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(if $(DRY),@echo )$(RPNET) report $(RUNS)/demo
 
 # docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
 # synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.
@@ -58,11 +63,12 @@ demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo
 	@if [ -z "$(DRY)" ] && [ ! -f $(SYNTH_VOCLIKE)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt ]; then \
 		$(RPNET) data synth --out $(SYNTH_VOCLIKE) --object-scale 0.35 0.75 --context family > /dev/null; fi
 	@for e in demo_cam demo; do $(RPNET) pipeline experiments/$$e.yaml --data $(SYNTH_VOCLIKE) --runs $(RUNS)/voclike \
-		--logger $(LOGGER) --steps $(TO_PSEUDO_MASKS) $(if $(DRY),--dry-run) || exit 1; done
-	@for r in demo-cam demo; do for b in learned ground-truth; do \
-		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $(RUNS)/voclike/$$r/affinity/checkpoints/last.ckpt \
-		--cams $(RUNS)/voclike/$$r/cam/cams --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
-		--out $(RUNS)/voclike/$$r/eval_refinement_$$b.json || exit 1; done; done
+		--logger $(LOGGER) --steps $(TO_PSEUDO_MASKS) $(if $(DRY),--dry-run) $(SEED_ARGS) || exit 1; done
+	@for r in demo-cam demo; do for s in $(or $(strip $(SEEDS)),-); do \
+		d=$(RUNS)/voclike/$$r$$([ "$$s" = - ] || echo /seed$$s); for b in learned ground-truth; do \
+		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $$d/affinity/checkpoints/last.ckpt \
+		--cams $$d/cam/cams --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
+		--out $$d/eval_refinement_$$b.json || exit 1; done; done; done
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
 	OMP_NUM_THREADS=2 WANDB_MODE=offline $(PY) -m pytest -q tests
@@ -79,7 +85,7 @@ ABLATION_EXP ?= experiments/voc_resnext50.yaml
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: $(STAMP)  ## a paper table's sweep (beta: V, blocks: IV, gaussian: VI, group-size: VII, data-volume: II, backbone: III); ABLATION_EXP=, BACKBONE=
 	$(RPNET) ablation $* $(ABLATION_EXP) --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
-		$(if $(DATA),--data $(DATA)) $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run)
+		$(if $(DATA),--data $(DATA)) $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run) $(SEED_ARGS)
 
 report: $(STAMP)  ## tables from every run in RUNS -> RUNS/report.md
 	$(if $(DRY),@echo )$(RPNET) report $(RUNS)

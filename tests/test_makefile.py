@@ -52,3 +52,16 @@ def test_demo_voclike_runs_both_chains_to_the_pseudo_masks_and_the_diagnosis(tmp
             assert re.search(rf"eval-refinement --ckpt {runs}/{run}/affinity/checkpoints/last.ckpt .*--boundary "
                              rf"{boundary} --out {runs}/{run}/eval_refinement_{boundary}.json", out)
     assert not runs.exists() and not Path("/d/voclike").exists()  # a dry run writes nothing
+
+
+def test_seeds_run_every_pipeline_and_ablation_once_per_seed(tmp_path: Path) -> None:
+    out = _dry("voc-resnet50", tmp_path, "SEEDS=0 1", "SET=classifier.model.beta=0.3")
+    for k in (0, 1):
+        assert f"fit classifier --config {tmp_path}/voc-resnet50/seed{k}/classifier/config.yaml" in out
+        assert f"predict-seg --ckpt {tmp_path}/voc-resnet50/seed{k}/segmenter/checkpoints/last.ckpt" in out
+    assert f"{tmp_path}/voc-resnet50/classifier" not in out
+    out = _dry("ablation-gaussian", tmp_path, "SEEDS=3")
+    assert re.findall(r"fit classifier --config (\S+)", out) == [
+        f"{tmp_path}/ablation-gaussian/ours-w-gf-miou/seed3/classifier/config.yaml",
+        f"{tmp_path}/ablation-gaussian/ours-w-o-gf-miou/seed3/classifier/config.yaml"]
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
