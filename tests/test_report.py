@@ -207,3 +207,32 @@ def test_ablation_table_over_seeds(tmp_path: Path) -> None:
     assert "| 0.1 | 43.0 ± 2.8 (n=2) |" in text and "| 0.5 | 47.0 |" in text and "| 0.9 | - |" in text
     _, report = write_report(tmp_path)
     assert "](ablation-beta.png)" in report
+
+
+def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> None:
+    import numpy as np
+
+    from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
+    from rpnet_pl.io import read_image, read_label_png
+    from rpnet_pl.report import _step_split, legend_entries, overlay_rows
+    from rpnet_pl.stages.visuals import overlay_labels
+    from tests.conftest import make_voc_tree
+
+    ids = ["2007_000001", "2007_000002"]
+    voc = make_voc_tree(tmp_path / "data", {ids[0]: [1], ids[1]: [1, 2]})
+    (voc / "SegmentationClassAug" / f"{ids[1]}.png").unlink()  # no ground truth: an "n/a" tile
+    run = _figure_run(tmp_path / "runs", tmp_path / "data", ids)
+    rows = overlay_rows(run, 0.15)
+    assert [r[0] for r in rows] == ids and all(len(tiles) == 4 for _, tiles in rows)
+    image = read_image(voc / "JPEGImages" / f"{ids[0]}.jpg")
+    gt = read_label_png(voc / "SegmentationClassAug" / f"{ids[0]}.png")
+    np.testing.assert_array_equal(rows[0][1][1], overlay_labels(image, gt, voc_palette()))
+    assert rows[1][1][1] is None
+    # the legend: every label value shown, in order, with its VOC colour; 255 is "ignore"
+    assert legend_entries([np.array([[0, 15], [255, 1]])], VOC_CLASSES, voc_palette()) == [
+        ("background", [0, 0, 0]), ("aeroplane", [128, 0, 0]), ("person", [192, 128, 128]),
+        ("ignore", [224, 224, 192])]
+    # the split in a figure's title is the one the step ran on
+    assert _step_split(run, "cam", "train_aug") == "train_aug"  # no .done: the default
+    (run / "cam" / ".done").write_text("argv: [python, -m, rpnet_pl.cli, cam, --split, train, --out, x]\n")
+    assert _step_split(run, "cam", "train_aug") == "train"
