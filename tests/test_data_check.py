@@ -119,3 +119,18 @@ def test_coco_without_val_fails_only_when_needed(tmp_path: Path) -> None:
     assert report.ok and report.notes == [
         f"no val split ({tmp_path / 'val2014'} not found): segmentation evaluation (eval_seg) and the val export "
         "(predict_seg) is skipped"]
+
+
+def test_needed_splits_of_the_experiments() -> None:
+    from rpnet_pl.config import load_experiment
+    from rpnet_pl.data.splits import needed_splits, step_splits
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    voc = load_experiment(experiments / "voc_resnext50.yaml")
+    assert step_splits(voc)["test"] == ["predict_seg"]
+    assert needed_splits(voc, "voc") == {
+        "train_aug": ["classifier", "cam", "ir_labels", "affinity", "sem_seg", "segmenter"],
+        "train": ["eval_cam", "eval_sem_seg"], "val": ["segmenter", "eval_seg"]}  # test: optional
+    coco = load_experiment(experiments / "coco_resnet50.yaml")
+    assert set(needed_splits(coco, "coco")) == {"train", "val"} and needed_splits(coco, "coco")["val"] == ["eval_seg"]
+    assert needed_splits(None, "voc") == {s: ["(base recipe)"] for s in ("train_aug", "train", "val")}

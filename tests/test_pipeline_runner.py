@@ -132,7 +132,7 @@ def test_each_seed_is_its_own_run_folder(tmp_path: Path) -> None:
     cam = by["cam"].argv
     assert cam[cam.index("--out") + 1] == str(run / "cam" / "cams")
     wandb = clf["trainer"]["logger"]["init_args"]
-    assert (wandb["group"], wandb["name"], wandb["job_type"]) == ("demo", "demo/seed1/classifier", "classifier")
+    assert (wandb["group"], wandb["name"]) == ("demo", "demo/seed1/classifier")
     assert "seed1" in wandb["tags"]
     single = {s.name: s for s in plan(cfg, runs_dir=tmp_path, logger="wandb")}  # no seed: as before
     assert single["classifier"].folder == tmp_path / "demo" / "classifier"

@@ -192,7 +192,9 @@ def test_disk_full_while_writing_cams(tiny_voc: Path, tmp_path: Path, monkeypatc
     or temporary file; after space is freed the re-run writes only the missing ones."""
     from rpnet_pl.stages.cam_inference import cam_is_complete
 
-    ckpt, out = _save(_classifier(), tmp_path / "classifier.ckpt"), tmp_path / "cams"
+    # as `rpnet fit` (LightningCLI) saves it: with the _instantiator key, which is not an init argument
+    ckpt = _save(_classifier(), tmp_path / "classifier.ckpt", _instantiator="pytorch_lightning.cli.instantiate_module")
+    out = tmp_path / "cams"
     real_save, calls = np.save, []
 
     def full_disk(fh, obj, **kwargs) -> None:

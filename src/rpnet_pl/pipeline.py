@@ -100,8 +100,8 @@ def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags:
         offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
         return {"class_path": "pytorch_lightning.loggers.WandbLogger",
                 "init_args": {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": "/".join(parts),
-                              "group": experiment, "job_type": stage, "tags": list(tags),
-                              "save_dir": str(save_dir), "offline": offline}}
+                              "group": experiment, "tags": list(tags), "save_dir": str(save_dir),
+                              "offline": offline}}
     raise ConfigError(f"LOGGER must be wandb, csv, tensorboard or none, got {kind!r}")
 
 

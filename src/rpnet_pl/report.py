@@ -474,6 +474,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     runs = [summarise(p) for p in run_dirs]
     text = ("# rpnet-pl report\n\n## Table I: seeds, pseudo masks (+ BR) and segmentation (mIoU %)\n\n"
             + summary_table(runs) + "\n")
+    if any(r.n_seeds for r in runs):
+        text += ("\nA run over seeds (`seed<k>/` folders) shows mean ± std (sample std) over the seeds that have "
+                 "the number, n = how many.\n")
     for dataset, table in (("voc", "VIII"), ("coco", "X")):
         seg = segmentation_table(runs, dataset)
         if seg:

@@ -23,6 +23,11 @@ def _init_names(cls: type) -> set[str]:
     return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
 
 
+def _own_keys(hparams: dict[str, Any]) -> set[str]:
+    """The stage's hyper-parameters, without the ones LightningCLI adds (``_instantiator``, ...)."""
+    return {k for k in hparams if not k.startswith("_")}
+
+
 def _stage_class(name: str) -> type:
     import importlib
 
@@ -37,7 +42,7 @@ def _a(word: str) -> str:
 def guess_stage(hparams: dict[str, Any]) -> str | None:
     """The stage whose ``__init__`` accepts every hyper-parameter of a checkpoint (None: no stage's)."""
     for name in _STAGES:
-        if set(hparams) <= _init_names(_stage_class(name)):
+        if _own_keys(hparams) <= _init_names(_stage_class(name)):
             return name
     return None
 
@@ -58,7 +63,7 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise DatasetError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(raw.get("hyper_parameters") or {})
-    foreign = sorted(set(hparams) - _init_names(cls))
+    foreign = sorted(_own_keys(hparams) - _init_names(cls))
     if foreign:
         other = guess_stage(hparams)
         what = f"{_a(other)} checkpoint" if other else "not a checkpoint of any rpnet stage"
