@@ -484,6 +484,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     per_class = per_class_table(runs)
     if per_class:
         text += "\n## Table XI: per-class IoU on VOC val (%)\n\n" + per_class + "\n"
+        if any(r.n_seeds for r in runs):
+            text += ("\nOver seeds, each class is the mean over the seeds that scored it, and the mIoU column the "
+                     "mean of those class means (Table I and VIII give the mean of each seed's mIoU).\n")
     for run in run_dirs:
         figures = run_figures(figure_run(run), folder, label=_run_label(run, Path(runs_dir)))
         if figures:

@@ -61,13 +61,13 @@ def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = 
     if path.exists():
         return None
     if dataset == "voc" and split == "test":
-        how = ("add the VOC2012 test download (its JPEGImages and ImageSets/Segmentation/test.txt) to the tree, "
-               f"then run `rpnet pipeline EXPERIMENT --steps {step}`")
+        what = "the VOC2012 test download (its JPEGImages and ImageSets/Segmentation/test.txt)"
     elif dataset == "voc":
-        how = f"add {path.name} to {path.parent}, then run `rpnet pipeline EXPERIMENT --steps {step}`"
+        what = f"{path.name} in {path.parent}"
     else:
-        how = f"download COCO 2014 {path.name} into {path.parent}, then run `rpnet pipeline EXPERIMENT --steps {step}`"
-    return f"no {split} split in {root} ({path} not found); to add it, {how}"
+        what = f"COCO 2014 {path.name} in {path.parent}"
+    return (f"no {split} split in {root} ({path} not found); to run it later, add {what} and run "
+            f"`rpnet pipeline EXPERIMENT --steps {step}`")
 
 
 def step_splits(cfg: dict[str, Any]) -> dict[str, list[str]]:
