@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.stages.common import set_memory_format
 
 Step = Callable[[], None]
@@ -374,7 +375,8 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
 
 
 def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500), channels: int = 2,
-                          radius: int = 5, beta: float = 10.0, exp_times: int = 8, iters: int = 3, warmup: int = 1,
+                          radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
+                          exp_times: int = RANDOM_WALK.exp_times, iters: int = 3, warmup: int = 1,
                           device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
                           min_time: float = 0.0) -> BenchResult:
     """Pseudo mask of one (H, W) image: flip-averaged boundary map (padded to 512 as IRN), random

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.ops.params import IR_LABELS, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
 
 log = logging.getLogger("rpnet")
 
@@ -90,8 +91,17 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _add_pad_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pad-to", type=int, default=512, help="zero-pad each image to this square before the "
+    p.add_argument("--pad-to", type=int, default=RANDOM_WALK.pad_to, help="zero-pad each image to this square before the "
                    "boundary network, as IRN does (512 for VOC-size images; 0: no padding)")
+
+
+def _add_walk_args(p: argparse.ArgumentParser) -> None:
+    """``--radius``, ``--beta`` and ``--bg-threshold`` of the random walk (defaults: ``RANDOM_WALK``)."""
+    p.add_argument("--radius", type=int, default=RANDOM_WALK.radius,
+                   help="affinity radius of the random walk (stride-4 pixels)")
+    p.add_argument("--beta", type=float, default=RANDOM_WALK.beta, help="affinity power")
+    p.add_argument("--bg-threshold", type=float, default=RANDOM_WALK.bg_threshold,
+                   help="background score of the seeds before the walk")
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str, root_required: bool = True) -> None:
@@ -245,12 +255,12 @@ def _predict_seg(args: argparse.Namespace) -> int:
 
 def _add_crf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("denseCRF (deeplab-style post-processing)")
-    g.add_argument("--crf-iters", type=int, default=10, help="mean-field iterations")
-    g.add_argument("--crf-pos-w", type=float, default=3.0, help="smoothness kernel weight")
-    g.add_argument("--crf-pos-xy", type=float, default=3.0, help="smoothness kernel width (pixels)")
-    g.add_argument("--crf-bi-w", type=float, default=4.0, help="appearance kernel weight")
-    g.add_argument("--crf-bi-xy", type=float, default=67.0, help="appearance kernel width (pixels)")
-    g.add_argument("--crf-bi-rgb", type=float, default=3.0, help="appearance kernel colour width")
+    g.add_argument("--crf-iters", type=int, default=PROB_CRF.t, help="mean-field iterations")
+    g.add_argument("--crf-pos-w", type=float, default=PROB_CRF.pos_w, help="smoothness kernel weight")
+    g.add_argument("--crf-pos-xy", type=float, default=PROB_CRF.pos_xy, help="smoothness kernel width (pixels)")
+    g.add_argument("--crf-bi-w", type=float, default=PROB_CRF.bi_w, help="appearance kernel weight")
+    g.add_argument("--crf-bi-xy", type=float, default=PROB_CRF.bi_xy, help="appearance kernel width (pixels)")
+    g.add_argument("--crf-bi-rgb", type=float, default=PROB_CRF.bi_rgb, help="appearance kernel colour width")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -508,9 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
     p.add_argument("--out", required=True, help="output folder, one ID.png per image")
     _add_data_args(p, "train_aug")
-    p.add_argument("--fg-threshold", type=float, default=0.30,
+    p.add_argument("--fg-threshold", type=float, default=IR_LABELS.fg_threshold,
                    help="background score of the map whose foreground is kept (confident foreground)")
-    p.add_argument("--bg-threshold", type=float, default=0.05,
+    p.add_argument("--bg-threshold", type=float, default=IR_LABELS.bg_threshold,
                    help="background score of the map whose background is kept (confident background)")
     p.add_argument("--no-crf", action="store_true", help="threshold only, no denseCRF")
     p.add_argument("--workers", type=int, default=None, help="CPU processes (default: all cores; 0 = inline)")
@@ -528,10 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
     p.add_argument("--out", required=True, help="output folder, one palette PNG per image")
     _add_data_args(p, "train_aug")
-    p.add_argument("--radius", type=int, default=5, help="affinity radius of the random walk (stride-4 pixels)")
-    p.add_argument("--beta", type=float, default=10.0, help="affinity power")
-    p.add_argument("--exp-times", type=int, default=8, help="random walk of 2**exp_times steps")
-    p.add_argument("--bg-threshold", type=float, default=0.25, help="background score of the seeds before the walk")
+    _add_walk_args(p)
+    p.add_argument("--exp-times", type=int, default=RANDOM_WALK.exp_times, help="random walk of 2**exp_times steps")
     _add_pad_arg(p)
     _add_device_args(p)
     p.set_defaults(func=_sem_seg_labels)
@@ -541,10 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
     _add_data_args(p, "train")
-    p.add_argument("--exp-times", type=int, nargs="+", default=[0, 2, 8], help="walks of 2**e steps to score")
-    p.add_argument("--radius", type=int, default=5, help="affinity radius of the random walk (stride-4 pixels)")
-    p.add_argument("--beta", type=float, default=10.0, help="affinity power")
-    p.add_argument("--bg-threshold", type=float, default=0.25, help="background score of the seeds before the walk")
+    p.add_argument("--exp-times", type=int, nargs="+", default=list(REFINEMENT_EXP_TIMES),
+                   help="walks of 2**e steps to score")
+    _add_walk_args(p)
     p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
                    help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
                         "(what the walk can do with these seeds when the boundary is right)")

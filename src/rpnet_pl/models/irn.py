@@ -34,6 +34,7 @@ from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.models.backbones import Backbone, build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
 from rpnet_pl.ops.affinity import affinity_labels
+from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.ops.path_index import search_directions, source_window
 
 #: Denominator guard of IRN's displacement losses (``2 * sum(label) + 1e-5``).
@@ -45,7 +46,7 @@ DP_FUSED = 256
 #: Channels of each edge-branch level (IRN ``fc_edge1..5``).
 EDGE_CHANNELS = 32
 #: IRN's ``EdgeDisplacement(crop_size=512)``: inference images are zero-padded to this size.
-IRN_INFER_PAD = 512
+IRN_INFER_PAD = RANDOM_WALK.pad_to
 
 
 def _groups(channels: int) -> int:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.ops.crf import crf_inference_label
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
+from rpnet_pl.ops.params import IR_LABELS
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -87,8 +88,8 @@ def cam_to_ir_label(
     cams: ArrayLike,
     keys: ArrayLike | Sequence[int],
     image: np.ndarray,
-    fg_thres: float = 0.30,
-    bg_thres: float = 0.05,
+    fg_thres: float = IR_LABELS.fg_threshold,
+    bg_thres: float = IR_LABELS.bg_threshold,
     crf_fn: CrfLabelFn | None = crf_inference_label,
     ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:

@@ -16,6 +16,8 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
+from rpnet_pl.ops.params import LABEL_CRF, PROB_CRF
+
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
@@ -31,19 +33,19 @@ def crf_inference_label(
     labels: np.ndarray,
     n_labels: int,
     *,
-    t: int = 10,
-    gt_prob: float = 0.7,
-    gauss_sxy: float = 3.0,
-    gauss_compat: float = 3.0,
-    bi_sxy: float = 50.0,
-    bi_srgb: float = 5.0,
-    bi_compat: float = 10.0,
+    t: int = LABEL_CRF.t,
+    gt_prob: float = LABEL_CRF.gt_prob,
+    gauss_sxy: float = LABEL_CRF.gauss_sxy,
+    gauss_compat: float = LABEL_CRF.gauss_compat,
+    bi_sxy: float = LABEL_CRF.bi_sxy,
+    bi_srgb: float = LABEL_CRF.bi_srgb,
+    bi_compat: float = LABEL_CRF.bi_compat,
 ) -> np.ndarray:
     """Refine a label map with a dense CRF whose unary comes from the labels themselves.
 
     image: (H, W, 3) uint8 RGB. labels: (H, W) ints in ``[0, n_labels)`` (every label is
     trusted with probability ``gt_prob``; none is "unsure"). Returns (H, W) int64 labels.
-    Defaults: spec "Stage 2", IR labels (IRN's ``crf_inference_label``).
+    Defaults: :data:`rpnet_pl.ops.params.LABEL_CRF` (spec "Stage 2", IRN's ``crf_inference_label``).
     """
     image = _check_image(image)
     labels = np.asarray(labels)
@@ -66,17 +68,18 @@ def crf_inference_prob(
     image: np.ndarray,
     probs: np.ndarray,
     *,
-    t: int = 10,
-    pos_w: float = 3.0,
-    pos_xy: float = 3.0,
-    bi_w: float = 4.0,
-    bi_xy: float = 67.0,
-    bi_rgb: float = 3.0,
+    t: int = PROB_CRF.t,
+    pos_w: float = PROB_CRF.pos_w,
+    pos_xy: float = PROB_CRF.pos_xy,
+    bi_w: float = PROB_CRF.bi_w,
+    bi_xy: float = PROB_CRF.bi_xy,
+    bi_rgb: float = PROB_CRF.bi_rgb,
 ) -> np.ndarray:
     """DeepLab-style dense CRF on class probabilities (spec "Stage 3", paper Sec. IV-B).
 
     image: (H, W, 3) uint8 RGB; probs: (C, H, W) probabilities (softmax output; clipped away
     from 0 inside). Returns the refined (C, H, W) float32 marginals; take ``argmax(0)``.
+    Defaults: :data:`rpnet_pl.ops.params.PROB_CRF`.
     """
     image = _check_image(image)
     probs = np.asarray(probs, dtype=np.float32)

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from rpnet_pl.ops.affinity import affinity_from_boundary
+from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.ops.path_index import pairs_for_size, source_window, valid_pair_mask
 
 
-def transition_matrix_sparse(aff: torch.Tensor, radius: int, beta: float = 10.0) -> torch.Tensor:
+def transition_matrix_sparse(aff: torch.Tensor, radius: int, beta: float = RANDOM_WALK.beta) -> torch.Tensor:
     """Sparse (hw, hw) column-stochastic transition matrix from pair affinities.
 
     aff: (D, h, w); ``aff[d, y, x]`` is the affinity of pixel (y, x) to (y, x) +
@@ -90,9 +91,9 @@ def dense_random_walk_reference(cams: torch.Tensor, trans_dense: torch.Tensor, e
 def propagate_cams(
     cams: torch.Tensor,
     boundary: torch.Tensor,
-    radius: int = 5,
-    beta: float = 10.0,
-    exp_times: int = 8,
+    radius: int = RANDOM_WALK.radius,
+    beta: float = RANDOM_WALK.beta,
+    exp_times: int = RANDOM_WALK.exp_times,
 ) -> torch.Tensor:
     """Spec "Pseudo masks" up to the random walk (IRN's ``propagate_to_edge``).
 
@@ -120,7 +121,7 @@ def sem_seg_from_rw(
     rw: torch.Tensor,
     keys: Sequence[int] | np.ndarray | torch.Tensor,
     image_size: tuple[int, int],
-    bg: float = 0.25,
+    bg: float = RANDOM_WALK.bg_threshold,
 ) -> np.ndarray:
     """Pseudo mask from propagated CAMs (spec "Pseudo masks", IRN's ``make_sem_seg_labels``).
 

@@ -19,6 +19,7 @@ from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss, mask_boundary
+from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
@@ -114,10 +115,10 @@ class AffinityStage(pl.LightningModule):
         displacement_loss: bool = True,
         label_reduction: LabelReduction = "pil",
         displacement_lr_mult: float = 10.0,
-        rw_radius: int = 5,
-        rw_beta: float = 10.0,
-        rw_exp_times: int = 8,
-        bg_threshold: float = 0.25,
+        rw_radius: int = RANDOM_WALK.radius,
+        rw_beta: float = RANDOM_WALK.beta,
+        rw_exp_times: int = RANDOM_WALK.exp_times,
+        bg_threshold: float = RANDOM_WALK.bg_threshold,
         rw_pad_to: int | None = IRN_INFER_PAD,
         cams_dir: str | None = None,
         out_dir: str | None = None,
@@ -200,8 +201,9 @@ class AffinityStage(pl.LightningModule):
 
 
 def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
-                        split: str = "train_aug", radius: int = 5, beta: float = 10.0, exp_times: int = 8,
-                        bg_threshold: float = 0.25, pad_to: int | None = IRN_INFER_PAD,
+                        split: str = "train_aug", radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
+                        exp_times: int = RANDOM_WALK.exp_times, bg_threshold: float = RANDOM_WALK.bg_threshold,
+                        pad_to: int | None = IRN_INFER_PAD,
                         devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
     """`rpnet sem-seg-labels`: pseudo masks for every image of ``split`` without a complete PNG."""
     from rpnet_pl.data.datamodules import InferenceDataModule
@@ -231,8 +233,8 @@ def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path,
 
 # -- where refinement gains or loses -----------------------------------------------------------
 def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Tensor, image_size: tuple[int, int],
-                     exp_times: Sequence[int] = (0, 2, 8), radius: int = 5, beta: float = 10.0,
-                     bg: float = 0.25) -> dict[str, np.ndarray]:
+                     exp_times: Sequence[int] = REFINEMENT_EXP_TIMES, radius: int = RANDOM_WALK.radius,
+                     beta: float = RANDOM_WALK.beta, bg: float = RANDOM_WALK.bg_threshold) -> dict[str, np.ndarray]:
     """Pseudo masks of one image after each step of the refinement (spec "Pseudo masks"):
 
     * ``cam``: the strided CAMs alone (x4 up, global max, background ``bg``, argmax);
@@ -253,7 +255,7 @@ BOUNDARY_SOURCES = ("learned", "ground_truth")
 
 
 def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, dataset: str = "voc",
-                         split: str = "train", exp_times: Sequence[int] = (0, 2, 8),
+                         split: str = "train", exp_times: Sequence[int] = REFINEMENT_EXP_TIMES,
                          boundary_source: str = "learned") -> dict[str, Any]:
     """mIoU and foreground share of the pseudo masks after each step of :func:`refinement_steps` over
     a split with ground truth (a diagnosis of the Table I "+ BR" gain; `rpnet eval-refinement`).

@@ -26,6 +26,7 @@ from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import read_label_png, write_label_png
 from rpnet_pl.ops.cam import cam_to_ir_label
 from rpnet_pl.ops.crf import crf_inference_label
+from rpnet_pl.ops.params import IR_LABELS
 from rpnet_pl.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 
@@ -54,8 +55,8 @@ def ir_label(
     cams_dir: str | Path,
     image_id: str,
     image: np.ndarray,
-    fg_threshold: float = 0.30,
-    bg_threshold: float = 0.05,
+    fg_threshold: float = IR_LABELS.fg_threshold,
+    bg_threshold: float = IR_LABELS.bg_threshold,
     crf_fn: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = crf_inference_label,
     labels: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -114,8 +115,8 @@ def make_ir_labels(
     root: str | Path,
     dataset: DatasetName = "voc",
     split: str = "train_aug",
-    fg_threshold: float = 0.30,
-    bg_threshold: float = 0.05,
+    fg_threshold: float = IR_LABELS.fg_threshold,
+    bg_threshold: float = IR_LABELS.bg_threshold,
     crf: bool = True,
     workers: int | None = None,
     chunksize: int | None = None,
