@@ -48,3 +48,12 @@ def test_dry_run_lists_each_variant(capsys, tmp_path: Path) -> None:
                  "--logger", "none", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count(" fit classifier ") == 2 and "ablation-gaussian/ours-w-gf-miou" in out
+
+
+def test_table_iii_rows_are_registered_backbones() -> None:
+    """The backbone sweep's rows name backbones of the one registry (models.backbones.BACKBONES)."""
+    from rpnet_pl.ablations import TABLE_III_BACKBONES
+    from rpnet_pl.models.backbones import BACKBONES
+
+    assert set(TABLE_III_BACKBONES) <= set(BACKBONES)
+    assert [v.label for v in sweeps()["backbone"].variants][::2] == list(TABLE_III_BACKBONES)

@@ -11,6 +11,7 @@ import pytest
 
 from rpnet_pl.cli import build_parser
 from rpnet_pl.ops.params import IR_LABELS, LABEL_CRF, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
+from rpnet_pl.step_args import crf_params
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rpnet_pl"
 
@@ -168,9 +169,8 @@ def test_ir_label_cli_defaults_equal_the_op_and_stage_defaults() -> None:
 
 @pytest.mark.parametrize("command", ["eval-seg", "predict-seg"])
 def test_crf_cli_defaults_equal_the_op_defaults(command: str) -> None:
-    from rpnet_pl.cli import _crf_params
     from rpnet_pl.ops.crf import crf_inference_label, crf_inference_prob
 
     cli = _parse(command, "--ckpt", "c", "--out", "o", "--root", "r")
-    assert _crf_params(cli) == _signature_defaults(crf_inference_prob) == vars(PROB_CRF)
+    assert crf_params(cli) == _signature_defaults(crf_inference_prob) == vars(PROB_CRF)
     assert _signature_defaults(crf_inference_label) == vars(LABEL_CRF)

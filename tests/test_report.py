@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from rpnet_pl.cli import main
-from rpnet_pl.report import find_runs, summarise_run, write_report
+from rpnet_pl.report import write_report
+from rpnet_pl.summary import find_runs, summarise_run
 
 
 def _fake_run(root: Path, name: str, method: str, seeds: float, pseudo: float | None) -> None:

@@ -15,7 +15,8 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.seeds import Stat, format_pct
 
 SEED_STEPS = ("classifier", "cam", "eval_cam")
-BACKBONES = ("resnet50", "resnet101", "xception", "wide_resnet50", "wide_resnet101", "resnext50", "resnext101")
+#: Rows of Table III, in the paper's order (each a name of :data:`rpnet_pl.models.backbones.BACKBONES`).
+TABLE_III_BACKBONES = ("resnet50", "resnet101", "xception", "wide_resnet50", "wide_resnet101", "resnext50", "resnext101")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def sweeps(backbone: str | None = None) -> dict[str, Sweep]:
                              notes="Each class keeps ceil(fraction x n_c) of its images; an image with several "
                                    "classes is kept when any of its classes keeps it (see data/sampler.py)."),
         "backbone": Sweep("III", "Backbones", tuple(
-            v for b in BACKBONES for v in (Variant(b, (f"classifier.model.backbone={b}",), "Enhanced"),
+            v for b in TABLE_III_BACKBONES for v in (Variant(b, (f"classifier.model.backbone={b}",), "Enhanced"),
                                            Variant(b, (f"classifier.model.backbone={b}",) + cam, "Base"))),
             "Backbone", columns=("Enhanced", "Base")),
     }
@@ -109,7 +110,7 @@ def get_sweep(name: str, backbone: str | None = None) -> Sweep:
 def collect(sweep_name: str, sweep: Sweep, runs_dir: str | Path) -> dict[tuple[str, str], float | Stat | None]:
     """Read each variant's seed mIoU from its run folder (None where it has not run; mean ± std over
     its ``seed<k>/`` runs when it has some)."""
-    from rpnet_pl.report import summarise
+    from rpnet_pl.summary import summarise
 
     out: dict[tuple[str, str], float | Stat | None] = {}
     for v in sweep.variants:

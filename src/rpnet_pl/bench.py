@@ -39,7 +39,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -736,14 +736,9 @@ def append_section(path: str | os.PathLike, section: str, header: str = BENCH_HE
     return path
 
 
-def results_as_dicts(results: Sequence[BenchResult]) -> list[dict[str, object]]:
-    """Plain dicts (for JSON)."""
-    return [asdict(r) for r in results]
-
-
 __all__ = [
     "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile", "append_section",
     "cam_inference", "classifier_train", "deeplab_inference", "deeplab_train", "format_section", "get_profile",
     "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "resolve_device",
-    "results_as_dicts", "run_case", "run_profile",
+    "run_case", "run_profile",
 ]

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rpnet_pl import layout, step_args
 from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.ops.params import IR_LABELS, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
+from rpnet_pl.ops.params import REFINEMENT_EXP_TIMES
 
 log = logging.getLogger("rpnet")
 
@@ -88,32 +89,6 @@ def _fit(args: argparse.Namespace) -> int:
         trainer_defaults={"use_distributed_sampler": False},
     )
     return 0
-
-
-def _add_pad_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pad-to", type=int, default=RANDOM_WALK.pad_to, help="zero-pad each image to this square before the "
-                   "boundary network, as IRN does (512 for VOC-size images; 0: no padding)")
-
-
-def _add_walk_args(p: argparse.ArgumentParser) -> None:
-    """``--radius``, ``--beta`` and ``--bg-threshold`` of the random walk (defaults: ``RANDOM_WALK``)."""
-    p.add_argument("--radius", type=int, default=RANDOM_WALK.radius,
-                   help="affinity radius of the random walk (stride-4 pixels)")
-    p.add_argument("--beta", type=float, default=RANDOM_WALK.beta, help="affinity power")
-    p.add_argument("--bg-threshold", type=float, default=RANDOM_WALK.bg_threshold,
-                   help="background score of the seeds before the walk")
-
-
-def _add_data_args(p: argparse.ArgumentParser, split: str, root_required: bool = True) -> None:
-    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="dataset layout")
-    p.add_argument("--root", required=root_required, help="dataset root (see `rpnet data check`)")
-    p.add_argument("--split", default=split, help="image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", default="auto", help="devices per node (DDP when more than one)")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes (DDP)")
-    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (Lightning's names)")
 
 
 def _devices(value: str) -> int | str:
@@ -198,11 +173,6 @@ def _eval_refinement(args: argparse.Namespace) -> int:
     return 0
 
 
-def _crf_params(args: argparse.Namespace) -> dict[str, float]:
-    return {"t": args.crf_iters, "pos_w": args.crf_pos_w, "pos_xy": args.crf_pos_xy, "bi_w": args.crf_bi_w,
-            "bi_xy": args.crf_bi_xy, "bi_rgb": args.crf_bi_rgb}
-
-
 def _eval_seg(args: argparse.Namespace) -> int:
     from rpnet_pl.stages.common import write_json
     from rpnet_pl.stages.evaluate import evaluate_masks, format_report
@@ -212,7 +182,7 @@ def _eval_seg(args: argparse.Namespace) -> int:
     crf_dir = None if args.no_crf else out / "pred_crf"
     _, rank_zero = predict_segmentation(
         args.ckpt, out / "pred", args.root, args.dataset, args.split, crf_dir=crf_dir, scales=args.scales,
-        flip=not args.no_flip, crf_params=_crf_params(args), devices=_devices(args.devices),
+        flip=not args.no_flip, crf_params=step_args.crf_params(args), devices=_devices(args.devices),
         num_nodes=args.num_nodes, accelerator=args.accelerator)
     if not rank_zero:  # under DDP one process scores the predictions all ranks wrote
         return 0
@@ -222,7 +192,7 @@ def _eval_seg(args: argparse.Namespace) -> int:
     for key, res in results.items():
         print(format_report(res, title=f"{args.split} ({key.replace('_', ' ')})"))
         print()
-    print(f"wrote {write_json(out / 'metrics.json', results)}")
+    print(f"wrote {write_json(out / layout.METRICS, results)}")
     return 0
 
 
@@ -243,7 +213,7 @@ def _predict_seg(args: argparse.Namespace) -> int:
     raw = out / "raw"
     if args.crf:
         predict_segmentation(args.ckpt, raw, root, dataset, args.split, crf_dir=folder, scales=args.scales,
-                             flip=not args.no_flip, crf_params=_crf_params(args), label_format=fmt,
+                             flip=not args.no_flip, crf_params=step_args.crf_params(args), label_format=fmt,
                              devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
     else:
         predict_segmentation(args.ckpt, folder, root, dataset, args.split, scales=args.scales,
@@ -251,16 +221,6 @@ def _predict_seg(args: argparse.Namespace) -> int:
                              num_nodes=args.num_nodes, accelerator=args.accelerator)
     print(f"predictions in {folder}")
     return 0
-
-
-def _add_crf_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("denseCRF (deeplab-style post-processing)")
-    g.add_argument("--crf-iters", type=int, default=PROB_CRF.t, help="mean-field iterations")
-    g.add_argument("--crf-pos-w", type=float, default=PROB_CRF.pos_w, help="smoothness kernel weight")
-    g.add_argument("--crf-pos-xy", type=float, default=PROB_CRF.pos_xy, help="smoothness kernel width (pixels)")
-    g.add_argument("--crf-bi-w", type=float, default=PROB_CRF.bi_w, help="appearance kernel weight")
-    g.add_argument("--crf-bi-xy", type=float, default=PROB_CRF.bi_xy, help="appearance kernel width (pixels)")
-    g.add_argument("--crf-bi-rgb", type=float, default=PROB_CRF.bi_rgb, help="appearance kernel colour width")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -496,86 +456,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
     p = sub.add_parser("cam", help="multi-scale + flip CAM seeds of a split from a classifier checkpoint")
-    p.add_argument("--ckpt", required=True, help="classifier checkpoint (runs/<exp>/classifier/checkpoints/last.ckpt), "
-                   "or a state dict of the public RPNet/IRN code (e.g. sess/res50_cam.pth)")
-    p.add_argument("--out", required=True, help="output folder, one ID.npy per image")
-    _add_data_args(p, "train_aug")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0],
-                   help="input scales, summed (default: 1.0 0.5 1.5 2.0)")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
-    p.add_argument("--backbone", default=None, help="backbone of a reference-code checkpoint (default: read from "
-                   "its tensor shapes)")
-    _add_device_args(p)
+    step_args.add_cam_args(p)
     p.set_defaults(func=_cam)
     p = sub.add_parser("eval-cam", help="mIoU of CAM seeds against the ground truth, over a threshold sweep")
-    p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
-    _add_data_args(p, "train")
-    p.add_argument("--thresholds", type=float, nargs="+", help="background thresholds (default 0.05..0.60 and 0.16)")
-    p.add_argument("--strided", action="store_true", help="score the stride-4 CAMs (upsampled) instead of high-res")
-    p.add_argument("--out", help="write the metrics as JSON here")
+    step_args.add_eval_cam_args(p)
     p.set_defaults(func=_eval_cam)
     p = sub.add_parser("ir-labels", help="IR labels (confident fg / bg / 255) from high-res CAMs, with denseCRF")
-    p.add_argument("--cams", required=True, help="folder of ID.npy CAM files (`rpnet cam`)")
-    p.add_argument("--out", required=True, help="output folder, one ID.png per image")
-    _add_data_args(p, "train_aug")
-    p.add_argument("--fg-threshold", type=float, default=IR_LABELS.fg_threshold,
-                   help="background score of the map whose foreground is kept (confident foreground)")
-    p.add_argument("--bg-threshold", type=float, default=IR_LABELS.bg_threshold,
-                   help="background score of the map whose background is kept (confident background)")
-    p.add_argument("--no-crf", action="store_true", help="threshold only, no denseCRF")
-    p.add_argument("--workers", type=int, default=None, help="CPU processes (default: all cores; 0 = inline)")
+    step_args.add_ir_labels_args(p)
     p.set_defaults(func=_ir_labels)
     p = sub.add_parser("eval-sem-seg", help="mIoU of label PNGs (pseudo masks, predictions) against the ground truth")
-    p.add_argument("--masks", required=True, help="folder of ID.png label maps")
-    _add_data_args(p, "train")
-    p.add_argument("--ignore-pred", action="store_true", help="leave out pixels predicted 255 (IR labels)")
-    p.add_argument("--all-images", action="store_true", help="every id of the split, also those without a class label")
-    p.add_argument("--out", help="write the metrics as JSON here")
+    step_args.add_eval_sem_seg_args(p)
     p.set_defaults(func=_eval_sem_seg)
-
     p = sub.add_parser("sem-seg-labels", help="pseudo masks: boundary map -> random walk on the CAM seeds")
-    p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
-    p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
-    p.add_argument("--out", required=True, help="output folder, one palette PNG per image")
-    _add_data_args(p, "train_aug")
-    _add_walk_args(p)
-    p.add_argument("--exp-times", type=int, default=RANDOM_WALK.exp_times, help="random walk of 2**exp_times steps")
-    _add_pad_arg(p)
-    _add_device_args(p)
+    step_args.add_sem_seg_labels_args(p)
     p.set_defaults(func=_sem_seg_labels)
 
     p = sub.add_parser("eval-refinement", help="diagnose boundary refinement: pseudo-mask mIoU and foreground "
                        "share after each step (CAMs alone, x (1 - boundary), random walks of 2^e steps)")
     p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
-    _add_data_args(p, "train")
+    step_args.add_data_args(p, "train")
     p.add_argument("--exp-times", type=int, nargs="+", default=list(REFINEMENT_EXP_TIMES),
                    help="walks of 2**e steps to score")
-    _add_walk_args(p)
+    step_args.add_walk_args(p)
     p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
                    help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
                         "(what the walk can do with these seeds when the boundary is right)")
-    _add_pad_arg(p)
+    step_args.add_pad_arg(p)
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_eval_refinement)
 
-    for name, func, split, help_ in (("eval-seg", _eval_seg, "val", "segmenter mIoU with and without denseCRF"),
-                                     ("predict-seg", _predict_seg, "test", "segmenter predictions for the benchmark")):
+    for name, func, help_ in (("eval-seg", _eval_seg, "segmenter mIoU with and without denseCRF"),
+                              ("predict-seg", _predict_seg, "segmenter predictions for the benchmark")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--ckpt", required=True, help="segmenter checkpoint (runs/<exp>/segmenter/checkpoints/last.ckpt)")
-        p.add_argument("--out", required=True, help="output folder")
-        _add_data_args(p, split, root_required=name == "eval-seg")
-        p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales whose scores are averaged")
-        p.add_argument("--no-flip", action="store_true", help="no horizontal-flip test-time augmentation")
-        if name == "eval-seg":
-            p.add_argument("--no-crf", action="store_true", help="skip the with-CRF evaluation")
-        else:
-            p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
-                           help="write the denseCRF-refined predictions (the benchmark's)")
-            p.add_argument("--images", help="predict every image of this folder instead of a dataset split "
-                                            "(--root is then ignored; output in OUT/predictions)")
-        _add_crf_args(p)
-        _add_device_args(p)
+        step_args.STEP_ARGS[name](p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("pipeline", help="run an experiment's steps in order (skips complete ones, resumes)")
@@ -618,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("confidence", help="share of each image RPNet's confidence mask covers (reference rule "
                        "and the paper's clamped reading), from a classifier checkpoint")
     p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
-    _add_data_args(p, "train")
+    step_args.add_data_args(p, "train")
     p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
     p.set_defaults(func=_confidence)
 

@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rpnet_pl.config import dump_yaml, section
+from rpnet_pl import layout
+from rpnet_pl.config import TRAIN_STAGES, dump_yaml, section
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.seeds import seed_dir_name
 
 log = logging.getLogger(__name__)
 
-#: Steps in order; a name here is also the section of the experiment YAML that configures it.
-STEP_ORDER = ("classifier", "cam", "eval_cam", "ir_labels", "affinity", "sem_seg", "eval_sem_seg",
-              "segmenter", "eval_seg", "predict_seg")
+#: Steps in order (:data:`rpnet_pl.layout.STEP_ORDER`).
+STEP_ORDER = layout.STEP_ORDER
 
 
 class StepFailed(RuntimeError):
@@ -53,7 +53,7 @@ class Step:
 
     @property
     def done_marker(self) -> Path:
-        return self.folder / ".done"
+        return self.folder / layout.DONE
 
     @property
     def log_path(self) -> Path:
@@ -140,11 +140,11 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     if unknown:
         raise ConfigError(f"unknown step(s) {unknown}; steps are {list(STEP_ORDER)}")
     out: list[Step] = []
-    cams, ir, pseudo = run / "cam" / "cams", run / "ir_labels" / "labels", run / "sem_seg" / "masks"
+    cams, ir, pseudo = layout.cams_dir(run), layout.ir_labels_dir(run), layout.pseudo_masks_dir(run)
     for step in wanted:
         sec = substitute(dict(section(cfg, step)), run)
-        folder = run / step
-        if step in ("classifier", "affinity", "segmenter"):
+        folder = layout.step_dir(run, step)
+        if step in TRAIN_STAGES:
             stage_cfg = {k: v for k, v in sec.items()}
             trainer = dict(stage_cfg.get("trainer") or {})
             trainer["default_root_dir"] = str(folder)
@@ -162,26 +162,24 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
                 stage_cfg.setdefault("data", {})["label_dir"] = str(ir)
             if step == "segmenter":
                 stage_cfg.setdefault("data", {})["label_dir"] = str(pseudo)
-            argv = rpnet + ["fit", step, "--config", str(folder / "config.yaml")]
+            argv = rpnet + ["fit", step, "--config", str(layout.config_path(run, step))]
             out.append(Step(step, argv, folder, stage_cfg))
             continue
-        ckpt = {"cam": run / "classifier" / "checkpoints" / "last.ckpt",
-                "sem_seg": run / "affinity" / "checkpoints" / "last.ckpt",
-                "eval_seg": run / "segmenter" / "checkpoints" / "last.ckpt",
-                "predict_seg": run / "segmenter" / "checkpoints" / "last.ckpt"}.get(step)
-        cmd = {"cam": "cam", "eval_cam": "eval-cam", "ir_labels": "ir-labels", "sem_seg": "sem-seg-labels",
-               "eval_sem_seg": "eval-sem-seg", "eval_seg": "eval-seg", "predict_seg": "predict-seg"}[step]
-        argv = rpnet + [cmd]
+        ckpt = {"cam": layout.checkpoint(run, "classifier"),
+                "sem_seg": layout.checkpoint(run, "affinity"),
+                "eval_seg": layout.checkpoint(run, "segmenter"),
+                "predict_seg": layout.checkpoint(run, "segmenter")}.get(step)
+        argv = rpnet + [layout.STEP_COMMANDS[step]]
         if step == "cam":
             argv += ["--ckpt", str(ckpt), "--out", str(cams)] + data_args + dev_args
         elif step == "eval_cam":
-            argv += ["--cams", str(cams), "--out", str(folder / "metrics.json")] + data_args
+            argv += ["--cams", str(cams), "--out", str(layout.metrics_path(run, step))] + data_args
         elif step == "ir_labels":
             argv += ["--cams", str(cams), "--out", str(ir)] + data_args
         elif step == "sem_seg":
             argv += ["--ckpt", str(ckpt), "--cams", str(cams), "--out", str(pseudo)] + data_args + dev_args
         elif step == "eval_sem_seg":
-            argv += ["--masks", str(pseudo), "--out", str(folder / "metrics.json")] + data_args
+            argv += ["--masks", str(pseudo), "--out", str(layout.metrics_path(run, step))] + data_args
         elif step == "eval_seg":
             argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
         elif step == "predict_seg":
@@ -261,10 +259,11 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
             continue
         step.folder.mkdir(parents=True, exist_ok=True)
         if step.config:
-            dump_yaml(step.config, step.folder / "config.yaml")
+            dump_yaml(step.config, step.folder / layout.CONFIG)
         argv = list(step.argv)
-        if step.argv[3:4] == ["fit"] and (step.folder / "checkpoints" / "last.ckpt").is_file():
-            argv += ["--ckpt_path", str(step.folder / "checkpoints" / "last.ckpt")]
+        last = layout.step_checkpoint(step.folder)
+        if step.argv[3:4] == ["fit"] and last.is_file():
+            argv += ["--ckpt_path", str(last)]
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
         start = time.time()

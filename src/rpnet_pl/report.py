@@ -15,106 +15,19 @@ over the seeds that have it, with n (:mod:`rpnet_pl.seeds`); its figures are tho
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from rpnet_pl import layout
 from rpnet_pl.io import atomic_path
-from rpnet_pl.seeds import Stat, as_float, format_pct, mean_std, seed_folders
+from rpnet_pl.seeds import Stat, as_float, format_pct
+from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    """The headline numbers of one run (mIoU in [0, 1]; None where the step has not run); over
-    several seeds each number is a :class:`~rpnet_pl.seeds.Stat` and the per-class IoUs are means."""
-
-    name: str
-    method: str | None = None
-    backbone: str | None = None
-    dataset: str | None = None
-    seeds: float | Stat | None = None
-    seed_threshold: float | Stat | None = None
-    pseudo_masks: float | Stat | None = None
-    val: float | Stat | None = None
-    val_crf: float | Stat | None = None
-    val_per_class: dict[str, float | None] | None = None
-    val_crf_per_class: dict[str, float | None] | None = None
-    test_export: Path | None = None
-    n_seeds: int = 0  # 0: a single run; k: the mean over k seed folders
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def summarise_run(run: Path) -> RunSummary:
-    """Read one run folder's metrics files."""
-    out = RunSummary(run.name)
-    cfg = run / "classifier" / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        try:
-            config = yaml.safe_load(cfg.read_text()) or {}
-        except yaml.YAMLError:
-            config = {}
-        model, data = config.get("model") or {}, config.get("data") or {}
-        out.method, out.backbone, out.dataset = model.get("method"), model.get("backbone"), data.get("dataset")
-    if (m := _read(run / "eval_cam" / "metrics.json")) is not None:
-        out.seeds, out.seed_threshold = m.get("best_miou"), m.get("best_threshold")
-    if (m := _read(run / "eval_sem_seg" / "metrics.json")) is not None:
-        out.pseudo_masks = m.get("miou")
-    if (m := _read(run / "eval_seg" / "metrics.json")) is not None:
-        out.val = (m.get("without_crf") or {}).get("miou")
-        out.val_crf = (m.get("with_crf") or {}).get("miou")
-        out.val_per_class = (m.get("without_crf") or {}).get("per_class_iou")
-        out.val_crf_per_class = (m.get("with_crf") or {}).get("per_class_iou")
-    if (run / "predict_seg" / ".done").is_file():
-        out.test_export = run / "predict_seg"
-    return out
-
-
-_NUMBERS = ("seeds", "seed_threshold", "pseudo_masks", "val", "val_crf")
-
-
-def _mean_per_class(dicts: Sequence[dict[str, float | None] | None]) -> dict[str, float | None] | None:
-    """Class -> mean IoU over the runs that have the class (None where none has it)."""
-    dicts = [d for d in dicts if d]
-    if not dicts:
-        return None
-    names = list(dict.fromkeys(c for d in dicts for c in d))
-    return {c: as_float(mean_std([d.get(c) for d in dicts])) for c in names}
-
-
-def aggregate_runs(name: str, runs: Sequence[RunSummary]) -> RunSummary:
-    """One row for the seed runs of an experiment: mean ± std (n) of every number over the seeds
-    that have it; method, backbone and dataset of the first seed."""
-    first = runs[0]
-    out = RunSummary(name, first.method, first.backbone, first.dataset, n_seeds=len(runs))
-    for key in _NUMBERS:
-        setattr(out, key, mean_std([as_float(getattr(r, key)) for r in runs]))
-    out.val_per_class = _mean_per_class([r.val_per_class for r in runs])
-    out.val_crf_per_class = _mean_per_class([r.val_crf_per_class for r in runs])
-    out.test_export = next((r.test_export for r in runs if r.test_export), None)
-    return out
-
-
-def summarise(folder: Path) -> RunSummary:
-    """A run folder's numbers, or the mean ± std over its ``seed<k>/`` runs when it has some."""
-    seeds = [p for p in seed_folders(folder) if _is_run(p)]
-    if seeds:
-        return aggregate_runs(folder.name, [summarise_run(p) for p in seeds])
-    return summarise_run(folder)
 
 
 def _pct(v: float | Stat | None) -> str:
@@ -169,22 +82,6 @@ def per_class_table(runs: list[RunSummary]) -> str | None:
             rows += table[:2] if not rows else []
             rows.append(table[2])
     return "\n".join(rows) if rows else None
-
-
-def _is_run(folder: Path) -> bool:
-    return any((folder / s).is_dir() for s in ("classifier", "eval_cam", "eval_sem_seg", "eval_seg"))
-
-
-def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders: sub-folders of ``runs_dir`` holding at least one step folder, or ``seed<k>/`` runs."""
-    root = Path(runs_dir)
-    return sorted(p for p in root.iterdir() if p.is_dir() and (
-        _is_run(p) or any(_is_run(s) for s in seed_folders(p)))) if root.is_dir() else []
-
-
-def figure_run(folder: Path) -> Path:
-    """The run whose figures stand for ``folder``: itself, or its first seed run."""
-    return next((p for p in seed_folders(folder) if _is_run(p)), folder)
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -307,7 +204,7 @@ def _step_split(run: Path, step: str, default: str) -> str:
     import yaml
 
     try:
-        argv = (yaml.safe_load((run / step / ".done").read_text()) or {}).get("argv") or []
+        argv = (yaml.safe_load(layout.done_marker(run, step).read_text()) or {}).get("argv") or []
     except (OSError, yaml.YAMLError):
         return default
     return str(argv[argv.index("--split") + 1]) if "--split" in argv[:-1] else default
@@ -336,7 +233,7 @@ def _dataset_root(run: Path) -> Path | None:
     from rpnet_pl.data.voc import resolve_voc_root
     from rpnet_pl.errors import DatasetError
 
-    cfg = run / "classifier" / "config.yaml"
+    cfg = layout.config_path(run, "classifier")
     try:
         data = (yaml.safe_load(cfg.read_text()) or {}).get("data") or {}
     except (OSError, yaml.YAMLError):
@@ -359,7 +256,7 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
     from rpnet_pl.stages.cam_inference import read_cam
     from rpnet_pl.stages.visuals import overlay_labels
 
-    cams, masks = run / "cam" / "cams", run / "sem_seg" / "masks"
+    cams, masks = layout.cams_dir(run), layout.pseudo_masks_dir(run)
     ids = sorted({p.stem for p in cams.glob("*.npy")} & {p.stem for p in masks.glob("*.png")})
     voc = _dataset_root(run) if ids else None
     if voc is None:
@@ -394,8 +291,8 @@ def _row_labels(run: Path, ids: Sequence[str], threshold: float) -> list[np.ndar
     voc, out = _dataset_root(run), []
     for image_id in ids:
         try:
-            out.append(seed_labels(read_cam(run / "cam" / "cams", image_id), threshold))
-            out.append(read_label_png(run / "sem_seg" / "masks" / f"{image_id}.png"))
+            out.append(seed_labels(read_cam(layout.cams_dir(run), image_id), threshold))
+            out.append(read_label_png(layout.pseudo_masks_dir(run) / f"{image_id}.png"))
             gt = _ground_truth(voc, image_id) if voc is not None else None
             if gt is not None:
                 out.append(read_label_png(gt))
@@ -411,7 +308,7 @@ def run_figures(run: Path, folder: Path, label: str | None = None) -> list[tuple
 
     label = label or run.name
     out: list[tuple[str, Path]] = []
-    metrics = _read(run / "eval_cam" / "metrics.json") or {}
+    metrics = read_json(layout.metrics_path(run, "eval_cam")) or {}
     per_class = metrics.get("per_class_iou")
     threshold = metrics.get("best_threshold")
     if isinstance(per_class, dict) and per_class:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rpnet_pl.config import TRAIN_STAGES
 from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.layout import STEP_COMMANDS
 
 PKG = Path(__file__).resolve().parent
 
@@ -34,8 +35,6 @@ TRAIN_CLASSES = {
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
 #: `rpnet` subcommand of each per-image step, and the options the pipeline sets itself.
-STEP_COMMANDS = {"cam": "cam", "eval_cam": "eval-cam", "ir_labels": "ir-labels", "sem_seg": "sem-seg-labels",
-                 "eval_sem_seg": "eval-sem-seg", "eval_seg": "eval-seg", "predict_seg": "predict-seg"}
 PIPELINE_SET = {"ckpt", "out", "cams", "masks", "root", "dataset", "devices", "num_nodes", "accelerator", "func"}
 TOP_KEYS = ("name", "dataset", *TRAIN_STAGES, *STEP_COMMANDS)
 DATASET_KEYS = ("name", "root")
@@ -73,11 +72,9 @@ def trainer_params() -> dict[str, Param]:
 @functools.lru_cache(maxsize=None)
 def step_options(step: str) -> dict[str, argparse.Action]:
     """The options of a per-image step's ``rpnet`` subcommand that an experiment may set."""
-    from rpnet_pl.cli import build_parser
+    from rpnet_pl.step_args import step_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = sub.choices[STEP_COMMANDS[step]]
+    command = step_parser(STEP_COMMANDS[step])
     return {a.dest: a for a in command._actions if a.option_strings and a.dest not in PIPELINE_SET | {"help"}}
 
 

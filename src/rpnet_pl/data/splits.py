@@ -73,7 +73,7 @@ def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = 
 def step_splits(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """split -> the steps of the experiment ``cfg`` that read it (training steps: ``data.split`` and
     ``data.val_split``; the others: their ``split``)."""
-    from rpnet_pl.pipeline import STEP_ORDER
+    from rpnet_pl.layout import STEP_ORDER
 
     out: dict[str, list[str]] = {}
     for step in STEP_ORDER:

@@ -271,7 +271,7 @@ def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, 
         raise ValueError(f"boundary_source must be one of {BOUNDARY_SOURCES}, got {boundary_source!r}")
     from rpnet_pl.data.datamodules import InferenceDataModule
     from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
-    from rpnet_pl.stages.evaluate import _num, _per_class
+    from rpnet_pl.stages.evaluate import json_number, per_class_json
 
     hp = stage.hparams
     dm = InferenceDataModule(root=root, dataset=dataset, split=split, with_mask=True, num_workers=0)  # type: ignore[arg-type]
@@ -305,9 +305,9 @@ def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, 
     for name, m in conf.items():
         iou = iou_from_confusion(m)
         result["steps"][name] = {
-            "miou": _num(miou(m)),
-            "fg_fraction": _num(float(m[:, 1:].sum() / max(m.sum(), 1))),
-            "per_class_iou": _per_class(iou, reader.class_names),
+            "miou": json_number(miou(m)),
+            "fg_fraction": json_number(float(m[:, 1:].sum() / max(m.sum(), 1))),
+            "per_class_iou": per_class_json(iou, reader.class_names),
         }
     return result
 

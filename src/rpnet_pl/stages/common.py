@@ -1,12 +1,12 @@
-"""What every stage shares: the poly-decay SGD of IRN, loggers, and run-directory helpers."""
+"""What every stage shares: the poly-decay SGD of IRN, the training callbacks (resume checkpoint,
+progress lines), the inference trainer and JSON writing."""
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,12 +14,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from rpnet_pl.layout import CHECKPOINTS, LAST_CKPT
 from rpnet_pl.progress import CountProgress, format_eta, progress_log
 
 log = logging.getLogger(__name__)
-
-LoggerName = Literal["wandb", "csv", "tensorboard", "none"]
-
 
 def poly_lambda(max_steps: int, power: float = 0.9):
     """lr factor at step t: (1 - t / max_steps) ** power (IRN's PolyOptimizer, per step)."""
@@ -56,36 +54,6 @@ def poly_sgd(
                           weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(max_steps, power))
     return opt, sched
-
-
-def make_logger(kind: LoggerName, save_dir: str | Path, name: str, group: str | None = None,
-                tags: list[str] | None = None):
-    """A Lightning logger. W&B runs offline unless WANDB_API_KEY is set (sync later with `wandb sync`)."""
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "none":
-        return False
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(save_dir), name="csv", version="")
-    if kind == "tensorboard":
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(save_dir=str(save_dir), name="tensorboard", version="")
-    if kind == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
-
-        offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
-        return WandbLogger(project=os.environ.get("WANDB_PROJECT", "rpnet-pl"), name=name, group=group,
-                           tags=tags, save_dir=str(save_dir), offline=offline)
-    raise ValueError(f"logger must be wandb, csv, tensorboard or none, got {kind!r}")
-
-
-def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """``last.ckpt`` in ``ckpt_dir`` if it exists (resume point), else None."""
-    p = Path(ckpt_dir) / "last.ckpt"
-    return p if p.is_file() else None
 
 
 def inference_trainer(devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto",
@@ -143,7 +111,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     @property
     def path(self) -> Path:
-        return Path(str(self.dirpath)) / "last.ckpt"
+        return Path(str(self.dirpath)) / LAST_CKPT
 
     def write(self, trainer: pl.Trainer) -> None:
         """Save the full training state atomically (every rank calls this; rank 0 writes)."""
@@ -256,7 +224,7 @@ def training_callbacks(trainer: pl.Trainer | None, checkpoint_every_n_steps: int
     """The callbacks every training stage returns from ``configure_callbacks``: the resume point
     ``checkpoints/last.ckpt`` under the trainer's root and the plain progress lines."""
     root = Path(trainer.default_root_dir) if trainer is not None else Path(".")
-    return [LastCheckpoint(root / "checkpoints", checkpoint_every_n_steps), ProgressLog(progress_every_n_steps)]
+    return [LastCheckpoint(root / CHECKPOINTS, checkpoint_every_n_steps), ProgressLog(progress_every_n_steps)]
 
 
 class PredictProgress(pl.Callback):

@@ -31,13 +31,14 @@ from rpnet_pl.stages.cam_inference import cam_path, read_cam
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
 
 
-def _num(v: float) -> float | None:
+def json_number(v: float) -> float | None:
     """JSON-safe float: nan -> None."""
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def _per_class(values: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
-    return {name: _num(float(v)) for name, v in zip(names, values)}
+def per_class_json(values: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    """Class name -> JSON-safe IoU (nan -> None)."""
+    return {name: json_number(float(v)) for name, v in zip(names, values)}
 
 
 def _thr_key(t: float) -> str:
@@ -54,10 +55,10 @@ def _missing(paths: Sequence[Path], what: str, folder: str | Path, split: str) -
 def _summary(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     precision, recall = precision_recall(conf)
     return {
-        "miou": _num(miou(conf)),
-        "per_class_iou": _per_class(iou_from_confusion(conf), names),
-        "precision": _per_class(precision, names),
-        "recall": _per_class(recall, names),
+        "miou": json_number(miou(conf)),
+        "per_class_iou": per_class_json(iou_from_confusion(conf), names),
+        "precision": per_class_json(precision, names),
+        "recall": per_class_json(recall, names),
     }
 
 
@@ -114,11 +115,11 @@ def evaluate_cams(
         "n_images": len(reader.ids),
         "cam": "high_res" if use_high_res else "strided",
         "thresholds": {
-            _thr_key(t): {"miou": _num(m), "per_class": _per_class(iou, names)}
+            _thr_key(t): {"miou": json_number(m), "per_class": per_class_json(iou, names)}
             for t, (m, iou) in results.items()
         },
         "best_threshold": best_t,
-        "best_miou": _num(best_m),
+        "best_miou": json_number(best_m),
         "best_at_edge": sweep_edge({t: m for t, (m, _) in results.items()}),
         "per_class_iou": best["per_class_iou"],
         "precision": best["precision"],
