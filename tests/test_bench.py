@@ -163,3 +163,14 @@ def test_step_breakdown_names_every_part_of_the_step() -> None:
 def test_channels_last_case_is_labelled() -> None:
     r = bench.classifier_train("cam", "resnet18", crop=64, batch=1, group_size=2, channels_last=True, **TINY)
     assert r.precision == "fp32, channels_last" and r.images_per_s > 0
+
+
+def test_classifier_pair_times_both_alternately() -> None:
+    rp, cam = bench.classifier_pair("resnet18", crop=64, batch=1, group_size=2, iters=2, warmup=1, device="cpu")
+    assert rp.stage == "classifier (RPNet)" and cam.stage == "classifier (CAM baseline)"
+    assert rp.iters == cam.iters == 2 and "timed alternately" in rp.memory_method
+    assert rp.seconds_per_iter > 0 and cam.seconds_per_iter > 0 and rp.peak_mib >= 0
+    results = bench.run_profile(bench.get_profile("cpu", iters=1, warmup=0, classifier_crop=64),
+                                "cpu", cases=["classifier-cam", "classifier-rpnet", "irn"])
+    assert [r.stage for r in results][:2] == ["classifier (RPNet)", "classifier (CAM baseline)"]
+    assert bench.step_ratio(results) == pytest.approx(results[0].seconds_per_iter / results[1].seconds_per_iter)

@@ -279,16 +279,11 @@ def _scales_text(scales: Sequence[float]) -> str:
 # =================================================================================================
 # The cases
 # =================================================================================================
-def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
-                     group_size: int = 2, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
-                     bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
-    """One SGD step (forward with losses, backward, update) of the classifier on ``batch`` groups
-    of ``group_size`` images at ``crop`` (RPNet runs its enhanced scales 0.5/1.5/2 too)."""
-    from rpnet_pl.models import build_classifier
-
-    dev = resolve_device(str(device))
-
+def _classifier_build(method: str, backbone: str, crop: int, batch: int, group_size: int, dev: torch.device,
+                      bf16: bool, channels_last: bool, num_classes: int) -> Callable[[], Step]:
     def build() -> Step:
+        from rpnet_pl.models import build_classifier
+
         gen = torch.Generator().manual_seed(0)
         model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
                                  group_size=group_size).to(dev).train()
@@ -308,9 +303,60 @@ def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: in
 
         return step
 
-    name = "classifier (RPNet)" if method == "rpnet" else "classifier (CAM baseline)"
-    return _result(name, "train", backbone, f"crop {crop}, {batch} group(s) of {group_size}", batch * group_size,
-                   dev, bf16, measure(build, dev, iters, warmup, min_time), channels_last)
+    return build
+
+
+def _classifier_name(method: str) -> str:
+    return "classifier (RPNet)" if method == "rpnet" else "classifier (CAM baseline)"
+
+
+def classifier_train(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
+                     group_size: int = 2, iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
+                     bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
+    """One SGD step (forward with losses, backward, update) of the classifier on ``batch`` groups
+    of ``group_size`` images at ``crop`` (RPNet runs its enhanced scales 0.5/1.5/2 too)."""
+    dev = resolve_device(str(device))
+    build = _classifier_build(method, backbone, crop, batch, group_size, dev, bf16, channels_last, num_classes)
+    return _result(_classifier_name(method), "train", backbone, f"crop {crop}, {batch} group(s) of {group_size}",
+                   batch * group_size, dev, bf16, measure(build, dev, iters, warmup, min_time), channels_last)
+
+
+def classifier_pair(backbone: str = "resnet18", crop: int = 512, batch: int = 1, group_size: int = 2, iters: int = 3,
+                    warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False,
+                    channels_last: bool = False, min_time: float = 0.0,
+                    num_classes: int = 20) -> tuple[BenchResult, BenchResult]:
+    """RPNet's and the baseline's training steps timed *alternately* in one loop (RPNet, baseline,
+    RPNet, ...), so both see the same machine state (load, clocks, caches); the ratio of the two
+    medians is what a plain side-by-side timing gives. Peak memory is measured per model during
+    its warm-up steps (at least one). Returns (RPNet result, baseline result)."""
+    dev = resolve_device(str(device))
+    steps, peaks, method_name = {}, {}, ""
+    for method in ("rpnet", "cam"):
+        with PeakMemory(dev) as mem:
+            steps[method] = _classifier_build(method, backbone, crop, batch, group_size, dev, bf16, channels_last,
+                                              num_classes)()
+            for _ in range(max(1, warmup)):
+                steps[method]()
+            _sync(dev)
+        peaks[method], method_name = mem.peak_mib, mem.method
+    times: dict[str, list[float]] = {"rpnet": [], "cam": []}
+    while len(times["cam"]) < iters or (sum(times["rpnet"]) + sum(times["cam"]) < min_time
+                                        and len(times["cam"]) < 10 * iters):
+        for method in ("rpnet", "cam"):
+            _sync(dev)
+            t0 = time.perf_counter()
+            steps[method]()
+            _sync(dev)
+            times[method].append(time.perf_counter() - t0)
+    del steps
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    size = f"crop {crop}, {batch} group(s) of {group_size}"
+    rp, cam = (_result(_classifier_name(m), "train", backbone, size, batch * group_size, dev, bf16,
+                       (statistics.median(times[m]), peaks[m], len(times[m]), method_name + "; timed alternately"),
+                       channels_last) for m in ("rpnet", "cam"))
+    return rp, cam
 
 
 def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
@@ -586,7 +632,17 @@ def run_profile(profile: Profile, device: str | torch.device = "auto", bf16: boo
                 channels_last: bool = False) -> list[BenchResult]:
     """Every case of ``cases`` (default :data:`CASES`) in order; ``on_result`` is called after each."""
     results = []
-    for case in cases or CASES:
+    todo = list(cases or CASES)
+    if "classifier-rpnet" in todo and "classifier-cam" in todo:  # the pair is timed alternately
+        p = profile
+        pair = classifier_pair(p.classifier_backbone, p.classifier_crop, p.classifier_batch, p.group_size, p.iters,
+                               p.warmup, device, bf16, channels_last, p.min_time)
+        for res in pair:
+            results.append(res)
+            if on_result is not None:
+                on_result(res)
+        todo = [c for c in todo if c not in ("classifier-rpnet", "classifier-cam")]
+    for case in todo:
         res = run_case(case, profile, device, bf16, channels_last)
         results.append(res)
         if on_result is not None:
