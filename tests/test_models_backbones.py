@@ -201,3 +201,19 @@ def test_unknown_backbone() -> None:
         build_backbone("vgg16")
     with pytest.raises(ConfigError):
         build_backbone("resnet18", output_stride=4)
+
+
+def test_stem_pool_skipped_when_not_needed() -> None:
+    """``stem=False`` leaves level 0 as timm gives it (stride 2) and every other level unchanged."""
+    import torch
+
+    from rpnet_pl.models.backbones import build_backbone
+
+    bb = build_backbone("resnet18", output_stride=16, dilated=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full, lean = bb(x), bb(x, stem=False)
+    assert full[0].shape[-2:] == (16, 16) and lean[0].shape[-2:] == (32, 32)
+    torch.testing.assert_close(full[0], torch.nn.functional.max_pool2d(lean[0], 3, 2, 1))
+    for a, b in zip(full[1:], lean[1:]):
+        assert torch.equal(a, b)

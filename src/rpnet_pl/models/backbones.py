@@ -163,12 +163,14 @@ class Backbone(nn.Module):
         return tuple(t.detach() if isinstance(t, Tensor) else t for t in inputs)
 
     # -- nn.Module ---------------------------------------------------------------------------
-    def forward(self, x: Tensor, detach_level: int | None = None) -> list[Tensor]:
+    def forward(self, x: Tensor, detach_level: int | None = None, stem: bool = True) -> list[Tensor]:
         """(N, 3, H, W) -> the five levels, level i of shape (N, channels[i], H/strides[i], W/strides[i])
         (rounded up).
 
         ``detach_level=L`` cuts the graph at level L: no gradient reaches the parameters that
         compute levels 0..L, and the returned levels 0..L are detached (RPNet/IRN use ``L=2``).
+        ``stem=False``: level 0 is returned as timm gives it (before our max-pool), for callers that
+        do not use it (the classifiers), saving a max-pool over the largest map.
         """
         if detach_level is not None and not 0 <= detach_level < 5:
             raise ValueError(f"detach_level must be in 0..4, got {detach_level}")
@@ -177,7 +179,7 @@ class Backbone(nn.Module):
             feats = list(self.body(x))
         finally:
             self._detach_level = None
-        if self.pool_stem:
+        if self.pool_stem and stem:
             feats[0] = F.max_pool2d(feats[0], kernel_size=3, stride=2, padding=1)
         if detach_level is not None:
             feats = [f.detach() if i <= detach_level else f for i, f in enumerate(feats)]

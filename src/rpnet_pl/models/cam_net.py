@@ -65,7 +65,7 @@ class CAMNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """images (N, 3, H, W) or (B, k, 3, H, W) -> logits (N, C), N = B*k (group-major)."""
         with timed_scope("cam/backbone", getattr(self, "sync_scopes", False)):
-            x = self.backbone(self._flat(images), detach_level=self.detach_level)[4]  # (N, D, h, w), stage 2 detached
+            x = self.backbone(self._flat(images), detach_level=self.detach_level, stem=False)[4]  # (N, D, h, w), stage 2 detached
         with timed_scope("cam/head", getattr(self, "sync_scopes", False)):
             return self.classifier(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # GAP -> 1x1 conv
 
@@ -77,7 +77,7 @@ class CAMNet(nn.Module):
 
     def cam(self, images: Tensor) -> Tensor:
         """relu(conv(features, classifier weight)): (N, 3, H, W) -> (N, C, ceil(H/16), ceil(W/16))."""
-        x = self.backbone(images)[4]
+        x = self.backbone(images, stem=False)[4]
         return F.relu(F.conv2d(x, self.classifier.weight))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -612,7 +612,7 @@ class RPNet(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
     def _raw(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-        feats = self.backbone(images, detach_level=self.detach_level)  # stage-2 output detached (IRN)
+        feats = self.backbone(images, detach_level=self.detach_level, stem=False)  # stage 2 detached (IRN)
         return feats[4], {lv: feats[lv] for lv in self.head.levels if lv != 4}
 
     def features(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -724,7 +724,7 @@ class RPNet(nn.Module):
 
         images (N, 3, H, W) -> (N, C, ceil(H/16), ceil(W/16)).
         """
-        return self.head.cam(self.head.down(self.backbone(images)[4]))
+        return self.head.cam(self.head.down(self.backbone(images, stem=False)[4]))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters) that require grad; new layers get 10x lr."""
