@@ -206,3 +206,29 @@ def test_disk_full_while_writing_cams(tiny_voc: Path, tmp_path: Path, monkeypatc
     assert main(_cam_cmd(ckpt, out, tiny_voc)) == 0
     assert "wrote 3 CAM file(s)" in capsys.readouterr().out
     assert sorted(p.stem for p in out.glob("*.npy")) == IDS
+
+
+def test_finished_checkpoint_keeps_weights_without_optimiser_state(tmp_path: Path) -> None:
+    """A finished training step's last.ckpt loses its optimiser state (half the disk) and still loads."""
+    import torch
+
+    from rpnet_pl.stages.checkpoints import slim_checkpoint
+    from rpnet_pl.stages.classifier import ClassifierStage
+
+    stage = ClassifierStage(method="cam", backbone="resnet18", pretrained=False)
+    state = {k: v.clone() for k, v in stage.state_dict().items()}
+    ckpt = {"state_dict": state, "hyper_parameters": dict(stage.hparams), "epoch": 3, "global_step": 12,
+            "pytorch-lightning_version": "2.6.6",
+            "optimizer_states": [{"state": {i: {"momentum_buffer": v.clone()} for i, v in enumerate(state.values())
+                                            if v.is_floating_point()}}]}
+    path = tmp_path / "last.ckpt"
+    torch.save(ckpt, path)
+    before = path.stat().st_size
+    saved = slim_checkpoint(path)
+    assert saved > 0.4 * before and path.stat().st_size == before - saved
+    slim = torch.load(path, weights_only=False)
+    assert "optimizer_states" not in slim and slim["global_step"] == 12
+    loaded = ClassifierStage.load_from_checkpoint(path, map_location="cpu")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert slim_checkpoint(path) == 0  # nothing left to drop

@@ -273,5 +273,10 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
             raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                              + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
+        if step.argv[3:4] == ["fit"] and last.is_file():  # after .done: a complete step is never resumed
+            from rpnet_pl.stages.checkpoints import slim_checkpoint
+
+            saved = slim_checkpoint(last)  # the optimiser state only served this step's resume
+            log.info("%s: dropped the optimiser state from %s (%.0f MB)", step.name, last, saved / 1e6)
         ran.append(step.name)
     return ran

@@ -78,3 +78,30 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
 
 
 __all__ = ["guess_stage", "load_stage_checkpoint"]
+
+
+#: What a finished training step's checkpoint no longer needs: the optimiser's state (momentum
+#: buffers, as large as the weights) is only for resuming that step.
+RESUME_ONLY_KEYS = ("optimizer_states",)
+
+
+def slim_checkpoint(path: str | Path) -> int:
+    """Drop the resume-only state from a finished step's checkpoint, atomically; returns the bytes
+    saved (0 when there was nothing to drop). The weights, hyper-parameters and loop counters stay,
+    so every later step (and ``load_from_checkpoint``) reads it as before; resuming *that* training
+    step again would restart its optimiser."""
+    import torch
+
+    from rpnet_pl.io import atomic_path
+
+    path = Path(path)
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or not any(ckpt.get(k) for k in RESUME_ONLY_KEYS):
+        return 0
+    before = path.stat().st_size
+    for key in RESUME_ONLY_KEYS:
+        ckpt.pop(key, None)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, str(tmp))
+    return before - path.stat().st_size
+
