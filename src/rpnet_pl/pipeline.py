@@ -276,7 +276,10 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
         if step.argv[3:4] == ["fit"] and last.is_file():  # after .done: a complete step is never resumed
             from rpnet_pl.stages.checkpoints import slim_checkpoint
 
-            saved = slim_checkpoint(last)  # the optimiser state only served this step's resume
-            log.info("%s: dropped the optimiser state from %s (%.0f MB)", step.name, last, saved / 1e6)
+            try:  # the optimiser state only served this step's resume; best effort, the step is done
+                saved = slim_checkpoint(last)
+                log.info("%s: dropped the optimiser state from %s (%.0f MB)", step.name, last, saved / 1e6)
+            except Exception as exc:  # an unreadable checkpoint is the next step's error to name
+                log.warning("%s: left %s as it is (%s: %s)", step.name, last, type(exc).__name__, exc)
         ran.append(step.name)
     return ran
