@@ -587,3 +587,19 @@ def test_seeded_training_step_same_in_both_attention_orders() -> None:
     for key in ref:
         assert fast[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
     torch.testing.assert_close(w_fast, w_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_head_settings_are_defaulted_once_by_rpnet() -> None:
+    """RPNetHead has no defaults of its own; RPNet's signature is the one source, and RPNet passes
+    every head setting through."""
+    import inspect
+
+    from rpnet_pl.models.rpnet import HEAD_ARGS, RPNetHead, head_defaults
+
+    head_params = inspect.signature(RPNetHead.__init__).parameters
+    assert all(head_params[n].default is inspect.Parameter.empty for n in HEAD_ARGS)
+    assert head_defaults()["alpha"] == 0.3 and head_defaults(alpha=0.5)["alpha"] == 0.5
+    with pytest.raises(ConfigError, match="lam"):
+        head_defaults(lam=1.0)
+    model = tiny_rpnet(alpha=0.4, clamp_confidence_peak=True, separate_reference_heads=False)
+    assert model.head.alpha == 0.4 and model.head.clamp_confidence_peak and not model.head.separate_reference_heads

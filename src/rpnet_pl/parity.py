@@ -189,13 +189,13 @@ def rpnet_head_from_case(c: Mapping[str, np.ndarray], **overrides: Any):
     """Our :class:`RPNetHead` with the case's sizes, settings and weights (reference names ``w.*``,
     loaded through :func:`map_reference_state_dict`; the case's reference heads share the anchor's)."""
     from rpnet_pl.models.reference_weights import map_reference_state_dict
-    from rpnet_pl.models.rpnet import RPNetHead
+    from rpnet_pl.models.rpnet import RPNetHead, head_defaults
 
     kw: dict[str, Any] = dict(num_classes=int(c["plain_cam_x"].shape[1]), mid=int(c["mid"]), alpha=float(c["alpha"]),
                               gaussian_size=int(c["gauss_size"]), sigma=float(c["gauss_sigma"]),
                               fg_scale=float(c["scale"]), levels=(2, 4))
     kw.update(overrides)
-    head = RPNetHead(int(c["f4_x"].shape[1]), **kw)
+    head = RPNetHead(int(c["f4_x"].shape[1]), **head_defaults(**kw))
     ref = {k[2:]: torch.from_numpy(np.asarray(c[k])) for k in c if k.startswith("w.")}
     for name in list(ref):  # "the y branch uses the same weights"
         for x_name, y_name in (("self_atten_x.", "self_atten_y."), ("cross_atten_x.", "cross_atten_y."),

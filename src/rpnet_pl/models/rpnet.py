@@ -380,23 +380,26 @@ class RPNetHead(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        num_classes: int = 20,
-        mid: int = 512,
-        alpha: float = 0.3,
-        beta: float = 0.5,
-        beta_is_keep_prob: bool = False,
-        levels: Sequence[int] = (2, 4),
-        gaussian: bool = True,
-        sigma: float = 3.0,
-        gaussian_size: int = 5,
-        fg_scale: float = 1.3,
-        self_attention: bool = True,
-        attention: AttentionForm = "dot_product",
-        attention_norm: AttentionNorm = "batch",
-        attn_sub_sample: bool = False,
-        separate_reference_heads: bool = True,
-        clamp_confidence_peak: bool = False,
+        *,
+        num_classes: int,
+        mid: int,
+        alpha: float,
+        beta: float,
+        beta_is_keep_prob: bool,
+        levels: Sequence[int],
+        gaussian: bool,
+        sigma: float,
+        gaussian_size: int,
+        fg_scale: float,
+        self_attention: bool,
+        attention: AttentionForm,
+        attention_norm: AttentionNorm,
+        attn_sub_sample: bool,
+        separate_reference_heads: bool,
+        clamp_confidence_peak: bool,
     ) -> None:
+        """Every setting is keyword-only and without a default here: :class:`RPNet`'s signature is
+        the one place the defaults are said (:func:`head_defaults` reads them)."""
         super().__init__()
         levels = tuple(int(v) for v in levels)
         if not levels or not set(levels) <= {2, 3, 4} or len(set(levels)) != len(levels):
@@ -592,12 +595,8 @@ class RPNet(nn.Module):
                                        freeze_bn_affine=freeze_bn_affine)
         if freeze_early:
             self.backbone.freeze_through(2)  # stages 1-2 sit behind the detach: no gradient reaches them
-        self.head = RPNetHead(
-            self.backbone.channels[4], num_classes=num_classes, mid=mid, alpha=alpha, beta=beta,
-            beta_is_keep_prob=beta_is_keep_prob, levels=levels, gaussian=gaussian, sigma=sigma,
-            gaussian_size=gaussian_size, fg_scale=fg_scale, self_attention=self_attention, attention=attention,
-            attention_norm=attention_norm, attn_sub_sample=attn_sub_sample,
-            separate_reference_heads=separate_reference_heads, clamp_confidence_peak=clamp_confidence_peak)
+        given = locals()
+        self.head = RPNetHead(self.backbone.channels[4], **{name: given[name] for name in HEAD_ARGS})
         if whole_model:
             load_reference_checkpoint(self, weights)
 
@@ -733,8 +732,25 @@ class RPNet(nn.Module):
         return backbone, new
 
 
+#: The arguments :class:`RPNet` passes through to :class:`RPNetHead`.
+HEAD_ARGS = ("num_classes", "mid", "alpha", "beta", "beta_is_keep_prob", "levels", "gaussian", "sigma", "gaussian_size",
+             "fg_scale", "self_attention", "attention", "attention_norm", "attn_sub_sample", "separate_reference_heads",
+             "clamp_confidence_peak")
+
+
+def head_defaults(**overrides: object) -> dict[str, object]:
+    """The head's settings as :class:`RPNet`'s signature defaults them, with ``overrides``."""
+    import inspect
+
+    params = inspect.signature(RPNet.__init__).parameters
+    unknown = set(overrides) - set(HEAD_ARGS)
+    if unknown:
+        raise ConfigError(f"not RPNetHead settings: {sorted(unknown)}")
+    return {**{name: params[name].default for name in HEAD_ARGS}, **overrides}
+
+
 __all__ = [
-    "NonLocalBlock", "RPNet", "RPNetHead", "confidence_mask", "cosine_map", "dot_product_attention",
+    "HEAD_ARGS", "NonLocalBlock", "RPNet", "RPNetHead", "head_defaults", "confidence_mask", "cosine_map", "dot_product_attention",
     "enhance_features", "foreground_map", "gaussian_kernel", "group_prototypes", "grouped_batch_norm",
     "ls_normalise", "member_index", "multilabel_loss", "part_mask", "region_prototypes", "self_supervised_loss",
     "smooth_foreground", "softmax_attention",
