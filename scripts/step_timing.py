@@ -1,0 +1,60 @@
+"""Plain side-by-side timing and op-level profile of one classifier training step, RPNet vs the CAM
+baseline, for the source tree given (so an old checkout can be measured the same way).
+
+    python scripts/step_timing.py [SRC_DIR] [THREADS]     # SRC_DIR default: this checkout's src/
+
+ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). The two steps are timed in
+turn, three times; the best of the last two is kept. Then one profiled RPNet step prints its phases
+and the operators with the most own CPU time.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+src = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[1] / "src")
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+sys.path.insert(0, src)
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+
+from rpnet_pl.models import build_classifier  # noqa: E402
+
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+crop, groups, k = 512, 2, 2
+images = torch.randn(groups, k, 3, crop, crop)
+labels = torch.zeros(groups, k, 20)
+labels[:, :, 3] = 1.0
+models = {m: build_classifier(m, backbone="resnet18", pretrained=False, group_size=k).train() for m in ("rpnet", "cam")}
+opts = {m: torch.optim.SGD([p for p in mod.parameters() if p.requires_grad], lr=1e-6) for m, mod in models.items()}
+
+
+def step(method: str) -> None:
+    opts[method].zero_grad(set_to_none=True)
+    with record_function("step/forward"):
+        loss = models[method].training_losses(images, labels)["loss"]
+    with record_function("step/backward"):
+        loss.backward()
+    with record_function("step/optimizer"):
+        opts[method].step()
+
+
+times: dict[str, list[float]] = {"rpnet": [], "cam": []}
+for _ in range(3):
+    for method in ("rpnet", "cam"):
+        t0 = time.perf_counter()
+        step(method)
+        times[method].append(time.perf_counter() - t0)
+best = {m: min(v[1:]) for m, v in times.items()}
+print(f"{src}, {threads} thread(s): RPNet {best['rpnet']:.2f} s, baseline {best['cam']:.2f} s, "
+      f"ratio {best['rpnet'] / best['cam']:.2f}x")
+
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    step("rpnet")
+events = prof.key_averages()
+print("RPNet step phases (ms):", {e.key: round(e.cpu_time_total / 1000) for e in events if e.key.startswith("step/")})
+for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
+    print(f"  {e.key:40s} own {e.self_cpu_time_total / 1000:8.0f} ms  calls {e.count}")
