@@ -1,0 +1,119 @@
+"""Tables of the multi-seed study (scripts/seed_study.sh): per set and run, mean +- std over seeds of
+the seeds' best mIoU, the pseudo masks, the segmenter's val mIoU with and without CRF, the per-class
+foreground recall / precision of seeds, pseudo masks and segmenter predictions, and the seed-monitor
+curves (train-split seed mIoU, Lc and lambda*Ls per epoch).
+
+    python scripts/seed_study_table.py STUDY_RUNS_DIR      # e.g. /tmp/seed-study/runs
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+
+def ms(values: list[float], scale: float = 100.0) -> str:
+    """'mean +- std (n)' in percent; '-' when empty."""
+    v = [x * scale for x in values if x is not None]
+    if not v:
+        return "-"
+    return f"{mean(v):.1f} ± {stdev(v):.1f} ({len(v)})" if len(v) > 1 else f"{v[0]:.1f} (1)"
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fg_stats(metrics: dict[str, Any] | None) -> tuple[list[float], list[float], list[float]]:
+    """Per foreground class present in the split: recall, precision, IoU."""
+    if not metrics:
+        return [], [], []
+    rec, prec, iou = metrics.get("recall", {}), metrics.get("precision", {}), metrics.get("per_class_iou", {})
+    names = [c for c in iou if c != "background" and iou[c] is not None and rec.get(c) is not None]
+    return [rec[c] for c in names], [prec[c] or 0.0 for c in names], [iou[c] for c in names]
+
+
+def curves(path: Path) -> dict[int, dict[str, float]]:
+    """epoch -> seed/miou, mean train/loss_cls and train/loss_ss of the epoch's logged steps."""
+    if not path.is_file():
+        return {}
+    out: dict[int, dict[str, list[float]]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            e = int(row["epoch"])
+            d = out.setdefault(e, {})
+            for k in ("seed/miou", "seed/fg_recall", "seed/fg_precision", "train/loss_cls", "train/loss_ss"):
+                if row.get(k):
+                    d.setdefault(k, []).append(float(row[k]))
+    return {e: {k: mean(v) for k, v in d.items()} for e, d in out.items()}
+
+
+def run_rows(run: Path) -> dict[str, Any]:
+    seeds = sorted(p for p in run.iterdir() if p.name.startswith("seed"))
+    r: dict[str, Any] = {"n": len(seeds), "seeds": [], "thr": [], "edge": 0, "masks": [], "val": [], "val_crf": [],
+                         "seed_rec": [], "seed_prec": [], "mask_rec": [], "mask_prec": [], "mask_min_rec": [],
+                         "seg_rec": [], "seg_zero": [], "curves": []}
+    for s in seeds:
+        cam, masks, seg = (load(s / step / "metrics.json") for step in ("eval_cam", "eval_sem_seg", "eval_seg"))
+        if cam:
+            r["seeds"].append(cam["best_miou"])
+            r["thr"].append(float(cam["best_threshold"]))
+            r["edge"] += bool(cam.get("best_at_edge"))
+            rec, prec, _ = fg_stats(cam)
+            r["seed_rec"].append(mean(rec)); r["seed_prec"].append(mean(prec))
+        if masks:
+            r["masks"].append(masks["miou"])
+            rec, prec, _ = fg_stats(masks)
+            r["mask_rec"].append(mean(rec)); r["mask_prec"].append(mean(prec)); r["mask_min_rec"].append(min(rec))
+        if seg:
+            r["val"].append(seg["without_crf"]["miou"])
+            r["val_crf"].append(seg["with_crf"]["miou"])
+            rec, _, iou = fg_stats(seg["without_crf"])
+            r["seg_rec"].append(mean(rec)); r["seg_zero"].append(sum(x < 0.01 for x in iou) / max(len(iou), 1))
+        r["curves"].append(curves(s / "classifier" / "csv" / "metrics.csv"))
+    return r
+
+
+def main(root: Path) -> None:
+    rows = {(st.name, run.name): run_rows(run) for st in sorted(root.iterdir()) if st.is_dir()
+            for run in sorted(st.iterdir()) if run.is_dir()}
+    print("| set | run | seeds (train, best thr.) | best thr. | pseudo masks | val | val + CRF |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for (st, name), r in rows.items():
+        thr = ", ".join(f"{t:.2f}" for t in r["thr"])
+        print(f"| {st} | {name} | {ms(r['seeds'])} | {thr} | {ms(r['masks'])} | {ms(r['val'])} | {ms(r['val_crf'])} |")
+    print()
+    print("| set | run | seeds fg recall / precision | masks fg recall / precision | masks: lowest class recall "
+          "| segmenter fg recall | segmenter: classes with IoU < 1 % |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for (st, name), r in rows.items():
+        if not r["masks"] and not r["seed_rec"]:
+            continue
+        print(f"| {st} | {name} | {ms(r['seed_rec'])} / {ms(r['seed_prec'])} | {ms(r['mask_rec'])} / {ms(r['mask_prec'])}"
+              f" | {ms(r['mask_min_rec'])} | {ms(r['seg_rec'])} | {ms(r['seg_zero'])} |")
+    print()
+    print("Seed-monitor curves (train split, first 40 images, bg threshold 0.25; mean over seeds): "
+          "seed mIoU / Lc / lambda*Ls at the end of epochs")
+    for (st, name), r in rows.items():
+        if not any(r["curves"]):
+            continue
+        epochs = sorted(set().union(*[c.keys() for c in r["curves"]]))
+        picks = sorted({e for e in epochs if (e + 1) in (1, 2, 4, 8, 12, 16, 20, 30, 45)} | {epochs[-1]})
+        cells = []
+        for e in picks:
+            vals = [c[e] for c in r["curves"] if e in c]
+            def m(k: str) -> float | None:
+                v = [x[k] for x in vals if k in x]
+                return mean(v) if v else None
+            miou, lc, ls = m("seed/miou"), m("train/loss_cls"), m("train/loss_ss")
+            cells.append(f"e{e + 1}: {100 * miou:.1f}" if miou is not None else f"e{e + 1}: -")
+            cells[-1] += f" / {lc:.3f}" if lc is not None else ""
+            cells[-1] += f" / {ls:.4f}" if ls is not None else ""
+        print(f"- {st} {name}: " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/seed-study/runs"))
