@@ -69,3 +69,57 @@ def test_confidence_coverage_counts_negative_channels() -> None:
     assert c["covered_reference"] == 1.0 and c["whole_image_reference"] == 1.0
     assert c["covered_clamped"] == 0.25 and c["whole_image_clamped"] == 0.0
     assert c["negative_channels"] == 0.5 and c["images"] == 3.0
+
+
+def test_branch_confusions_hand_computed() -> None:
+    from rpnet_pl.stages.seed_monitor import branch_confusions
+
+    # 2 foreground classes, only class 1 (index 0) in the image; maps at the mask's size (resize = identity)
+    maps = torch.tensor([[[1.0, 0.2], [0.0, -3.0]],
+                         [[9.0, 9.0], [9.0, 9.0]]])  # class 2 is absent: ignored however strong
+    labels = torch.tensor([1.0, 0.0])
+    mask = np.array([[1, 1], [1, 0]])
+    conf = branch_confusions(maps, labels, mask, (0.1, 0.5), num_classes=3)
+    assert conf.shape == (2, 3, 3)
+    # thr 0.1: pixels (0,0) and (0,1) -> class 1 (0.2 / 1.00001 > 0.1); (1,0) and (1,1) -> background
+    np.testing.assert_array_equal(conf[0], [[1, 0, 0], [1, 2, 0], [0, 0, 0]])
+    # thr 0.5: only (0,0) is class 1
+    np.testing.assert_array_equal(conf[1], [[1, 0, 0], [2, 1, 0], [0, 0, 0]])
+
+
+def test_reference_partner_shares_a_class() -> None:
+    from rpnet_pl.stages.seed_monitor import reference_partner
+
+    labels = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0]),
+              torch.tensor([0.0, 0.0, 1.0])]
+    assert reference_partner(labels, 0) == 2
+    assert reference_partner(labels, 1) == 2
+    assert reference_partner(labels, 2) == 0  # cyclic
+    assert reference_partner(labels, 3) is None
+
+
+class _TwoBranches(torch.nn.Module):
+    """Plain maps = the object's left column only, enhanced maps = the whole object (a 4x4 image
+    with a 2x2 object of class 1 in its top-left corner)."""
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        n = images.shape[0] * images.shape[1]
+        plain, enhanced = torch.zeros(n, 2, 4, 4), torch.zeros(n, 2, 4, 4)
+        plain[:, 0, :2, 0] = 1.0
+        enhanced[:, 0, :2, :2] = 1.0
+        return {"cams": plain, "enhanced_cams": enhanced}
+
+
+def test_branch_seed_scores_prefers_the_complete_branch() -> None:
+    from rpnet_pl.stages.seed_monitor import branch_seed_scores
+
+    mask = np.zeros((4, 4), dtype=np.int64)
+    mask[:2, :2] = 1
+    item = {"image": torch.zeros(3, 4, 4), "labels": torch.tensor([1.0, 0.0]), "mask": mask}
+    result = branch_seed_scores(_TwoBranches(), [item, item], size=4, thresholds=(0.5,))
+    # enhanced: perfect (IoU 1 for background and class 1); plain: class 1 IoU 2/4, background 12/14
+    assert result["enhanced"]["miou"] == pytest.approx(1.0)
+    assert result["plain"]["miou"] == pytest.approx((0.5 + 12 / 14) / 2)
+    assert result["plain"]["fg_recall"] == pytest.approx(0.5)
+    assert result["plain"]["fg_precision"] == pytest.approx(1.0)
+    assert result["plain"]["best_threshold"] == 0.5

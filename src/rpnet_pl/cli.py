@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout, step_args
 from rpnet_pl.errors import ConfigError, DatasetError
@@ -377,18 +377,46 @@ def _confidence(args: argparse.Namespace) -> int:
 
     from rpnet_pl.data.datasets import InferenceDataset, build_reader
     from rpnet_pl.data.transforms import eval_transform
-    from rpnet_pl.stages.classifier import ClassifierStage
     from rpnet_pl.stages.seed_monitor import confidence_coverage
 
-    if not Path(args.ckpt).is_file():
-        raise DatasetError(f"{args.ckpt}: classifier checkpoint not found")
-    stage = ClassifierStage.load_from_checkpoint(args.ckpt, map_location="cpu", pretrained=False, weights=None)
-    if stage.hparams.method != "rpnet":
-        raise ConfigError(f"{args.ckpt}: a {stage.hparams.method} classifier has no confidence mask (RPNet only)")
+    stage = _classifier_from_checkpoint(args.ckpt, "rpnet")
     reader = build_reader(args.dataset, args.root, args.split)
     data = InferenceDataset(reader, eval_transform(), ids=reader.ids[:args.images])
     model = stage.model.eval()
     print(json.dumps(confidence_coverage(model, (data[i]["image"][None] for i in range(len(data)))), indent=1))
+    return 0
+
+
+def _classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
+    """A classifier stage from its checkpoint on the CPU (no pretrained download); a missing file
+    or, with ``method``, another method's checkpoint is a one-line error."""
+    from rpnet_pl.stages.classifier import ClassifierStage
+
+    if not Path(ckpt).is_file():
+        raise DatasetError(f"{ckpt}: classifier checkpoint not found")
+    stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None)
+    if method and stage.hparams.method != method:
+        raise ConfigError(f"{ckpt}: a {stage.hparams.method} classifier, this command needs {method}")
+    return stage
+
+
+def _branch_seeds(args: argparse.Namespace) -> int:
+    import torch
+
+    from rpnet_pl.data.datasets import InferenceDataset, build_reader
+    from rpnet_pl.data.transforms import eval_transform
+    from rpnet_pl.io import atomic_path
+    from rpnet_pl.stages.seed_monitor import branch_seed_scores
+
+    stage = _classifier_from_checkpoint(args.ckpt, "rpnet")
+    reader = build_reader(args.dataset, args.root, args.split, weak=False)
+    data = InferenceDataset(reader, eval_transform(), with_mask=True, ids=reader.ids[:args.images])
+    result = branch_seed_scores(stage.model, data, args.size, generator=torch.Generator().manual_seed(0))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with atomic_path(Path(args.out)) as tmp:
+            tmp.write_text(text + "\n")
     return 0
 
 
@@ -535,6 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     step_args.add_data_args(p, "train")
     p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
     p.set_defaults(func=_confidence)
+
+    p = sub.add_parser("branch-seeds", help="seeds of RPNet's plain and enhanced branches on the same image groups "
+                       "(does the enhanced branch, Ls's target, give better seeds?), from a classifier checkpoint")
+    p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
+    step_args.add_data_args(p, "train")
+    p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
+    p.add_argument("--size", type=int, default=96, help="groups are resized to SIZE x SIZE (default: 96, the "
+                   "demo's crop)")
+    p.add_argument("--out", help="also write the result to this JSON file")
+    p.set_defaults(func=_branch_seeds)
 
     p = sub.add_parser("parity", help="run the reference-code parity cases through our functions (exit 1 on a "
                        "failure)")

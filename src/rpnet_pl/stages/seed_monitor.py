@@ -7,15 +7,17 @@ the subset's pixels) so a training curve shows whether the seeds grow, leak or s
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from rpnet_pl.ops.cam import cam_to_label
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.cam_inference import cam_record, multiscale_cam
+from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,71 @@ def confidence_coverage(model: Any, images: Any, alpha: float | None = None) -> 
     n = max(n, 1)
     return {"covered_reference": ref / n, "covered_clamped": clamped / n, "whole_image_reference": full_ref / n,
             "whole_image_clamped": full_clamped / n, "negative_channels": negative / n, "images": float(n)}
+
+
+def branch_confusions(maps: torch.Tensor, labels: torch.Tensor, mask: np.ndarray, thresholds: Sequence[float],
+                      num_classes: int) -> np.ndarray:
+    """Seed confusions of one image's class maps at every background threshold.
+
+    maps (C, h, w): one branch's class maps (plain or enhanced; relu'd here), labels (C,) multi-hot,
+    mask (H, W) ground truth (255 ignored). The image's classes are resized (bilinear) to (H, W),
+    max-normalised per class and turned into seeds with :func:`cam_to_label` as ``eval-cam`` does.
+    Returns (T, num_classes, num_classes) int64, rows = ground truth.
+    """
+    keys = torch.nonzero(labels > 0.5).flatten()
+    out = np.zeros((len(thresholds), num_classes, num_classes), dtype=np.int64)
+    fg = F.interpolate(F.relu(maps[keys].float())[None], size=tuple(mask.shape), mode="bilinear",
+                       align_corners=False)[0]
+    fg = fg / (fg.amax(dim=(1, 2), keepdim=True) + 1e-5)
+    for t, thr in enumerate(thresholds):
+        pred = cam_to_label(fg.cpu().numpy(), (keys + 1).cpu().numpy(), thr)
+        out[t] = confusion_matrix(pred, mask, num_classes)
+    return out
+
+
+def reference_partner(labels: Sequence[torch.Tensor], i: int) -> int | None:
+    """The first image after ``i`` (cyclically) sharing a class with it: the group RPNet's pair
+    sampler would form (section III-B: images of a group share a class); None if there is none."""
+    n = len(labels)
+    for d in range(1, n):
+        j = (i + d) % n
+        if bool(((labels[i] > 0.5) & (labels[j] > 0.5)).any()):
+            return j
+    return None
+
+
+def branch_seed_scores(model: Any, dataset: Any, size: int, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                       generator: torch.Generator | None = None) -> dict[str, dict[str, Any]]:
+    """Seeds of RPNet's two branches on the same groups: every image of ``dataset`` (an
+    :class:`InferenceDataset` with masks) with its :func:`reference_partner`, both resized to
+    ``size`` x ``size``, one forward of the model in eval mode (the enhanced branch needs the group,
+    so this is a training-time view, not CAM inference). For the plain maps (eq. 1-2) and the
+    enhanced maps (eq. 8-10, mean over the enhanced scales): the threshold sweep's mIoU, the best
+    threshold, and foreground precision / recall there. Ls (eq. 11) pulls the plain maps towards the
+    enhanced ones, so the enhanced seeds should score at least as well."""
+    items = [dataset[i] for i in range(len(dataset))]
+    labels = [it["labels"] for it in items]
+    num_classes = int(labels[0].numel()) + 1
+    conf = {b: np.zeros((len(thresholds), num_classes, num_classes), dtype=np.int64) for b in ("plain", "enhanced")}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i, item in enumerate(items):
+            j = reference_partner(labels, i)
+            if j is None:
+                continue
+            images = torch.stack([F.interpolate(items[m]["image"][None], size=(size, size), mode="bilinear",
+                                                align_corners=False)[0] for m in (i, j)])[None]
+            out = model(images, generator=generator)
+            mask = F.interpolate(torch.as_tensor(item["mask"])[None, None].float(), size=(size, size),
+                                 mode="nearest")[0, 0].long().numpy()
+            conf["plain"] += branch_confusions(out["cams"][0], labels[i], mask, thresholds, num_classes)
+            conf["enhanced"] += branch_confusions(out["enhanced_cams"][0], labels[i], mask, thresholds, num_classes)
+    model.train(was_training)
+    result: dict[str, dict[str, Any]] = {}
+    for branch, c in conf.items():
+        sweep = [seed_scores(c[t]) for t in range(len(thresholds))]
+        best = int(np.argmax([s["miou"] for s in sweep]))
+        result[branch] = {"best_threshold": float(thresholds[best]), **sweep[best],
+                          "sweep": {f"{t:.2f}": s["miou"] for t, s in zip(thresholds, sweep)}}
+    return result
