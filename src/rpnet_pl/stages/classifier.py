@@ -19,19 +19,21 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
-from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
+from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
 
 log = logging.getLogger(__name__)
 
 
-class ClassifierStage(pl.LightningModule):
+class ClassifierStage(StageModule):
     """Trains ``method='rpnet'`` (the paper) or ``method='cam'`` (the IRN baseline) on image groups.
 
     Every hyper-parameter is an argument here, so LightningCLI and the YAML files under
     ``experiments/`` set them. Defaults are the spec's (the public code's) choices.
     """
+
+    predict_what = "CAMs"
 
     def __init__(
         self,
@@ -93,13 +95,12 @@ class ClassifierStage(pl.LightningModule):
         )
 
     # -- training ----------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        """``channels_last``: the network's weights in NHWC, which speeds up convolutions on GPUs with
-        tensor cores (inputs follow the weights' layout); pair it with ``trainer.precision: bf16-mixed``."""
-        set_memory_format(self.model, self.hparams.get("channels_last", False))
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The network's losses on a batch of groups: ``images`` (B, k, 3, H, W), ``labels`` (B, k, C)."""
+        return self.model.training_losses(batch["images"], batch["labels"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model.training_losses(batch["images"], batch["labels"])
+        out = self.training_losses(batch)
         loss = out["loss"]
         bs = batch["images"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
@@ -133,19 +134,13 @@ class ClassifierStage(pl.LightningModule):
             captions.append("foreground")
         log_images(self.loggers, "train/samples", tiles, self.global_step, captions)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def optimizer_groups(self) -> list[tuple[Any, float]]:
+        """The backbone at ``lr``, the new layers at ``lr * new_layer_lr_mult``."""
         backbone_params, new_params = self.model.param_groups()
-        opt, sched = poly_sgd(
-            [(backbone_params, hp.lr), (new_params, hp.lr * hp.new_layer_lr_mult)],
-            max_steps=int(self.trainer.estimated_stepping_batches), weight_decay=hp.weight_decay,
-            momentum=hp.momentum, power=hp.poly_power,
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return [(backbone_params, self.hparams.lr), (new_params, self.hparams.lr * self.hparams.new_layer_lr_mult)]
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        callbacks = training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
-                                       self.hparams.get("progress_every_n_steps"))
+        callbacks = super().configure_callbacks()
         if self.hparams.get("seed_monitor_images", 0):
             from rpnet_pl.stages.seed_monitor import SeedMonitor
 
@@ -154,6 +149,11 @@ class ClassifierStage(pl.LightningModule):
         return callbacks
 
     # -- CAM seeds ---------------------------------------------------------------------------
+    def cams(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-scale (``cam_scales``) + flip CAMs of one image (1, 3, H, W), plain branch only:
+        strided (C, ceil(H/4), ceil(W/4)) and high-res (C, H, W) (see :func:`multiscale_cam`)."""
+        return multiscale_cam(self.model.cam, image, self.hparams.cam_scales, self.hparams.cam_flip)
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
         """Write the CAM file of one image (plain branch only); skip it when already complete."""
         if not self.hparams.cam_out:
@@ -161,7 +161,7 @@ class ClassifierStage(pl.LightningModule):
         image_id = batch["id"][0]
         if cam_is_complete(cam_path(self.hparams.cam_out, image_id)):
             return None
-        strided, high = multiscale_cam(self.model.cam, batch["image"], self.hparams.cam_scales, self.hparams.cam_flip)
+        strided, high = self.cams(batch["image"])
         path = write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
         log.debug("rank %d wrote %s", self.global_rank, path)
         return image_id
@@ -191,25 +191,15 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
     images were processed. Under DDP each rank writes a disjoint share of the images. ``ckpt`` is a
     Lightning checkpoint of ours or a state dict saved by the public RPNet / IRN code (``backbone``:
     its backbone, read from the tensor shapes when not given)."""
-    from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.errors import DatasetError
-    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
-    from rpnet_pl.stages.common import inference_trainer
+    from rpnet_pl.stages.inference import run_per_image
 
-    if not Path(ckpt).is_file():
-        raise DatasetError(f"{ckpt}: classifier checkpoint not found (train it with `rpnet fit classifier`)")
-    if is_reference_checkpoint(ckpt):  # sess/res50_cam.pth of the public RPNet / IRN code
-        stage = ClassifierStage(**reference_classifier_args(ckpt, backbone), cam_out=str(out),
-                                cam_scales=tuple(scales), cam_flip=flip)
-    else:
-        stage = load_stage_checkpoint(ClassifierStage, ckpt, "classifier", pretrained=False, weights=None,
-                                      cam_out=str(out), cam_scales=tuple(scales), cam_flip=flip)
-    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
-    reader = dm.reader
-    dm.skip_ids = {i for i in reader.ids if cam_is_complete(cam_path(out, i))}
-    todo = len(reader.ids) - len(dm.skip_ids)
-    if todo == 0:
-        return 0
-    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
-    trainer.predict(stage, datamodule=dm, return_predictions=False)
+    overrides = {"cam_out": str(out), "cam_scales": tuple(scales), "cam_flip": flip}
+
+    def from_reference() -> ClassifierStage:  # sess/res50_cam.pth of the public RPNet / IRN code
+        return ClassifierStage(**reference_classifier_args(ckpt, backbone), **overrides)
+
+    build = from_reference if Path(ckpt).is_file() and is_reference_checkpoint(ckpt) else None
+    todo, _ = run_per_image(ClassifierStage, ckpt, "classifier", overrides, root=root, dataset=dataset, split=split,
+                            done=lambda reader, i: cam_is_complete(cam_path(out, i)), devices=devices,
+                            num_nodes=num_nodes, accelerator=accelerator, build=build)
     return todo

@@ -1,5 +1,6 @@
-"""What every stage shares: the poly-decay SGD of IRN, the training callbacks (resume checkpoint,
-progress lines), the inference trainer and JSON writing."""
+"""What every stage shares: :class:`StageModule` (the base of the three LightningModules), the
+poly-decay SGD of IRN, the training callbacks (resume checkpoint, progress lines), the inference
+trainer and JSON writing."""
 from __future__ import annotations
 
 import logging
@@ -237,9 +238,7 @@ class PredictProgress(pl.Callback):
         batches = trainer.num_predict_batches
         total = sum(batches) if isinstance(batches, list) else int(batches)
         if trainer.is_global_zero and math.isfinite(total):
-            name = {"ClassifierStage": "CAMs", "AffinityStage": "pseudo masks"}.get(type(pl_module).__name__,
-                                                                                    "predictions")
-            self.counter = CountProgress(name, int(total))
+            self.counter = CountProgress(getattr(pl_module, "predict_what", "predictions"), int(total))
 
     def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -252,3 +251,54 @@ def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
     if channels_last:
         module.to(memory_format=torch.channels_last)
     return module
+
+
+class StageModule(pl.LightningModule):
+    """The base of the three training stages (classifier, refine, segmenter): what they share.
+
+    A subclass builds ``self.model`` (an ``nn.Module``) in ``__init__``, calls
+    ``save_hyperparameters()`` with its own hyper-parameters (at least ``lr``, ``weight_decay``,
+    ``momentum``, ``poly_power``, ``checkpoint_every_n_steps``, ``progress_every_n_steps`` and
+    ``channels_last``), and defines :meth:`optimizer_groups` and :meth:`training_losses`; its
+    ``training_step`` logs the terms of :meth:`training_losses`. The base gives:
+
+    * ``setup``: ``channels_last`` puts the network's weights in NHWC, which speeds up convolutions
+      on GPUs with tensor cores (inputs follow the weights' layout; pair it with
+      ``trainer.precision: bf16-mixed``);
+    * ``configure_optimizers``: :func:`poly_sgd` over :meth:`optimizer_groups`, decayed per step;
+    * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines).
+
+    ``rpnet bench`` times :meth:`training_losses` and :meth:`make_optimizer`, so what it measures is
+    what trains.
+    """
+
+    model: nn.Module
+    #: what ``predict_step`` writes, named in the prediction progress lines
+    predict_what: str = "predictions"
+
+    def setup(self, stage: str) -> None:
+        """Put the network's weights in channels-last layout when ``channels_last`` is set."""
+        set_memory_format(self.model, self.hparams.get("channels_last", False))
+
+    def optimizer_groups(self) -> list[tuple[Iterable[nn.Parameter], float]]:
+        """``(parameters, learning rate)`` groups of the optimiser (frozen parameters are dropped)."""
+        raise NotImplementedError
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The training objective on one batch: ``loss`` (what is minimised) and its named terms."""
+        raise NotImplementedError
+
+    def make_optimizer(self, max_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """SGD over :meth:`optimizer_groups` with poly decay to ``max_steps`` (the stage's own
+        ``weight_decay``, ``momentum`` and ``poly_power``)."""
+        hp = self.hparams
+        return poly_sgd(self.optimizer_groups(), max_steps=max_steps, weight_decay=hp.weight_decay,
+                        momentum=hp.momentum, power=hp.poly_power)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt, sched = self.make_optimizer(int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return training_callbacks(self._trainer, self.hparams.get("checkpoint_every_n_steps"),
+                                  self.hparams.get("progress_every_n_steps"))

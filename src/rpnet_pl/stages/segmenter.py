@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +19,7 @@ from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, class_names, 
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
-from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
+from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
 
@@ -54,7 +53,7 @@ def to_coco_ids(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-class SegmenterStage(pl.LightningModule):
+class SegmenterStage(StageModule):
     """DeepLab on label PNGs (pseudo masks from stage 2, or any method's masks); 255 is ignored."""
 
     def __init__(
@@ -87,18 +86,19 @@ class SegmenterStage(pl.LightningModule):
                                    output_stride=output_stride, pretrained=pretrained, weights=weights)
         self._val_conf: np.ndarray | None = None
 
-    def setup(self, stage: str) -> None:
-        """``channels_last``: the network's weights in NHWC, which speeds up convolutions on GPUs with
-        tensor cores (inputs follow the weights' layout); pair it with ``trainer.precision: bf16-mixed``."""
-        set_memory_format(self.model, self.hparams.get("channels_last", False))
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-entropy (255 ignored) of the logits upsampled to the label: ``loss`` and ``logits``
+        (B, C, H, W). ``image`` (B, 3, H, W), ``label`` (B, H, W) int64."""
         logits = self.model(batch["image"])
         logits = F.interpolate(logits, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX)
+        return {"loss": F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX), "logits": logits}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.training_losses(batch)
+        loss = out["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         if image_logging_due(self, self.hparams.image_log_every_n_steps):
-            self._log_samples(batch, logits)
+            self._log_samples(batch, out["logits"])
         return loss
 
     @torch.no_grad()
@@ -113,9 +113,12 @@ class SegmenterStage(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_conf = np.zeros((self.hparams.num_classes,) * 2, dtype=np.int64)
 
+    def probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (C, H, W) of one image (1, 3, H, W), averaged over ``eval_scales`` and flips."""
+        return multiscale_probs(self.model, image, self.hparams.eval_scales, self.hparams.eval_flip)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        probs = multiscale_probs(self.model, batch["image"], self.hparams.eval_scales, self.hparams.eval_flip)
-        pred = probs.argmax(0)
+        pred = self.probs(batch["image"]).argmax(0)
         self._val_conf += confusion_matrix(pred, batch["mask"][0], self.hparams.num_classes)
 
     def on_validation_epoch_end(self) -> None:
@@ -130,17 +133,10 @@ class SegmenterStage(pl.LightningModule):
         if per_class:
             self.log_dict(per_class, rank_zero_only=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def optimizer_groups(self) -> list[tuple[Any, float]]:
+        """The backbone at ``lr``, the head at ``lr * head_lr_mult``."""
         backbone_params, head_params = self.model.param_groups()
-        opt, sched = poly_sgd([(backbone_params, hp.lr), (head_params, hp.lr * hp.head_lr_mult)],
-                              max_steps=int(self.trainer.estimated_stepping_batches), weight_decay=hp.weight_decay,
-                              momentum=hp.momentum, power=hp.poly_power)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
-                                  self.hparams.get("progress_every_n_steps"))
+        return [(backbone_params, self.hparams.lr), (head_params, self.hparams.lr * self.hparams.head_lr_mult)]
 
     def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
         if self.hparams.label_format == "coco":
@@ -158,7 +154,7 @@ class SegmenterStage(pl.LightningModule):
             not hp.crf_dir or label_is_complete(Path(hp.crf_dir) / f"{image_id}.png", size))
         if done:
             return None
-        probs = multiscale_probs(self.model, batch["image"], hp.eval_scales, hp.eval_flip)
+        probs = self.probs(batch["image"])
         self._write(hp.pred_dir, image_id, probs.argmax(0).cpu().numpy().astype(np.uint8))
         if hp.crf_dir:
             from rpnet_pl.ops.crf import crf_inference_prob
@@ -177,38 +173,14 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
     Returns (images processed, whether this process is global rank 0). Under DDP every rank waits for
     the others before returning, so rank 0 may then read all the predictions.
     """
-    from PIL import Image
+    from rpnet_pl.stages.inference import image_shape, run_per_image
 
-    from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.stages.common import inference_trainer
-
-    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
-
-    stage = load_stage_checkpoint(
-        SegmenterStage, ckpt, "segmenter", pretrained=False, weights=None, pred_dir=str(pred_dir),
-        crf_dir=str(crf_dir) if crf_dir else None, eval_scales=tuple(scales), eval_flip=flip,
-        crf_params=crf_params, label_format=label_format)
-    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
-    reader = dm.reader
-
-    def done(i: str) -> bool:
-        with Image.open(reader.image_path(i)) as im:
-            shape = (im.size[1], im.size[0])
+    def done(reader: Any, i: str) -> bool:
+        shape = image_shape(reader, i)
         return label_is_complete(Path(pred_dir) / f"{i}.png", shape) and (
             crf_dir is None or label_is_complete(Path(crf_dir) / f"{i}.png", shape))
 
-    dm.skip_ids = {i for i in reader.ids if done(i)}
-    todo = len(reader.ids) - len(dm.skip_ids)
-    if not todo:
-        return 0, _is_global_zero()
-    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
-    trainer.predict(stage, datamodule=dm, return_predictions=False)
-    trainer.strategy.barrier("predictions written")
-    return todo, trainer.is_global_zero
-
-
-def _is_global_zero() -> bool:
-    """Rank 0 of a launched job (torchrun, SLURM, Lightning's launcher), or a lone process."""
-    import os
-
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+    overrides = {"pred_dir": str(pred_dir), "crf_dir": str(crf_dir) if crf_dir else None, "eval_scales": tuple(scales),
+                 "eval_flip": flip, "crf_params": crf_params, "label_format": label_format}
+    return run_per_image(SegmenterStage, ckpt, "segmenter", overrides, root=root, dataset=dataset, split=split,
+                         done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
