@@ -58,7 +58,7 @@ demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), ba
 # docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
 # synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.
 SYNTH_VOCLIKE ?= data/synth-voclike
-TO_PSEUDO_MASKS := classifier cam eval_cam ir_labels affinity sem_seg eval_sem_seg
+TO_PSEUDO_MASKS := classifier cam eval_cam ir_labels refine pseudo_masks eval_pseudo_masks
 demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo masks + eval-refinement (learned / ideal boundary), ~12 min on 2 cores
 	@if [ -z "$(DRY)" ] && [ ! -f $(SYNTH_VOCLIKE)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt ]; then \
 		$(RPNET) data synth --out $(SYNTH_VOCLIKE) --object-scale 0.35 0.75 --context family > /dev/null; fi
@@ -66,7 +66,7 @@ demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo
 		--logger $(LOGGER) --steps $(TO_PSEUDO_MASKS) $(if $(DRY),--dry-run) $(SEED_ARGS) || exit 1; done
 	@for r in demo-cam demo; do for s in $(or $(strip $(SEEDS)),-); do \
 		d=$(RUNS)/voclike/$$r$$([ "$$s" = - ] || echo /seed$$s); for b in learned ground-truth; do \
-		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $$d/affinity/checkpoints/last.ckpt \
+		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $$d/refine/checkpoints/last.ckpt \
 		--cams $$d/cam/cams --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
 		--out $$d/eval_refinement_$$b.json || exit 1; done; done; done
 

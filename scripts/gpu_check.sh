@@ -31,9 +31,9 @@ if [ ! -f "$data/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt" ]; then
 fi
 echo "synth: $(( $(date +%s) - t0 )) s" | tee "$out/times.txt"
 
-set_common=(classifier.model.pretrained=false affinity.model.pretrained=false segmenter.model.pretrained=false
+set_common=(classifier.model.pretrained=false refine.model.pretrained=false segmenter.model.pretrained=false
             classifier.trainer.max_steps=$steps classifier.trainer.max_epochs=100
-            affinity.trainer.max_steps=$steps affinity.trainer.max_epochs=100
+            refine.trainer.max_steps=$steps refine.trainer.max_epochs=100
             segmenter.trainer.max_steps=$steps)
 stage() {  # stage NAME: one training step of the pipeline, timed, with its log kept
     local s=$1; local t=$(date +%s)
@@ -44,10 +44,10 @@ stage() {  # stage NAME: one training step of the pipeline, timed, with its log 
     cp "$run/$s/log.txt" "$out/$s.steplog.txt" 2>/dev/null || true
 }
 stage classifier || true
-mkdir -p "$run/ir_labels/labels" "$run/sem_seg/masks"
+mkdir -p "$run/ir_labels/labels" "$run/pseudo_masks/masks"
 cp "$data"/VOCdevkit/VOC2012/SegmentationClassAug/*.png "$run/ir_labels/labels/"
-cp "$data"/VOCdevkit/VOC2012/SegmentationClassAug/*.png "$run/sem_seg/masks/"
-stage affinity || true
+cp "$data"/VOCdevkit/VOC2012/SegmentationClassAug/*.png "$run/pseudo_masks/masks/"
+stage refine || true
 stage segmenter || true
 cp -r "$run"/*/csv "$out/" 2>/dev/null || true
 

@@ -37,10 +37,10 @@ synth default &
 synth big --classes 20 --images 532 --size 128 --object-scale 0.35 0.75 --context family &
 wait
 
-full=(classifier cam eval_cam ir_labels affinity sem_seg eval_sem_seg segmenter eval_seg)
+full=(classifier cam eval_cam ir_labels refine pseudo_masks eval_pseudo_masks segmenter eval_seg)
 seeds_only=(classifier cam eval_cam)
-big_set=(classifier.data.crop_size=128 classifier.trainer.max_epochs=8 affinity.data.crop_size=128
-         segmenter.data.crop_size=128 sem_seg.pad_to=160)
+big_set=(classifier.data.crop_size=128 classifier.trainer.max_epochs=8 refine.data.crop_size=128
+         segmenter.data.crop_size=128 pseudo_masks.pad_to=160)
 # one line per chain: SET EXPERIMENT NAME SEED STEPS(comma) OVERRIDES(comma)
 plan=$work/plan.txt; : > "$plan"
 add() { for s in $seeds; do echo "$1 $2 $3 $s $4 ${5:--}" >> "$plan"; done; }
@@ -75,7 +75,7 @@ chain() {  # chain SET EXP NAME SEED STEPS OVERRIDES
     fi
     mkdir -p "$run"; cp "$work/$tag.log" "$run/pipeline.log"
     (cd "$run" && find . \( -name metrics.json -o -name metrics.csv -o -name log.txt -o -name pipeline.log \
-        -o -name config.yaml -o -path './sem_seg/masks/*.png' \) -print0 | tar czf "$out/$tag.tgz" --null -T -)
+        -o -name config.yaml -o -path './pseudo_masks/masks/*.png' \) -print0 | tar czf "$out/$tag.tgz" --null -T -)
 }
 export -f chain; export py work out deadline gpus monitor
 tr '\n' '\0' < "$plan" | xargs -0 -P "$jobs" -I{} bash -c 'chain {}'

@@ -14,6 +14,8 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+from rpnet_pl import layout
+
 
 def ms(values: list[float], scale: float = 100.0) -> str:
     """'mean +- std (n)' in percent; '-' when empty."""
@@ -57,7 +59,8 @@ def run_rows(run: Path) -> dict[str, Any]:
                          "seed_rec": [], "seed_prec": [], "mask_rec": [], "mask_prec": [], "mask_min_rec": [],
                          "seg_rec": [], "seg_zero": [], "curves": []}
     for s in seeds:
-        cam, masks, seg = (load(s / step / "metrics.json") for step in ("eval_cam", "eval_sem_seg", "eval_seg"))
+        cam, masks, seg = (load(layout.metrics_path(s, step))  # finds runs from before the rename (eval_sem_seg/)
+                           for step in ("eval_cam", "eval_pseudo_masks", "eval_seg"))
         if cam:
             r["seeds"].append(cam["best_miou"])
             r["thr"].append(float(cam["best_threshold"]))

@@ -8,7 +8,7 @@
 # Lightning picks up torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) by itself.
 # On a CPU box for a quick check: GPUS=2 ACCELERATOR=cpu scripts/torchrun_step.sh classifier RUN_DIR
 set -euo pipefail
-STEP=${1:?step: classifier, affinity or segmenter}
+STEP=${1:?step: classifier, refine or segmenter}
 RUN=${2:?run folder, e.g. runs/voc-resnext50}
 GPUS=${GPUS:-1}
 NNODES=${NNODES:-1}

@@ -81,7 +81,7 @@ def test_tree_without_sbd_fails_the_base_recipe_and_says_the_training_size(tiny_
     # an experiment that trains on train needs no train_aug: the same tree passes
     exp = tmp_path / "train_only.yaml"
     train = {"classifier": {"data": {"split": "train"}}, "cam": {"split": "train"}, "ir_labels": {"split": "train"},
-             "affinity": {"data": {"split": "train"}}, "sem_seg": {"split": "train"},
+             "refine": {"data": {"split": "train"}}, "pseudo_masks": {"split": "train"},
              "segmenter": {"data": {"split": "train"}}}
     exp.write_text(yaml.safe_dump({"extends": str(Path(__file__).resolve().parents[1] / "experiments/base.yaml"),
                                    **train}))
@@ -129,8 +129,8 @@ def test_needed_splits_of_the_experiments() -> None:
     voc = load_experiment(experiments / "voc_resnext50.yaml")
     assert step_splits(voc)["test"] == ["predict_seg"]
     assert needed_splits(voc, "voc") == {
-        "train_aug": ["classifier", "cam", "ir_labels", "affinity", "sem_seg", "segmenter"],
-        "train": ["eval_cam", "eval_sem_seg"], "val": ["segmenter", "eval_seg"]}  # test: optional
+        "train_aug": ["classifier", "cam", "ir_labels", "refine", "pseudo_masks", "segmenter"],
+        "train": ["eval_cam", "eval_pseudo_masks"], "val": ["segmenter", "eval_seg"]}  # test: optional
     coco = load_experiment(experiments / "coco_resnet50.yaml")
     assert set(needed_splits(coco, "coco")) == {"train", "val"} and needed_splits(coco, "coco")["val"] == ["eval_seg"]
     assert needed_splits(None, "voc") == {s: ["(base recipe)"] for s in ("train_aug", "train", "val")}

@@ -129,7 +129,8 @@ def _signature_defaults(fn: Any) -> dict[str, Any]:
 def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     from rpnet_pl.models.irn import IRN_INFER_PAD
     from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw, transition_matrix_sparse
-    from rpnet_pl.stages.affinity import AffinityStage, make_sem_seg_labels, refinement_breakdown, refinement_steps
+    from rpnet_pl.stages.eval_refinement import eval_refinement, refinement_breakdown, refinement_steps
+    from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
 
     op = _signature_defaults(propagate_cams)
     assert (op["radius"], op["beta"], op["exp_times"]) == (RANDOM_WALK.radius, RANDOM_WALK.beta, RANDOM_WALK.exp_times)
@@ -137,12 +138,12 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     assert _signature_defaults(sem_seg_from_rw)["bg"] == RANDOM_WALK.bg_threshold
     assert IRN_INFER_PAD == RANDOM_WALK.pad_to
 
-    stage = _signature_defaults(AffinityStage.__init__)
+    stage = _signature_defaults(RefineStage.__init__)
     assert (stage["rw_radius"], stage["rw_beta"], stage["rw_exp_times"], stage["bg_threshold"], stage["rw_pad_to"]) == (
         op["radius"], op["beta"], op["exp_times"], RANDOM_WALK.bg_threshold, RANDOM_WALK.pad_to)
 
-    cli = _parse("sem-seg-labels", "--ckpt", "c", "--cams", "x", "--out", "o", "--root", "r")
-    fn = _signature_defaults(make_sem_seg_labels)
+    cli = _parse("pseudo-masks", "--ckpt", "c", "--cams", "x", "--out", "o", "--root", "r")
+    fn = _signature_defaults(make_pseudo_masks)
     for key in ("radius", "beta", "exp_times", "bg_threshold", "pad_to"):
         assert getattr(cli, key) == fn[key] == getattr(RANDOM_WALK, key), key
 
@@ -152,6 +153,10 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
         steps["radius"], steps["beta"], steps["bg"], RANDOM_WALK.pad_to)
     assert tuple(cli.exp_times) == tuple(steps["exp_times"]) == tuple(
         _signature_defaults(refinement_breakdown)["exp_times"]) == REFINEMENT_EXP_TIMES
+    driver = _signature_defaults(eval_refinement)
+    assert (cli.radius, cli.beta, cli.bg_threshold, cli.pad_to) == (
+        driver["radius"], driver["beta"], driver["bg_threshold"], driver["pad_to"])
+    assert tuple(driver["exp_times"]) == REFINEMENT_EXP_TIMES
 
 
 def test_ir_label_cli_defaults_equal_the_op_and_stage_defaults() -> None:

@@ -37,7 +37,7 @@ def test_table_8_lists_every_step_of_four_backbones(tmp_path: Path) -> None:
         run = tmp_path / f"voc-{backbone}"
         assert f"fit classifier --config {run}/classifier/config.yaml" in out
         assert f"eval-seg --ckpt {run}/segmenter/checkpoints/last.ckpt" in out
-        assert re.search(rf"sem-seg-labels --ckpt {run}/affinity/checkpoints/last.ckpt .*--pad-to 512", out)
+        assert re.search(rf"pseudo-masks --ckpt {run}/refine/checkpoints/last.ckpt .*--pad-to 512", out)
         assert f"predict-seg --ckpt {run}/segmenter/checkpoints/last.ckpt --out {run}/predict_seg" in out
 
 
@@ -46,10 +46,10 @@ def test_demo_voclike_runs_both_chains_to_the_pseudo_masks_and_the_diagnosis(tmp
     runs = tmp_path / "voclike"
     for run in ("demo-cam", "demo"):
         assert f"fit classifier --config {runs}/{run}/classifier/config.yaml" in out
-        assert f"eval-sem-seg --masks {runs}/{run}/sem_seg/masks" in out and "--root /d/voclike" in out
+        assert f"eval-pseudo-masks --masks {runs}/{run}/pseudo_masks/masks" in out and "--root /d/voclike" in out
         assert f"{runs}/{run}/segmenter" not in out  # stops at the pseudo masks
         for boundary in ("learned", "ground-truth"):
-            assert re.search(rf"eval-refinement --ckpt {runs}/{run}/affinity/checkpoints/last.ckpt .*--boundary "
+            assert re.search(rf"eval-refinement --ckpt {runs}/{run}/refine/checkpoints/last.ckpt .*--boundary "
                              rf"{boundary} --out {runs}/{run}/eval_refinement_{boundary}.json", out)
     assert not runs.exists() and not Path("/d/voclike").exists()  # a dry run writes nothing
 

@@ -24,7 +24,7 @@ TINY = {
                    "trainer": {"max_epochs": 1}},
     "cam": {"scales": [1.0]},
     "ir_labels": {"workers": 1},
-    "affinity": {"model": {"backbone": "resnet18", "pretrained": False,
+    "refine": {"model": {"backbone": "resnet18", "pretrained": False,
                            "weights": "${run}/classifier/checkpoints/last.ckpt", "radius": 5},
                  "data": {"batch_size": 4, "crop_size": 48, "num_workers": 0}, "trainer": {"max_epochs": 1}},
     "segmenter": {"model": {"backbone": "resnet18", "pretrained": False, "output_stride": 16},
@@ -54,7 +54,7 @@ def test_whole_chain_then_resume(tmp_path: Path) -> None:
     run = runs / "tiny"
     ids_aug = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
     assert sorted(p.stem for p in (run / "cam/cams").glob("*.npy")) == sorted(ids_aug)
-    for name in ("eval_cam", "eval_sem_seg"):
+    for name in ("eval_cam", "eval_pseudo_masks"):
         m = json.loads((run / name / "metrics.json").read_text())
         assert 0.0 <= (m.get("best_miou", m.get("miou"))) <= 1.0
     seg = json.loads((run / "eval_seg/metrics.json").read_text())
@@ -62,7 +62,7 @@ def test_whole_chain_then_resume(tmp_path: Path) -> None:
     # IR labels and pseudo masks are palette PNGs with the VOC palette
     from PIL import Image
 
-    with Image.open(next((run / "sem_seg/masks").glob("*.png"))) as im:
+    with Image.open(next((run / "pseudo_masks/masks").glob("*.png"))) as im:
         assert im.mode == "P" and np.array_equal(np.array(im.getpalette()[:63]).reshape(21, 3), voc_palette()[:21])
     test_ids = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").read_text().split()
     export = run / "predict_seg/results/VOC2012/Segmentation/comp6_test_cls"
@@ -75,9 +75,9 @@ def test_whole_chain_then_resume(tmp_path: Path) -> None:
     # a corrupted CAM file and a lost pseudo mask are redone when their steps are forced
     victim = sorted((run / "cam/cams").glob("*.npy"))[0]
     victim.write_bytes(b"corrupt")
-    lost = sorted((run / "sem_seg/masks").glob("*.png"))[0]
+    lost = sorted((run / "pseudo_masks/masks").glob("*.png"))[0]
     lost.unlink()
-    assert run_steps(plan(cfg, runs_dir=runs, logger="csv"), force=["cam", "sem_seg"]) == ["cam", "sem_seg"]
+    assert run_steps(plan(cfg, runs_dir=runs, logger="csv"), force=["cam", "pseudo_masks"]) == ["cam", "pseudo_masks"]
     assert "wrote 1 CAM file" in (run / "cam/log.txt").read_text().splitlines()[-1]
     assert lost.is_file()
     _, text = write_report(runs)

@@ -24,8 +24,8 @@ def test_plan_of_the_base_experiment_lists_every_step_in_order(tmp_path: Path) -
     assert by["classifier"].argv[3:6] == ["fit", "classifier", "--config"]
     assert by["classifier"].config["data"]["root"] == "/data/voc"
     assert by["classifier"].config["trainer"]["default_root_dir"] == str(tmp_path / "base" / "classifier")
-    assert by["affinity"].config["data"]["label_dir"] == str(tmp_path / "base" / "ir_labels" / "labels")
-    assert by["segmenter"].config["data"]["label_dir"] == str(tmp_path / "base" / "sem_seg" / "masks")
+    assert by["refine"].config["data"]["label_dir"] == str(tmp_path / "base" / "ir_labels" / "labels")
+    assert by["segmenter"].config["data"]["label_dir"] == str(tmp_path / "base" / "pseudo_masks" / "masks")
     cam = by["cam"].argv
     assert cam[cam.index("--ckpt") + 1].endswith("classifier/checkpoints/last.ckpt")
     assert cam[cam.index("--scales") + 1:cam.index("--scales") + 5] == ["1.0", "0.5", "1.5", "2.0"]
@@ -34,9 +34,9 @@ def test_plan_of_the_base_experiment_lists_every_step_in_order(tmp_path: Path) -
 
 def test_run_placeholder_is_substituted(tmp_path: Path) -> None:
     cfg = load_experiment(EXPERIMENTS / "base.yaml",
-                          ["affinity.model.weights=${run}/classifier/checkpoints/last.ckpt"])
+                          ["refine.model.weights=${run}/classifier/checkpoints/last.ckpt"])
     steps = {s.name: s for s in plan(cfg, runs_dir=tmp_path, logger="none")}
-    assert steps["affinity"].config["model"]["weights"] == str(tmp_path / "base/classifier/checkpoints/last.ckpt")
+    assert steps["refine"].config["model"]["weights"] == str(tmp_path / "base/classifier/checkpoints/last.ckpt")
 
 
 def test_gpus_and_nodes_reach_trainer_and_inference(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_each_seed_is_its_own_run_folder(tmp_path: Path) -> None:
     assert by["classifier"].folder == run / "classifier" and by["predict_seg"].folder == run / "predict_seg"
     clf = by["classifier"].config
     assert clf["seed_everything"] == 1 and clf["data"]["seed"] == 1 and by["segmenter"].config["data"]["seed"] == 1
-    assert by["affinity"].config["model"]["weights"] == str(run / "classifier/checkpoints/last.ckpt")
+    assert by["refine"].config["model"]["weights"] == str(run / "classifier/checkpoints/last.ckpt")
     cam = by["cam"].argv
     assert cam[cam.index("--out") + 1] == str(run / "cam" / "cams")
     wandb = clf["trainer"]["logger"]["init_args"]

@@ -146,16 +146,16 @@ def _cam_cmd(ckpt: Path, out: Path, root: Path) -> list[str]:
 
 
 def test_checkpoint_of_another_stage_or_backbone(tiny_voc: Path, tmp_path: Path, capsys) -> None:
-    from rpnet_pl.stages.affinity import AffinityStage
+    from rpnet_pl.stages.refine import RefineStage
 
-    irn = _save(AffinityStage(backbone="resnet18", pretrained=False, radius=2), tmp_path / "affinity.ckpt")
+    irn = _save(RefineStage(backbone="resnet18", pretrained=False, radius=2), tmp_path / "refine.ckpt")
     assert main(_cam_cmd(irn, tmp_path / "cams", tiny_voc)) == 2
-    _one_error_line(capsys.readouterr().err, f"{irn}: an affinity checkpoint, not a classifier one",
+    _one_error_line(capsys.readouterr().err, f"{irn}: a refine checkpoint, not a classifier one",
                     "runs/<experiment>/classifier/checkpoints/last.ckpt")
     clf = _save(_classifier(), tmp_path / "classifier.ckpt")
-    assert main(["sem-seg-labels", "--ckpt", str(clf), "--cams", str(tmp_path / "cams"), "--out",
+    assert main(["pseudo-masks", "--ckpt", str(clf), "--cams", str(tmp_path / "cams"), "--out",
                  str(tmp_path / "masks"), "--root", str(tiny_voc)]) == 2
-    _one_error_line(capsys.readouterr().err, f"{clf}: a classifier checkpoint, not an affinity one")
+    _one_error_line(capsys.readouterr().err, f"{clf}: a classifier checkpoint, not a refine one")
     # a resnet18 classifier's weights under hyper-parameters that name resnet34
     other = _save(_classifier(), tmp_path / "relabelled.ckpt", backbone="resnet34")
     assert main(_cam_cmd(other, tmp_path / "cams", tiny_voc)) == 2

@@ -16,8 +16,8 @@ def _fake_run(root: Path, name: str, method: str, seeds: float, pseudo: float | 
     (run / "eval_cam").mkdir()
     (run / "eval_cam" / "metrics.json").write_text(json.dumps({"best_miou": seeds, "best_threshold": 0.15}))
     if pseudo is not None:
-        (run / "eval_sem_seg").mkdir()
-        (run / "eval_sem_seg" / "metrics.json").write_text(json.dumps({"miou": pseudo}))
+        (run / "eval_pseudo_masks").mkdir()
+        (run / "eval_pseudo_masks" / "metrics.json").write_text(json.dumps({"miou": pseudo}))
         (run / "eval_seg").mkdir()
         (run / "eval_seg" / "metrics.json").write_text(
             json.dumps({"without_crf": {"miou": 0.651}, "with_crf": {"miou": 0.664}}))
@@ -71,7 +71,7 @@ def _figure_run(root: Path, data: Path, ids: list[str]) -> Path:
                                                    "high_res": cam})
         mask = np.zeros((16, 20), np.uint8)
         mask[1:5, 1:5] = 1
-        write_label_png(run / "sem_seg" / "masks" / f"{image_id}.png", mask, voc_palette())
+        write_label_png(run / "pseudo_masks" / "masks" / f"{image_id}.png", mask, voc_palette())
     return run
 
 
@@ -170,8 +170,8 @@ def _seed_run(root: Path, seed: int, seeds: float, pseudo: float | None, val: tu
     (run / "eval_cam").mkdir()
     (run / "eval_cam" / "metrics.json").write_text(json.dumps({"best_miou": seeds, "best_threshold": 0.15}))
     if pseudo is not None:
-        (run / "eval_sem_seg").mkdir()
-        (run / "eval_sem_seg" / "metrics.json").write_text(json.dumps({"miou": pseudo}))
+        (run / "eval_pseudo_masks").mkdir()
+        (run / "eval_pseudo_masks" / "metrics.json").write_text(json.dumps({"miou": pseudo}))
     if val is not None:
         (run / "eval_seg").mkdir()
         (run / "eval_seg" / "metrics.json").write_text(

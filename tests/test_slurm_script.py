@@ -46,7 +46,7 @@ def test_sbatch_script_runs_the_chain_as_two_slurm_tasks(tmp_path: Path) -> None
     # the sharded steps wrote every image
     ids = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
     assert sorted(p.stem for p in (run / "cam" / "cams").glob("*.npy")) == sorted(ids)
-    assert sorted(p.stem for p in (run / "sem_seg" / "masks").glob("*.png")) == sorted(ids)
+    assert sorted(p.stem for p in (run / "pseudo_masks" / "masks").glob("*.png")) == sorted(ids)
     test_ids = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").read_text().split()
     export = run / "predict_seg/results/VOC2012/Segmentation/comp6_test_cls"
     assert sorted(p.stem for p in export.glob("*.png")) == sorted(test_ids)

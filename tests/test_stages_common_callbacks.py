@@ -139,7 +139,7 @@ def test_prediction_runs_log_done_over_total(caplog) -> None:
     assert [line.split(",")[0] for line in lines] == [f"predictions: {k}/6 images" for k in range(1, 7)]
 
 
-@pytest.mark.parametrize("stage", ["classifier", "affinity", "segmenter"])
+@pytest.mark.parametrize("stage", ["classifier", "refine", "segmenter"])
 def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Path, stage: str) -> None:
     from rpnet_pl.cli import STAGES, _load
     from rpnet_pl.stages.common import ProgressLog

@@ -180,7 +180,7 @@ def test_masks_size_and_missing(tiny_voc: Path, tmp_path: Path) -> None:
         evaluate_masks(tmp_path / "m", tiny_voc)
 
 
-def test_cli_eval_cam_and_sem_seg(tiny_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_eval_cam_and_pseudo_masks(tiny_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     exact_cams(tiny_voc, tmp_path / "cams")
     out = tmp_path / "metrics" / "cam.json"
     assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc),
@@ -192,7 +192,7 @@ def test_cli_eval_cam_and_sem_seg(tiny_voc: Path, tmp_path: Path, capsys: pytest
 
     write_masks(tiny_voc, tmp_path / "m")
     out2 = tmp_path / "metrics" / "masks.json"
-    assert main(["eval-sem-seg", "--masks", str(tmp_path / "m"), "--root", str(tiny_voc), "--out", str(out2)]) == 0
+    assert main(["eval-pseudo-masks", "--masks", str(tmp_path / "m"), "--root", str(tiny_voc), "--out", str(out2)]) == 0
     assert json.loads(out2.read_text())["miou"] == 1.0
 
     cam_path(tmp_path / "cams", A).unlink()

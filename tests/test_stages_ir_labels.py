@@ -105,6 +105,6 @@ def test_cli_ir_labels_then_eval(tiny_voc: Path, tmp_path: Path, capsys: pytest.
     assert "wrote 4 IR label PNG(s)" in capsys.readouterr().out
     # The IR labels are exact on their confident pixels: scored with --ignore-pred, mIoU 1.
     out = tmp_path / "ir.json"
-    assert main(["eval-sem-seg", "--masks", str(tmp_path / "ir"), "--root", str(tiny_voc), "--split", "train",
+    assert main(["eval-pseudo-masks", "--masks", str(tmp_path / "ir"), "--root", str(tiny_voc), "--split", "train",
                  "--ignore-pred", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["miou"] == 1.0

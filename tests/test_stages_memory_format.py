@@ -7,13 +7,13 @@ import torch
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("stage_name", ["classifier", "affinity", "segmenter"])
+@pytest.mark.parametrize("stage_name", ["classifier", "refine", "segmenter"])
 def test_channels_last_switch(stage_name: str) -> None:
     if stage_name == "classifier":
         from rpnet_pl.stages.classifier import ClassifierStage as Stage
         kw = dict(method="cam", backbone="resnet18", pretrained=False)
-    elif stage_name == "affinity":
-        from rpnet_pl.stages.affinity import AffinityStage as Stage
+    elif stage_name == "refine":
+        from rpnet_pl.stages.refine import RefineStage as Stage
         kw = dict(backbone="resnet18", pretrained=False)
     else:
         from rpnet_pl.stages.segmenter import SegmenterStage as Stage

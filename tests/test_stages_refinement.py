@@ -13,7 +13,8 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.data.transforms import eval_transform, to_chw
 from rpnet_pl.ops.metrics import confusion_matrix, miou
-from rpnet_pl.stages.affinity import AffinityStage, refinement_breakdown, refinement_steps
+from rpnet_pl.stages.eval_refinement import refinement_breakdown, refinement_steps
+from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.stages.cam_inference import read_cam, write_cam
 
 # x4 bilinear (align_corners=False) of a 1D step [1, 1, 0, 0]: output i samples source (i + 0.5) / 4 - 0.5
@@ -50,9 +51,9 @@ def test_a_long_walk_without_boundaries_floods_the_map() -> None:
     assert (steps["walk 2^0"] == 3).sum() > (steps["cam"] == 3).sum()  # one step already spreads
 
 
-def _stage() -> AffinityStage:
+def _stage() -> RefineStage:
     torch.manual_seed(0)
-    return AffinityStage(backbone="resnet18", pretrained=False, radius=2, rw_radius=2).eval()
+    return RefineStage(backbone="resnet18", pretrained=False, radius=2, rw_radius=2).eval()
 
 
 def _write_cams(tiny_voc: Path, cams_dir: Path) -> None:
@@ -133,14 +134,14 @@ def test_cli_prints_the_table_and_writes_json(tiny_voc: Path, tmp_path: Path, ca
 def test_cli_missing_checkpoint_is_a_clear_error(tiny_voc: Path, tmp_path: Path, capsys) -> None:
     assert main(["eval-refinement", "--ckpt", str(tmp_path / "none.ckpt"), "--cams", str(tmp_path),
                  "--root", str(tiny_voc)]) == 2
-    assert "none.ckpt: affinity checkpoint not found" in capsys.readouterr().err
+    assert "none.ckpt: refine checkpoint not found" in capsys.readouterr().err
 
 
 def test_irn_losses_hand_computed() -> None:
     """Boundary 0.5 everywhere (logits 0): every pair affinity is 0.5. An all-background label has
     only positive background pairs: pos_bg = -log(0.5 + 1e-5), the others 0; zero displacement on
     background costs nothing. loss = (pos_bg / 2) / 2."""
-    from rpnet_pl.stages.affinity import irn_losses
+    from rpnet_pl.stages.refine import irn_losses
 
     out = {"edge_logits": torch.zeros(1, 1, 6, 6, requires_grad=True), "displacement": torch.zeros(1, 2, 6, 6)}
     terms = irn_losses(out, torch.zeros(1, 24, 24, dtype=torch.long), radius=2)
@@ -198,7 +199,7 @@ def test_stride4_labels_sample_like_pil_nearest() -> None:
     """IRN reduces IR labels with PIL's nearest resize at 0.25: pixel 4i + 2 (not 4i)."""
     from PIL import Image
 
-    from rpnet_pl.stages.affinity import nearest_indices, stride4_labels
+    from rpnet_pl.stages.refine import nearest_indices, stride4_labels
 
     assert nearest_indices(16, 4).tolist() == [2, 6, 10, 14]
     assert nearest_indices(18, 5).tolist() == [1, 5, 9, 12, 16]  # floor((i + .5) * 3.6)
@@ -211,7 +212,7 @@ def test_stride4_labels_sample_like_pil_nearest() -> None:
 
 
 def test_stride4_labels_cv2_reduction_is_irn_masters() -> None:
-    from rpnet_pl.stages.affinity import stride4_labels
+    from rpnet_pl.stages.refine import stride4_labels
 
     label = torch.arange(64, dtype=torch.uint8).reshape(1, 8, 8)
     assert stride4_labels(label, (2, 2), "cv2")[0].tolist() == [[0, 4], [32, 36]]  # pixel 4i

@@ -182,9 +182,9 @@ def test_classifier_logs_samples_and_hparams(synth: Path, tmp_path: Path, method
     assert not (fit(0, tmp_path / "never") / "images").exists()  # 0 disables
 
 
-def test_affinity_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_path: Path) -> None:
+def test_refine_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_path: Path) -> None:
     from rpnet_pl.data.datamodules import LabelledDataModule
-    from rpnet_pl.stages.affinity import AffinityStage
+    from rpnet_pl.stages.refine import RefineStage
     from rpnet_pl.stages.segmenter import SegmenterStage
 
     masks = str(synth / "VOCdevkit" / "VOC2012" / "SegmentationClassAug")  # ground truth as IR labels / pseudo masks
@@ -193,8 +193,8 @@ def test_affinity_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_p
         return LabelledDataModule(label_dir=masks, root=str(synth), batch_size=2, crop_size=crop, num_workers=0,
                                   val_split=val)
 
-    aff = AffinityStage(backbone="resnet18", radius=5, image_log_every_n_steps=1)
-    log_dir = _fit(aff, dm(48), tmp_path / "affinity", max_steps=1)
+    aff = RefineStage(backbone="resnet18", radius=5, image_log_every_n_steps=1)
+    log_dir = _fit(aff, dm(48), tmp_path / "refine", max_steps=1)
     with Image.open(log_dir / "images" / "train_samples_0.png") as im:
         assert im.size == (3 * 48 + 2 * 2, 48)
 

@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout, step_args
 from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.ops.params import REFINEMENT_EXP_TIMES
 
 log = logging.getLogger("rpnet")
 
@@ -67,7 +66,7 @@ def _data_coco_masks(args: argparse.Namespace) -> int:
 
 STAGES = {
     "classifier": ("rpnet_pl.stages.classifier:ClassifierStage", "rpnet_pl.data.datamodules:GroupDataModule"),
-    "affinity": ("rpnet_pl.stages.affinity:AffinityStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
+    "refine": ("rpnet_pl.stages.refine:RefineStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
     "segmenter": ("rpnet_pl.stages.segmenter:SegmenterStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
 }
 
@@ -83,7 +82,7 @@ def _fit(args: argparse.Namespace) -> int:
     """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
     from pytorch_lightning.cli import LightningCLI
 
-    stage_ref, dm_ref = STAGES[args.stage]
+    stage_ref, dm_ref = STAGES[layout.current_step(args.stage, "`rpnet fit` stage")]
     LightningCLI(
         _load(stage_ref), _load(dm_ref), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
@@ -118,7 +117,7 @@ def _eval_cam(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_sem_seg(args: argparse.Namespace) -> int:
+def _eval_pseudo_masks(args: argparse.Namespace) -> int:
     from rpnet_pl.stages.common import write_json
     from rpnet_pl.stages.evaluate import evaluate_masks, format_report
 
@@ -140,37 +139,39 @@ def _ir_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sem_seg_labels(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.affinity import make_sem_seg_labels
+def _pseudo_masks(args: argparse.Namespace) -> int:
+    from rpnet_pl.stages.refine import make_pseudo_masks
 
-    n = make_sem_seg_labels(args.ckpt, args.cams, args.out, root=args.root, dataset=args.dataset, split=args.split,
-                            radius=args.radius, beta=args.beta, exp_times=args.exp_times,
-                            bg_threshold=args.bg_threshold, pad_to=args.pad_to or None,
-                            devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
+    n = make_pseudo_masks(args.ckpt, args.cams, args.out, root=args.root, dataset=args.dataset, split=args.split,
+                          radius=args.radius, beta=args.beta, exp_times=args.exp_times,
+                          bg_threshold=args.bg_threshold, pad_to=args.pad_to or None,
+                          devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
     print(f"wrote {n} pseudo mask(s) to {args.out}")
     return 0
 
 
 def _eval_refinement(args: argparse.Namespace) -> int:
     """Pseudo-mask mIoU after each refinement step (CAM, x (1-B), walks of 2^e steps)."""
-    import torch
-
-    from rpnet_pl.stages.affinity import AffinityStage, format_breakdown, refinement_breakdown
     from rpnet_pl.stages.common import write_json
+    from rpnet_pl.stages.eval_refinement import eval_refinement, format_breakdown
 
-    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
-
-    stage = load_stage_checkpoint(
-        AffinityStage, args.ckpt, "affinity", pretrained=False, weights=None, rw_radius=args.radius, rw_beta=args.beta,
-        bg_threshold=args.bg_threshold, rw_pad_to=args.pad_to or None)
-    if torch.cuda.is_available():
-        stage = stage.cuda()
-    result = refinement_breakdown(stage, args.cams, args.root, dataset=args.dataset, split=args.split,
-                                  exp_times=args.exp_times, boundary_source=args.boundary.replace("-", "_"))
+    result = eval_refinement(args.ckpt, args.cams, args.root, dataset=args.dataset, split=args.split,
+                             exp_times=args.exp_times, boundary_source=args.boundary.replace("-", "_"),
+                             radius=args.radius, beta=args.beta, bg_threshold=args.bg_threshold, pad_to=args.pad_to)
     print(format_breakdown(result))
     if args.out:
         print(f"wrote {write_json(args.out, result)}")
     return 0
+
+
+def _deprecated_command(old: str, func: Command) -> Command:
+    """``func`` behind a one-line deprecation warning naming the new command of ``rpnet old``."""
+
+    def run(args: argparse.Namespace) -> int:
+        log.warning(layout.deprecation(old, layout.OLD_COMMANDS[old], "`rpnet` command"))
+        return func(args)
+
+    return run
 
 
 def _eval_seg(args: argparse.Namespace) -> int:
@@ -301,6 +302,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"dataset.root={args.data}")
     cfg = load_experiment(args.experiment, overrides)
+    args.steps = [layout.current_step(s, "--steps: step") for s in args.steps] if args.steps else None
+    args.force = [layout.current_step(s, "--force: step") for s in args.force] if args.force else None
     if args.name:
         cfg["name"] = args.name
     for seed in list(dict.fromkeys(args.seeds or [None])):
@@ -492,26 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ir-labels", help="IR labels (confident fg / bg / 255) from high-res CAMs, with denseCRF")
     step_args.add_ir_labels_args(p)
     p.set_defaults(func=_ir_labels)
-    p = sub.add_parser("eval-sem-seg", help="mIoU of label PNGs (pseudo masks, predictions) against the ground truth")
-    step_args.add_eval_sem_seg_args(p)
-    p.set_defaults(func=_eval_sem_seg)
-    p = sub.add_parser("sem-seg-labels", help="pseudo masks: boundary map -> random walk on the CAM seeds")
-    step_args.add_sem_seg_labels_args(p)
-    p.set_defaults(func=_sem_seg_labels)
+    for name, func, help_ in (
+            ("pseudo-masks", _pseudo_masks, "pseudo masks: boundary map -> random walk on the CAM seeds"),
+            ("eval-pseudo-masks", _eval_pseudo_masks,
+             "mIoU of label PNGs (pseudo masks, predictions) against the ground truth")):
+        p = sub.add_parser(name, help=help_)
+        step_args.STEP_ARGS[name](p)
+        p.set_defaults(func=func)
+        old = next(o for o, n in layout.OLD_COMMANDS.items() if n == name)
+        p = sub.add_parser(old)  # deprecated; no help line, so `rpnet --help` lists the new name only
+        step_args.STEP_ARGS[name](p)
+        p.set_defaults(func=_deprecated_command(old, func))
 
     p = sub.add_parser("eval-refinement", help="diagnose boundary refinement: pseudo-mask mIoU and foreground "
                        "share after each step (CAMs alone, x (1 - boundary), random walks of 2^e steps)")
-    p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
-    p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
-    step_args.add_data_args(p, "train")
-    p.add_argument("--exp-times", type=int, nargs="+", default=list(REFINEMENT_EXP_TIMES),
-                   help="walks of 2**e steps to score")
-    step_args.add_walk_args(p)
-    p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
-                   help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
-                        "(what the walk can do with these seeds when the boundary is right)")
-    step_args.add_pad_arg(p)
-    p.add_argument("--out", help="write the result as JSON here")
+    step_args.add_eval_refinement_args(p)
     p.set_defaults(func=_eval_refinement)
 
     for name, func, help_ in (("eval-seg", _eval_seg, "segmenter mIoU with and without denseCRF"),
@@ -606,10 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("fit", help="train a stage (classifier, affinity, segmenter) with LightningCLI; "
+    p = sub.add_parser("fit", help="train a stage (classifier, refine, segmenter) with LightningCLI; "
                        "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
                        add_help=False)
-    p.add_argument("stage", choices=sorted(STAGES), help="the stage to train")
+    old_stages = [o for o, n in layout.OLD_STEP_NAMES.items() if n in STAGES]  # deprecated, still accepted
+    p.add_argument("stage", choices=sorted(STAGES) + old_stages, metavar="{" + ",".join(sorted(STAGES)) + "}",
+                   help="the stage to train")
     p.set_defaults(func=_fit, accepts_extra=True)
     _show_defaults(parser)
     return parser

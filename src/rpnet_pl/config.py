@@ -1,11 +1,13 @@
 """Experiment YAML: one file per experiment, saying only what differs from the file it ``extends``.
 
-An experiment has one section per pipeline step. Training sections (``classifier``, ``affinity``,
+An experiment has one section per pipeline step. Training sections (``classifier``, ``refine``,
 ``segmenter``) are LightningCLI configs (``model``, ``data``, ``trainer``); the other sections hold the
 options of the inference/eval commands. The top-level ``dataset`` block (``name``, ``root``) is copied
 into every ``data`` section so the data root is said once (and ``DATA=`` overrides it).
 
-Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML).
+Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML). The old names of
+stage 2's sections (``affinity``, ``sem_seg``, ``eval_sem_seg``) are read as the new ones
+(``refine``, ``pseudo_masks``, ``eval_pseudo_masks``) with a deprecation warning, for one release.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Any, Iterable
 import yaml
 
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.layout import OLD_STEP_NAMES, current_step
 
-TRAIN_STAGES = ("classifier", "affinity", "segmenter")
+TRAIN_STAGES = ("classifier", "refine", "segmenter")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -49,7 +52,7 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: circular 'extends'")
-    data = read_yaml(path)
+    data = rename_old_sections(read_yaml(path), where=str(path))
     parents = data.pop("extends", None)
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else (parents or []):
@@ -65,12 +68,26 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     return merged
 
 
+def rename_old_sections(data: dict, where: str = "") -> dict:
+    """``data`` with its deprecated top-level sections (:data:`OLD_STEP_NAMES`) under their new names,
+    each with a logged warning; a file holding both names of one section is an error."""
+    out: dict = {}
+    for key, value in data.items():
+        new = current_step(key, f"{where}: config section" if where else "config section") \
+            if key in OLD_STEP_NAMES else key
+        if new in out or (new != key and new in data):
+            raise ConfigError(f"{where}: both '{key}' and '{new}' are set; keep '{new}' only")
+        out[new] = value
+    return out
+
+
 def apply_override(cfg: dict, override: str) -> None:
-    """Set ``a.b.c=value`` in place (value parsed as YAML)."""
+    """Set ``a.b.c=value`` in place (value parsed as YAML); an old section name is read as the new one."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
+    parts[0] = current_step(parts[0], f"--set {key.strip()}: config section")
     node = cfg
     for p in parts[:-1]:
         node = node.setdefault(p, {})

@@ -163,7 +163,7 @@ def check_irn_loss(c: Mapping[str, np.ndarray]) -> list[Check]:
     """IRN ``GetAffinityLabelFromIndices`` + ``AffinityDisplacementLoss`` + ``train_irn``'s loss ->
     our :func:`irn_objective` (pair tensors permuted to IRN's (B, D, P) layout)."""
     from rpnet_pl.ops.path_index import reference_direction_order
-    from rpnet_pl.stages.affinity import irn_objective
+    from rpnet_pl.stages.refine import irn_objective
 
     radius = int(c["radius"])
     terms = irn_objective(_t(c["edge_logit"]), _t(c["disp"]), _t(c["reduced_labels"], torch.long), radius)

@@ -135,7 +135,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)]
     dev_args += ["--accelerator", accelerator] if gpus else []
     rpnet = [sys.executable, "-m", "rpnet_pl.cli"]
-    wanted = list(steps or [s for s in STEP_ORDER if s in cfg])
+    wanted = [layout.current_step(s) for s in steps] if steps else [s for s in STEP_ORDER if s in cfg]
     unknown = [s for s in wanted if s not in STEP_ORDER]
     if unknown:
         raise ConfigError(f"unknown step(s) {unknown}; steps are {list(STEP_ORDER)}")
@@ -144,6 +144,9 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     for step in wanted:
         sec = substitute(dict(section(cfg, step)), run)
         folder = layout.step_dir(run, step)
+        if folder.name != step:
+            log.warning("%s; step '%s' uses %s, written before the rename",
+                        layout.deprecation(folder.name, step, "run folder"), step, folder)
         if step in TRAIN_STAGES:
             stage_cfg = {k: v for k, v in sec.items()}
             trainer = dict(stage_cfg.get("trainer") or {})
@@ -158,7 +161,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             if seed is not None:
                 stage_cfg["seed_everything"] = int(seed)
                 stage_cfg["data"] = {**(stage_cfg.get("data") or {}), "seed": int(seed)}
-            if step == "affinity":
+            if step == "refine":
                 stage_cfg.setdefault("data", {})["label_dir"] = str(ir)
             if step == "segmenter":
                 stage_cfg.setdefault("data", {})["label_dir"] = str(pseudo)
@@ -166,7 +169,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             out.append(Step(step, argv, folder, stage_cfg))
             continue
         ckpt = {"cam": layout.checkpoint(run, "classifier"),
-                "sem_seg": layout.checkpoint(run, "affinity"),
+                "pseudo_masks": layout.checkpoint(run, "refine"),
                 "eval_seg": layout.checkpoint(run, "segmenter"),
                 "predict_seg": layout.checkpoint(run, "segmenter")}.get(step)
         argv = rpnet + [layout.STEP_COMMANDS[step]]
@@ -176,9 +179,9 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             argv += ["--cams", str(cams), "--out", str(layout.metrics_path(run, step))] + data_args
         elif step == "ir_labels":
             argv += ["--cams", str(cams), "--out", str(ir)] + data_args
-        elif step == "sem_seg":
+        elif step == "pseudo_masks":
             argv += ["--ckpt", str(ckpt), "--cams", str(cams), "--out", str(pseudo)] + data_args + dev_args
-        elif step == "eval_sem_seg":
+        elif step == "eval_pseudo_masks":
             argv += ["--masks", str(pseudo), "--out", str(layout.metrics_path(run, step))] + data_args
         elif step == "eval_seg":
             argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
@@ -245,6 +248,7 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
               env: dict[str, str] | None = None) -> list[str]:
     """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
     ran: list[str] = []
+    force = [layout.current_step(name) for name in force]
     for step in steps:
         if step.is_done() and step.name not in force:
             log.info("skip %s: complete (%s)", step.name, step.done_marker)

@@ -1,7 +1,7 @@
 """`rpnet report RUNS_DIR`: paper-style tables from whatever runs exist, readable without W&B.
 
 Each run folder (``RUNS_DIR/<name>/``) contributes the metrics its steps wrote:
-``eval_cam/metrics.json`` (seeds), ``eval_sem_seg/metrics.json`` (pseudo masks, "+ BR") and
+``eval_cam/metrics.json`` (seeds), ``eval_pseudo_masks/metrics.json`` (pseudo masks, "+ BR") and
 ``eval_seg/metrics.json`` (segmenter, with and without denseCRF).
 
 Figures (PNG, matplotlib's Agg renderer) are written next to ``report.md`` and linked from it: the

@@ -1,5 +1,5 @@
-"""The options of the per-image step commands (`rpnet cam`, `eval-cam`, `ir-labels`, `eval-sem-seg`,
-`sem-seg-labels`, `eval-seg`, `predict-seg`), said once: :mod:`rpnet_pl.cli` adds them to its
+"""The options of the per-image step commands (`rpnet cam`, `eval-cam`, `ir-labels`, `pseudo-masks`,
+`eval-pseudo-masks`, `eval-seg`, `predict-seg`, and `eval-refinement`), said once: :mod:`rpnet_pl.cli` adds them to its
 subcommands and :mod:`rpnet_pl.validate` checks an experiment's step sections against them, without
 either importing the other. Defaults come from :mod:`rpnet_pl.ops.params`."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import functools
 from typing import Callable
 
-from rpnet_pl.ops.params import IR_LABELS, PROB_CRF, RANDOM_WALK
+from rpnet_pl.ops.params import IR_LABELS, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
 
 
 def add_pad_arg(p: argparse.ArgumentParser) -> None:
@@ -87,8 +87,8 @@ def add_ir_labels_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="CPU processes (default: all cores; 0 = inline)")
 
 
-def add_eval_sem_seg_args(p: argparse.ArgumentParser) -> None:
-    """Options of `rpnet eval-sem-seg`."""
+def add_eval_pseudo_masks_args(p: argparse.ArgumentParser) -> None:
+    """Options of `rpnet eval-pseudo-masks` (any folder of label PNGs)."""
     p.add_argument("--masks", required=True, help="folder of ID.png label maps")
     add_data_args(p, "train")
     p.add_argument("--ignore-pred", action="store_true", help="leave out pixels predicted 255 (IR labels)")
@@ -96,9 +96,9 @@ def add_eval_sem_seg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the metrics as JSON here")
 
 
-def add_sem_seg_labels_args(p: argparse.ArgumentParser) -> None:
-    """Options of `rpnet sem-seg-labels`."""
-    p.add_argument("--ckpt", required=True, help="affinity checkpoint (runs/<exp>/affinity/checkpoints/last.ckpt)")
+def add_pseudo_masks_args(p: argparse.ArgumentParser) -> None:
+    """Options of `rpnet pseudo-masks`."""
+    p.add_argument("--ckpt", required=True, help="refine checkpoint (runs/<exp>/refine/checkpoints/last.ckpt)")
     p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
     p.add_argument("--out", required=True, help="output folder, one palette PNG per image")
     add_data_args(p, "train_aug")
@@ -106,6 +106,21 @@ def add_sem_seg_labels_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-times", type=int, default=RANDOM_WALK.exp_times, help="random walk of 2**exp_times steps")
     add_pad_arg(p)
     add_device_args(p)
+
+
+def add_eval_refinement_args(p: argparse.ArgumentParser) -> None:
+    """Options of `rpnet eval-refinement`."""
+    p.add_argument("--ckpt", required=True, help="refine checkpoint (runs/<exp>/refine/checkpoints/last.ckpt)")
+    p.add_argument("--cams", required=True, help="CAM folder written by `rpnet cam`")
+    add_data_args(p, "train")
+    p.add_argument("--exp-times", type=int, nargs="+", default=list(REFINEMENT_EXP_TIMES),
+                   help="walks of 2**e steps to score")
+    add_walk_args(p)
+    p.add_argument("--boundary", choices=["learned", "ground-truth"], default="learned",
+                   help="ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's "
+                        "(what the walk can do with these seeds when the boundary is right)")
+    add_pad_arg(p)
+    p.add_argument("--out", help="write the result as JSON here")
 
 
 def _add_segmenter_args(p: argparse.ArgumentParser, name: str, split: str) -> None:
@@ -140,8 +155,8 @@ STEP_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "cam": add_cam_args,
     "eval-cam": add_eval_cam_args,
     "ir-labels": add_ir_labels_args,
-    "eval-sem-seg": add_eval_sem_seg_args,
-    "sem-seg-labels": add_sem_seg_labels_args,
+    "pseudo-masks": add_pseudo_masks_args,
+    "eval-pseudo-masks": add_eval_pseudo_masks_args,
     "eval-seg": add_eval_seg_args,
     "predict-seg": add_predict_seg_args,
 }

@@ -55,7 +55,7 @@ def summarise_run(run: Path) -> RunSummary:
         out.method, out.backbone, out.dataset = model.get("method"), model.get("backbone"), data.get("dataset")
     if (m := read_json(layout.metrics_path(run, "eval_cam"))) is not None:
         out.seeds, out.seed_threshold = m.get("best_miou"), m.get("best_threshold")
-    if (m := read_json(layout.metrics_path(run, "eval_sem_seg"))) is not None:
+    if (m := read_json(layout.metrics_path(run, "eval_pseudo_masks"))) is not None:
         out.pseudo_masks = m.get("miou")
     if (m := read_json(layout.metrics_path(run, "eval_seg"))) is not None:
         out.val = (m.get("without_crf") or {}).get("miou")
@@ -102,7 +102,7 @@ def summarise(folder: Path) -> RunSummary:
 
 def is_run(folder: Path) -> bool:
     """True if ``folder`` holds at least one step folder that ``rpnet report`` reads."""
-    return any(layout.step_dir(folder, s).is_dir() for s in ("classifier", "eval_cam", "eval_sem_seg", "eval_seg"))
+    return any(layout.step_dir(folder, s).is_dir() for s in ("classifier", "eval_cam", "eval_pseudo_masks", "eval_seg"))
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:

@@ -22,14 +22,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rpnet_pl.config import TRAIN_STAGES
 from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.layout import STEP_COMMANDS
+from rpnet_pl.layout import OLD_STEP_NAMES, STEP_COMMANDS
 
 PKG = Path(__file__).resolve().parent
 
 #: Training sections: (stage module, class), (datamodule module, class) under src/rpnet_pl.
 TRAIN_CLASSES = {
     "classifier": (("stages/classifier.py", "ClassifierStage"), ("data/datamodules.py", "GroupDataModule")),
-    "affinity": (("stages/affinity.py", "AffinityStage"), ("data/datamodules.py", "LabelledDataModule")),
+    "refine": (("stages/refine.py", "RefineStage"), ("data/datamodules.py", "LabelledDataModule")),
     "segmenter": (("stages/segmenter.py", "SegmenterStage"), ("data/datamodules.py", "LabelledDataModule")),
 }
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
@@ -271,8 +271,10 @@ def _check_tree(cfg: dict) -> None:
 def check_overrides(overrides: Iterable[str]) -> None:
     """``--set`` keys name known sections and options (a typo'd section is not silently added)."""
     for ov in overrides:
-        key = ov.split("=", 1)[0].strip()
-        check_key_path(key.split("."), where=f"--set {ov}")
+        parts = ov.split("=", 1)[0].strip().split(".")
+        if parts[0] in OLD_STEP_NAMES:  # deprecated section name; load_experiment warns when it applies it
+            parts[0] = OLD_STEP_NAMES[parts[0]]
+        check_key_path(parts, where=f"--set {ov}")
 
 
 # -- the environment: data, weights, network -----------------------------------------------------
@@ -324,7 +326,8 @@ def _producer(path: Path, run_dir: Path, planned: set[str]) -> str | None:
         rel = path.resolve().relative_to(run_dir.resolve())
     except ValueError:
         return None
-    return rel.parts[0] if rel.parts and rel.parts[0] in planned else None
+    step = OLD_STEP_NAMES.get(rel.parts[0], rel.parts[0]) if rel.parts else None  # a run from before the rename
+    return step if step in planned else None
 
 
 def check_files(steps: Sequence[Any], run_dir: Path, planned: set[str]) -> None:

@@ -101,7 +101,7 @@ def _voc_notes(report: CheckReport, voc: Path) -> None:
             f"no SBD train_aug list: training can only use train's {n} images instead of train_aug's "
             f"{TRAIN_AUG_SIZE} (about {TRAIN_AUG_SIZE / max(n, 1):.0f}x fewer; expect lower mIoU than the paper); "
             "to train on train, add --set classifier.data.split=train cam.split=train ir_labels.split=train "
-            "affinity.data.split=train sem_seg.split=train segmenter.data.split=train")
+            "refine.data.split=train pseudo_masks.split=train segmenter.data.split=train")
     if not (voc / "SegmentationClassAug").is_dir() and "train_aug" in report.split_sizes:
         report.notes.append(
             f"no SegmentationClassAug: the image-level labels of train_aug come from the XML annotations "

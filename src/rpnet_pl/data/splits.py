@@ -13,7 +13,7 @@ from rpnet_pl.errors import DatasetError
 #: What each split is used for, in the order `data check` lists them.
 SPLIT_USES: dict[str, dict[str, str]] = {
     "voc": {"train_aug": "training (classifier, CAMs, IR labels, boundary net, pseudo masks, segmenter)",
-            "train": "seed / pseudo-mask evaluation (eval_cam, eval_sem_seg)",
+            "train": "seed / pseudo-mask evaluation (eval_cam, eval_pseudo_masks)",
             "val": "segmentation evaluation (eval_seg)",
             "test": "test export (predict_seg)"},
     "coco": {"train": "training and seed / pseudo-mask evaluation",

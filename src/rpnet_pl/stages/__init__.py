@@ -1,1 +1,1 @@
-"""One LightningModule per stage (classifier, affinity, segmenter) and their per-image inference steps."""
+"""One LightningModule per stage (classifier, refine, segmenter) and their per-image inference steps."""

@@ -1,6 +1,6 @@
 """Load a stage from the checkpoint given to ``--ckpt``, or say in one line why it is the wrong one.
 
-A checkpoint of another stage (an affinity checkpoint passed to ``rpnet cam``) or whose weights do
+A checkpoint of another stage (a refine checkpoint passed to ``rpnet cam``) or whose weights do
 not fit the backbone its hyper-parameters name would otherwise end in a deep traceback from
 ``load_state_dict``; here it is a :class:`DatasetError` naming the file.
 """
@@ -15,7 +15,7 @@ from rpnet_pl.errors import DatasetError
 T = TypeVar("T")
 
 _STAGES = {"classifier": "rpnet_pl.stages.classifier:ClassifierStage",
-           "affinity": "rpnet_pl.stages.affinity:AffinityStage",
+           "refine": "rpnet_pl.stages.refine:RefineStage",
            "segmenter": "rpnet_pl.stages.segmenter:SegmenterStage"}
 
 

@@ -1,4 +1,6 @@
-"""Evaluate CAM seeds and label maps against the ground truth (IRN's eval_cam / eval_sem_seg).
+"""Evaluate CAM seeds and label maps against the ground truth (IRN's eval_cam / eval_sem_seg; our
+steps eval_cam / eval_pseudo_masks / eval_seg). The refinement diagnostic lives beside it, in
+:mod:`rpnet_pl.stages.eval_refinement`.
 
 * :func:`evaluate_cams`: spec "CAM inference and evaluation": prepend a constant background
   channel (the threshold) to the normalised CAMs, argmax, one confusion matrix over the split

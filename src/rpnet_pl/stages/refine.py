@@ -1,28 +1,28 @@
-"""Stage 2: IRN boundary refinement (Ahn et al. 2019, the paper's [4], "+ BR" in Table I).
+"""Stage 2, ``refine``: IRN boundary refinement (Ahn et al. 2019, the paper's [4], "+ BR" in Table I).
 
-Training learns the boundary (and displacement) branches from IR labels; prediction turns a
-boundary map into a transition matrix and random-walks the CAM seeds into pseudo masks, one palette
-PNG per image, skipping images whose PNG is already complete.
+Training (`rpnet fit refine`) learns IRNet's boundary (and displacement) branches from IR labels;
+prediction (`rpnet pseudo-masks`) turns a boundary map into a transition matrix and random-walks the
+CAM seeds into pseudo masks, one palette PNG per image, skipping images whose PNG is already
+complete. (The pair-label math of the boundary loss is :mod:`rpnet_pl.ops.affinity`.)
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
-from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss, mask_boundary
-from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES
+from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
+from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
-from rpnet_pl.stages.common import poly_sgd, set_memory_format, training_callbacks
+from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
 
@@ -96,11 +96,13 @@ def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int
     return irn_objective(out["edge_logits"], out["displacement"] if displacement else None, label, radius)
 
 
-class AffinityStage(pl.LightningModule):
+class RefineStage(StageModule):
     """Trains IRNet's boundary and displacement branches (backbone frozen) on IR labels.
 
     Loss (spec): (pos_bg/2 + pos_fg/2 + neg)/2 + (displacement fg + bg)/2.
     """
+
+    predict_what = "pseudo masks"
 
     def __init__(
         self,
@@ -131,15 +133,14 @@ class AffinityStage(pl.LightningModule):
         self.save_hyperparameters()
         self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights)
 
-    def setup(self, stage: str) -> None:
-        """``channels_last``: the network's weights in NHWC, which speeds up convolutions on GPUs with
-        tensor cores (inputs follow the weights' layout); pair it with ``trainer.precision: bf16-mixed``."""
-        set_memory_format(self.model, self.hparams.get("channels_last", False))
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """IRN's objective (:func:`irn_losses`) on ``image`` (B, 3, H, W) and IR ``label`` (B, H, W)."""
+        return irn_losses(self.model(batch["image"]), batch["label"], self.hparams.radius,
+                          displacement=self.hparams.displacement_loss,
+                          reduction=self.hparams.get("label_reduction", "pil"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms = irn_losses(self.model(batch["image"]), batch["label"], self.hparams.radius,
-                           displacement=self.hparams.displacement_loss,
-                           reduction=self.hparams.get("label_reduction", "pil"))
+        terms = self.training_losses(batch)
         bs = batch["image"].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
         for key in ("pos_bg_loss", "pos_fg_loss", "neg_loss", "dp_fg_loss", "dp_bg_loss"):
@@ -158,17 +159,10 @@ class AffinityStage(pl.LightningModule):
         tiles = [image, overlay_labels(image, batch["label"][0].cpu().numpy(), voc_palette()), gray(boundary)]
         log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "IR label", "boundary"])
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        edge_params, dp_params = self.model.param_groups()  # IRN: displacement branch at 10x lr
-        opt, sched = poly_sgd([(edge_params, hp.lr), (dp_params, hp.lr * hp.displacement_lr_mult)],
-                              max_steps=int(self.trainer.estimated_stepping_batches),
-                              weight_decay=hp.weight_decay, momentum=hp.momentum, power=hp.poly_power)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return training_callbacks(self._trainer, self.hparams.checkpoint_every_n_steps,
-                                  self.hparams.get("progress_every_n_steps"))
+    def optimizer_groups(self) -> list[tuple[Any, float]]:
+        """The boundary branch at ``lr``, the displacement branch at ``lr * displacement_lr_mult`` (IRN: 10x)."""
+        edge_params, dp_params = self.model.param_groups()
+        return [(edge_params, self.hparams.lr), (dp_params, self.hparams.lr * self.hparams.displacement_lr_mult)]
 
     # -- pseudo masks ------------------------------------------------------------------------
     def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":
@@ -177,14 +171,15 @@ class AffinityStage(pl.LightningModule):
         image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
         """
         hp = self.hparams
-        boundary = self.model.boundary(image, pad_to=hp.rw_pad_to or None)  # (h4, w4), flip-averaged
+        boundary = self.model.boundary(image, pad_to=hp.rw_pad_to or None).float()  # (h4, w4), flip-averaged
         cams = torch.as_tensor(cam_record["cam"], dtype=torch.float32, device=boundary.device)  # (K, h4, w4)
         keys = torch.as_tensor(cam_record["keys"], dtype=torch.long)
         h4, w4 = boundary.shape
         cams = cams[:, :h4, :w4]
         if cams.shape[-2:] != boundary.shape:
             cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
-        rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)
+        with torch.autocast(boundary.device.type, enabled=False):  # under bf16 autocast too: no bf16 sparse matmul
+            rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)
         return sem_seg_from_rw(rw, keys, tuple(image.shape[-2:]), bg=hp.bg_threshold)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
@@ -200,125 +195,18 @@ class AffinityStage(pl.LightningModule):
         return image_id
 
 
-def make_sem_seg_labels(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
-                        split: str = "train_aug", radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
-                        exp_times: int = RANDOM_WALK.exp_times, bg_threshold: float = RANDOM_WALK.bg_threshold,
-                        pad_to: int | None = IRN_INFER_PAD,
-                        devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
-    """`rpnet sem-seg-labels`: pseudo masks for every image of ``split`` without a complete PNG."""
-    from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.stages.common import inference_trainer
+def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
+                      split: str = "train_aug", radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
+                      exp_times: int = RANDOM_WALK.exp_times, bg_threshold: float = RANDOM_WALK.bg_threshold,
+                      pad_to: int | None = IRN_INFER_PAD,
+                      devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
+    """`rpnet pseudo-masks`: pseudo masks for every image of ``split`` without a complete PNG; returns
+    how many images were processed."""
+    from rpnet_pl.stages.inference import image_shape, run_per_image
 
-    from rpnet_pl.stages.checkpoints import load_stage_checkpoint
-
-    stage = load_stage_checkpoint(
-        AffinityStage, ckpt, "affinity", pretrained=False, weights=None, cams_dir=str(cams_dir), out_dir=str(out),
-        rw_radius=radius, rw_beta=beta, rw_exp_times=exp_times, bg_threshold=bg_threshold, rw_pad_to=pad_to)
-    dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
-    reader = dm.reader
-    from PIL import Image
-
-    def done(i: str) -> bool:
-        with Image.open(reader.image_path(i)) as im:
-            return label_is_complete(Path(out) / f"{i}.png", (im.size[1], im.size[0]))
-
-    dm.skip_ids = {i for i in reader.ids if done(i)}
-    todo = len(reader.ids) - len(dm.skip_ids)
-    if todo == 0:
-        return 0
-    trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
-    trainer.predict(stage, datamodule=dm, return_predictions=False)
+    overrides = {"cams_dir": str(cams_dir), "out_dir": str(out), "rw_radius": radius, "rw_beta": beta,
+                 "rw_exp_times": exp_times, "bg_threshold": bg_threshold, "rw_pad_to": pad_to}
+    todo, _ = run_per_image(RefineStage, ckpt, "refine", overrides, root=root, dataset=dataset, split=split,
+                            done=lambda reader, i: label_is_complete(Path(out) / f"{i}.png", image_shape(reader, i)),
+                            devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     return todo
-
-
-# -- where refinement gains or loses -----------------------------------------------------------
-def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Tensor, image_size: tuple[int, int],
-                     exp_times: Sequence[int] = REFINEMENT_EXP_TIMES, radius: int = RANDOM_WALK.radius,
-                     beta: float = RANDOM_WALK.beta, bg: float = RANDOM_WALK.bg_threshold) -> dict[str, np.ndarray]:
-    """Pseudo masks of one image after each step of the refinement (spec "Pseudo masks"):
-
-    * ``cam``: the strided CAMs alone (x4 up, global max, background ``bg``, argmax);
-    * ``cam x (1-B)``: the CAMs damped by the boundary map, no walk;
-    * ``walk 2^e``: the full recipe with ``2 ** e`` random-walk steps, for each ``e`` in ``exp_times``.
-
-    cams (K, h, w), boundary (h, w), keys (K,) class ids. Returns name -> (H, W) int64 label map.
-    """
-    out = {"cam": sem_seg_from_rw(cams, keys, image_size, bg=bg),
-           "cam x (1-B)": sem_seg_from_rw(cams * (1.0 - boundary), keys, image_size, bg=bg)}
-    for e in exp_times:
-        rw = propagate_cams(cams, boundary, radius=radius, beta=beta, exp_times=e)
-        out[f"walk 2^{e}"] = sem_seg_from_rw(rw, keys, image_size, bg=bg)
-    return out
-
-
-BOUNDARY_SOURCES = ("learned", "ground_truth")
-
-
-def refinement_breakdown(stage: AffinityStage, cams_dir: str | Path, root: str, dataset: str = "voc",
-                         split: str = "train", exp_times: Sequence[int] = REFINEMENT_EXP_TIMES,
-                         boundary_source: str = "learned") -> dict[str, Any]:
-    """mIoU and foreground share of the pseudo masks after each step of :func:`refinement_steps` over
-    a split with ground truth (a diagnosis of the Table I "+ BR" gain; `rpnet eval-refinement`).
-
-    ``boundary_source="ground_truth"`` walks over the ideal boundary map drawn from each ground-truth
-    mask (:func:`mask_boundary`) instead of IRN's: what the walk can do with these seeds when the
-    boundary is right, which splits a loss between the boundary network and the seeds.
-    Also reports the mean boundary probability. Uses the stage's random-walk settings. Returns
-    ``{"split", "n_images", "boundary_source", "mean_boundary", "steps": {name: {"miou",
-    "fg_fraction", "per_class_iou"}}}`` (nan -> None).
-    """
-    if boundary_source not in BOUNDARY_SOURCES:
-        raise ValueError(f"boundary_source must be one of {BOUNDARY_SOURCES}, got {boundary_source!r}")
-    from rpnet_pl.data.datamodules import InferenceDataModule
-    from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
-    from rpnet_pl.stages.evaluate import json_number, per_class_json
-
-    hp = stage.hparams
-    dm = InferenceDataModule(root=root, dataset=dataset, split=split, with_mask=True, num_workers=0)  # type: ignore[arg-type]
-    reader = dm.reader
-    c = reader.num_classes
-    conf: dict[str, np.ndarray] = {}
-    boundary_sum, n = 0.0, 0
-    stage.eval()
-    with torch.no_grad():
-        for item in dm.dataset_:
-            image, gt = item["image"][None].to(stage.device), item["mask"].numpy()
-            if boundary_source == "learned":
-                boundary = stage.model.boundary(image, pad_to=hp.rw_pad_to or None)
-            else:
-                size4 = tuple((s - 1) // stage.model.stride + 1 for s in gt.shape)
-                boundary = torch.as_tensor(mask_boundary(gt, size4, stage.model.stride), device=stage.device)
-            record = read_cam(cams_dir, item["id"])
-            cams = torch.as_tensor(record["cam"], dtype=torch.float32, device=boundary.device)
-            keys = torch.as_tensor(record["keys"], dtype=torch.long)
-            h4, w4 = boundary.shape
-            cams = F.pad(cams[:, :h4, :w4], (0, max(0, w4 - cams.shape[-1]), 0, max(0, h4 - cams.shape[-2])))
-            steps = refinement_steps(cams, boundary, keys, gt.shape, exp_times, radius=hp.rw_radius,
-                                     beta=hp.rw_beta, bg=hp.bg_threshold)
-            for name, pred in steps.items():
-                conf.setdefault(name, np.zeros((c, c), dtype=np.int64))
-                conf[name] += confusion_matrix(pred, gt, c)
-            boundary_sum += float(boundary.mean())
-            n += 1
-    result: dict[str, Any] = {"split": split, "dataset": dataset, "n_images": n, "boundary_source": boundary_source,
-                              "mean_boundary": boundary_sum / max(n, 1), "steps": {}}
-    for name, m in conf.items():
-        iou = iou_from_confusion(m)
-        result["steps"][name] = {
-            "miou": json_number(miou(m)),
-            "fg_fraction": json_number(float(m[:, 1:].sum() / max(m.sum(), 1))),
-            "per_class_iou": per_class_json(iou, reader.class_names),
-        }
-    return result
-
-
-def format_breakdown(result: dict[str, Any]) -> str:
-    """Markdown table of a :func:`refinement_breakdown` result."""
-    lines = ["| step | mIoU (%) | predicted foreground (%) |", "|---|---:|---:|"]
-    for name, row in result["steps"].items():
-        m = "-" if row["miou"] is None else f"{100 * row['miou']:.1f}"
-        lines.append(f"| {name} | {m} | {100 * row['fg_fraction']:.1f} |")
-    lines.append(f"\n({result['n_images']} image(s), split {result['split']}, "
-                 f"{result.get('boundary_source', 'learned').replace('_', ' ')} boundary, "
-                 f"mean boundary probability {result['mean_boundary']:.3f})")
-    return "\n".join(lines)
