@@ -11,6 +11,16 @@ One measurement function per (stage, phase), each on synthetic random tensors (n
 * :func:`deeplab_train` : one DeepLab-LargeFOV step (cross-entropy, crop 321);
 * :func:`deeplab_inference` : multi-scale + flip softmax of one full-size image.
 
+Every case runs the stage's own code, so the benchmark cannot drift from what trains and predicts:
+a training case builds the stage's LightningModule (:class:`~rpnet_pl.stages.common.StageModule`)
+and times :meth:`~rpnet_pl.stages.common.StageModule.training_losses` (what ``training_step``
+minimises), the backward pass and a step of the optimiser and scheduler of
+:meth:`~rpnet_pl.stages.common.StageModule.make_optimizer` (the stage's own groups, momentum and
+weight decay; ``lr`` 1e-6 so random data stays finite); an inference case times the per-image
+method ``predict_step`` calls (``ClassifierStage.cams``, ``RefineStage.pseudo_mask``,
+``SegmenterStage.probs``) without the file write. ``bf16`` puts the whole step under autocast,
+as ``trainer.precision: bf16-mixed`` does.
+
 Timing: ``warmup`` untimed calls, then at least ``iters`` timed calls (more, up to ``10 * iters``,
 until ``min_time`` seconds have been timed); the throughput is images per call over the *median*
 call time. On CUDA every call is bracketed by ``torch.cuda.synchronize``.
@@ -41,14 +51,13 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.ops.params import RANDOM_WALK
-from rpnet_pl.stages.common import set_memory_format
+from rpnet_pl.stages.common import StageModule
 
 Step = Callable[[], None]
 
@@ -259,8 +268,33 @@ def _blocky_labels(n: int, h: int, w: int, classes: int, gen: torch.Generator) -
     return small.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, :h, :w].contiguous()
 
 
-def _sgd(params: Iterable[torch.nn.Parameter], momentum: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-6, momentum=momentum, weight_decay=1e-4)
+#: Learning rate of the benchmarked stages: random data with the recipes' rates can diverge to
+#: non-finite values within a few steps; the step's cost does not depend on it.
+BENCH_LR = 1e-6
+
+
+def _train_step(stage: StageModule, batch: dict[str, torch.Tensor], dev: torch.device, bf16: bool) -> Step:
+    """One optimiser step of ``stage`` as its ``training_step`` takes it: the stage's losses on ``batch``,
+    backward, the stage's optimiser and per-step scheduler."""
+    stage.setup("fit")  # channels_last, as the Trainer does
+    stage.to(dev).train()
+    opt, sched = stage.make_optimizer(max_steps=10 ** 6)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(dev, bf16):
+            loss = stage.training_losses(batch)["loss"]
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    return step
+
+
+def _eval_stage(stage: StageModule, dev: torch.device) -> StageModule:
+    """``stage`` ready for prediction on ``dev`` (channels_last applied, eval mode)."""
+    stage.setup("predict")
+    return stage.to(dev).eval()
 
 
 def _result(stage: str, phase: str, backbone: str, input_: str, batch: int, device: torch.device, bf16: bool,
@@ -282,26 +316,15 @@ def _scales_text(scales: Sequence[float]) -> str:
 def _classifier_build(method: str, backbone: str, crop: int, batch: int, group_size: int, dev: torch.device,
                       bf16: bool, channels_last: bool, num_classes: int) -> Callable[[], Step]:
     def build() -> Step:
-        from rpnet_pl.models import build_classifier
+        from rpnet_pl.stages.classifier import ClassifierStage
 
         gen = torch.Generator().manual_seed(0)
-        model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
-                                 group_size=group_size).to(dev).train()
-        set_memory_format(model, channels_last)
-        backbone_params, new_params = model.param_groups()
-        opt = _sgd([*backbone_params, *new_params], momentum=0.0)
+        stage = ClassifierStage(method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+                                lr=BENCH_LR, channels_last=channels_last)
         n = batch * group_size
         images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
         labels = _multi_hot(n, num_classes, gen).to(dev).reshape(batch, group_size, num_classes)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with _autocast(dev, bf16):
-                loss = model.training_losses(images, labels)["loss"]
-            loss.backward()
-            opt.step()
-
-        return step
+        return _train_step(stage, {"images": images, "labels": labels}, dev, bf16)
 
     return build
 
@@ -364,21 +387,21 @@ def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size:
                   device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False, min_time: float = 0.0,
                   num_classes: int = 20) -> BenchResult:
     """Multi-scale + flip CAMs (strided and high-res) of one (H, W) image with the plain branch."""
-    from rpnet_pl.models import build_classifier
-    from rpnet_pl.stages.cam_inference import multiscale_cam
+    from rpnet_pl.stages.classifier import ClassifierStage
 
     dev = resolve_device(str(device))
     h, w = image_size
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes).to(dev).eval()
-        set_memory_format(model, channels_last)
+        stage = _eval_stage(ClassifierStage(method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+                                            num_classes=num_classes, cam_scales=tuple(scales), cam_flip=True,
+                                            channels_last=channels_last), dev)
         image = _images(1, h, w, dev, gen)
 
         def step() -> None:
             with torch.no_grad(), _autocast(dev, bf16):
-                multiscale_cam(model.cam, image, scales, flip=True)
+                stage.cams(image)
 
         return step
 
@@ -390,31 +413,18 @@ def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size:
 def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radius: int = 10, iters: int = 3,
               warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
               min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
-    """One IRN step as :class:`rpnet_pl.stages.affinity.AffinityStage` takes it: boundary and
+    """One IRN step as :class:`rpnet_pl.stages.refine.RefineStage` takes it: boundary and
     displacement branches on the frozen backbone, affinity + displacement losses at ``radius``."""
-    from rpnet_pl.models import IRNet
-    from rpnet_pl.stages.affinity import irn_losses
+    from rpnet_pl.stages.refine import RefineStage
 
     dev = resolve_device(str(device))
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        model = IRNet(backbone=backbone, pretrained=False).to(dev).train()
-        set_memory_format(model, channels_last)
-        edge_params, dp_params = model.param_groups()
-        opt = _sgd([*edge_params, *dp_params], momentum=0.0)
+        stage = RefineStage(backbone=backbone, pretrained=False, radius=radius, lr=BENCH_LR, channels_last=channels_last)
         images = _images(batch, crop, crop, dev, gen)
         labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with _autocast(dev, bf16):
-                out = model(images)
-            loss = irn_losses(out, labels, radius)["loss"]
-            loss.backward()
-            opt.step()
-
-        return step
+        return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
     return _result("IRN (boundary + displacement)", "train", backbone, f"crop {crop}, radius {radius}", batch, dev,
                    bf16, measure(build, dev, iters, warmup, min_time), channels_last)
@@ -427,8 +437,7 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
                           min_time: float = 0.0) -> BenchResult:
     """Pseudo mask of one (H, W) image: flip-averaged boundary map (padded to 512 as IRN), random
     walk of ``channels`` stride-4 CAMs (``2 ** exp_times`` steps, radius 5), upsampling and argmax."""
-    from rpnet_pl.models import IRNet
-    from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
+    from rpnet_pl.stages.refine import RefineStage
 
     dev = resolve_device(str(device))
     h, w = image_size
@@ -436,18 +445,15 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        model = IRNet(backbone=backbone, pretrained=False).to(dev).eval()
-        set_memory_format(model, channels_last)
+        stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, rw_radius=radius, rw_beta=beta,
+                                        rw_exp_times=exp_times, channels_last=channels_last), dev)
         image = _images(1, h, w, dev, gen)
-        cams = torch.rand(channels, h4, w4, generator=gen).to(dev)
-        keys = list(range(1, channels + 1))
+        record = {"cam": torch.rand(channels, h4, w4, generator=gen).to(dev),
+                  "keys": torch.arange(1, channels + 1)}
 
         def step() -> None:
-            with torch.no_grad():
-                with _autocast(dev, bf16):
-                    boundary = model.boundary(image)
-                rw = propagate_cams(cams, boundary.float(), radius=radius, beta=beta, exp_times=exp_times)
-                sem_seg_from_rw(rw, keys, (h, w))
+            with torch.no_grad(), _autocast(dev, bf16):
+                stage.pseudo_mask(image, record)
 
         return step
 
@@ -461,30 +467,17 @@ def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, h
                   bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """One SGD step (momentum 0.9) of DeepLab on ``batch`` crops: logits upsampled to the crop,
     cross-entropy ignoring 255, as :class:`rpnet_pl.stages.segmenter.SegmenterStage`."""
-    from rpnet_pl.models import build_deeplab
+    from rpnet_pl.stages.segmenter import SegmenterStage
 
     dev = resolve_device(str(device))
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
-                              pretrained=False).to(dev).train()
-        set_memory_format(model, channels_last)
-        backbone_params, head_params = model.param_groups()
-        opt = _sgd([*backbone_params, *head_params], momentum=0.9)
+        stage = SegmenterStage(head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+                               output_stride=output_stride, lr=BENCH_LR, channels_last=channels_last)
         images = _images(batch, crop, crop, dev, gen)
         labels = _blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with _autocast(dev, bf16):
-                logits = model(images)
-                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
-            loss.backward()
-            opt.step()
-
-        return step
+        return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
     name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
     return _result(name, "train", backbone, f"crop {crop}, OS {output_stride}", batch, dev, bf16,
@@ -496,22 +489,21 @@ def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = 
                       iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
                       min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """Multi-scale + flip softmax and argmax of one (H, W) image (no CRF)."""
-    from rpnet_pl.models import build_deeplab
-    from rpnet_pl.stages.segmenter import multiscale_probs
+    from rpnet_pl.stages.segmenter import SegmenterStage
 
     dev = resolve_device(str(device))
     h, w = image_size
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        model = build_deeplab(head, backbone=backbone, num_classes=num_classes, output_stride=output_stride,
-                              pretrained=False).to(dev).eval()
-        set_memory_format(model, channels_last)
+        stage = _eval_stage(SegmenterStage(head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+                                           num_classes=num_classes, output_stride=output_stride,
+                                           eval_scales=tuple(scales), eval_flip=True, channels_last=channels_last), dev)
         image = _images(1, h, w, dev, gen)
 
         def step() -> None:
             with torch.no_grad(), _autocast(dev, bf16):
-                multiscale_probs(model, image, scales, flip=True).argmax(0)
+                stage.probs(image).argmax(0)
 
         return step
 
@@ -563,29 +555,32 @@ def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int 
     than unprofiled; compare the shares)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from rpnet_pl.models import build_classifier
     from rpnet_pl.models.rpnet import timed_scope
+    from rpnet_pl.stages.classifier import ClassifierStage
 
     dev = resolve_device(str(device))
     sync = dev.type == "cuda"
     gen = torch.Generator().manual_seed(0)
-    model = build_classifier(method, backbone=backbone, pretrained=False, num_classes=num_classes,
-                             group_size=group_size).to(dev).train()
-    set_memory_format(model, channels_last)
-    model.sync_scopes = sync
-    opt = _sgd([*model.param_groups()[0], *model.param_groups()[1]], momentum=0.0)
+    stage = ClassifierStage(method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+                            lr=BENCH_LR, channels_last=channels_last)
+    stage.setup("fit")
+    stage.to(dev).train()
+    stage.model.sync_scopes = sync
+    opt, sched = stage.make_optimizer(max_steps=10 ** 6)
     n = batch * group_size
     images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
     labels = _multi_hot(n, num_classes, gen).to(dev).reshape(batch, group_size, num_classes)
+    batch_ = {"images": images, "labels": labels}
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with timed_scope("step/forward", sync), _autocast(dev, bf16):
-            loss = model.training_losses(images, labels)["loss"]
+            loss = stage.training_losses(batch_)["loss"]
         with timed_scope("step/backward", sync):
             loss.backward()
         with timed_scope("step/optimizer", sync):
             opt.step()
+            sched.step()
 
     for _ in range(max(0, warmup)):
         step()
