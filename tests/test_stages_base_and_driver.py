@@ -1,0 +1,103 @@
+"""The three training stages share one base (:class:`StageModule`) and the per-image steps one
+driver (:func:`run_per_image`); `rpnet bench` runs the stages' own code."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from rpnet_pl import bench
+from rpnet_pl.errors import DatasetError
+from rpnet_pl.stages.classifier import ClassifierStage
+from rpnet_pl.stages.common import StageModule
+from rpnet_pl.stages.inference import run_per_image
+from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.stages.segmenter import SegmenterStage
+
+TINY = dict(backbone="resnet18", pretrained=False)
+
+
+@pytest.mark.parametrize("cls, kw, mult_key, momentum, weight_decay", [
+    (ClassifierStage, dict(method="cam"), "new_layer_lr_mult", 0.0, 1e-4),
+    (RefineStage, {}, "displacement_lr_mult", 0.0, 1e-4),
+    (SegmenterStage, {}, "head_lr_mult", 0.9, 5e-4),
+])
+def test_each_stage_gets_poly_sgd_from_its_own_groups(cls: type, kw: dict, mult_key: str, momentum: float,
+                                                       weight_decay: float) -> None:
+    stage = cls(**TINY, **kw, lr=0.01)
+    assert isinstance(stage, StageModule)
+    opt, sched = stage.make_optimizer(max_steps=10)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.01 * stage.hparams[mult_key]])
+    assert all(g["momentum"] == momentum and g["weight_decay"] == weight_decay for g in opt.param_groups)
+    trainable = {id(p) for p in stage.model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable  # frozen parameters left out
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 5 / 10) ** 0.9)  # poly decay per step
+
+
+def test_configure_optimizers_steps_the_schedule_per_step(tmp_path: Path) -> None:
+    stage = SegmenterStage(**TINY, lr=0.02)
+    stage.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False, max_steps=40)
+    config = stage.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert config["optimizer"].param_groups[1]["lr"] == pytest.approx(0.02 * stage.hparams.head_lr_mult)
+
+
+def test_the_prediction_progress_names_what_each_stage_writes() -> None:
+    assert (ClassifierStage.predict_what, RefineStage.predict_what, SegmenterStage.predict_what) == (
+        "CAMs", "pseudo masks", "predictions")
+
+
+def test_the_driver_checks_the_checkpoint_and_skips_done_images(tiny_voc: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"none.ckpt: refine checkpoint not found \(train it with `rpnet fit "
+                                           r"refine`\)"):
+        run_per_image(RefineStage, tmp_path / "none.ckpt", "refine", {}, root=str(tiny_voc), done=lambda r, i: True)
+    ckpt = tmp_path / "seg.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(SegmenterStage(**TINY))
+    trainer.save_checkpoint(ckpt)
+    asked: list[str] = []
+
+    def done(reader: Any, image_id: str) -> bool:
+        asked.append(image_id)
+        return True
+
+    assert run_per_image(SegmenterStage, ckpt, "segmenter", {"pred_dir": str(tmp_path / "p")}, root=str(tiny_voc),
+                         split="train", done=done) == (0, True)
+    assert len(asked) == 4 and not (tmp_path / "p").exists()  # every image asked once, nothing predicted
+
+
+def test_bench_runs_the_stages_own_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case calls the stage method the Trainer calls (so the benchmark cannot drift from it)."""
+    calls: dict[str, int] = {}
+
+    def counting(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            key = f"{cls.__name__}.{name}"
+            calls[key] = calls.get(key, 0) + 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for cls, name in ((ClassifierStage, "training_losses"), (ClassifierStage, "cams"),
+                      (RefineStage, "training_losses"), (RefineStage, "pseudo_mask"),
+                      (SegmenterStage, "training_losses"), (SegmenterStage, "probs")):
+        counting(cls, name)
+    tiny = dict(iters=1, warmup=1, device="cpu")
+    bench.classifier_train("cam", "resnet18", crop=48, batch=1, group_size=2, **tiny)
+    bench.cam_inference("cam", "resnet18", image_size=(32, 40), scales=(1.0,), **tiny)
+    bench.irn_train("resnet18", crop=48, batch=1, radius=2, **tiny)
+    bench.pseudo_mask_inference("resnet18", image_size=(32, 40), exp_times=1, **tiny)
+    bench.deeplab_train("resnet18", crop=40, batch=1, **tiny)
+    bench.deeplab_inference("resnet18", image_size=(32, 40), scales=(1.0,), **tiny)
+    assert calls == {k: 2 for k in ("ClassifierStage.training_losses", "ClassifierStage.cams",
+                                    "RefineStage.training_losses", "RefineStage.pseudo_mask",
+                                    "SegmenterStage.training_losses", "SegmenterStage.probs")}
+    assert torch.is_grad_enabled()
