@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -71,3 +72,54 @@ def test_training_step_ignores_255() -> None:
     lab[:, :4, :4] = 3
     loss = stage.training_step({"image": image, "label": lab}, 0)
     assert torch.isfinite(loss) and loss > 0
+
+
+def core_mask_case(n: int, size: int, core: float, rng: np.random.Generator) -> list[dict]:
+    """Images with one rectangle of class 1 (reddish) or 2 (bluish) on noise; ``label`` is a pseudo
+    mask that marks only the rectangle's central ``core`` x ``core`` part (the rest of the object is
+    labelled background, as a random walk's compact masks do), ``gt`` the whole object."""
+    colours = np.array([[0.8, 0.2, 0.2], [0.2, 0.3, 0.9]])
+    items = []
+    for i in range(n):
+        c = i % 2
+        img = rng.normal(0, 0.3, (3, size, size)).astype(np.float32)
+        gt, label = np.zeros((size, size), np.int64), np.zeros((size, size), np.int64)
+        h, w = rng.integers(size // 3, size * 2 // 3, 2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        img[:, y:y + h, x:x + w] += colours[c][:, None, None] * 2 - 1
+        gt[y:y + h, x:x + w] = c + 1
+        ch, cw = max(1, int(h * core)), max(1, int(w * core))
+        cy, cx = y + (h - ch) // 2, x + (w - cw) // 2
+        label[cy:cy + ch, cx:cx + cw] = c + 1
+        items.append({"image": torch.from_numpy(img), "label": torch.from_numpy(label), "gt": gt})
+    return items
+
+
+@pytest.mark.slow
+def test_segmenter_does_not_collapse_on_compact_pseudo_masks(tmp_path: Path) -> None:
+    """Issue 12: pseudo masks with ~24 % foreground recall per class (high precision, the rest of each
+    object labelled background). The segmenter must learn the marked cores, not predict background
+    everywhere. From scratch on 48 px images it needs ~300 steps at lr 0.02 (at 150 steps it still
+    predicts background only, and with the whole objects as labels it gets ~75 % recall in 150)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train, val = core_mask_case(32, 48, 0.5, rng), core_mask_case(16, 48, 0.5, rng)
+    for c in (1, 2):  # the premise: >= 20 % recall per class, precision 1
+        labels, gts = np.stack([t["label"].numpy() for t in train]), np.stack([t["gt"] for t in train])
+        assert 0.2 <= ((labels == c) & (gts == c)).sum() / (gts == c).sum() <= 0.3
+    stage = SegmenterStage(head="aspp", backbone="resnet18", num_classes=3, output_stride=8, lr=0.02)
+    loader = DataLoader([{"image": t["image"], "label": t["label"]} for t in train], batch_size=8, shuffle=True)
+    trainer = pl.Trainer(max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(stage, loader)
+    stage.eval()
+    with torch.no_grad():
+        pred = stage.model.segment(torch.stack([v["image"] for v in val])).argmax(1).numpy()
+    gt = np.stack([v["gt"] for v in val])
+    for c in (1, 2):
+        hit = ((pred == c) & (gt == c)).sum()
+        assert hit / (gt == c).sum() >= 0.05, f"class {c} collapsed to background"  # measured 0.12 / 0.13
+        assert hit / max((pred == c).sum(), 1) >= 0.8  # the cores, not everything: measured 1.00 / 0.92
