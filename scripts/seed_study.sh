@@ -6,7 +6,7 @@
 # chain has written when it ends (metrics, CSV curves, step logs, pseudo masks) is packed into
 # OUT/<set>__<name>__seed<k>.tgz. Summarise with `python scripts/seed_study_table.py OUT`.
 #
-#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules (default: all)
+#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules rows (default: all but rows)
 #
 # Sets (`rpnet data synth`): voclike = --object-scale 0.35 0.75 --context family (240 images, 96 px,
 # 6 classes); big = the same at 20 classes, 532 images (400 train_aug), 128 px with crop 128, 8 classifier epochs and
@@ -44,23 +44,30 @@ big_set=(classifier.data.crop_size=128 classifier.trainer.max_epochs=8 refine.da
 # one line per chain: SET EXPERIMENT NAME SEED STEPS(comma) OVERRIDES(comma)
 plan=$work/plan.txt; : > "$plan"
 add() { for s in $seeds; do echo "$1 $2 $3 $s $4 ${5:--}" >> "$plan"; done; }
-csv() { local IFS=,; echo "$*"; }
+csv() { local IFS=,; echo "$*"; }   # steps
+osv() { local IFS=@; echo "$*"; }   # overrides (their values may hold commas: levels=[2,3])
 for g in $groups; do case $g in
     main)      add voclike demo_cam demo-cam "$(csv "${full[@]}")"; add voclike demo demo "$(csv "${full[@]}")" ;;
-    big)       add big demo_cam demo-cam "$(csv "${full[@]}")" "$(csv "${big_set[@]}")"
-               add big demo demo "$(csv "${full[@]}")" "$(csv "${big_set[@]}")" ;;
+    big)       add big demo_cam demo-cam "$(csv "${full[@]}")" "$(osv "${big_set[@]}")"
+               add big demo demo "$(csv "${full[@]}")" "$(osv "${big_set[@]}")" ;;
     lambda0)   add voclike demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default)   add default demo_cam demo-cam "$(csv "${full[@]}")"; add default demo demo "$(csv "${full[@]}")" ;;
     schedules) for e in 8 45; do
                    add voclike demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add voclike demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
+    rows)      # the paper's Tables IV-VI (levels, beta, GF) on the VOC-like set, seeds only; the defaults
+               # (levels 2+4, beta 0.5, GF on) are the main group's RPNet rows
+               for b in 0.1 0.3 0.7 0.9; do add voclike demo demo-beta$b "$(csv "${seeds_only[@]}")" classifier.model.beta=$b; done
+               for lv in 2 3 4 2,3 3,4 2,3,4; do
+                   add voclike demo demo-levels${lv//,/+} "$(csv "${seeds_only[@]}")" "classifier.model.levels=[$lv]"; done
+               add voclike demo demo-noGF "$(csv "${seeds_only[@]}")" classifier.model.gaussian=false ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
 esac; done
 echo "$(wc -l < "$plan") chains, $jobs at a time, deadline in $budget s"
 
 chain() {  # chain SET EXP NAME SEED STEPS OVERRIDES
-    local set=$1 exp=$2 name=$3 seed=$4 steps=${5//,/ } sets=${6//,/ }
+    local set=$1 exp=$2 name=$3 seed=$4 steps=${5//,/ } sets=${6//@/ }
     local left=$(( deadline - $(date +%s) ))
     local runs=$work/runs/$set run=$work/runs/$set/$name/seed$seed tag=${set}__${name}__seed${seed}
     [ "$sets" = - ] && sets=""
