@@ -64,6 +64,7 @@ for g in $groups; do case $g in
                add voclike demo demo-noGF "$(csv "${seeds_only[@]}")" classifier.model.gaussian=false ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
 esac; done
+if [ -n "${ONLY:-}" ]; then grep -E -- "$ONLY" "$plan" > "$plan.only"; mv "$plan.only" "$plan"; fi   # ONLY=regex: a subset
 echo "$(wc -l < "$plan") chains, $jobs at a time, deadline in $budget s"
 
 chain() {  # chain SET EXP NAME SEED STEPS OVERRIDES
