@@ -123,3 +123,17 @@ def test_branch_seed_scores_prefers_the_complete_branch() -> None:
     assert result["plain"]["fg_recall"] == pytest.approx(0.5)
     assert result["plain"]["fg_precision"] == pytest.approx(1.0)
     assert result["plain"]["best_threshold"] == 0.5
+
+
+def test_branch_seeds_command_names_a_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rpnet_pl.cli import main
+
+    missing = tmp_path / "none.ckpt"
+    assert main(["branch-seeds", "--ckpt", str(missing), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "checkpoint not found" in err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["branch-seeds", "--ckpt", str(bad), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "unreadable checkpoint" in err

@@ -391,13 +391,12 @@ def _confidence(args: argparse.Namespace) -> int:
 
 
 def _classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
-    """A classifier stage from its checkpoint on the CPU (no pretrained download); a missing file
-    or, with ``method``, another method's checkpoint is a one-line error."""
+    """A classifier stage from its checkpoint on the CPU (no pretrained download), with the one-line
+    errors of :func:`load_for_inference`; with ``method``, another method's checkpoint is one too."""
     from rpnet_pl.stages.classifier import ClassifierStage
+    from rpnet_pl.stages.inference import load_for_inference
 
-    if not Path(ckpt).is_file():
-        raise DatasetError(f"{ckpt}: classifier checkpoint not found")
-    stage = ClassifierStage.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False, weights=None)
+    stage = load_for_inference(ClassifierStage, ckpt, "classifier", {})
     if method and stage.hparams.method != method:
         raise ConfigError(f"{ckpt}: a {stage.hparams.method} classifier, this command needs {method}")
     return stage
