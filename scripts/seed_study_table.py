@@ -11,18 +11,16 @@ import csv
 import json
 import sys
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any
 
 from rpnet_pl import layout
+from rpnet_pl.seeds import format_pct, mean_std
 
 
-def ms(values: list[float], scale: float = 100.0) -> str:
-    """'mean +- std (n)' in percent; '-' when empty."""
-    v = [x * scale for x in values if x is not None]
-    if not v:
-        return "-"
-    return f"{mean(v):.1f} ± {stdev(v):.1f} ({len(v)})" if len(v) > 1 else f"{v[0]:.1f} (1)"
+def ms(values: list[float]) -> str:
+    """'mean ± std (n=k)' in percent over seeds (rpnet's own aggregation); '-' when empty."""
+    return format_pct(mean_std(values))
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -57,7 +55,7 @@ def run_rows(run: Path) -> dict[str, Any]:
     seeds = sorted(p for p in run.iterdir() if p.name.startswith("seed"))
     r: dict[str, Any] = {"n": len(seeds), "seeds": [], "thr": [], "edge": 0, "masks": [], "val": [], "val_crf": [],
                          "seed_rec": [], "seed_prec": [], "mask_rec": [], "mask_prec": [], "mask_min_rec": [],
-                         "seg_rec": [], "seg_zero": [], "curves": []}
+                         "seg_rec": [], "seg_zero": [], "curves": [], "collapse": [0, 0, 0, 0]}
     for s in seeds:
         cam, masks, seg = (load(layout.metrics_path(s, step))  # finds runs from before the rename (eval_sem_seg/)
                            for step in ("eval_cam", "eval_pseudo_masks", "eval_seg"))
@@ -76,6 +74,14 @@ def run_rows(run: Path) -> dict[str, Any]:
             r["val_crf"].append(seg["with_crf"]["miou"])
             rec, _, iou = fg_stats(seg["without_crf"])
             r["seg_rec"].append(mean(rec)); r["seg_zero"].append(sum(x < 0.01 for x in iou) / max(len(iou), 1))
+            if masks:  # per class: the pseudo masks' recall (train) against a collapsed val IoU
+                for c, v in seg["without_crf"]["per_class_iou"].items():
+                    recall = masks.get("recall", {}).get(c)
+                    if c == "background" or v is None or recall is None:
+                        continue
+                    k = 0 if recall >= 0.2 else 2
+                    r["collapse"][k] += 1
+                    r["collapse"][k + 1] += int(v < 0.01)
         r["curves"].append(curves(s / "classifier" / "csv" / "metrics.csv"))
     return r
 
@@ -97,6 +103,13 @@ def main(root: Path) -> None:
             continue
         print(f"| {st} | {name} | {ms(r['seed_rec'])} / {ms(r['seed_prec'])} | {ms(r['mask_rec'])} / {ms(r['mask_prec'])}"
               f" | {ms(r['mask_min_rec'])} | {ms(r['seg_rec'])} | {ms(r['seg_zero'])} |")
+    print()
+    print("| set | run | classes with mask recall >= 20 %: collapsed (val IoU < 1 %) | mask recall < 20 %: collapsed |")
+    print("|---|---|---|---|")
+    for (st, name), r in rows.items():
+        if r["collapse"][0] + r["collapse"][2]:
+            hi, hi_c, lo, lo_c = r["collapse"]
+            print(f"| {st} | {name} | {hi_c} of {hi} | {lo_c} of {lo} |")
     print()
     print("Seed-monitor curves (train split, first 40 images, bg threshold 0.25; mean over seeds): "
           "seed mIoU / Lc / lambda*Ls at the end of epochs")

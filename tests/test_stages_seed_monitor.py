@@ -137,3 +137,5 @@ def test_branch_seeds_command_names_a_bad_checkpoint(tmp_path: Path, capsys: pyt
     assert main(["branch-seeds", "--ckpt", str(bad), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "unreadable checkpoint" in err
+    assert main(["branch-seeds", "--ckpt", str(bad), "--root", str(tmp_path), "--size", "4"]) == 2
+    assert "--size 4" in capsys.readouterr().err

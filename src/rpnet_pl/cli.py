@@ -410,8 +410,13 @@ def _branch_seeds(args: argparse.Namespace) -> int:
     from rpnet_pl.io import atomic_path
     from rpnet_pl.stages.seed_monitor import branch_seed_scores
 
+    if args.size < 16:
+        raise ConfigError(f"--size {args.size}: groups need at least 16 x 16 pixels")
     stage = _classifier_from_checkpoint(args.ckpt, "rpnet")
     reader = build_reader(args.dataset, args.root, args.split, weak=False)
+    if args.images < 1 or not reader.ids:
+        raise DatasetError(f"{args.root}: no images to score (split {args.split!r} has {len(reader.ids)}, "
+                           f"--images {args.images})")
     data = InferenceDataset(reader, eval_transform(), with_mask=True, ids=reader.ids[:args.images])
     result = branch_seed_scores(stage.model, data, args.size, generator=torch.Generator().manual_seed(0))
     text = json.dumps(result, indent=1)

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.ops.cam import cam_to_label
+from rpnet_pl.ops.cam import cam_to_label, max_normalise
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.cam_inference import cam_record, multiscale_cam
 from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS
@@ -117,9 +117,8 @@ def branch_confusions(maps: torch.Tensor, labels: torch.Tensor, mask: np.ndarray
     """
     keys = torch.nonzero(labels > 0.5).flatten()
     out = np.zeros((len(thresholds), num_classes, num_classes), dtype=np.int64)
-    fg = F.interpolate(F.relu(maps[keys].float())[None], size=tuple(mask.shape), mode="bilinear",
-                       align_corners=False)[0]
-    fg = fg / (fg.amax(dim=(1, 2), keepdim=True) + 1e-5)
+    fg = max_normalise(F.interpolate(F.relu(maps[keys].float())[None], size=tuple(mask.shape), mode="bilinear",
+                                     align_corners=False)[0])
     for t, thr in enumerate(thresholds):
         pred = cam_to_label(fg.cpu().numpy(), (keys + 1).cpu().numpy(), thr)
         out[t] = confusion_matrix(pred, mask, num_classes)
