@@ -1,11 +1,13 @@
 """Plain side-by-side timing and op-level profile of one classifier training step, RPNet vs the CAM
 baseline, for the source tree given (so an old checkout can be measured the same way).
 
-    python scripts/step_timing.py [SRC_DIR] [THREADS]     # SRC_DIR default: this checkout's src/
+    python scripts/step_timing.py [SRC_DIR] [THREADS] [LAYOUT]   # SRC_DIR default: this checkout's src/
 
-ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). The two steps are timed in
-turn, three times; the best of the last two is kept. Then one profiled RPNet step prints its phases
-and the operators with the most own CPU time.
+ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). LAYOUT: ``contiguous``,
+``channels_last`` (the weights in NHWC, what ``model.channels_last`` and ``rpnet bench
+--channels-last`` do) or ``both`` (default). Per layout, the two steps are timed in turn, three
+times; the best of the last two is kept. Then one profiled RPNet step (the last layout) prints its
+phases and the operators with the most own CPU time.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 src = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[1] / "src")
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+layout = sys.argv[3] if len(sys.argv) > 3 else "both"
 sys.path.insert(0, src)
 
 import torch  # noqa: E402
@@ -28,8 +31,17 @@ crop, groups, k = 512, 2, 2
 images = torch.randn(groups, k, 3, crop, crop)
 labels = torch.zeros(groups, k, 20)
 labels[:, :, 3] = 1.0
-models = {m: build_classifier(m, backbone="resnet18", pretrained=False, group_size=k).train() for m in ("rpnet", "cam")}
-opts = {m: torch.optim.SGD([p for p in mod.parameters() if p.requires_grad], lr=1e-6) for m, mod in models.items()}
+layouts = {"both": [False, True], "contiguous": [False], "channels_last": [True]}[layout]
+
+
+def build(channels_last: bool) -> tuple[dict, dict]:
+    models = {m: build_classifier(m, backbone="resnet18", pretrained=False, group_size=k).train()
+              for m in ("rpnet", "cam")}
+    if channels_last:
+        for mod in models.values():
+            mod.to(memory_format=torch.channels_last)
+    return models, {m: torch.optim.SGD([p for p in mod.parameters() if p.requires_grad], lr=1e-6)
+                    for m, mod in models.items()}
 
 
 def step(method: str) -> None:
@@ -42,15 +54,18 @@ def step(method: str) -> None:
         opts[method].step()
 
 
-times: dict[str, list[float]] = {"rpnet": [], "cam": []}
-for _ in range(3):
-    for method in ("rpnet", "cam"):
-        t0 = time.perf_counter()
-        step(method)
-        times[method].append(time.perf_counter() - t0)
-best = {m: min(v[1:]) for m, v in times.items()}
-print(f"{src}, {threads} thread(s): RPNet {best['rpnet']:.2f} s, baseline {best['cam']:.2f} s, "
-      f"ratio {best['rpnet'] / best['cam']:.2f}x")
+for channels_last in layouts:
+    models, opts = build(channels_last)
+    times: dict[str, list[float]] = {"rpnet": [], "cam": []}
+    for _ in range(3):
+        for method in ("rpnet", "cam"):
+            t0 = time.perf_counter()
+            step(method)
+            times[method].append(time.perf_counter() - t0)
+    best = {m: min(v[1:]) for m, v in times.items()}
+    print(f"{src}, {threads} thread(s), {'channels_last' if channels_last else 'contiguous'}: "
+          f"RPNet {best['rpnet']:.2f} s, baseline {best['cam']:.2f} s, ratio {best['rpnet'] / best['cam']:.2f}x",
+          flush=True)
 
 with profile(activities=[ProfilerActivity.CPU]) as prof:
     step("rpnet")

@@ -32,6 +32,24 @@ def test_every_backbone_builds_and_runs_at_os16(name: str) -> None:
     assert measured_strides(feats, 64) == b.strides
     assert [f.shape[1] for f in feats] == b.channels
     assert b.channels[4] == timm.create_model(BACKBONES[name], features_only=True).feature_info.channels()[-1]
+    # BatchNorm folding in no-grad passes: every plain BatchNorm has its convolution, and the folded
+    # network gives the same levels (BatchNorms given non-trivial statistics and affine parameters)
+    plain_bns = [m for m in b.modules() if type(m) is nn.BatchNorm2d]
+    assert len(b._bn_pairs) == len(plain_bns) > 0
+    gen = torch.Generator().manual_seed(0)
+    for m in plain_bns:
+        for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0), (m.weight, 0.5, 1.5), (m.bias, -0.3, 0.3)):
+            t.data.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
+    b.eval()
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        b.fold_bn = False
+        plain = b(x)
+        b.fold_bn = True
+        folded = b(x)
+    for p, f in zip(plain, folded):
+        torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-4 * float(p.abs().max()))
+    assert all(type(m) is nn.BatchNorm2d for m in plain_bns) and len([m for m in b.modules() if type(m) is nn.BatchNorm2d]) == len(plain_bns)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "xception"])
@@ -217,3 +235,58 @@ def test_stem_pool_skipped_when_not_needed() -> None:
     torch.testing.assert_close(full[0], torch.nn.functional.max_pool2d(lean[0], 3, 2, 1))
     for a, b in zip(full[1:], lean[1:]):
         assert torch.equal(a, b)
+
+
+def test_fold_batchnorm_hand_computed() -> None:
+    """conv(x) = 2x + 1 per channel, then BN with mean 3, var 4 - eps, gamma 0.5, beta 1:
+    0.5 * (2x + 1 - 3) / 2 + 1 = 0.5x + 0.5, i.e. weight 0.5 and bias 0.5."""
+    eps = 1e-5
+    weight = torch.full((1, 1, 1, 1), 2.0)
+    w, b = bb.fold_batchnorm(weight, torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([4.0 - eps]),
+                             torch.tensor([0.5]), torch.tensor([1.0]), eps)
+    assert w.shape == (1, 1, 1, 1) and b.shape == (1,)
+    torch.testing.assert_close(w.flatten(), torch.tensor([0.5]))
+    torch.testing.assert_close(b, torch.tensor([0.5]))
+    # no conv bias, no affine: weight / 2, bias -mean / 2
+    w, b = bb.fold_batchnorm(weight, None, torch.tensor([3.0]), torch.tensor([4.0 - eps]), None, None, eps)
+    torch.testing.assert_close(w.flatten(), torch.tensor([1.0]))
+    torch.testing.assert_close(b, torch.tensor([-1.5]))
+    # the weight's memory format is kept (channels-last weights stay channels-last)
+    cl = torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    w, _ = bb.fold_batchnorm(cl, None, torch.zeros(4), torch.ones(4), None, None, 0.0)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batchnorm_folded_only_without_gradient_and_in_eval_mode() -> None:
+    """Folding swaps modules only inside no-grad passes of eval-mode BatchNorms, and puts them back."""
+    b = build_backbone("resnet18", freeze_bn=False)
+    keys = list(b.state_dict())
+    seen: list[str] = []
+    b.body.layer1[0].register_forward_hook(lambda m, i, o: seen.append(type(m.conv1).__name__))
+    x = torch.randn(2, 3, 64, 64)
+    b.eval()
+    with torch.no_grad():
+        b(x)
+    b(x)  # with gradient: never folded
+    b.train()  # live BatchNorm (freeze_bn=False): batch statistics, cannot be folded
+    with torch.no_grad():
+        b(x)
+    assert seen == ["_FoldedConv", "Conv2d", "Conv2d"]
+    assert type(b.body.layer1[0].conv1) is nn.Conv2d and type(b.body.layer1[0].bn1) is nn.BatchNorm2d
+    with bb.folded_batchnorm(b.body.eval(), b._bn_pairs) as n:
+        assert n == 20
+    # an error inside the block still puts the modules back
+    with pytest.raises(RuntimeError), bb.folded_batchnorm(b.body, b._bn_pairs):
+        raise RuntimeError("boom")
+    assert type(b.body.bn1) is nn.BatchNorm2d and type(b.body.conv1) is nn.Conv2d
+    assert list(b.state_dict()) == keys
+
+
+def test_channels_last_property_and_input_layout() -> None:
+    b = build_backbone("resnet18")
+    assert not b.channels_last
+    b.to(memory_format=torch.channels_last)
+    assert b.channels_last
+    with torch.no_grad():
+        feats = b(torch.randn(1, 3, 64, 64))
+    assert feats[4].is_contiguous(memory_format=torch.channels_last)

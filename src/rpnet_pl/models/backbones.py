@@ -31,11 +31,12 @@ telling the user to fetch the file elsewhere and pass ``weights: /path/to/file.p
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import timm
 import torch
@@ -88,6 +89,88 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
 
 
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, running_mean: Tensor, running_var: Tensor,
+                   gamma: Tensor | None, beta: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """A convolution followed by an eval-mode BatchNorm as one convolution: with
+    s = gamma / sqrt(running_var + eps), the weight ``weight * s`` (per output channel) and the bias
+    ``(bias - running_mean) * s + beta``, so that conv'(x) = BN(conv(x)) up to rounding.
+
+    weight: (O, I, kh, kw) (any memory format, kept), bias / statistics / affine: (O,) -> (weight', bias').
+    """
+    scale = torch.rsqrt(running_var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -running_mean if bias is None else bias - running_mean
+    shift = shift * scale
+    if beta is not None:
+        shift = shift + beta
+    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype), shift.to(weight.dtype)
+
+
+class _FoldedConv(nn.Module):
+    """``bn(conv(x))`` as one convolution (:func:`fold_batchnorm`), for no-grad passes only."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, bn = self.conv, self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                      bn.eps)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def conv_bn_pairs(body: nn.Module) -> list[tuple[str, str, str]]:
+    """(parent path, conv name, BatchNorm name) of every convolution that feeds only the BatchNorm
+    beside it, found by the naming of timm's ResNet and Xception blocks: ``conv1`` -> ``bn1``,
+    ``conv_dw`` -> ``bn_dw``, ``conv`` -> ``bn``, and a ``Sequential``'s ``i`` -> ``i + 1``
+    (``downsample``). Only exact ``nn.Conv2d`` (zero padding) and ``nn.BatchNorm2d`` of matching
+    width count (timm's ``BatchNormAct2d`` does not). Checked for every backbone of
+    :data:`BACKBONES` by ``tests/test_backbones.py``.
+    """
+    pairs = []
+    for path, parent in body.named_modules():
+        children = dict(parent.named_children())
+        for name, conv in children.items():
+            if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
+                continue
+            if isinstance(parent, nn.Sequential) and name.isdigit():
+                bn_name = str(int(name) + 1)
+            elif "conv" in name:
+                bn_name = name.replace("conv", "bn", 1)
+            else:
+                continue
+            bn = children.get(bn_name)
+            if type(bn) is nn.BatchNorm2d and bn.num_features == conv.out_channels:
+                pairs.append((path, name, bn_name))
+    return pairs
+
+
+@contextlib.contextmanager
+def folded_batchnorm(body: nn.Module, pairs: list[tuple[str, str, str]]) -> Iterator[int]:
+    """Within the block, every pair of ``pairs`` whose BatchNorm is in eval mode (running
+    statistics) runs as one folded convolution; the modules are put back on exit. Yields the
+    number of folded pairs. For passes without gradient (the folded weights are not parameters).
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module, str, nn.Module]] = []
+    try:
+        for path, conv_name, bn_name in pairs:
+            parent = body.get_submodule(path) if path else body
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if bn.training or bn.running_mean is None or type(conv) is not nn.Conv2d:
+                continue
+            setattr(parent, conv_name, _FoldedConv(conv, bn))
+            setattr(parent, bn_name, nn.Identity())
+            swapped.append((parent, conv_name, conv, bn_name, bn))
+        yield len(swapped)
+    finally:
+        for parent, conv_name, conv, bn_name, bn in reversed(swapped):
+            setattr(parent, conv_name, conv)
+            setattr(parent, bn_name, bn)
+
+
 class Backbone(nn.Module):
     """A timm feature extractor returning the five levels ``[stem, block1, block2, block3, block4]``.
 
@@ -95,6 +178,9 @@ class Backbone(nn.Module):
         channels: channels of the five levels, from timm's ``feature_info``.
         strides: their output strides (stem level after the max-pool: 4).
         name: our backbone name (a key of :data:`BACKBONES`).
+        fold_bn: in passes without gradient, run every convolution and its eval-mode BatchNorm as
+            one convolution (:func:`folded_batchnorm`; the same numbers up to rounding, about 13 %
+            less time for a frozen ResNet-18 on a CPU). Default on; set it to ``False`` to compare.
     """
 
     channels: list[int]
@@ -115,6 +201,8 @@ class Backbone(nn.Module):
         if self.pool_stem:
             self.strides[0] *= 2
         self.freeze_bn = freeze_bn
+        self.fold_bn = True
+        self._bn_pairs = conv_bn_pairs(body)
         self.load_report: LoadReport | None = None  # set when weights come from a local file
         self._detach_level: int | None = None
         self._install_detach_hooks(info.module_name())
@@ -162,6 +250,14 @@ class Backbone(nn.Module):
             return None
         return tuple(t.detach() if isinstance(t, Tensor) else t for t in inputs)
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the weights are in channels-last (NHWC) layout (``model.channels_last``), read from
+        the first convolution's weight."""
+        weight = next((p for p in self.body.parameters() if p.dim() == 4), None)
+        return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
+            and not weight.is_contiguous()
+
     # -- nn.Module ---------------------------------------------------------------------------
     def forward(self, x: Tensor, detach_level: int | None = None, stem: bool = True) -> list[Tensor]:
         """(N, 3, H, W) -> the five levels, level i of shape (N, channels[i], H/strides[i], W/strides[i])
@@ -170,13 +266,18 @@ class Backbone(nn.Module):
         ``detach_level=L`` cuts the graph at level L: no gradient reaches the parameters that
         compute levels 0..L, and the returned levels 0..L are detached (RPNet/IRN use ``L=2``).
         ``stem=False``: level 0 is returned as timm gives it (before our max-pool), for callers that
-        do not use it (the classifiers), saving a max-pool over the largest map.
+        do not use it (the classifiers), saving a max-pool over the largest map. Without gradient
+        (``torch.no_grad``), eval-mode BatchNorms are folded into their convolutions (``fold_bn``).
         """
         if detach_level is not None and not 0 <= detach_level < 5:
             raise ValueError(f"detach_level must be in 0..4, got {detach_level}")
         self._detach_level = detach_level
+        if self.channels_last:  # the input in the weights' layout: no copy inside the first convolution
+            x = x.contiguous(memory_format=torch.channels_last)
+        fold = self.fold_bn and not torch.is_grad_enabled()
         try:
-            feats = list(self.body(x))
+            with folded_batchnorm(self.body, self._bn_pairs) if fold else contextlib.nullcontext():
+                feats = list(self.body(x))
         finally:
             self._detach_level = None
         if self.pool_stem and stem:

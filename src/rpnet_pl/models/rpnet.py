@@ -48,7 +48,8 @@ def confidence_mask(f4: Tensor, alpha: float = 0.3, eps: float = 1e-5, clamp_pea
     with torch.no_grad():
         peak = f4.amax(dim=(2, 3), keepdim=True)  # (N, D, 1, 1)
         normalised = f4 / (peak.clamp_min(eps) if clamp_peak else peak + eps)  # O, eq. 3
-        return (normalised >= alpha).any(dim=1, keepdim=True).to(f4.dtype)  # cmax >= alpha, eq. 4/6
+        cmax = normalised.amax(dim=1, keepdim=True)  # eq. 4: any channel >= alpha <=> their max is
+        return (cmax >= alpha).to(f4.dtype)  # eq. 6
 
 
 def region_prototypes(features: Tensor, mask: Tensor, eps: float = 5e-4) -> Tensor:
@@ -256,6 +257,14 @@ def grouped_batch_norm(x: Tensor, groups: Tensor | None, weight: Tensor | None, 
     """
     n, c = x.shape[:2]
     xf = x.float()
+    if groups is not None and bool((groups == groups[0]).all()):
+        groups = None  # one pass: the fused kernel below
+    if groups is None:
+        # one fused pass for the statistics and the normalisation (differentiable, as F.batch_norm)
+        y, mean, invstd = torch.native_batch_norm(xf, None if weight is None else weight.float(),
+                                                  None if bias is None else bias.float(), None, None, True, 0.0, eps)
+        var = invstd.detach().pow(-2) - eps  # the biased variance the kernel used
+        return y.to(x.dtype), mean.detach()[None], var[None]
     if groups is None:
         mean = xf.mean(dim=(0, 2, 3))[None]  # (1, C)
         var = xf.var(dim=(0, 2, 3), unbiased=False)[None]
@@ -667,6 +676,8 @@ class RPNet(nn.Module):
         logits = cams.mean(dim=(2, 3))  # GAP, (N, C)
         enhanced = [F.relu(enh1)]
         hh, ww = x.shape[-2:]
+        if self.backbone.channels_last:  # the rescaled inputs come out in the weights' layout
+            x = x.contiguous(memory_format=torch.channels_last)
         for s in self.enhanced_scales:
             if s == 1.0:
                 continue
