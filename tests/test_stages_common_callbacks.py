@@ -151,3 +151,18 @@ def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Pat
     assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.every_n_steps == 50
     assert isinstance(progress, ProgressLog) and progress.every_n_steps == 5
+
+
+def test_grad_norms_by_part_hand_computed() -> None:
+    """Gradients set by hand: part "0" has grads (3, 4) -> norm 5; part "1.0" has 12 -> 12; total 13."""
+    from torch import nn
+
+    from rpnet_pl.stages.common import grad_norms
+
+    m = nn.Sequential(nn.Linear(2, 1, bias=False), nn.Sequential(nn.Linear(1, 1, bias=False)), nn.Linear(1, 1))
+    m[0].weight.grad = torch.tensor([[3.0, 4.0]])
+    m[1][0].weight.grad = torch.tensor([[12.0]])
+    norms = grad_norms(m)  # m[2] has no gradient: left out
+    assert norms == pytest.approx({"0": 5.0, "1.0": 12.0, "total": 13.0})
+    assert grad_norms(m, depth=1) == pytest.approx({"0": 5.0, "1": 12.0, "total": 13.0})
+    assert grad_norms(nn.Linear(1, 1)) == {}

@@ -39,7 +39,7 @@ def test_monitor_logs_every_epoch(tmp_path: Path) -> None:
     generate_synthetic_voc(data, images=12, size=48, classes=3, seed=0, test_images=1)
     dm = GroupDataModule(root=str(data), batch_size=4, crop_size=48, long_side=(40, 64), num_workers=0)
     stage = ClassifierStage(method="cam", backbone="resnet18", pretrained=False, freeze_early=False,
-                            seed_monitor_images=3, seed_monitor_threshold=0.3)
+                            seed_monitor_images=3, seed_monitor_threshold=0.3, log_grad_norms=True)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(str(tmp_path), name="csv"),
                          enable_progress_bar=False, default_root_dir=str(tmp_path), log_every_n_steps=1)
     trainer.fit(stage, datamodule=dm)
@@ -49,6 +49,15 @@ def test_monitor_logs_every_epoch(tmp_path: Path) -> None:
         assert 0.0 <= h["miou"] <= 1.0 and 0.0 <= h["fg_precision"] <= 1.0 and 0.0 <= h["fg_recall"] <= 1.0
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "seed/miou" in metrics.splitlines()[0] and "seed/fg_recall" in metrics.splitlines()[0]
+    # log_grad_norms: every step logs the gradient norm of each part of the network, and the total
+    import csv
+
+    rows = [r for r in csv.DictReader(metrics.splitlines()) if r.get("grad_norm/total")]
+    assert len(rows) == trainer.global_step > 0
+    for r in rows:
+        parts = {k: float(v) for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total" and v}
+        assert set(parts) == {"grad_norm/backbone.body", "grad_norm/classifier"}  # the CAM net's two parts
+        assert float(r["grad_norm/total"]) == pytest.approx(sum(v * v for v in parts.values()) ** 0.5, rel=1e-4)
 
 
 def test_confidence_coverage_counts_negative_channels() -> None:

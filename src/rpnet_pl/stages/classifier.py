@@ -80,6 +80,7 @@ class ClassifierStage(StageModule):
         seed_monitor_images: int = 0,
         seed_monitor_split: str = "train",
         seed_monitor_threshold: float = 0.25,
+        log_grad_norms: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -253,6 +253,24 @@ def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
     return module
 
 
+def grad_norms(module: nn.Module, depth: int = 2) -> dict[str, float]:
+    """The 2-norm of the gradients of each part of ``module``, its parameters grouped by the first
+    ``depth`` parts of their names (``head.attn_plain``, ``backbone.body``), and ``total`` over all.
+    Parameters without a gradient are skipped; a group without any is left out.
+    """
+    squares: dict[str, float] = {}
+    for name, p in module.named_parameters():
+        if p.grad is None:
+            continue
+        parts = name.split(".")
+        key = ".".join(parts[:min(depth, len(parts) - 1)]) or name  # the module path, cut at depth
+        squares[key] = squares.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    norms = {k: v ** 0.5 for k, v in squares.items()}
+    if squares:
+        norms["total"] = sum(squares.values()) ** 0.5
+    return norms
+
+
 class StageModule(pl.LightningModule):
     """The base of the three training stages (classifier, refine, segmenter): what they share.
 
@@ -263,10 +281,13 @@ class StageModule(pl.LightningModule):
     ``training_step`` logs the terms of :meth:`training_losses`. The base gives:
 
     * ``setup``: ``channels_last`` puts the network's weights in NHWC, which speeds up convolutions
-      on GPUs with tensor cores (inputs follow the weights' layout; pair it with
-      ``trainer.precision: bf16-mixed``);
+      on GPUs with tensor cores (pair it with ``trainer.precision: bf16-mixed``) and on CPUs (about
+      25 % for a ResNet-18 forward, ``scripts/step_timing.py``); inputs follow the weights' layout;
     * ``configure_optimizers``: :func:`poly_sgd` over :meth:`optimizer_groups`, decayed per step;
-    * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines).
+    * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines);
+    * ``log_grad_norms`` (a hyper-parameter, when the stage has it): the gradient norm of each part
+      of the network (:func:`grad_norms`) logged as ``grad_norm/<part>`` at every logged step, to find
+      which part a loss spike comes from.
 
     ``rpnet bench`` times :meth:`training_losses` and :meth:`make_optimizer`, so what it measures is
     what trains.
@@ -298,6 +319,15 @@ class StageModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = self.make_optimizer(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.hparams.get("log_grad_norms", False):
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer.global_step % max(1, trainer.log_every_n_steps) != 0:
+            return
+        for key, value in grad_norms(self.model).items():
+            self.log(f"grad_norm/{key}", value, on_step=True, on_epoch=False)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return training_callbacks(self._trainer, self.hparams.get("checkpoint_every_n_steps"),
