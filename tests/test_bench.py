@@ -145,6 +145,14 @@ def test_step_ratio_and_its_line_in_the_section() -> None:
     assert bench.step_ratio(results[:1]) is None
     section = bench.format_section(results, bench.PROFILES["cpu"], "rpnet bench")
     assert "RPNet / CAM-baseline training step (same run, same batch): **4.0x**" in section
+    # two layouts: one line each, labelled, and the table says which row is which
+    cl = [dataclasses.replace(r, precision="fp32, channels_last") for r in
+          (_result("classifier (RPNet)", 2.0), _result("classifier (CAM baseline)", 1.0))]
+    assert bench.step_ratios(results + cl) == {"fp32": 4.0, "fp32, channels_last": 2.0}
+    section = bench.format_section(results + cl, bench.PROFILES["cpu"], "rpnet bench")
+    assert "(same run, same batch, fp32): **4.0x**" in section
+    assert "(same run, same batch, fp32, channels_last): **2.0x**" in section
+    assert "- Precision: fp32 / fp32, channels_last;" in section and "(fp32, channels_last) |" in section
 
 
 def test_step_breakdown_names_every_part_of_the_step() -> None:
@@ -170,7 +178,12 @@ def test_classifier_pair_times_both_alternately() -> None:
     assert rp.stage == "classifier (RPNet)" and cam.stage == "classifier (CAM baseline)"
     assert rp.iters == cam.iters == 2 and "timed alternately" in rp.memory_method
     assert rp.seconds_per_iter > 0 and cam.seconds_per_iter > 0 and rp.peak_mib >= 0
-    results = bench.run_profile(bench.get_profile("cpu", iters=1, warmup=0, classifier_crop=64),
+    results = bench.run_profile(bench.get_profile("cpu", iters=1, warmup=0, classifier_crop=64, irn_crop=128),
                                 "cpu", cases=["classifier-cam", "classifier-rpnet", "irn"])
-    assert [r.stage for r in results][:2] == ["classifier (RPNet)", "classifier (CAM baseline)"]
+    # the cpu profile times the pair in both layouts, contiguous first
+    assert [r.stage for r in results][:4] == ["classifier (RPNet)", "classifier (CAM baseline)"] * 2
+    assert [r.precision for r in results][:4] == ["fp32", "fp32", "fp32, channels_last", "fp32, channels_last"]
     assert bench.step_ratio(results) == pytest.approx(results[0].seconds_per_iter / results[1].seconds_per_iter)
+    assert bench.step_ratios(results)["fp32, channels_last"] == pytest.approx(
+        results[2].seconds_per_iter / results[3].seconds_per_iter)
+    assert results[4].stage.startswith("IRN") and results[4].precision == "fp32"

@@ -107,6 +107,9 @@ class Profile:
     warmup: int = 2
     min_time: float = 0.3
     device: str = "cuda"
+    #: memory layouts the classifier pair is timed in (False: contiguous, True: channels-last);
+    #: ``--channels-last`` times it in channels-last only
+    pair_layouts: tuple[bool, ...] = (False,)
 
 
 #: ``cpu``: the tiny backbone at the paper's crop sizes with small batches (about 2 minutes on
@@ -114,7 +117,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(name="cpu", classifier_backbone="resnet18", irn_backbone="resnet18", deeplab_backbone="resnet18",
                    classifier_batch=2, irn_batch=2, deeplab_batch=2, iters=3, warmup=1, min_time=0.0,
-                   device="cpu"),
+                   device="cpu", pair_layouts=(False, True)),
     "gpu": Profile(name="gpu", classifier_backbone="resnext50", irn_backbone="resnet50", deeplab_backbone="resnet50"),
 }
 
@@ -534,14 +537,31 @@ def run_case(case: str, profile: Profile, device: str | torch.device, bf16: bool
     raise ConfigError(f"unknown bench case {case!r} ({', '.join(CASES)})")
 
 
+def step_ratios(results: Sequence[BenchResult]) -> dict[str, float]:
+    """Seconds of one RPNet training step over one CAM-baseline step (same batch, same run), per
+    precision / layout label (``fp32``, ``fp32, channels_last``) that has both cases."""
+    by: dict[str, dict[str, BenchResult]] = {}
+    for r in results:
+        if r.phase == "train":
+            by.setdefault(r.precision, {})[r.stage] = r
+    ratios = {}
+    for label, cases in by.items():
+        rp, cam = cases.get("classifier (RPNet)"), cases.get("classifier (CAM baseline)")
+        if rp is not None and cam is not None and cam.seconds_per_iter > 0:
+            ratios[label] = rp.seconds_per_iter / cam.seconds_per_iter
+    return ratios
+
+
 def step_ratio(results: Sequence[BenchResult]) -> float | None:
-    """Seconds of one RPNet training step over one CAM-baseline step (same batch, same run), or
-    None when either case is missing."""
-    by = {r.stage: r for r in results if r.phase == "train"}
-    rp, cam = by.get("classifier (RPNet)"), by.get("classifier (CAM baseline)")
-    if rp is None or cam is None or cam.seconds_per_iter <= 0:
-        return None
-    return rp.seconds_per_iter / cam.seconds_per_iter
+    """The first of :func:`step_ratios`, or None when no layout has both cases."""
+    return next(iter(step_ratios(results).values()), None)
+
+
+def ratio_lines(results: Sequence[BenchResult]) -> list[str]:
+    """One line per layout: ``RPNet / CAM-baseline training step (same run, same batch[, label]): Nx``."""
+    ratios = step_ratios(results)
+    return [f"RPNet / CAM-baseline training step (same run, same batch{', ' + label if len(ratios) > 1 else ''}): "
+            f"**{ratio:.1f}x**" for label, ratio in ratios.items()]
 
 
 def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int = 512, batch: int = 1,
@@ -630,12 +650,13 @@ def run_profile(profile: Profile, device: str | torch.device = "auto", bf16: boo
     todo = list(cases or CASES)
     if "classifier-rpnet" in todo and "classifier-cam" in todo:  # the pair is timed alternately
         p = profile
-        pair = classifier_pair(p.classifier_backbone, p.classifier_crop, p.classifier_batch, p.group_size, p.iters,
-                               p.warmup, device, bf16, channels_last, p.min_time)
-        for res in pair:
-            results.append(res)
-            if on_result is not None:
-                on_result(res)
+        for layout in ((True,) if channels_last else p.pair_layouts):
+            pair = classifier_pair(p.classifier_backbone, p.classifier_crop, p.classifier_batch, p.group_size,
+                                   p.iters, p.warmup, device, bf16, layout, p.min_time)
+            for res in pair:
+                results.append(res)
+                if on_result is not None:
+                    on_result(res)
         todo = [c for c in todo if c not in ("classifier-rpnet", "classifier-cam")]
     for case in todo:
         res = run_case(case, profile, device, bf16, channels_last)
@@ -712,9 +733,11 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
     """The results as a markdown table (stage, phase, backbone, input, batch, images/s, peak MiB)."""
     lines = ["| stage | phase | backbone | input | batch | images/s | peak memory (MiB) |",
              "|---|---|---|---|---:|---:|---:|"]
+    mixed = len({r.precision for r in results}) > 1  # e.g. the CPU profile's pair in both layouts
     for r in results:
         ips = f"{r.images_per_s:.3g}" if r.images_per_s < 100 else f"{r.images_per_s:.0f}"
-        lines.append(f"| {r.stage} | {r.phase} | {r.backbone} | {r.input} | {r.batch} | {ips} | {r.peak_mib:.0f} |")
+        input_ = f"{r.input} ({r.precision})" if mixed else r.input
+        lines.append(f"| {r.stage} | {r.phase} | {r.backbone} | {input_} | {r.batch} | {ips} | {r.peak_mib:.0f} |")
     return "\n".join(lines)
 
 
@@ -755,7 +778,7 @@ def format_section(results: Sequence[BenchResult], profile: Profile, command: st
     machine = machine or machine_info()
     when = when or _dt.datetime.now(_dt.timezone.utc)
     device = results[0].device if results else "?"
-    precision = results[0].precision if results else "fp32"
+    precision = " / ".join(dict.fromkeys(r.precision for r in results)) if results else "fp32"
     memory = results[0].memory_method if results else "?"
     lines = [
         f"## {when.strftime('%Y-%m-%d %H:%M UTC')}: profile `{profile.name}` on {device}",
@@ -768,9 +791,8 @@ def format_section(results: Sequence[BenchResult], profile: Profile, command: st
         markdown_table(results),
         "",
     ]
-    ratio = step_ratio(results)
-    if ratio is not None:
-        lines += [f"RPNet / CAM-baseline training step (same run, same batch): **{ratio:.1f}x**", ""]
+    for line in ratio_lines(results):
+        lines += [line, ""]
     return "\n".join(lines)
 
 

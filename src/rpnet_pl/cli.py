@@ -324,7 +324,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from rpnet_pl.bench import (BenchResult, format_breakdown, format_section, get_profile, markdown_table,
-                                resolve_device, run_profile, step_breakdown, step_ratio)
+                                ratio_lines, resolve_device, run_profile, step_breakdown)
 
     name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
@@ -353,18 +353,19 @@ def _bench(args: argparse.Namespace) -> int:
                           channels_last=args.channels_last)
     print()
     print(markdown_table(results))
-    ratio = step_ratio(results)
-    if ratio is not None:
-        print(f"\nRPNet / CAM-baseline training step: {ratio:.1f}x")
+    for line in ratio_lines(results):
+        print("\n" + line.replace("**", ""))
     breakdowns = []
     if args.breakdown:
+        layout = args.channels_last or profile.pair_layouts[-1]  # the profile's last (CPU: channels-last)
         for method in ("rpnet", "cam"):
             rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
                                   profile.classifier_batch, profile.group_size, device, args.bf16,
-                                  channels_last=args.channels_last)
+                                  channels_last=layout)
             breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
                                                      f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
-                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}):"))
+                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}, "
+                                                     f"{'channels_last' if layout else 'contiguous'}):"))
             print("\n" + breakdowns[-1])
     if args.out:
         from rpnet_pl.bench import append_section
@@ -598,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
                    "bf16-mixed does)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does) for "
+                   "every case (default: contiguous; the cpu profile times the classifier pair in both layouts)")
     p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
                    "step (torch.profiler) and print where the time goes")
     p.add_argument("--cases", nargs="+", help="only these cases", choices=(
