@@ -166,3 +166,33 @@ def test_grad_norms_by_part_hand_computed() -> None:
     assert norms == pytest.approx({"0": 5.0, "1.0": 12.0, "total": 13.0})
     assert grad_norms(m, depth=1) == pytest.approx({"0": 5.0, "1": 12.0, "total": 13.0})
     assert grad_norms(nn.Linear(1, 1)) == {}
+
+
+def test_nan_loss_stops_training_with_a_one_line_error(tmp_path: Path) -> None:
+    """A stage whose loss turns NaN at its third step: fit stops there with TrainingDivergedError
+    naming the stage and the step, and the NaN never reaches the weights."""
+    from torch import nn
+
+    from rpnet_pl.errors import TrainingDivergedError
+    from rpnet_pl.stages.common import StageModule
+
+    class Diverging(StageModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, "poly_power": 0.9})
+            self.model = nn.Linear(1, 1)
+
+        def optimizer_groups(self):  # type: ignore[no-untyped-def]
+            return [(self.model.parameters(), 0.1)]
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            loss = self.model(batch[0]).pow(2).mean()
+            return loss * float("nan") if self.trainer.global_step == 2 else loss
+
+    stage = Diverging()
+    data = DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 1)), batch_size=1)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, default_root_dir=str(tmp_path))
+    with pytest.raises(TrainingDivergedError, match=r"Diverging: the training loss is nan at step 2: training diverged"):
+        trainer.fit(stage, train_dataloaders=data)
+    assert trainer.global_step == 2 and all(bool(torch.isfinite(p).all()) for p in stage.parameters())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout, step_args
-from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.errors import ConfigError, DatasetError, TrainingDivergedError
 
 log = logging.getLogger("rpnet")
 
@@ -684,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return func(args)
-    except (DatasetError, ConfigError) as exc:
+    except (DatasetError, ConfigError, TrainingDivergedError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 

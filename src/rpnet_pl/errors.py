@@ -8,3 +8,7 @@ class DatasetError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration value is invalid or inconsistent."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training loss became NaN or infinite. The message names the stage, the step and the loss."""

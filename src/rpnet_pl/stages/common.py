@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from rpnet_pl.errors import TrainingDivergedError
 from rpnet_pl.layout import CHECKPOINTS, LAST_CKPT
 from rpnet_pl.progress import CountProgress, format_eta, progress_log
 
@@ -285,6 +286,7 @@ class StageModule(pl.LightningModule):
       25 % for a ResNet-18 forward, ``scripts/step_timing.py``); inputs follow the weights' layout;
     * ``configure_optimizers``: :func:`poly_sgd` over :meth:`optimizer_groups`, decayed per step;
     * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines);
+    * ``on_before_backward``: a NaN or infinite loss stops training with :class:`TrainingDivergedError`;
     * ``log_grad_norms`` (a hyper-parameter, when the stage has it): the gradient norm of each part
       of the network (:func:`grad_norms`) logged as ``grad_norm/<part>`` at every logged step, to find
       which part a loss spike comes from.
@@ -319,6 +321,18 @@ class StageModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = self.make_optimizer(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop at the first NaN or infinite loss with a one-line :class:`TrainingDivergedError`,
+        instead of training on (every later step would be NaN and the outputs garbage)."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            step = self._trainer.global_step if self._trainer is not None else "?"
+            raise TrainingDivergedError(
+                f"{type(self).__name__}: the training loss is {float(loss.detach().float().sum())} at step {step}: "
+                "training diverged. Resume from the last checkpoint (the run is not bit-reproducible, so it may "
+                "pass) or lower the learning rate (lr, momentum)"
+                + ("; `model.log_grad_norms: true` logs which part's gradient grows"
+                   if "log_grad_norms" in self.hparams else ""))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.hparams.get("log_grad_norms", False):
