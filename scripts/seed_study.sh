@@ -6,7 +6,8 @@
 # chain has written when it ends (metrics, CSV curves, step logs, pseudo masks) is packed into
 # OUT/<set>__<name>__seed<k>.tgz. Summarise with `python scripts/seed_study_table.py OUT`.
 #
-#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules rows (default: all but rows)
+#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules rows
+#                                                  (default: main big lambda0 default schedules)
 #
 # Sets (`rpnet data synth`): voclike = --object-scale 0.35 0.75 --context family (240 images, 96 px,
 # 6 classes); big = the same at 20 classes, 532 images (400 train_aug), 128 px with crop 128, 8 classifier epochs and
@@ -55,6 +56,10 @@ for g in $groups; do case $g in
     schedules) for e in 8 45; do
                    add voclike demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add voclike demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
+               done ;;
+    default_schedules) for e in 8 45; do   # the default set's seeds at 8 and 45 epochs
+                   add default demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
+                   add default demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
     rows)      # the paper's Tables IV-VI (levels, beta, GF) on the VOC-like set, seeds only; the defaults
                # (levels 2+4, beta 0.5, GF on) are the main group's RPNet rows
