@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from statistics import mean
@@ -51,11 +52,23 @@ def curves(path: Path) -> dict[int, dict[str, float]]:
     return {e: {k: mean(v) for k, v in d.items()} for e, d in out.items()}
 
 
+def loss_spike(path: Path, limit: float = 2.0) -> tuple[float | None, bool]:
+    """(largest finite logged Lc if it exceeds ``limit``, else None; whether any logged Lc is NaN or
+    infinite) of one classifier CSV log. Lc starts near 2 ln 2 = 1.39 for k = 2, so above 2 is a spike."""
+    if not path.is_file():
+        return None, False
+    with path.open() as f:
+        lc = [float(r["train/loss_cls"]) for r in csv.DictReader(f) if r.get("train/loss_cls")]
+    finite = [v for v in lc if math.isfinite(v)]
+    worst = max(finite, default=0.0)
+    return (worst if worst > limit else None), len(finite) < len(lc)
+
+
 def run_rows(run: Path) -> dict[str, Any]:
     seeds = sorted(p for p in run.iterdir() if p.name.startswith("seed"))
     r: dict[str, Any] = {"n": len(seeds), "seeds": [], "thr": [], "edge": 0, "masks": [], "val": [], "val_crf": [],
                          "seed_rec": [], "seed_prec": [], "mask_rec": [], "mask_prec": [], "mask_min_rec": [],
-                         "seg_rec": [], "seg_zero": [], "curves": [], "collapse": [0, 0, 0, 0]}
+                         "seg_rec": [], "seg_zero": [], "curves": [], "collapse": [0, 0, 0, 0], "spikes": []}
     for s in seeds:
         cam, masks, seg = (load(layout.metrics_path(s, step))  # finds runs from before the rename (eval_sem_seg/)
                            for step in ("eval_cam", "eval_pseudo_masks", "eval_seg"))
@@ -83,6 +96,8 @@ def run_rows(run: Path) -> dict[str, Any]:
                     r["collapse"][k] += 1
                     r["collapse"][k + 1] += int(v < 0.01)
         r["curves"].append(curves(s / "classifier" / "csv" / "metrics.csv"))
+        if (s / "classifier" / "csv" / "metrics.csv").is_file():
+            r["spikes"].append((s.name, *loss_spike(s / "classifier" / "csv" / "metrics.csv")))
     return r
 
 
@@ -110,6 +125,23 @@ def main(root: Path) -> None:
         if r["collapse"][0] + r["collapse"][2]:
             hi, hi_c, lo, lo_c = r["collapse"]
             print(f"| {st} | {name} | {hi_c} of {hi} | {lo_c} of {lo} |")
+    print()
+    print("Loss spikes: classifier runs whose logged Lc went above 2 or turned NaN (Lc starts near 1.39)")
+    print()
+    print("| set | run | runs with a CSV log | spiked (worst logged Lc) | NaN |")
+    print("|---|---|---:|---|---|")
+    totals: dict[str, list[int]] = {}
+    for (st, name), r in rows.items():
+        if not r["spikes"]:
+            continue
+        spiked = [f"{seed} ({worst:.3g})" for seed, worst, _ in r["spikes"] if worst is not None]
+        nan = [seed for seed, _, bad in r["spikes"] if bad]
+        print(f"| {st} | {name} | {len(r['spikes'])} | {', '.join(spiked) or '-'} | {', '.join(nan) or '-'} |")
+        t = totals.setdefault("CAM baseline" if "cam" in name else "RPNet", [0, 0])
+        t[0] += len(r["spikes"])
+        t[1] += sum(1 for _, worst, bad in r["spikes"] if worst is not None or bad)
+    print()
+    print("; ".join(f"{m}: {n_bad} of {n} runs spiked" for m, (n, n_bad) in totals.items()))
     print()
     print("Seed-monitor curves (train split, first 40 images, bg threshold 0.25; mean over seeds): "
           "seed mIoU / Lc / lambda*Ls at the end of epochs")

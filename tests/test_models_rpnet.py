@@ -472,8 +472,14 @@ def test_grouped_batch_norm_equals_batch_norm_per_group() -> None:
         torch.testing.assert_close(mean[gid], x[rows].mean(dim=(0, 2, 3)))
     # hand-computed: one channel, values 1 and 3 -> mean 2, var 1 -> -1, +1 (eps aside)
     h = torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1)
-    y1, _, _ = grouped_batch_norm(h, None, None, None, eps=0.0)
+    y1, m1, v1 = grouped_batch_norm(h, None, None, None, eps=0.0)
     assert y1.flatten().tolist() == [-1.0, 1.0]
+    assert m1.tolist() == [[2.0]] and v1.tolist() == [[1.0]]  # the statistics for the running buffers
+    # one group given as ids (all 0): the same fused pass, the same statistics, shape (1, C)
+    y0, m0, v0 = grouped_batch_norm(x, torch.zeros(6, dtype=torch.long), weight, bias)
+    torch.testing.assert_close(y0, F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5))
+    torch.testing.assert_close(m0, x.mean(dim=(0, 2, 3))[None])
+    torch.testing.assert_close(v0, x.var(dim=(0, 2, 3), unbiased=False)[None], rtol=1e-4, atol=1e-6)
 
 
 def test_non_local_batch_norm_uses_batch_statistics_in_eval_mode() -> None:

@@ -148,3 +148,24 @@ def test_branch_seeds_command_names_a_bad_checkpoint(tmp_path: Path, capsys: pyt
     assert str(bad) in err and "unreadable checkpoint" in err
     assert main(["branch-seeds", "--ckpt", str(bad), "--root", str(tmp_path), "--size", "4"]) == 2
     assert "--size 4" in capsys.readouterr().err
+
+
+def test_branch_seeds_command_names_an_empty_split_or_no_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A real (untrained) RPNet checkpoint: an empty split and ``--images 0`` each give a one-line
+    error naming the file or the root, the split and its size."""
+    from rpnet_pl.cli import main
+    from rpnet_pl.stages.classifier import ClassifierStage
+    from tests.conftest import make_voc_tree
+
+    make_voc_tree(tmp_path, {"2007_000001": [1]}, splits={"train": [], "train_aug": ["2007_000001"]})
+    ckpt = tmp_path / "rpnet.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(ClassifierStage(method="rpnet", backbone="resnet18", pretrained=False, mid=32))
+    trainer.save_checkpoint(ckpt)
+    assert main(["branch-seeds", "--ckpt", str(ckpt), "--root", str(tmp_path), "--split", "train"]) == 2
+    err = capsys.readouterr().err  # the reader names the empty list file
+    assert err.startswith("error: ") and "ImageSets/Segmentation/train.txt: split list is empty" in err
+    assert main(["branch-seeds", "--ckpt", str(ckpt), "--root", str(tmp_path), "--split", "train_aug",
+                 "--images", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: no images to score (split 'train_aug' has 1, --images 0)" in err

@@ -128,7 +128,7 @@ def conv_bn_pairs(body: nn.Module) -> list[tuple[str, str, str]]:
     ``conv_dw`` -> ``bn_dw``, ``conv`` -> ``bn``, and a ``Sequential``'s ``i`` -> ``i + 1``
     (``downsample``). Only exact ``nn.Conv2d`` (zero padding) and ``nn.BatchNorm2d`` of matching
     width count (timm's ``BatchNormAct2d`` does not). Checked for every backbone of
-    :data:`BACKBONES` by ``tests/test_backbones.py``.
+    :data:`BACKBONES` by ``tests/test_models_backbones.py``.
     """
     pairs = []
     for path, parent in body.named_modules():
@@ -179,8 +179,9 @@ class Backbone(nn.Module):
         strides: their output strides (stem level after the max-pool: 4).
         name: our backbone name (a key of :data:`BACKBONES`).
         fold_bn: in passes without gradient, run every convolution and its eval-mode BatchNorm as
-            one convolution (:func:`folded_batchnorm`; the same numbers up to rounding, about 13 %
-            less time for a frozen ResNet-18 on a CPU). Default on; set it to ``False`` to compare.
+            one convolution (:func:`folded_batchnorm`; the same numbers up to rounding, 10-16 %
+            less time for a frozen ResNet-18 on a CPU, ``scripts/backbone_timing.py``). Default on;
+            set it to ``False`` to compare.
     """
 
     channels: list[int]

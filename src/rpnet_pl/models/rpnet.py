@@ -255,7 +255,6 @@ def grouped_batch_norm(x: Tensor, groups: Tensor | None, weight: Tensor | None, 
     references in another, an image and its flip at CAM inference. ``groups`` (N,) assigns each
     image to such a pass (``None``: one pass). x: (N, C, h, w) -> (y, mean (G, C), biased var (G, C)).
     """
-    n, c = x.shape[:2]
     xf = x.float()
     if groups is not None and bool((groups == groups[0]).all()):
         groups = None  # one pass: the fused kernel below
@@ -265,18 +264,13 @@ def grouped_batch_norm(x: Tensor, groups: Tensor | None, weight: Tensor | None, 
                                                   None if bias is None else bias.float(), None, None, True, 0.0, eps)
         var = invstd.detach().pow(-2) - eps  # the biased variance the kernel used
         return y.to(x.dtype), mean.detach()[None], var[None]
-    if groups is None:
-        mean = xf.mean(dim=(0, 2, 3))[None]  # (1, C)
-        var = xf.var(dim=(0, 2, 3), unbiased=False)[None]
-        idx = torch.zeros(n, dtype=torch.long, device=x.device)
-    else:
-        idx = groups.to(device=x.device, dtype=torch.long)
-        n_groups = int(idx.max().item()) + 1
-        onehot = F.one_hot(idx, n_groups).to(xf.dtype)  # (N, G)
-        count = onehot.sum(dim=0)[:, None] * (x.shape[2] * x.shape[3])  # (G, 1)
-        mean = (onehot.t() @ xf.sum(dim=(2, 3))) / count  # (G, C)
-        centred = xf - mean[idx][:, :, None, None]
-        var = (onehot.t() @ centred.pow(2).sum(dim=(2, 3))) / count
+    idx = groups.to(device=x.device, dtype=torch.long)
+    n_groups = int(idx.max().item()) + 1
+    onehot = F.one_hot(idx, n_groups).to(xf.dtype)  # (N, G)
+    count = onehot.sum(dim=0)[:, None] * (x.shape[2] * x.shape[3])  # (G, 1)
+    mean = (onehot.t() @ xf.sum(dim=(2, 3))) / count  # (G, C)
+    centred = xf - mean[idx][:, :, None, None]
+    var = (onehot.t() @ centred.pow(2).sum(dim=(2, 3))) / count
     y = (xf - mean[idx][:, :, None, None]) * torch.rsqrt(var[idx] + eps)[:, :, None, None]
     if weight is not None:
         y = y * weight.float()[None, :, None, None]

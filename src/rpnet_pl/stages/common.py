@@ -283,7 +283,7 @@ class StageModule(pl.LightningModule):
 
     * ``setup``: ``channels_last`` puts the network's weights in NHWC, which speeds up convolutions
       on GPUs with tensor cores (pair it with ``trainer.precision: bf16-mixed``) and on CPUs (about
-      25 % for a ResNet-18 forward, ``scripts/step_timing.py``); inputs follow the weights' layout;
+      25 % for a ResNet-18 forward, ``scripts/backbone_timing.py``); inputs follow the weights' layout;
     * ``configure_optimizers``: :func:`poly_sgd` over :meth:`optimizer_groups`, decayed per step;
     * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines);
     * ``on_before_backward``: a NaN or infinite loss stops training with :class:`TrainingDivergedError`;

@@ -1,0 +1,55 @@
+"""Timing of the no-grad work behind RPNet's extra scales on this machine, for docs/benchmarks.md
+(issue 14): a frozen ResNet-18's forward at 512 px and at the extra scales of a 512 crop (0.5, 1.5,
+2: 256, 768 and 1024 px), 4 images, with the weights contiguous or channels-last and the
+BatchNorms folded or not (``Backbone.fold_bn``); then one of the head's 1x1 convolutions
+(2 x 512 x 64 x 64 -> 256 channels, the non-local blocks' theta at scale 2) in GFLOP/s.
+
+    python scripts/backbone_timing.py [THREADS]      # default 1; best of 3 after one warm-up
+
+Takes about 2 minutes on one core.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rpnet_pl.models.backbones import build_backbone  # noqa: E402
+
+torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+torch.manual_seed(0)
+
+
+def best_of(fn: Callable[[], object], reps: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+backbone = build_backbone("resnet18", pretrained=False, output_stride=16, dilated=False).eval()  # IRN's frozen policy
+at_512 = torch.randn(4, 3, 512, 512)
+extra = [torch.randn(4, 3, s, s) for s in (256, 768, 1024)]
+with torch.no_grad():
+    for channels_last in (False, True):
+        backbone.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for fold in (False, True):
+            backbone.fold_bn = fold
+            t512 = best_of(lambda: backbone(at_512, stem=False))
+            t_extra = best_of(lambda: [backbone(x, stem=False) for x in extra])
+            print(f"{'channels_last' if channels_last else 'contiguous':13s} fold_bn={fold!s:5s}: "
+                  f"512 px {t512:.2f} s, extra scales (256 + 768 + 1024 px) {t_extra:.2f} s", flush=True)
+    x = torch.randn(2, 512, 64, 64)
+    w, b = torch.randn(256, 512, 1, 1), torch.randn(256)
+    t = best_of(lambda: F.conv2d(x, w, b))
+    flops = 2 * 2 * 64 * 64 * 512 * 256
+    print(f"1x1 conv 2 x 512 x 64 x 64 -> 256: {1000 * t:.1f} ms, {flops / t / 1e9:.0f} GFLOP/s")
