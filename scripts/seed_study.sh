@@ -6,7 +6,8 @@
 # chain has written when it ends (metrics, CSV curves, step logs, pseudo masks) is packed into
 # OUT/<set>__<name>__seed<k>.tgz. Summarise with `python scripts/seed_study_table.py OUT`.
 #
-#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules rows
+#   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules
+#                                                  default_lambda0 rows default_rows
 #                                                  (default: main big lambda0 default schedules)
 #
 # Sets (`rpnet data synth`): voclike = --object-scale 0.35 0.75 --context family (240 images, 96 px,
@@ -52,6 +53,7 @@ for g in $groups; do case $g in
     big)       add big demo_cam demo-cam "$(csv "${full[@]}")" "$(osv "${big_set[@]}")"
                add big demo demo "$(csv "${full[@]}")" "$(osv "${big_set[@]}")" ;;
     lambda0)   add voclike demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
+    default_lambda0) add default demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default)   add default demo_cam demo-cam "$(csv "${full[@]}")"; add default demo demo "$(csv "${full[@]}")" ;;
     schedules) for e in 8 45; do
                    add voclike demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
@@ -61,12 +63,14 @@ for g in $groups; do case $g in
                    add default demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add default demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
-    rows)      # the paper's Tables IV-VI (levels, beta, GF) on the VOC-like set, seeds only; the defaults
-               # (levels 2+4, beta 0.5, GF on) are the main group's RPNet rows
-               for b in 0.1 0.3 0.7 0.9; do add voclike demo demo-beta$b "$(csv "${seeds_only[@]}")" classifier.model.beta=$b; done
+    rows|default_rows)   # the paper's Tables IV-VI (levels, beta, GF), seeds only, on the VOC-like set
+               # (rows) or the default set (default_rows); the defaults (levels 2+4, beta 0.5, GF on) are the
+               # main / default group's RPNet rows
+               set_=voclike; [ $g = default_rows ] && set_=default
+               for b in 0.1 0.3 0.7 0.9; do add $set_ demo demo-beta$b "$(csv "${seeds_only[@]}")" classifier.model.beta=$b; done
                for lv in 2 3 4 2,3 3,4 2,3,4; do
-                   add voclike demo demo-levels${lv//,/+} "$(csv "${seeds_only[@]}")" "classifier.model.levels=[$lv]"; done
-               add voclike demo demo-noGF "$(csv "${seeds_only[@]}")" classifier.model.gaussian=false ;;
+                   add $set_ demo demo-levels${lv//,/+} "$(csv "${seeds_only[@]}")" "classifier.model.levels=[$lv]"; done
+               add $set_ demo demo-noGF "$(csv "${seeds_only[@]}")" classifier.model.gaussian=false ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
 esac; done
 if [ -n "${ONLY:-}" ]; then grep -E -- "$ONLY" "$plan" > "$plan.only"; mv "$plan.only" "$plan"; fi   # ONLY=regex: a subset
