@@ -4,9 +4,11 @@
 BatchNorms folded or not (``Backbone.fold_bn``); then one of the head's 1x1 convolutions
 (2 x 512 x 64 x 64 -> 256 channels, the non-local blocks' theta at scale 2) in GFLOP/s.
 
-    python scripts/backbone_timing.py [THREADS]      # default 1; best of 3 after one warm-up
+    python scripts/backbone_timing.py [THREADS] [--profile]   # default 1; best of 3 after one warm-up
 
-Takes about 2 minutes on one core.
+Takes about 2 minutes on one core. ``--profile`` then prints ``torch.profiler``'s operator table
+for the extra scales (channels-last, folded): which share of them is convolution, and so how much
+fusing the elementwise work (ReLU, residual add) into the convolutions could still save.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from rpnet_pl.models.backbones import build_backbone  # noqa: E402
 
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+args = [a for a in sys.argv[1:] if a != "--profile"]
+torch.set_num_threads(int(args[0]) if args else 1)
 torch.manual_seed(0)
 
 
@@ -53,3 +56,17 @@ with torch.no_grad():
     t = best_of(lambda: F.conv2d(x, w, b))
     flops = 2 * 2 * 64 * 64 * 512 * 256
     print(f"1x1 conv 2 x 512 x 64 x 64 -> 256: {1000 * t:.1f} ms, {flops / t / 1e9:.0f} GFLOP/s")
+    if "--profile" in sys.argv[1:]:
+        from torch.profiler import ProfilerActivity, profile
+
+        backbone.to(memory_format=torch.channels_last)
+        backbone.fold_bn = True
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for x in extra:
+                backbone(x, stem=False)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+        print(f"extra scales, channels-last, folded: convolutions {conv / 1e3:.0f} ms of {total / 1e3:.0f} ms "
+              f"({100 * conv / total:.0f} %)")
