@@ -55,11 +55,11 @@ for g in $groups; do case $g in
     lambda0)   add voclike demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default_lambda0) add default demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default)   add default demo_cam demo-cam "$(csv "${full[@]}")"; add default demo demo "$(csv "${full[@]}")" ;;
-    schedules) for e in 8 45; do
+    schedules) for e in ${EPOCHS:-8 45}; do   # EPOCHS=20: the demo's own schedule, seeds only
                    add voclike demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add voclike demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
-    default_schedules) for e in 8 45; do   # the default set's seeds at 8 and 45 epochs
+    default_schedules) for e in ${EPOCHS:-8 45}; do   # the default set's seeds at 8 and 45 epochs
                    add default demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add default demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
