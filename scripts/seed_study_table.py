@@ -1,7 +1,8 @@
 """Tables of the multi-seed study (scripts/seed_study.sh): per set and run, mean +- std over seeds of
 the seeds' best mIoU, the pseudo masks, the segmenter's val mIoU with and without CRF, the per-class
 foreground recall / precision of seeds, pseudo masks and segmenter predictions, and the seed-monitor
-curves (train-split seed mIoU, Lc and lambda*Ls per epoch).
+curves (train-split seed mIoU, Lc and lambda*Ls per epoch); with scripts/wide_sweep.sh run first,
+also the seeds' best mIoU over a sweep that starts at threshold 0.01.
 
     python scripts/seed_study_table.py STUDY_RUNS_DIR      # e.g. /tmp/seed-study/runs
 """
@@ -68,7 +69,8 @@ def run_rows(run: Path) -> dict[str, Any]:
     seeds = sorted(p for p in run.iterdir() if p.name.startswith("seed"))
     r: dict[str, Any] = {"n": len(seeds), "seeds": [], "thr": [], "edge": 0, "masks": [], "val": [], "val_crf": [],
                          "seed_rec": [], "seed_prec": [], "mask_rec": [], "mask_prec": [], "mask_min_rec": [],
-                         "seg_rec": [], "seg_zero": [], "curves": [], "collapse": [0, 0, 0, 0], "spikes": []}
+                         "seg_rec": [], "seg_zero": [], "curves": [], "collapse": [0, 0, 0, 0], "spikes": [],
+                         "wide": [], "wide_thr": []}
     for s in seeds:
         cam, masks, seg = (load(layout.metrics_path(s, step))  # finds runs from before the rename (eval_sem_seg/)
                            for step in ("eval_cam", "eval_pseudo_masks", "eval_seg"))
@@ -78,6 +80,10 @@ def run_rows(run: Path) -> dict[str, Any]:
             r["edge"] += bool(cam.get("best_at_edge"))
             rec, prec, _ = fg_stats(cam)
             r["seed_rec"].append(mean(rec)); r["seed_prec"].append(mean(prec))
+        wide = load(s / "eval_cam_wide" / "metrics.json")  # scripts/wide_sweep.sh: thresholds from 0.01
+        if wide:
+            r["wide"].append(wide["best_miou"])
+            r["wide_thr"].append(float(wide["best_threshold"]))
         if masks:
             r["masks"].append(masks["miou"])
             rec, prec, _ = fg_stats(masks)
@@ -104,11 +110,14 @@ def run_rows(run: Path) -> dict[str, Any]:
 def main(root: Path) -> None:
     rows = {(st.name, run.name): run_rows(run) for st in sorted(root.iterdir()) if st.is_dir()
             for run in sorted(st.iterdir()) if run.is_dir()}
-    print("| set | run | seeds (train, best thr.) | best thr. | pseudo masks | val | val + CRF |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("| set | run | seeds (train, best thr.) | best thr. | seeds, sweep from 0.01 | its best thr. "
+          "| pseudo masks | val | val + CRF |")
+    print("|---|---|---:|---|---:|---|---:|---:|---:|")
     for (st, name), r in rows.items():
         thr = ", ".join(f"{t:.2f}" for t in r["thr"])
-        print(f"| {st} | {name} | {ms(r['seeds'])} | {thr} | {ms(r['masks'])} | {ms(r['val'])} | {ms(r['val_crf'])} |")
+        wide_thr = ", ".join(f"{t:.2f}" for t in r["wide_thr"]) or "-"
+        print(f"| {st} | {name} | {ms(r['seeds'])} | {thr} | {ms(r['wide'])} | {wide_thr} | {ms(r['masks'])} "
+              f"| {ms(r['val'])} | {ms(r['val_crf'])} |")
     print()
     print("| set | run | seeds fg recall / precision | masks fg recall / precision | masks: lowest class recall "
           "| segmenter fg recall | segmenter: classes with IoU < 1 % |")

@@ -29,3 +29,27 @@ def test_loss_spike_hand_computed(tmp_path: Path) -> None:
     assert loss_spike(_log(tmp_path / "d.csv", ["1.0", "inf"])) == (None, True)  # only a non-finite value
     assert loss_spike(_log(tmp_path / "e.csv", ["1.5", "2.5"]), limit=3.0) == (None, False)
     assert loss_spike(tmp_path / "missing.csv") == (None, False)
+
+
+def test_run_rows_reads_default_and_wide_sweeps(tmp_path: Path) -> None:
+    """Two seeds with hand-written metrics: the default sweep's best and the wide sweep's best
+    (scripts/wide_sweep.sh) are collected per seed; a seed without a wide sweep adds nothing."""
+    import json
+
+    run_rows = _table_module().run_rows
+    run = tmp_path / "voclike" / "demo"
+    for k, (best, thr, wide, wide_thr) in enumerate([(0.338, 0.05, 0.359, 0.02), (0.30, 0.10, None, None)]):
+        cam = {"best_miou": best, "best_threshold": thr, "best_at_edge": thr == 0.05,
+               "per_class_iou": {"background": 0.6, "boat": 0.2, "bus": 0.4},
+               "recall": {"background": 0.7, "boat": 0.3, "bus": 0.5},
+               "precision": {"background": 0.8, "boat": 0.25, "bus": 0.45}}
+        (run / f"seed{k}" / "eval_cam").mkdir(parents=True)
+        (run / f"seed{k}" / "eval_cam" / "metrics.json").write_text(json.dumps(cam))
+        if wide is not None:
+            (run / f"seed{k}" / "eval_cam_wide").mkdir()
+            (run / f"seed{k}" / "eval_cam_wide" / "metrics.json").write_text(
+                json.dumps({**cam, "best_miou": wide, "best_threshold": wide_thr}))
+    r = run_rows(run)
+    assert r["n"] == 2 and r["seeds"] == [0.338, 0.30] and r["thr"] == [0.05, 0.10] and r["edge"] == 1
+    assert r["wide"] == [0.359] and r["wide_thr"] == [0.02]
+    assert r["seed_rec"] == [0.4, 0.4] and r["seed_prec"] == [0.35, 0.35]  # mean over boat and bus

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Re-score every study run's CAMs over a background-threshold sweep that reaches below the default's
+# 0.05 edge (issue 12: on the VOC-like set both methods' best threshold was the sweep's bottom, 0.05).
+# For each RUNS/<set>/<name>/seed<k>/cam/cams, writes RUNS/<set>/<name>/seed<k>/eval_cam_wide/metrics.json
+# (`rpnet eval-cam`'s format); `python scripts/seed_study_table.py RUNS` then adds a column for it.
+#
+#   bash scripts/wide_sweep.sh RUNS DATA [SPLIT]     DATA: the folder of the study's sets (DATA/<set>); SPLIT: train
+set -euo pipefail
+runs=${1:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; data=${2:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; split=${3:-train}
+py=${PYTHON:-python3}
+thresholds=(0.01 0.02 0.03 0.04 0.05 0.06 0.08 0.10 0.12 0.15 0.20 0.25 0.30 0.40)
+for cams in "$runs"/*/*/seed*/cam/cams; do
+    [ -d "$cams" ] || continue
+    seed=${cams%/cam/cams}; set_=$(basename "$(dirname "$(dirname "$seed")")")
+    out=$seed/eval_cam_wide/metrics.json
+    [ -f "$out" ] && continue   # resumable: scored runs are skipped
+    mkdir -p "$(dirname "$out")"
+    "$py" -m rpnet_pl.cli eval-cam --cams "$cams" --root "$data/$set_" --split "$split" \
+        --thresholds "${thresholds[@]}" --out "$out.tmp" > /dev/null && mv "$out.tmp" "$out"
+    echo "$out"
+done
