@@ -8,29 +8,53 @@ any in-process split). Best of 3 after a warm-up; needs the machine alone.
 """
 from __future__ import annotations
 
-import sys, time, torch, torch.multiprocessing as mp
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src"))
-from rpnet_pl.models.backbones import build_backbone
-def make():
-    torch.manual_seed(0)
-    bb = build_backbone("resnet18", pretrained=False, output_stride=16, dilated=False).eval()
-    bb.to(memory_format=torch.channels_last); bb.fold_bn = True
-    return bb
-def run(n, threads, reps=3, q=None):
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from rpnet_pl.models.backbones import build_backbone  # noqa: E402
+
+EXTRA_SIZES = (256, 768, 1024)  # scales 0.5, 1.5, 2 of a 512 crop
+
+
+def extra_scales_time(images: int, threads: int, reps: int = 3, queue: Any = None) -> float:
+    """Best of ``reps`` wall times (s) of the extra-scale forwards of ``images`` images on ``threads``
+    threads; also put on ``queue`` when given (for the child processes)."""
     torch.set_num_threads(threads)
-    bb = make()
-    xs = [torch.randn(n, 3, s, s).contiguous(memory_format=torch.channels_last) for s in (256, 768, 1024)]
-    ts = []
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", pretrained=False, output_stride=16, dilated=False).eval()
+    backbone.to(memory_format=torch.channels_last)
+    backbone.fold_bn = True
+    inputs = [torch.randn(images, 3, s, s).contiguous(memory_format=torch.channels_last) for s in EXTRA_SIZES]
+    times = []
     with torch.no_grad():
-        [bb(x, stem=False) for x in xs]
+        for x in inputs:  # warm-up
+            backbone(x, stem=False)
         for _ in range(reps):
-            t = time.perf_counter(); [bb(x, stem=False) for x in xs]; ts.append(time.perf_counter() - t)
-    if q: q.put(min(ts))
-    return min(ts)
+            t0 = time.perf_counter()
+            for x in inputs:
+                backbone(x, stem=False)
+            times.append(time.perf_counter() - t0)
+    if queue is not None:
+        queue.put(min(times))
+    return min(times)
+
+
 if __name__ == "__main__":
-    print("4 images, 2 threads:", round(run(4, 2), 2))
-    ctx = mp.get_context("spawn"); q = ctx.Queue()
-    ps = [ctx.Process(target=run, args=(2, 1, 3, q)) for _ in range(2)]
-    [p.start() for p in ps]; [p.join() for p in ps]
-    print("2 x (2 images, 1 thread) concurrently:", [round(q.get(), 2) for _ in range(2)])
-    print("4 images, 2 threads again:", round(run(4, 2), 2))
+    print(f"4 images, 2 threads: {extra_scales_time(4, 2):.2f} s", flush=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=extra_scales_time, args=(2, 1, 3, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    halves = [queue.get() for _ in procs]
+    print("2 x (2 images, 1 thread) at once: " + ", ".join(f"{t:.2f} s" for t in halves), flush=True)
+    print(f"4 images, 2 threads again: {extra_scales_time(4, 2):.2f} s")

@@ -53,3 +53,22 @@ def test_run_rows_reads_default_and_wide_sweeps(tmp_path: Path) -> None:
     assert r["n"] == 2 and r["seeds"] == [0.338, 0.30] and r["thr"] == [0.05, 0.10] and r["edge"] == 1
     assert r["wide"] == [0.359] and r["wide_thr"] == [0.02]
     assert r["seed_rec"] == [0.4, 0.4] and r["seed_prec"] == [0.35, 0.35]  # mean over boat and bus
+
+
+def test_wide_sweep_names_a_missing_or_empty_runs_folder(tmp_path: Path) -> None:
+    """scripts/wide_sweep.sh: bad RUNS / DATA give a one-line error naming the folder, not a silent no-op."""
+    import subprocess
+
+    def sweep(runs: Path, data: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(ROOT / "scripts" / "wide_sweep.sh"), str(runs), str(data)],
+                              capture_output=True, text=True)
+
+    missing = sweep(tmp_path / "nope", tmp_path)
+    assert missing.returncode == 2 and f"{tmp_path / 'nope'}: no such study runs folder" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = sweep(tmp_path / "empty", tmp_path)
+    assert empty.returncode == 2 and "no <set>/<run>/seed<k>/cam/cams folders" in empty.stderr
+    (tmp_path / "runs" / "voclike" / "demo" / "seed0" / "cam" / "cams").mkdir(parents=True)
+    no_data = sweep(tmp_path / "runs", tmp_path / "data")
+    assert no_data.returncode == 1 and f"{tmp_path / 'data' / 'voclike'}: no such dataset" in no_data.stderr
+    assert "1 of 1 runs could not be scored" in no_data.stderr
