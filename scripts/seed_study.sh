@@ -7,7 +7,7 @@
 # OUT/<set>__<name>__seed<k>.tgz. Summarise with `python scripts/seed_study_table.py OUT`.
 #
 #   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules
-#                                                  default_lambda0 rows default_rows
+#                                                  default_lambda0 rows default_rows big_schedules
 #                                                  (default: main big lambda0 default schedules)
 #
 # Sets (`rpnet data synth`): voclike = --object-scale 0.35 0.75 --context family (240 images, 96 px,
@@ -62,6 +62,10 @@ for g in $groups; do case $g in
     default_schedules) for e in ${EPOCHS:-8 45}; do   # the default set's seeds at 8 and 45 epochs
                    add default demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add default demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
+               done ;;
+    big_schedules) for e in ${EPOCHS:-45}; do   # the 20-class set's seeds at longer schedules (its recipe has 8)
+                   add big demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" "$(osv "${big_set[@]}" classifier.trainer.max_epochs=$e)"
+                   add big demo demo-e$e "$(csv "${seeds_only[@]}")" "$(osv "${big_set[@]}" classifier.trainer.max_epochs=$e)"
                done ;;
     rows|default_rows)   # the paper's Tables IV-VI (levels, beta, GF), seeds only, on the VOC-like set
                # (rows) or the default set (default_rows); the defaults (levels 2+4, beta 0.5, GF on) are the
