@@ -1,4 +1,4 @@
-"""scripts/seed_study_table.py: the loss-spike census of a classifier's CSV log, on hand-written logs."""
+"""scripts/seed_study_table.py, wide_sweep.sh and seed_study.sh: the loss-spike census, the wide-sweep column, bad folders and the study plan, on hand-written inputs."""
 from __future__ import annotations
 
 import importlib.util
@@ -72,3 +72,34 @@ def test_wide_sweep_names_a_missing_or_empty_runs_folder(tmp_path: Path) -> None
     no_data = sweep(tmp_path / "runs", tmp_path / "data")
     assert no_data.returncode == 1 and f"{tmp_path / 'data' / 'voclike'}: no such dataset" in no_data.stderr
     assert "1 of 1 runs could not be scored" in no_data.stderr
+
+
+def test_seed_study_big_schedules_plans_the_longer_schedule_last(tmp_path: Path) -> None:
+    """scripts/seed_study.sh big_schedules: one seeds-only chain per method and seed on the 20-class set,
+    whose recipe (crop 128, 8 epochs) is kept but whose epochs are overridden after it (the last --set wins).
+    The CLI is replaced by a recorder, so no network is trained."""
+    import os
+    import stat
+    import subprocess
+
+    recorder = tmp_path / "fake_python"
+    calls = tmp_path / "calls.txt"
+    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PYTHON=str(recorder), STUDY_WORK=str(tmp_path / "work"), EPOCHS="20", SEEDS="0 1")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "seed_study.sh"), str(tmp_path / "out"), "big_schedules"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "4 chains" in done.stdout
+    pipelines = sorted(line for line in calls.read_text().splitlines() if " pipeline " in line)
+    assert len(pipelines) == 4
+    for line in pipelines:
+        args = line.split()
+        assert args[args.index("--steps") + 1:args.index("--set")] == ["classifier", "cam", "eval_cam"]
+        epochs = [a for a in args if a.startswith("classifier.trainer.max_epochs=")]
+        assert epochs == ["classifier.trainer.max_epochs=8", "classifier.trainer.max_epochs=20"]
+        assert "classifier.data.crop_size=128" in args and f"{tmp_path / 'work' / 'data' / 'big'}" in args
+    names = sorted((a.split()[a.split().index("--name") + 1], a.split()[a.split().index("--seeds") + 1]) for a in pipelines)
+    assert names == [("demo-cam-e20", "0"), ("demo-cam-e20", "1"), ("demo-e20", "0"), ("demo-e20", "1")]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tgz")) == [
+        "big__demo-cam-e20__seed0.tgz", "big__demo-cam-e20__seed1.tgz", "big__demo-e20__seed0.tgz", "big__demo-e20__seed1.tgz"]
