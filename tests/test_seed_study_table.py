@@ -86,7 +86,8 @@ def test_seed_study_big_schedules_plans_the_longer_schedule_last(tmp_path: Path)
     calls = tmp_path / "calls.txt"
     recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
-    env = dict(os.environ, PYTHON=str(recorder), STUDY_WORK=str(tmp_path / "work"), EPOCHS="20", SEEDS="0 1")
+    env = dict(os.environ, PYTHON=str(recorder), STUDY_WORK=str(tmp_path / "work"), EPOCHS="20", SEEDS="0 1",
+               EXTRA_SET="", ONLY="", GPUS="0")  # the caller's own study knobs must not leak in
     done = subprocess.run(["bash", str(ROOT / "scripts" / "seed_study.sh"), str(tmp_path / "out"), "big_schedules"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
