@@ -1,13 +1,17 @@
 """Plain side-by-side timing and op-level profile of one classifier training step, RPNet vs the CAM
 baseline, for the source tree given (so an old checkout can be measured the same way).
 
-    python scripts/step_timing.py [SRC_DIR] [THREADS] [LAYOUT]   # SRC_DIR default: this checkout's src/
+    python scripts/step_timing.py [SRC_DIR] [THREADS] [LAYOUT] [--system-malloc]   # SRC_DIR default: this checkout's src/
 
 ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). LAYOUT: ``contiguous``,
 ``channels_last`` (the weights in NHWC, what ``model.channels_last`` and ``rpnet bench
 --channels-last`` do) or ``both`` (default). Per layout, the two steps are timed in turn, three
 times; the best of the last two is kept. Then one profiled RPNet step (the last layout) prints its
 phases and the operators with the most own CPU time.
+
+As the ``rpnet`` command does, freed host memory is kept for reuse (``rpnet_pl.host_memory``) when the
+source tree has that module; ``--system-malloc`` keeps the C library's default, as ``rpnet
+--system-malloc`` does.
 """
 from __future__ import annotations
 
@@ -15,10 +19,20 @@ import sys
 import time
 from pathlib import Path
 
-src = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[1] / "src")
-threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-layout = sys.argv[3] if len(sys.argv) > 3 else "both"
+argv = [a for a in sys.argv[1:] if a != "--system-malloc"]
+system_malloc = "--system-malloc" in sys.argv[1:]
+src = argv[0] if len(argv) > 0 else str(Path(__file__).resolve().parents[1] / "src")
+threads = int(argv[1]) if len(argv) > 1 else 1
+layout = argv[2] if len(argv) > 2 else "both"
 sys.path.insert(0, src)
+
+kept = False
+if not system_malloc:
+    try:
+        from rpnet_pl.host_memory import keep_freed_memory
+    except ImportError:  # an older checkout: the C library's default
+        keep_freed_memory = None
+    kept = bool(keep_freed_memory and keep_freed_memory())
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
@@ -63,7 +77,8 @@ for channels_last in layouts:
             step(method)
             times[method].append(time.perf_counter() - t0)
     best = {m: min(v[1:]) for m, v in times.items()}
-    print(f"{src}, {threads} thread(s), {'channels_last' if channels_last else 'contiguous'}: "
+    print(f"{src}, {threads} thread(s), {'channels_last' if channels_last else 'contiguous'}, "
+          f"{'freed memory kept' if kept else 'system malloc'}: "
           f"RPNet {best['rpnet']:.2f} s, baseline {best['cam']:.2f} s, ratio {best['rpnet'] / best['cam']:.2f}x",
           flush=True)
 

@@ -290,3 +290,54 @@ def test_channels_last_property_and_input_layout() -> None:
     with torch.no_grad():
         feats = b(torch.randn(1, 3, 64, 64))
     assert feats[4].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_max_pool_3x3_s2_hand_computed() -> None:
+    """4 x 4 -> 2 x 2: window rows/cols {-1, 0, 1} and {1, 2, 3}, the padding never wins."""
+    x = torch.tensor([[1.0, 9.0, 2.0, 0.0],
+                      [3.0, 4.0, 8.0, 5.0],
+                      [-7.0, 6.0, -1.0, -2.0],
+                      [0.0, 1.0, -3.0, 7.0]])[None, None]
+    out = bb.max_pool_3x3_s2(x)
+    # (0,0): rows 0-1, cols 0-1 -> 9; (0,1): rows 0-1, cols 1-3 -> 9; (1,0): rows 1-3, cols 0-1 -> 6;
+    # (1,1): rows 1-3, cols 1-3 -> 8
+    assert out.tolist() == [[[[9.0, 9.0], [6.0, 8.0]]]]
+    # all negative: -inf padding is never picked
+    assert bb.max_pool_3x3_s2(-torch.ones(1, 1, 3, 3) * 5).tolist() == [[[[-5.0, -5.0], [-5.0, -5.0]]]]
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 5), (7, 8), (33, 17)])
+def test_max_pool_3x3_s2_equals_the_kernel(h: int, w: int) -> None:
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
+    x[0, 0, 0, 0] = float("nan")
+    ref, out = torch.nn.functional.max_pool2d(x, 3, 2, 1), bb.max_pool_3x3_s2(x)
+    assert out.shape == ref.shape
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num())
+
+
+def test_stem_max_pool_falls_back_where_the_gradient_or_layout_needs_it() -> None:
+    """With a gradient the kernel's (all to the first maximum on a tie); channels-last: the kernel."""
+    x = torch.zeros(1, 1, 4, 4, requires_grad=True)  # every window a tie
+    bb.stem_max_pool(x).sum().backward()
+    ref = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    torch.nn.functional.max_pool2d(ref, 3, 2, 1).sum().backward()
+    assert torch.equal(x.grad, ref.grad)
+    b = build_backbone("resnet18")
+    assert type(b.body.maxpool) is bb._StemMaxPool and isinstance(b.body.maxpool, nn.MaxPool2d)
+    assert "maxpool" not in "".join(b.state_dict())  # no state: checkpoints unchanged
+
+
+def test_no_grad_pass_runs_channels_last_with_the_same_levels() -> None:
+    b = build_backbone("resnet18", output_stride=16, dilated=False).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        nhwc = b(x)
+        b.nhwc_without_grad = False
+        nchw = b(x)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in nhwc[1:])
+    assert all(f.is_contiguous() for f in nchw)
+    for a, c in zip(nhwc, nchw):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+    b.nhwc_without_grad = True
+    assert b(x)[4].is_contiguous()  # with gradient: the weights' layout

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from scipy import ndimage
 
 from rpnet_pl.errors import ConfigError
@@ -609,3 +610,31 @@ def test_head_settings_are_defaulted_once_by_rpnet() -> None:
         head_defaults(lam=1.0)
     model = tiny_rpnet(alpha=0.4, clamp_confidence_peak=True, separate_reference_heads=False)
     assert model.head.alpha == 0.4 and model.head.clamp_confidence_peak and not model.head.separate_reference_heads
+
+
+def test_seeded_training_step_same_without_the_cpu_fast_paths() -> None:
+    """One fixed SGD step with the CPU fast paths of the extra scales (BatchNorm folding, the
+    index-free stem pool, channels-last no-grad passes) against none of them: the same losses,
+    maps and updated weights (float32 tolerance)."""
+    from rpnet_pl.models import backbones as bb
+
+    def one_step(fast: bool) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        model = tiny_rpnet(enhanced_scales=(1.0, 0.5, 1.5))
+        if not fast:
+            model.backbone.fold_bn = model.backbone.nhwc_without_grad = False
+            model.backbone.body.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        assert (type(model.backbone.body.maxpool) is bb._StemMaxPool) == fast
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        images, labels = group_batch(size=80)
+        out = model(images, labels, generator=torch.Generator().manual_seed(7))
+        out["loss"].backward()
+        opt.step()
+        return ({k: out[k].item() for k in ("loss", "loss_cls", "loss_ss")}, out["enhanced_cams"].detach(),
+                model.head.down.weight.detach())
+
+    fast, maps_fast, w_fast = one_step(True)
+    ref, maps_ref, w_ref = one_step(False)
+    for key in ref:
+        assert fast[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    torch.testing.assert_close(maps_fast, maps_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w_fast, w_ref, rtol=1e-5, atol=1e-6)

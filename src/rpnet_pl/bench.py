@@ -39,8 +39,6 @@ Weights are random (``pretrained=False``): throughput does not depend on them.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as _dt
 import gc
 import os
@@ -56,6 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from rpnet_pl.errors import ConfigError
+from rpnet_pl.host_memory import release_freed_memory
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.stages.common import StageModule
 
@@ -143,17 +142,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _malloc_trim() -> None:
-    """Give freed heap pages back to the OS (glibc), so the RSS baseline is the memory in use."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _proc_status_kib(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -199,7 +187,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.method = "torch.cuda.max_memory_allocated"
         else:
-            _malloc_trim()
+            release_freed_memory()  # so the RSS baseline is the memory in use
             self._hwm = _reset_peak_rss()
             if self._hwm:
                 self._base = float(_proc_status_kib("VmRSS") or 0) * 1024
@@ -773,8 +761,10 @@ GPU numbers are pending a run on a GPU machine (`make bench` there appends them 
 
 
 def format_section(results: Sequence[BenchResult], profile: Profile, command: str,
-                   machine: MachineInfo | None = None, when: _dt.datetime | None = None) -> str:
-    """A dated markdown section: machine, command, settings and the table."""
+                   machine: MachineInfo | None = None, when: _dt.datetime | None = None,
+                   allocator: str | None = None) -> str:
+    """A dated markdown section: machine, command, settings (``allocator``: how the host allocator
+    treated freed memory, see :mod:`rpnet_pl.host_memory`) and the table."""
     machine = machine or machine_info()
     when = when or _dt.datetime.now(_dt.timezone.utc)
     device = results[0].device if results else "?"
@@ -787,6 +777,7 @@ def format_section(results: Sequence[BenchResult], profile: Profile, command: st
         f"- Command: `{command}`",
         f"- Precision: {precision}; timing: median of >= {profile.iters} step(s) after {profile.warmup} warm-up "
         f"step(s); peak memory: {memory}",
+        *([f"- Host allocator: {allocator}"] if allocator else []),
         "",
         markdown_table(results),
         "",
