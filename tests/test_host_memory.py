@@ -27,7 +27,7 @@ PROBE = textwrap.dedent("""
 
     kept = keep_freed_memory() if sys.argv[1] == "keep" else False
     faults = []
-    for _ in range(12):  # a 64 MiB tensor, written, freed; twelve times
+    for _ in range(24):  # a 64 MiB tensor, written, freed; 24 times
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = torch.ones(16 * 2**20)
         del t
@@ -50,10 +50,11 @@ def test_freed_memory_is_reused_without_page_faults_and_released_on_request() ->
     # the C library's default: every 64 MiB tensor is a fresh mmap, faulted in page by page
     # (huge pages, where the kernel gives them, fault fewer times but still every time)
     assert not default["kept"] and min(default["faults"]) > 20
-    # kept: the first tensors fault their pages in (glibc grows the heap a few times before a
-    # freed block fits an aligned request of the same size), then the same pages are reused
+    # kept: the first tensors fault their pages in (glibc grows the heap a few times, 4-9 here
+    # depending on the address layout, before a freed block fits an aligned request of the same
+    # size); then the same pages are reused
     assert kept["kept"] and kept["faults"][0] > 20
-    assert sum(kept["faults"][-4:]) < 0.01 * pages
+    assert all(f < 0.01 * pages for f in kept["faults"][-8:]), kept["faults"]
     # the 64 MiB stay resident until released, then go back to the kernel
     assert kept["held"] - kept["after_release"] > 48 and kept["released"]
 

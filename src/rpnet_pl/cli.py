@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default treatment of freed memory; by default freed host memory is "
                              "kept for reuse, which saves the page faults of large CPU tensors (RPNet's CPU "
-                             "training step about 15 %% faster) for about 8-30 %% more resident memory "
+                             "training step about 15 %% faster) for 6-17 %% more peak resident memory "
                              "(rpnet_pl.host_memory)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
