@@ -63,3 +63,15 @@ def test_bench_section_names_the_allocator() -> None:
     section = format_section([], get_profile("cpu"), "rpnet bench", allocator="freed memory kept for reuse")
     assert "- Host allocator: freed memory kept for reuse" in section
     assert "Host allocator" not in format_section([], get_profile("cpu"), "rpnet bench")
+
+
+def test_rpnet_command_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from rpnet_pl import cli
+
+    calls: list[bool] = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True) or True)
+    cli.main([])  # no command: prints the help, after the setting
+    assert calls == [True]
+    cli.main(["--system-malloc"])
+    assert calls == [True]
+    assert "--system-malloc" in capsys.readouterr().out
