@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rpnet_pl.host_memory import keep_freed_memory  # noqa: E402
+from rpnet_pl.host_memory import keep_freed_memory, proc_status_kib  # noqa: E402
 from rpnet_pl.models import build_classifier  # noqa: E402
 
 args = [a for a in sys.argv[1:] if a != "--system-malloc"]
@@ -32,13 +32,6 @@ rng = random.Random(0)
 model = build_classifier("rpnet", backbone="resnet18", pretrained=False, group_size=2).eval()
 
 
-def status_mib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) // 1024
-    return -1
-
-
 print(f"{'freed memory kept' if kept else 'system malloc'}, {images} images", flush=True)
 t0 = time.perf_counter()
 with torch.no_grad():
@@ -48,5 +41,6 @@ with torch.no_grad():
         for s in (1.0, 0.5, 1.5, 2.0):
             model.cam(pair if s == 1.0 else F.interpolate(pair, scale_factor=s, mode="bilinear"))
         if (i + 1) % 25 == 0 or i + 1 == images:
-            print(f"{i + 1:4d} images: RSS {status_mib('VmRSS')} MiB, peak {status_mib('VmHWM')} MiB, "
+            print(f"{i + 1:4d} images: RSS {(proc_status_kib('VmRSS') or 0) // 1024} MiB, "
+                  f"peak {(proc_status_kib('VmHWM') or 0) // 1024} MiB, "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)

@@ -7,7 +7,7 @@ ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). LAYOUT: ``
 ``channels_last`` (the weights in NHWC, what ``model.channels_last`` and ``rpnet bench
 --channels-last`` do) or ``both`` (default). Per layout, the two steps are timed in turn, three
 times; the best of the last two is kept. Then one profiled RPNet step (the last layout) prints its
-phases and the operators with the most own CPU time.
+phases, the operators with the most own CPU time, and the share of the convolutions.
 
 As the ``rpnet`` command does, freed host memory is kept for reuse (``rpnet_pl.host_memory``) when the
 source tree has that module; ``--system-malloc`` keeps the C library's default, as ``rpnet
@@ -88,3 +88,7 @@ events = prof.key_averages()
 print("RPNet step phases (ms):", {e.key: round(e.cpu_time_total / 1000) for e in events if e.key.startswith("step/")})
 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
     print(f"  {e.key:40s} own {e.self_cpu_time_total / 1000:8.0f} ms  calls {e.count}")
+total = sum(e.self_cpu_time_total for e in events)
+conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+print(f"convolutions (forward and backward): {conv / 1000:.0f} ms of {total / 1000:.0f} ms own CPU time "
+      f"({100 * conv / total:.0f} %)")

@@ -18,12 +18,10 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 PROBE = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from rpnet_pl.host_memory import keep_freed_memory, release_freed_memory
+    from rpnet_pl.host_memory import keep_freed_memory, proc_status_kib, release_freed_memory
 
     def rss_mib():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        return proc_status_kib("VmRSS") / 1024
 
     kept = keep_freed_memory() if sys.argv[1] == "keep" else False
     faults = []

@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from rpnet_pl.errors import ConfigError
-from rpnet_pl.host_memory import release_freed_memory
+from rpnet_pl.host_memory import proc_status_kib, release_freed_memory
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.stages.common import StageModule
 
@@ -142,22 +142,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _proc_status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        return _proc_status_kib("VmHWM") is not None
+        return proc_status_kib("VmHWM") is not None
     except OSError:
         return False
 
@@ -190,7 +180,7 @@ class PeakMemory:
             release_freed_memory()  # so the RSS baseline is the memory in use
             self._hwm = _reset_peak_rss()
             if self._hwm:
-                self._base = float(_proc_status_kib("VmRSS") or 0) * 1024
+                self._base = float(proc_status_kib("VmRSS") or 0) * 1024
                 self.method = "peak RSS (VmHWM reset via /proc/self/clear_refs)"
             else:
                 self._base = _ru_maxrss_kib() * 1024
@@ -202,7 +192,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak = float(torch.cuda.max_memory_allocated(self.device))
         elif self._hwm:
-            peak = float(_proc_status_kib("VmHWM") or 0) * 1024
+            peak = float(proc_status_kib("VmHWM") or 0) * 1024
         else:
             peak = _ru_maxrss_kib() * 1024
         self.peak_mib = max(0.0, peak - self._base) / 2 ** 20

@@ -333,8 +333,8 @@ def _bench(args: argparse.Namespace) -> int:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"profile {name!r} on CUDA, but torch sees no CUDA device (--profile cpu or --device cpu)")
     device = resolve_device(requested)
-    command = ["rpnet", *(["--system-malloc"] if args.system_malloc else []), "bench", "--profile", name, "--device", device.type, "--iters", str(profile.iters),
-               "--warmup", str(profile.warmup)]
+    command = ["rpnet", *(["--system-malloc"] if args.system_malloc else []), "bench", "--profile", name,
+               "--device", device.type, "--iters", str(profile.iters), "--warmup", str(profile.warmup)]
     if args.backbone:
         command += ["--backbone", args.backbone]
     if args.bf16:

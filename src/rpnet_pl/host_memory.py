@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+from pathlib import Path
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -59,4 +60,16 @@ def release_freed_memory() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
-__all__ = ["keep_freed_memory", "release_freed_memory"]
+def proc_status_kib(key: str) -> int | None:
+    """A KiB field of ``/proc/self/status`` (``VmRSS``: resident now, ``VmHWM``: its peak), or
+    ``None`` where there is none (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+__all__ = ["keep_freed_memory", "proc_status_kib", "release_freed_memory"]

@@ -242,7 +242,8 @@ class Backbone(nn.Module):
             set it to ``False`` to compare.
         nhwc_without_grad: in passes without gradient on a CPU, run in channels-last layout whatever
             the weights' layout (oneDNN's convolutions are faster in NHWC: RPNet's extra scales of a
-            512 crop, ResNet-18, 2 threads, 2.08 s -> 1.76 s). The levels then come out channels-last.
+            512 crop, ResNet-18, 2 threads, 2.02 s -> 1.81 s, ``scripts/backbone_timing.py 2``). The levels
+            then come out channels-last.
             Default on; ``False`` keeps the weights' layout.
     """
 
@@ -528,5 +529,5 @@ def load_backbone_weights(backbone: Backbone, path: str | Path,
     return report
 
 
-__all__ = ["BACKBONES", "Backbone", "LoadReport", "PretrainedWeightsError", "build_backbone", "max_pool_3x3_s2", "stem_max_pool",
-           "load_backbone_weights"]
+__all__ = ["BACKBONES", "Backbone", "LoadReport", "PretrainedWeightsError", "build_backbone", "load_backbone_weights",
+           "max_pool_3x3_s2", "stem_max_pool"]
