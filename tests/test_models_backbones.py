@@ -31,6 +31,10 @@ def test_every_backbone_builds_and_runs_at_os16(name: str) -> None:
     assert b.strides == [4, 4, 8, 16, 16]
     assert measured_strides(feats, 64) == b.strides
     assert [f.shape[1] for f in feats] == b.channels
+    if bb.SPECS[name].family == "efficientnet":  # level 4: the activated conv_head features (SPECS)
+        assert b.channels[4] == timm.create_model(BACKBONES[name]).num_features
+        assert b._bn_pairs == [] and not any(type(m) is nn.BatchNorm2d for m in b.modules())  # fused BN + act
+        return
     assert b.channels[4] == timm.create_model(BACKBONES[name], features_only=True).feature_info.channels()[-1]
     # BatchNorm folding in no-grad passes: every plain BatchNorm has its convolution, and the folded
     # network gives the same levels (BatchNorms given non-trivial statistics and affine parameters)
@@ -52,7 +56,7 @@ def test_every_backbone_builds_and_runs_at_os16(name: str) -> None:
     assert all(type(m) is nn.BatchNorm2d for m in plain_bns) and len([m for m in b.modules() if type(m) is nn.BatchNorm2d]) == len(plain_bns)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "xception"])
+@pytest.mark.parametrize("name", ["resnet18", "xception", "efficientnet_lite0"])
 def test_output_stride_8(name: str) -> None:
     b = build_backbone(name, output_stride=8)
     with torch.no_grad():

