@@ -30,7 +30,7 @@ PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger
 VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101 baseline-resnet50
 COCO_BACKBONES := resnet50 resnet101 resnext50 resnext101 baseline-resnet50
 
-.PHONY: help install demo demo-voclike test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
+.PHONY: help install demo demo-pretrained demo-voclike test synth clean-venv $(addprefix voc-,$(VOC_BACKBONES)) $(addprefix coco-,$(COCO_BACKBONES))
 
 help:  ## list the targets
 	@grep -E '## ' $(MAKEFILE_LIST) | grep -v grep | sed -E 's/^\$$\(addprefix ablation-,.*## /ablation-NAME: ## /; s/^\$$\(addprefix ([a-z]+)-,.*## /\1-BACKBONE: ## /; s/:.*## /\t/' | column -t -s $$'\t'
@@ -54,6 +54,11 @@ demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), ba
 	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
 	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
 	$(if $(DRY),@echo )$(RPNET) report $(RUNS)/demo
+
+demo-pretrained: synth  ## the whole chain on ImageNet weights (EfficientNet-Lite0, offline), baseline and RPNet (CPU, < 12 min)
+	$(RPNET) pipeline experiments/demo_pretrained_cam.yaml --runs $(RUNS)/demo-pretrained --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(RPNET) pipeline experiments/demo_pretrained.yaml --runs $(RUNS)/demo-pretrained --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(if $(DRY),@echo )$(RPNET) report $(RUNS)/demo-pretrained
 
 # docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
 # synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.

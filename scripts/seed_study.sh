@@ -8,7 +8,11 @@
 #
 #   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules
 #                                                  default_lambda0 rows default_rows big_schedules
+#                                                  pretrained irn_imagenet (issue 23's regimes a / b)
 #                                                  (default: main big lambda0 default schedules)
+#   REFINEMENT=1: after each chain, `rpnet eval-refinement` with the learned and the ideal boundary
+#   (eval_refinement_{learned,ground-truth}.json, IRN padding PAD_TO, default 128) and, for RPNet,
+#   `rpnet confidence` (confidence.txt: the confidence mask's coverage).
 #
 # Sets (`rpnet data synth`): voclike = --object-scale 0.35 0.75 --context family (240 images, 96 px,
 # 6 classes); big = the same at 20 classes, 532 images (400 train_aug), 128 px with crop 128, 8 classifier epochs and
@@ -55,6 +59,14 @@ for g in $groups; do case $g in
     lambda0)   add voclike demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default_lambda0) add default demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default)   add default demo_cam demo-cam "$(csv "${full[@]}")"; add default demo demo "$(csv "${full[@]}")" ;;
+    pretrained)    # issue 23, regime (a): every stage on ImageNet EfficientNet-Lite0 (experiments/demo_pretrained*.yaml)
+               for set_ in default voclike; do
+                   add $set_ demo_pretrained_cam demo-pretrained-cam "$(csv "${full[@]}")"
+                   add $set_ demo_pretrained demo-pretrained "$(csv "${full[@]}")"; done ;;
+    irn_imagenet)  # issue 23, regime (b): the scratch classifier, IRN + DeepLab on ImageNet Lite0
+               for set_ in default voclike; do
+                   add $set_ demo_irn_imagenet_cam demo-irn-imagenet-cam "$(csv "${full[@]}")"
+                   add $set_ demo_irn_imagenet demo-irn-imagenet "$(csv "${full[@]}")"; done ;;
     schedules) for e in ${EPOCHS:-8 45}; do   # EPOCHS=20: the demo's own schedule, seeds only
                    add voclike demo_cam demo-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add voclike demo demo-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
@@ -91,12 +103,25 @@ chain() {  # chain SET EXP NAME SEED STEPS OVERRIDES
             --data "$work/data/$set" --runs "$runs" --name "$name" --gpus "$gpus" --logger csv --seeds "$seed" \
             --steps $steps --set classifier.model.seed_monitor_images=$monitor $sets ${EXTRA_SET:-} > "$work/$tag.log" 2>&1
         echo "$tag: exit $? after $(( $(date +%s) - t )) s" | tee -a "$work/chains.txt"
+        if [ -n "${REFINEMENT:-}" ] && [ -f "$run/refine/checkpoints/last.ckpt" ]; then
+            # each refinement step with IRN's learned and with the ideal boundary ("Seeds or boundary?")
+            for b in learned ground-truth; do
+                OMP_NUM_THREADS=${THREADS:-1} "$py" -m rpnet_pl.cli eval-refinement --ckpt "$run/refine/checkpoints/last.ckpt" \
+                    --cams "$run/cam/cams" --root "$work/data/$set" --pad-to "${PAD_TO:-128}" --exp-times 0 4 8 \
+                    --boundary $b --out "$run/eval_refinement_$b.json" >> "$work/$tag.log" 2>&1
+            done
+        fi
+        if [ -n "${REFINEMENT:-}" ] && grep -q "method: rpnet" "$run/classifier/config.yaml" 2>/dev/null; then
+            OMP_NUM_THREADS=${THREADS:-1} "$py" -m rpnet_pl.cli confidence --ckpt "$run/classifier/checkpoints/last.ckpt" \
+                --root "$work/data/$set" > "$run/confidence.txt" 2>> "$work/$tag.log"
+        fi
     else
         echo "$tag: not started (deadline)" | tee -a "$work/chains.txt"; return 0
     fi
     mkdir -p "$run"; cp "$work/$tag.log" "$run/pipeline.log"
     (cd "$run" && find . \( -name metrics.json -o -name metrics.csv -o -name log.txt -o -name pipeline.log \
-        -o -name config.yaml -o -path './pseudo_masks/masks/*.png' \) -print0 | tar czf "$out/$tag.tgz" --null -T -)
+        -o -name config.yaml -o -name 'eval_refinement_*.json' -o -name confidence.txt \
+        -o -path './pseudo_masks/masks/*.png' \) -print0 | tar czf "$out/$tag.tgz" --null -T -)
 }
 export -f chain; export py work out deadline gpus monitor
 tr '\n' '\0' < "$plan" | xargs -0 -P "$jobs" -I{} bash -c 'chain {}'

