@@ -9,6 +9,7 @@
 #   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules
 #                                                  default_lambda0 rows default_rows big_schedules
 #                                                  pretrained irn_imagenet (issue 23's regimes a / b)
+#                                                  pretrained_schedules (regime a's seeds at EPOCHS)
 #                                                  (default: main big lambda0 default schedules)
 #   REFINEMENT=1: after each chain, `rpnet eval-refinement` with the learned and the ideal boundary
 #   (eval_refinement_{learned,ground-truth}.json, IRN padding PAD_TO, default 128) and, for RPNet,
@@ -63,6 +64,11 @@ for g in $groups; do case $g in
                for set_ in default voclike; do
                    add $set_ demo_pretrained_cam demo-pretrained-cam "$(csv "${full[@]}")"
                    add $set_ demo_pretrained demo-pretrained "$(csv "${full[@]}")"; done ;;
+    pretrained_schedules)  # regime (a)'s seeds at longer classifier schedules (EPOCHS, default 20), VOC-like set
+               for e in ${EPOCHS:-20}; do
+                   add voclike demo_pretrained_cam demo-pretrained-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
+                   add voclike demo_pretrained demo-pretrained-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
+               done ;;
     irn_imagenet)  # issue 23, regime (b): the scratch classifier, IRN + DeepLab on ImageNet Lite0
                for set_ in default voclike; do
                    add $set_ demo_irn_imagenet_cam demo-irn-imagenet-cam "$(csv "${full[@]}")"

@@ -84,6 +84,10 @@ def run_rows(run: Path) -> dict[str, Any]:
         if wide:
             r["wide"].append(wide["best_miou"])
             r["wide_thr"].append(float(wide["best_threshold"]))
+        high = load(s / "eval_cam_high" / "metrics.json")  # wide_sweep.sh OUT_NAME=eval_cam_high: up to 0.95
+        if high:
+            r.setdefault("high", []).append(high["best_miou"])
+            r.setdefault("high_thr", []).append(float(high["best_threshold"]))
         if masks:
             r["masks"].append(masks["miou"])
             rec, prec, _ = fg_stats(masks)
@@ -117,6 +121,19 @@ def run_rows(run: Path) -> dict[str, Any]:
     return r
 
 
+def titled_table(title: str, header: list[str], align: str, lines: list[str]) -> None:
+    """Print a title, a markdown table (``align``: the separator row's cells, e.g. ``---|---:``) and a
+    blank line; nothing when there are no ``lines``."""
+    if not lines:
+        return
+    print(title)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print(f"|{align}|")
+    print("\n".join(lines))
+    print()
+
+
 def main(root: Path) -> None:
     rows = {(st.name, run.name): run_rows(run) for st in sorted(root.iterdir()) if st.is_dir()
             for run in sorted(st.iterdir()) if run.is_dir()}
@@ -145,28 +162,23 @@ def main(root: Path) -> None:
             hi, hi_c, lo, lo_c = r["collapse"]
             print(f"| {st} | {name} | {hi_c} of {hi} | {lo_c} of {lo} |")
     print()
+    high = [f"| {st} | {name} | {ms(r['seeds'])} | {', '.join(f'{t:.2f}' for t in r['thr'])} | {ms(r['high'])} "
+            f"| {', '.join(f'{t:.2f}' for t in r['high_thr'])} |" for (st, name), r in rows.items() if r.get("high")]
+    titled_table("Seeds over a sweep above the default's 0.60 edge (scripts/wide_sweep.sh, OUT_NAME=eval_cam_high)",
+                 ["set", "run", "seeds, default sweep", "best thr.", "seeds, sweep to 0.95", "its best thr."],
+                 "---|---|---:|---|---:|---", high)
     refined = {k: r for k, r in rows.items() if r.get("refinement")}
-    if refined:
-        print("Pseudo masks after each refinement step (train split) with IRN's learned boundary and with the "
-              "ideal boundary drawn from the ground truth (`rpnet eval-refinement`)")
-        print()
-        steps = list(dict.fromkeys(step for r in refined.values() for _, step in r["refinement"]))
-        print("| set | run | boundary | " + " | ".join(steps) + " |")
-        print("|---|---|---|" + "---:|" * len(steps))
-        for (st, name), r in refined.items():
-            for source in ("learned", "ground-truth"):
-                cells = [ms(r["refinement"].get((source, step), [])) for step in steps]
-                print(f"| {st} | {name} | {source} | " + " | ".join(cells) + " |")
-        print()
-    covered = {k: r for k, r in rows.items() if r.get("coverage")}
-    if covered:
-        print("RPNet's confidence mask (reference rule, alpha 0.3), train split, first 60 images (`rpnet confidence`)")
-        print()
-        print("| set | run | mean share of the image covered | images covered entirely |")
-        print("|---|---|---:|---:|")
-        for (st, name), r in covered.items():
-            print(f"| {st} | {name} | {ms(r['coverage'])} | {ms(r['whole'])} |")
-        print()
+    steps = list(dict.fromkeys(step for r in refined.values() for _, step in r["refinement"]))
+    titled_table("Pseudo masks after each refinement step (train split) with IRN's learned boundary and with the "
+                 "ideal boundary drawn from the ground truth (`rpnet eval-refinement`)",
+                 ["set", "run", "boundary", *steps], "---|---|---" + "|---:" * len(steps),
+                 [f"| {st} | {name} | {source} | " + " | ".join(ms(r["refinement"].get((source, step), []))
+                                                              for step in steps) + " |"
+                  for (st, name), r in refined.items() for source in ("learned", "ground-truth")])
+    titled_table("RPNet's confidence mask (reference rule, alpha 0.3), train split, first 60 images (`rpnet confidence`)",
+                 ["set", "run", "mean share of the image covered", "images covered entirely"], "---|---|---:|---:",
+                 [f"| {st} | {name} | {ms(r['coverage'])} | {ms(r['whole'])} |"
+                  for (st, name), r in rows.items() if r.get("coverage")])
     print("Loss spikes: classifier runs whose logged Lc went above 2 or turned NaN (Lc starts near 1.39)")
     print()
     print("| set | run | runs with a CSV log | spiked (worst logged Lc) | NaN |")

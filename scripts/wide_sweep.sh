@@ -8,14 +8,17 @@
 set -euo pipefail
 runs=${1:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; data=${2:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; split=${3:-train}
 py=${PYTHON:-python3}
-thresholds=(0.01 0.02 0.03 0.04 0.05 0.06 0.08 0.10 0.12 0.15 0.20 0.25 0.30 0.40)
+# THRESHOLDS='0.3 ... 0.95' re-scores above the default's 0.60 edge instead (issue 23: pretrained CAMs);
+# OUT_NAME names the folder (default eval_cam_wide, which seed_study_table.py reads).
+read -r -a thresholds <<< "${THRESHOLDS:-0.01 0.02 0.03 0.04 0.05 0.06 0.08 0.10 0.12 0.15 0.20 0.25 0.30 0.40}"
+out_name=${OUT_NAME:-eval_cam_wide}
 [ -d "$runs" ] || { echo "error: $runs: no such study runs folder" >&2; exit 2; }
 found=0; failed=0
 for cams in "$runs"/*/*/seed*/cam/cams; do
     [ -d "$cams" ] || continue
     found=$((found + 1))
     seed=${cams%/cam/cams}; set_=$(basename "$(dirname "$(dirname "$seed")")")
-    out=$seed/eval_cam_wide/metrics.json
+    out=$seed/$out_name/metrics.json
     [ -f "$out" ] && continue   # resumable: scored runs are skipped
     if [ ! -d "$data/$set_" ]; then
         echo "error: $data/$set_: no such dataset for $cams (DATA must hold one folder per set)" >&2

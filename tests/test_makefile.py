@@ -54,6 +54,18 @@ def test_demo_voclike_runs_both_chains_to_the_pseudo_masks_and_the_diagnosis(tmp
     assert not runs.exists() and not Path("/d/voclike").exists()  # a dry run writes nothing
 
 
+def test_demo_pretrained_runs_both_chains_on_imagenet_lite0_and_reports(tmp_path: Path) -> None:
+    out = _dry("demo-pretrained", tmp_path)
+    runs = tmp_path / "demo-pretrained"
+    for run in ("demo-pretrained-cam", "demo-pretrained"):
+        config = runs / run / "classifier" / "config.yaml"
+        assert f"fit classifier --config {config}" in out
+        assert f"fit refine --config {runs}/{run}/refine/config.yaml" in out
+        assert f"predict-seg --ckpt {runs}/{run}/segmenter/checkpoints/last.ckpt" in out
+    assert out.rstrip().endswith(f"rpnet report {runs}")
+    assert not runs.exists()
+
+
 def test_seeds_run_every_pipeline_and_ablation_once_per_seed(tmp_path: Path) -> None:
     out = _dry("voc-resnet50", tmp_path, "SEEDS=0 1", "SET=classifier.model.beta=0.3")
     for k in (0, 1):

@@ -216,3 +216,27 @@ def test_backbones_command_lists_the_specs(capsys: pytest.CaptureFixture[str]) -
     assert "resnet50: timm resnet50.tv_in1k" in out and "conv_head" in out
     assert main(["backbones", "vgg16"]) != 0
     assert "unknown backbone(s) vgg16" in capsys.readouterr().err
+
+
+def test_demo_pretrained_puts_every_stage_on_imagenet_lite0_with_the_base_policy() -> None:
+    """experiments/demo_pretrained*.yaml: the classifier fine-tunes with base.yaml's policy (frozen early
+    levels, 10x new layers, base momentum and lr), IRN and DeepLab start from the packaged ImageNet weights
+    (no classifier checkpoint); regime (b) keeps the scratch demo's classifier section unchanged."""
+    from rpnet_pl.config import load_experiment
+
+    repo = Path(__file__).resolve().parents[1] / "experiments"
+    base = load_experiment(repo / "base.yaml")
+    for name, method in (("demo_pretrained.yaml", "rpnet"), ("demo_pretrained_cam.yaml", "cam")):
+        cfg = load_experiment(repo / name)
+        model = cfg["classifier"]["model"]
+        assert (model["method"], model["backbone"], model["pretrained"]) == (method, NAME, True)
+        assert model.get("freeze_early", True) and model.get("weights") is None
+        for key in ("lr", "new_layer_lr_mult", "momentum", "alpha", "beta", "levels", "lam", "mid"):
+            assert model[key] == base["classifier"]["model"][key], key
+        for step in ("refine", "segmenter"):
+            assert cfg[step]["model"]["backbone"] == NAME and cfg[step]["model"]["pretrained"] is True
+            assert cfg[step]["model"].get("weights") is None
+    scratch, regime_b = load_experiment(repo / "demo.yaml"), load_experiment(repo / "demo_irn_imagenet.yaml")
+    assert regime_b["classifier"] == scratch["classifier"] and regime_b["cam"] == scratch["cam"]
+    assert regime_b["refine"]["model"]["backbone"] == NAME and regime_b["refine"]["model"]["weights"] is None
+    assert load_experiment(repo / "demo_irn_imagenet_cam.yaml")["classifier"]["model"]["method"] == "cam"

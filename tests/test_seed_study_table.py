@@ -104,3 +104,71 @@ def test_seed_study_big_schedules_plans_the_longer_schedule_last(tmp_path: Path)
     assert names == [("demo-cam-e20", "0"), ("demo-cam-e20", "1"), ("demo-e20", "0"), ("demo-e20", "1")]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tgz")) == [
         "big__demo-cam-e20__seed0.tgz", "big__demo-cam-e20__seed1.tgz", "big__demo-e20__seed0.tgz", "big__demo-e20__seed1.tgz"]
+
+
+def test_run_rows_reads_refinement_coverage_and_high_sweep(tmp_path: Path) -> None:
+    """seed_study.sh REFINEMENT=1 outputs (eval_refinement_{learned,ground-truth}.json, confidence.txt)
+    and wide_sweep.sh OUT_NAME=eval_cam_high are collected per seed and printed."""
+    import json
+
+    table = _table_module()
+    run = tmp_path / "default" / "demo-pretrained"
+    for k, (learned, ideal, covered) in enumerate([(0.07, 0.20, 1.0), (0.09, 0.24, 0.5)]):
+        seed = run / f"seed{k}"
+        seed.mkdir(parents=True)
+        for source, miou in (("learned", learned), ("ground-truth", ideal)):
+            (seed / f"eval_refinement_{source}.json").write_text(json.dumps(
+                {"steps": {"cams": {"miou": 0.15}, "walk 2^8": {"miou": miou}, "empty": {"miou": None}}}))
+        (seed / "confidence.txt").write_text(json.dumps({"covered_reference": covered, "whole_image_reference": covered}))
+        (seed / "eval_cam_high").mkdir()
+        (seed / "eval_cam_high" / "metrics.json").write_text(json.dumps({"best_miou": 0.18, "best_threshold": 0.7}))
+    r = table.run_rows(run)
+    assert r["refinement"] == {("learned", "cams"): [0.15, 0.15], ("learned", "walk 2^8"): [0.07, 0.09],
+                               ("ground-truth", "cams"): [0.15, 0.15], ("ground-truth", "walk 2^8"): [0.20, 0.24]}
+    assert r["coverage"] == [1.0, 0.5] and r["high"] == [0.18, 0.18] and r["high_thr"] == [0.7, 0.7]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        table.main(tmp_path)
+    text = out.getvalue()
+    assert "| default | demo-pretrained | ground-truth | 15.0 ± 0.0 (n=2) | 22.0 ± 2.8 (n=2) |" in text
+    assert "| default | demo-pretrained | 75.0 ± 35.4 (n=2) |" in text
+
+
+def test_seed_study_plans_issue_23_regimes_with_refinement(tmp_path: Path) -> None:
+    """seed_study.sh pretrained irn_imagenet: 8 whole chains (2 sets x 2 methods x 2 regimes) of the
+    demo_pretrained* / demo_irn_imagenet* experiments; with REFINEMENT=1 a chain with a refine checkpoint
+    is followed by eval-refinement over both boundaries, and an RPNet chain by `rpnet confidence`."""
+    import os
+    import stat
+    import subprocess
+
+    recorder = tmp_path / "fake_python"
+    calls = tmp_path / "calls.txt"
+    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    work = tmp_path / "work"
+    run = work / "runs" / "voclike" / "demo-pretrained" / "seed0"
+    (run / "refine" / "checkpoints").mkdir(parents=True)
+    (run / "refine" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "classifier").mkdir()
+    (run / "classifier" / "config.yaml").write_text("model:\n  method: rpnet\n")
+    env = dict(os.environ, PYTHON=str(recorder), STUDY_WORK=str(work), SEEDS="0", REFINEMENT="1",
+               EXTRA_SET="", ONLY="", GPUS="0")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "seed_study.sh"), str(tmp_path / "out"), "pretrained",
+                           "irn_imagenet"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "8 chains" in done.stdout
+    lines = calls.read_text().splitlines()
+    experiments = sorted(line.split()[line.split().index("pipeline") + 1].split("/")[-1] + "@" +
+                         line.split()[line.split().index("--data") + 1].split("/")[-1]
+                         for line in lines if " pipeline " in line)
+    assert experiments == sorted(f"{e}.yaml@{s}" for s in ("default", "voclike") for e in (
+        "demo_pretrained_cam", "demo_pretrained", "demo_irn_imagenet_cam", "demo_irn_imagenet"))
+    refinements = [line for line in lines if " eval-refinement " in line]
+    assert len(refinements) == 2 and all(f"--ckpt {run}/refine/checkpoints/last.ckpt" in line for line in refinements)
+    assert {line.split("--boundary ")[1].split()[0] for line in refinements} == {"learned", "ground-truth"}
+    assert [line for line in lines if " confidence " in line] == [
+        f"-m rpnet_pl.cli confidence --ckpt {run}/classifier/checkpoints/last.ckpt --root {work}/data/voclike"]
