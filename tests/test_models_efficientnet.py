@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from rpnet_pl.models import backbones as bb
-from rpnet_pl.models.backbones import (TORCHVISION_MEAN, TORCHVISION_STD, PretrainedWeightsError, build_backbone,
-                                       imagenet_efficientnet, map_efficientnet_pytorch, packaged_weights_file)
+from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rpnet_pl.models.backbones import (PretrainedWeightsError, build_backbone, imagenet_efficientnet,
+                                       map_efficientnet_pytorch, packaged_weights_file)
 
 torch.set_num_threads(1)
 NAME = "efficientnet_lite0"
@@ -29,7 +30,7 @@ def photo(size: int = 224) -> torch.Tensor:
 
 def torchvision_normalised(x: torch.Tensor) -> torch.Tensor:
     """What the data pipeline gives the networks (``data/transforms.py``)."""
-    return (x - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")

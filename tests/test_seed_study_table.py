@@ -172,3 +172,27 @@ def test_seed_study_plans_issue_23_regimes_with_refinement(tmp_path: Path) -> No
     assert {line.split("--boundary ")[1].split()[0] for line in refinements} == {"learned", "ground-truth"}
     assert [line for line in lines if " confidence " in line] == [
         f"-m rpnet_pl.cli confidence --ckpt {run}/classifier/checkpoints/last.ckpt --root {work}/data/voclike"]
+
+
+def test_ir_label_stats_hand_computed(tmp_path: Path) -> None:
+    """scripts/ir_label_stats.py on a 2x3 label: one right and one wrong confident fg pixel, one bg pixel
+    that is GT foreground, one ignored, one GT-ignored pixel left out; a size mismatch names the file."""
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("ir_label_stats", ROOT / "scripts" / "ir_label_stats.py")
+    assert spec is not None and spec.loader is not None
+    stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stats)
+    label = np.array([[1, 2, 0], [0, 255, 1]])
+    gt = np.array([[1, 1, 1], [0, 0, 255]])
+    assert stats.ir_label_counts(label, gt) == {"pixels": 5, "fg": 2, "fg_right": 1, "gt_fg": 3, "gt_fg_covered": 1,
+                                                "bg": 2, "bg_wrong": 1, "ignored": 1}
+    run, data = tmp_path / "run", tmp_path / "data"
+    (run / "ir_labels" / "labels").mkdir(parents=True)
+    (data / "VOCdevkit" / "VOC2012" / "SegmentationClassAug").mkdir(parents=True)
+    Image.fromarray(label.astype(np.uint8)).save(run / "ir_labels" / "labels" / "a.png")
+    Image.fromarray(gt.astype(np.uint8)).save(data / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / "a.png")
+    assert stats.main(run, data) == 0
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(data / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / "a.png")
+    assert stats.main(run, data) == 2

