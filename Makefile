@@ -13,6 +13,8 @@ PY := $(VENV)/bin/python
 RPNET := $(VENV)/bin/rpnet
 STAMP := $(VENV)/.installed
 SYNTH ?= data/synthetic-voc
+# make test: pytest-xdist workers, one thread each (2 cores: 9 min against 10 min 51 s in one process)
+TEST_WORKERS ?= 2
 DATA ?=
 GPUS ?= 0
 NODES ?= 1
@@ -76,7 +78,7 @@ demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo
 		--out $$d/eval_refinement_$$b.json || exit 1; done; done; done
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
-	OMP_NUM_THREADS=2 WANDB_MODE=offline $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 $(addprefix voc-,$(VOC_BACKBONES)): voc-%: $(STAMP)  ## full VOC pipeline for a backbone, e.g. make voc-resnext50 DATA=/data/voc GPUS=4
 	$(PIPE) experiments/voc_$(subst -,_,$*).yaml
