@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 RPNET := $(VENV)/bin/rpnet
 STAMP := $(VENV)/.installed
 SYNTH ?= data/synthetic-voc
-# make test: pytest-xdist workers, one thread each (2 cores: 9 min against 10 min 51 s in one process)
+# make test: pytest-xdist workers, one thread each (the target: < 10 min on 2 cores)
 TEST_WORKERS ?= 2
 DATA ?=
 GPUS ?= 0

@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or not RPNET.exists(), reason="needs bash and the rpnet script")
-def test_sbatch_script_runs_the_chain_as_two_slurm_tasks(tmp_path: Path) -> None:
+def test_sbatch_script_runs_each_kind_of_step_as_two_slurm_tasks(tmp_path: Path) -> None:
     data, exp = tiny_experiment(tmp_path)
     runs = tmp_path / "runs"
     env = {**os.environ, "PATH": f"{REPO / 'tests' / 'bin'}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
