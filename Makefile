@@ -65,7 +65,7 @@ demo-pretrained: synth  ## the whole chain on ImageNet weights (EfficientNet-Lit
 # docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
 # synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.
 SYNTH_VOCLIKE ?= data/synth-voclike
-TO_PSEUDO_MASKS := classifier cam eval_cam ir_labels refine pseudo_masks eval_pseudo_masks
+TO_PSEUDO_MASKS = $$($(RPNET) steps --until eval_pseudo_masks)
 demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo masks + eval-refinement (learned / ideal boundary), ~12 min on 2 cores
 	@if [ -z "$(DRY)" ] && [ ! -f $(SYNTH_VOCLIKE)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt ]; then \
 		$(RPNET) data synth --out $(SYNTH_VOCLIKE) --object-scale 0.35 0.75 --context family > /dev/null; fi

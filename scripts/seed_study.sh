@@ -44,8 +44,8 @@ synth default &
 synth big --classes 20 --images 532 --size 128 --object-scale 0.35 0.75 --context family &
 wait
 
-full=(classifier cam eval_cam ir_labels refine pseudo_masks eval_pseudo_masks segmenter eval_seg)
-seeds_only=(classifier cam eval_cam)
+full=($(rp steps --until eval_seg))
+seeds_only=($(rp steps --until eval_cam))
 big_set=(classifier.data.crop_size=128 classifier.trainer.max_epochs=8 refine.data.crop_size=128
          segmenter.data.crop_size=128 pseudo_masks.pad_to=160)
 # one line per chain: SET EXPERIMENT NAME SEED STEPS(comma) OVERRIDES(comma)

@@ -11,7 +11,7 @@ import pytest
 
 from rpnet_pl.cli import build_parser
 from rpnet_pl.ops.params import IR_LABELS, LABEL_CRF, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
-from rpnet_pl.step_args import crf_params
+from rpnet_pl.steps import COMMANDS, from_namespace
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rpnet_pl"
 
@@ -23,6 +23,7 @@ CONCEPTS: dict[str, tuple[set[str], Any]] = {
     "walk bg threshold": ({"bg_threshold", "bg"}, 0.25),
     "IRN inference pad": ({"pad_to", "rw_pad_to", "irn_infer_pad"}, 512),
     "refinement exp_times": ({"exp_times", "refinement_exp_times"}, (0, 2, 8)),
+    "CAM scales": ({"scales", "cam_scales", "enhanced_scales"}, (1.0, 0.5, 1.5, 2.0)),
     "IR-label fg threshold": ({"fg_threshold", "fg_thres"}, 0.30),
     "IR-label bg threshold": ({"bg_threshold", "bg_thres"}, 0.05),
     "label CRF gt_prob": ({"gt_prob", "crf_gt_prob"}, 0.7),
@@ -177,5 +178,5 @@ def test_crf_cli_defaults_equal_the_op_defaults(command: str) -> None:
     from rpnet_pl.ops.crf import crf_inference_label, crf_inference_prob
 
     cli = _parse(command, "--ckpt", "c", "--out", "o", "--root", "r")
-    assert crf_params(cli) == _signature_defaults(crf_inference_prob) == vars(PROB_CRF)
+    assert from_namespace(COMMANDS[command].options, cli).crf_params == _signature_defaults(crf_inference_prob) == vars(PROB_CRF)
     assert _signature_defaults(crf_inference_label) == vars(LABEL_CRF)

@@ -12,7 +12,8 @@ import yaml
 from rpnet_pl.config import load_experiment
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.synthetic import generate_synthetic_voc
-from rpnet_pl.pipeline import STEP_ORDER, plan, run_steps
+from rpnet_pl.pipeline import plan, run_steps
+from rpnet_pl.steps import STEP_ORDER
 from rpnet_pl.report import write_report
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from rpnet_pl.config import load_experiment
-from rpnet_pl.pipeline import STEP_ORDER, Step, StepFailed, plan, run_steps
+from rpnet_pl.pipeline import PlannedStep, StepFailed, plan, run_steps
+from rpnet_pl.steps import STEP_ORDER
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _py_step(tmp: Path, name: str, code: str) -> Step:
-    return Step(name, [sys.executable, "-c", code], tmp / name, {"x": 1})
+    return PlannedStep(name, [sys.executable, "-c", code], tmp / name, {"x": 1})
 
 
 def test_plan_of_the_base_experiment_lists_every_step_in_order(tmp_path: Path) -> None:
@@ -76,7 +77,8 @@ def test_interrupted_training_step_resumes_from_last_checkpoint(tmp_path: Path) 
     seen = tmp_path / "argv.txt"
     code = f"import sys; open({str(seen)!r}, 'w').write(' '.join(sys.argv[1:]))"
     # argv laid out like the real one: python -m rpnet_pl.cli fit STAGE ...
-    step = Step("classifier", [sys.executable, "-c", code, "fit", "classifier"], tmp_path / "classifier")
+    step = PlannedStep("classifier", [sys.executable, "-c", code, "fit", "classifier"], tmp_path / "classifier",
+                       kind="train")
     (step.folder / "checkpoints").mkdir(parents=True)
     run_steps([step])
     assert "--ckpt_path" not in seen.read_text()  # no checkpoint yet: a fresh start
@@ -163,7 +165,7 @@ def test_test_export_is_skipped_without_a_test_split(tiny_voc: Path, tmp_path: P
     cfg = load_experiment(EXPERIMENTS / "base.yaml", [f"dataset.root={tiny_voc}"])
     export = [s for s in plan(cfg, runs_dir=tmp_path, logger="none") if s.name == "predict_seg"][0]
     assert export.optional_split == ("voc", str(tiny_voc), "test")
-    never = Step("predict_seg", [sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "predict_seg",
+    never = PlannedStep("predict_seg", [sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "predict_seg",
                  optional_split=export.optional_split)
     with caplog.at_level("WARNING"):
         assert run_steps([never]) == []

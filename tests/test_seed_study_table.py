@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def test_seed_study_big_schedules_plans_the_longer_schedule_last(tmp_path: Path)
 
     recorder = tmp_path / "fake_python"
     calls = tmp_path / "calls.txt"
-    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    recorder.write_text(f'#!/usr/bin/env bash\n[ "$3" = steps ] && exec {sys.executable} "$@"\n'  # the registry
+                        f'echo "$*" >> {calls}\n')
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
     env = dict(os.environ, PYTHON=str(recorder), STUDY_WORK=str(tmp_path / "work"), EPOCHS="20", SEEDS="0 1",
                EXTRA_SET="", ONLY="", GPUS="0")  # the caller's own study knobs must not leak in
@@ -147,7 +149,8 @@ def test_seed_study_plans_issue_23_regimes_with_refinement(tmp_path: Path) -> No
 
     recorder = tmp_path / "fake_python"
     calls = tmp_path / "calls.txt"
-    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    recorder.write_text(f'#!/usr/bin/env bash\n[ "$3" = steps ] && exec {sys.executable} "$@"\n'  # the registry
+                        f'echo "$*" >> {calls}\n')
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
     work = tmp_path / "work"
     run = work / "runs" / "voclike" / "demo-pretrained" / "seed0"

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from rpnet_pl import bench
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.errors import CheckpointError, DatasetError
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.inference import run_per_image
@@ -54,7 +54,7 @@ def test_the_prediction_progress_names_what_each_stage_writes() -> None:
 
 
 def test_the_driver_checks_the_checkpoint_and_skips_done_images(tiny_voc: Path, tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"none.ckpt: refine checkpoint not found \(train it with `rpnet fit "
+    with pytest.raises(CheckpointError, match=r"none.ckpt: refine checkpoint not found \(train it with `rpnet fit "
                                            r"refine`\)"):
         run_per_image(RefineStage, tmp_path / "none.ckpt", "refine", {}, root=str(tiny_voc), done=lambda r, i: True)
     ckpt = tmp_path / "seg.ckpt"

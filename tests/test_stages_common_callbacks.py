@@ -141,10 +141,10 @@ def test_prediction_runs_log_done_over_total(caplog) -> None:
 
 @pytest.mark.parametrize("stage", ["classifier", "refine", "segmenter"])
 def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Path, stage: str) -> None:
-    from rpnet_pl.cli import STAGES, _load
+    from rpnet_pl.steps import STEPS, load
     from rpnet_pl.stages.common import ProgressLog
 
-    module = _load(STAGES[stage][0])(backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
+    module = load(STEPS[stage].stage)(backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
                                      progress_every_n_steps=5)
     module.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
     ckpt, progress = module.configure_callbacks()

@@ -13,8 +13,9 @@ from typing import Any
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.seeds import Stat, format_pct
+from rpnet_pl.steps import EVAL_CAM, STEP_ORDER
 
-SEED_STEPS = ("classifier", "cam", "eval_cam")
+SEED_STEPS = STEP_ORDER[:STEP_ORDER.index(EVAL_CAM.name) + 1]
 #: Rows of Table III, in the paper's order (each a name of :data:`rpnet_pl.models.backbones.BACKBONES`).
 TABLE_III_BACKBONES = ("resnet50", "resnet101", "xception", "wide_resnet50", "wide_resnet101", "resnext50", "resnext101")
 

@@ -23,7 +23,8 @@ as ``trainer.precision: bf16-mixed`` does.
 
 Timing: ``warmup`` untimed calls, then at least ``iters`` timed calls (more, up to ``10 * iters``,
 until ``min_time`` seconds have been timed); the throughput is images per call over the *median*
-call time. On CUDA every call is bracketed by ``torch.cuda.synchronize``.
+call time. Each call is timed on ``torch.utils.benchmark``'s clock (on CUDA synchronised before and
+after) and the median is its ``Measurement``'s (:func:`time_once`, :func:`median_seconds`).
 
 Peak memory covers the whole case (model, optimiser state, inputs, warm-up and timed calls) above
 what was in use just before it:
@@ -43,22 +44,23 @@ import datetime as _dt
 import gc
 import os
 import platform
+import logging
 import resource
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.host_memory import proc_status_kib, release_freed_memory
-from rpnet_pl.ops.params import RANDOM_WALK
+from rpnet_pl.ops.params import CAM_INFERENCE, RANDOM_WALK
 from rpnet_pl.stages.common import StageModule
 
 Step = Callable[[], None]
+
+log = logging.getLogger(__name__)
 
 
 # =================================================================================================
@@ -99,7 +101,7 @@ class Profile:
     deeplab_crop: int = 321
     deeplab_batch: int = 10
     image_size: tuple[int, int] = (375, 500)
-    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    cam_scales: tuple[float, ...] = CAM_INFERENCE.scales
     seg_scales: tuple[float, ...] = (1.0, 0.75, 1.25)
     cam_channels: int = 2
     iters: int = 10
@@ -111,8 +113,8 @@ class Profile:
     pair_layouts: tuple[bool, ...] = (False,)
 
 
-#: ``cpu``: the tiny backbone at the paper's crop sizes with small batches (about 2 minutes on
-#: 2 cores); ``gpu``: the paper's backbones and batch sizes.
+#: ``cpu``: the tiny backbone at the paper's crop sizes with small batches (a few minutes on a
+#: small CPU, docs/benchmarks.md); ``gpu``: the paper's backbones and batch sizes.
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(name="cpu", classifier_backbone="resnet18", irn_backbone="resnet18", deeplab_backbone="resnet18",
                    classifier_batch=2, irn_batch=2, deeplab_batch=2, iters=3, warmup=1, min_time=0.0,
@@ -198,6 +200,34 @@ class PeakMemory:
         self.peak_mib = max(0.0, peak - self._base) / 2 ** 20
 
 
+def time_once(step: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of ``step`` on the clock of :mod:`torch.utils.benchmark` (its ``timer``),
+    ``device`` synchronised before and after so the time covers the call's queued GPU work.
+
+    ``Timer.timeit`` and ``blocked_autorange`` are not used: both run their own warm-up calls
+    before every measurement (``timeit(number=1)`` three calls per timed one), and
+    ``blocked_autorange`` picks its own number of calls, where the profiles fix ``warmup`` and
+    ``iters``; :func:`median_seconds` hands our per-call times to its ``Measurement``."""
+    from torch.utils import benchmark
+
+    _sync(device)
+    start = benchmark.timer()
+    step()
+    _sync(device)
+    return benchmark.timer() - start
+
+
+def median_seconds(times: Sequence[float], label: str = "step()") -> float:
+    """The median of per-call ``times`` as :class:`torch.utils.benchmark.Measurement` computes it
+    (the two middle calls averaged for an even count); the whole measurement is logged at debug level."""
+    from torch.utils import benchmark
+
+    m = benchmark.Measurement(number_per_run=1, raw_times=list(times),
+                              task_spec=benchmark.TaskSpec(stmt=label, setup="", num_threads=torch.get_num_threads()))
+    log.debug("%s", m)
+    return float(m.median)
+
+
 def measure(build: Callable[[], Step], device: torch.device, iters: int = 3, warmup: int = 1,
             min_time: float = 0.0) -> tuple[float, float, int, str]:
     """Build a case (``build()`` makes the model and inputs and returns the step to time), run
@@ -213,16 +243,12 @@ def measure(build: Callable[[], Step], device: torch.device, iters: int = 3, war
             step()
         _sync(device)
         while len(times) < iters or (sum(times) < min_time and len(times) < 10 * iters):
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+            times.append(time_once(step, device))
         del step
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return statistics.median(times), mem.peak_mib, len(times), mem.method
+    return median_seconds(times), mem.peak_mib, len(times), mem.method
 
 
 def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
@@ -347,24 +373,20 @@ def classifier_pair(backbone: str = "resnet18", crop: int = 512, batch: int = 1,
     while len(times["cam"]) < iters or (sum(times["rpnet"]) + sum(times["cam"]) < min_time
                                         and len(times["cam"]) < 10 * iters):
         for method in ("rpnet", "cam"):
-            _sync(dev)
-            t0 = time.perf_counter()
-            steps[method]()
-            _sync(dev)
-            times[method].append(time.perf_counter() - t0)
+            times[method].append(time_once(steps[method], dev))
     del steps
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     size = f"crop {crop}, {batch} group(s) of {group_size}"
     rp, cam = (_result(_classifier_name(m), "train", backbone, size, batch * group_size, dev, bf16,
-                       (statistics.median(times[m]), peaks[m], len(times[m]), method_name + "; timed alternately"),
+                       (median_seconds(times[m], _classifier_name(m)), peaks[m], len(times[m]), method_name + "; timed alternately"),
                        channels_last) for m in ("rpnet", "cam"))
     return rp, cam
 
 
 def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
-                  scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), iters: int = 3, warmup: int = 1,
+                  scales: Sequence[float] = CAM_INFERENCE.scales, iters: int = 3, warmup: int = 1,
                   device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False, min_time: float = 0.0,
                   num_classes: int = 20) -> BenchResult:
     """Multi-scale + flip CAMs (strided and high-res) of one (H, W) image with the plain branch."""
@@ -731,7 +753,9 @@ synthetic random tensors (no dataset, random weights), and appends one dated sec
   the 125x94 stride-4 map, argmax), DeepLab-LargeFOV training step and multi-scale + flip
   inference. Training steps include the backward pass and the SGD update.
 * **Throughput** is images per step over the median step time (after warm-up steps); `batch` is
-  images per step (inference: one image, all its scales and flips).
+  images per step (inference: one image, all its scales and flips). Each step is timed on
+  `torch.utils.benchmark`'s clock with the device synchronised before and after it, and the
+  median is that of its `Measurement` over the timed steps.
 * **Peak memory** is the peak over the case (model, optimiser state, inputs, every step) above what
   was in use before it: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the kernel's peak
   resident set size (`VmHWM`, reset per case through `/proc/self/clear_refs`), or the growth of

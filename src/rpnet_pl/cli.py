@@ -1,6 +1,6 @@
 """The `rpnet` command: thin; parses arguments and dispatches to data, stages and ops.
 
-Errors a user can act on (:class:`DatasetError`, :class:`ConfigError`) are printed as one line naming
+Errors a user can act on (:class:`DatasetError`, :class:`CheckpointError`, :class:`ConfigError`) are printed as one line naming
 the file and the problem, with exit status 2, never as a traceback.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rpnet_pl import layout, step_args
-from rpnet_pl.errors import ConfigError, DatasetError, TrainingDivergedError
+from rpnet_pl.steps import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
+                            unknown_steps)
+from rpnet_pl.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
 from rpnet_pl.host_memory import keep_freed_memory
 
 log = logging.getLogger("rpnet")
@@ -65,163 +66,41 @@ def _data_coco_masks(args: argparse.Namespace) -> int:
     return 0
 
 
-STAGES = {
-    "classifier": ("rpnet_pl.stages.classifier:ClassifierStage", "rpnet_pl.data.datamodules:GroupDataModule"),
-    "refine": ("rpnet_pl.stages.refine:RefineStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
-    "segmenter": ("rpnet_pl.stages.segmenter:SegmenterStage", "rpnet_pl.data.datamodules:LabelledDataModule"),
-}
-
-
-def _load(ref: str):
-    import importlib
-
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _fit(args: argparse.Namespace) -> int:
     """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
     from pytorch_lightning.cli import LightningCLI
 
-    stage_ref, dm_ref = STAGES[layout.current_step(args.stage, "`rpnet fit` stage")]
+    spec = STEPS[args.stage]
     LightningCLI(
-        _load(stage_ref), _load(dm_ref), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
+        load(spec.stage), load(spec.datamodule), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
     )
     return 0
 
 
-def _devices(value: str) -> int | str:
-    return int(value) if str(value).isdigit() else value
-
-
-def _cam(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.classifier import make_cams
-
-    n = make_cams(args.ckpt, args.out, root=args.root, dataset=args.dataset, split=args.split,
-                  scales=tuple(args.scales), flip=not args.no_flip, devices=_devices(args.devices),
-                  num_nodes=args.num_nodes, accelerator=args.accelerator, backbone=args.backbone)
-    print(f"wrote {n} CAM file(s) to {args.out}")
-    return 0
-
-
-def _eval_cam(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.common import write_json
-    from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, format_report
-
-    result = evaluate_cams(args.cams, args.root, dataset=args.dataset, split=args.split,
-                           thresholds=tuple(args.thresholds or DEFAULT_THRESHOLDS),
-                           use_high_res=not args.strided)
-    print(format_report(result, title=f"CAM seeds: {args.cams}"))
-    if args.out:
-        print(f"wrote {write_json(args.out, result)}")
-    return 0
-
-
-def _eval_pseudo_masks(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.common import write_json
-    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
-
-    result = evaluate_masks(args.masks, args.root, dataset=args.dataset, split=args.split,
-                            ignore_pred=args.ignore_pred, weak=not args.all_images)
-    print(format_report(result, title=f"label maps: {args.masks}"))
-    if args.out:
-        print(f"wrote {write_json(args.out, result)}")
-    return 0
-
-
-def _ir_labels(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.ir_labels import make_ir_labels
-
-    n = make_ir_labels(args.cams, args.out, args.root, dataset=args.dataset, split=args.split,
-                       fg_threshold=args.fg_threshold, bg_threshold=args.bg_threshold, crf=not args.no_crf,
-                       workers=args.workers)
-    print(f"wrote {n} IR label PNG(s) to {args.out}")
-    return 0
-
-
-def _pseudo_masks(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.refine import make_pseudo_masks
-
-    n = make_pseudo_masks(args.ckpt, args.cams, args.out, root=args.root, dataset=args.dataset, split=args.split,
-                          radius=args.radius, beta=args.beta, exp_times=args.exp_times,
-                          bg_threshold=args.bg_threshold, pad_to=args.pad_to or None,
-                          devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
-    print(f"wrote {n} pseudo mask(s) to {args.out}")
-    return 0
-
-
-def _eval_refinement(args: argparse.Namespace) -> int:
-    """Pseudo-mask mIoU after each refinement step (CAM, x (1-B), walks of 2^e steps)."""
-    from rpnet_pl.stages.common import write_json
-    from rpnet_pl.stages.eval_refinement import eval_refinement, format_breakdown
-
-    result = eval_refinement(args.ckpt, args.cams, args.root, dataset=args.dataset, split=args.split,
-                             exp_times=args.exp_times, boundary_source=args.boundary.replace("-", "_"),
-                             radius=args.radius, beta=args.beta, bg_threshold=args.bg_threshold, pad_to=args.pad_to)
-    print(format_breakdown(result))
-    if args.out:
-        print(f"wrote {write_json(args.out, result)}")
-    return 0
-
-
-def _deprecated_command(old: str, func: Command) -> Command:
-    """``func`` behind a one-line deprecation warning naming the new command of ``rpnet old``."""
+def _image_step(spec: StepSpec) -> Command:
+    """The handler of a per-image command: its options dataclass from the parsed line, then the step's
+    function (imported only now: building the parser stays torch-free)."""
 
     def run(args: argparse.Namespace) -> int:
-        log.warning(layout.deprecation(old, layout.OLD_COMMANDS[old], "`rpnet` command"))
-        return func(args)
+        return load(spec.run)(from_namespace(spec.options, args))
 
     return run
 
 
-def _eval_seg(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.common import write_json
-    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
-    from rpnet_pl.stages.segmenter import predict_segmentation
-
-    out = Path(args.out)
-    crf_dir = None if args.no_crf else out / "pred_crf"
-    _, rank_zero = predict_segmentation(
-        args.ckpt, out / "pred", args.root, args.dataset, args.split, crf_dir=crf_dir, scales=args.scales,
-        flip=not args.no_flip, crf_params=step_args.crf_params(args), devices=_devices(args.devices),
-        num_nodes=args.num_nodes, accelerator=args.accelerator)
-    if not rank_zero:  # under DDP one process scores the predictions all ranks wrote
-        return 0
-    results = {"without_crf": evaluate_masks(out / "pred", args.root, args.dataset, args.split, weak=False)}
-    if crf_dir is not None:
-        results["with_crf"] = evaluate_masks(crf_dir, args.root, args.dataset, args.split, weak=False)
-    for key, res in results.items():
-        print(format_report(res, title=f"{args.split} ({key.replace('_', ' ')})"))
-        print()
-    print(f"wrote {write_json(out / layout.METRICS, results)}")
-    return 0
-
-
-def _predict_seg(args: argparse.Namespace) -> int:
-    from rpnet_pl.stages.segmenter import VOC_SERVER_DIR, predict_segmentation
-
-    out = Path(args.out)
-    if not (args.images or args.root):
-        raise ConfigError("predict-seg needs --root (a dataset) or --images (a folder of images)")
-    dataset, root, fmt = args.dataset, args.root, args.dataset
-    if args.images:  # any folder of images: palette PNGs (VOC ids) unless --dataset coco
-        dataset, root, fmt = "folder", args.images, "coco" if args.dataset == "coco" else "voc"
-        folder = out / "predictions"
-    elif args.dataset == "voc":
-        folder = out / VOC_SERVER_DIR
+def _steps(args: argparse.Namespace) -> int:
+    """The step names, one per line, for shell scripts and the Makefile."""
+    names = list(STEPS)
+    if args.until:
+        names = names[:names.index(args.until) + 1]
+    if args.distributed:
+        names = [n for n in names if STEPS[n].trains or STEPS[n].devices]
+    if args.long:
+        for n in names:
+            s = STEPS[n]
+            print(f"{n}\t{s.kind}\t{'rpnet fit ' + n if s.trains else 'rpnet ' + str(s.command)}\t{s.help}")
     else:
-        folder = out / "results" / f"coco_{args.split}"
-    raw = out / "raw"
-    if args.crf:
-        predict_segmentation(args.ckpt, raw, root, dataset, args.split, crf_dir=folder, scales=args.scales,
-                             flip=not args.no_flip, crf_params=step_args.crf_params(args), label_format=fmt,
-                             devices=_devices(args.devices), num_nodes=args.num_nodes, accelerator=args.accelerator)
-    else:
-        predict_segmentation(args.ckpt, folder, root, dataset, args.split, scales=args.scales,
-                             flip=not args.no_flip, label_format=fmt, devices=_devices(args.devices),
-                             num_nodes=args.num_nodes, accelerator=args.accelerator)
-    print(f"predictions in {folder}")
+        print("\n".join(names))
     return 0
 
 
@@ -277,8 +156,14 @@ def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
     from rpnet_pl.seeds import seed_dir_name
     from rpnet_pl.validate import check_environment, check_tree
 
-    check_tree(cfg, where=str(args.experiment))
     steps = plan(cfg, **plan_kwargs)
+    deep = [s.name for s in steps if s.trains]
+    # a training section is checked against its classes' signatures, which imports Lightning (seconds):
+    # a real run pays that once, before its first step; a dry run, which only prints commands, does not
+    check_tree(cfg, where=str(args.experiment), steps=[] if args.dry_run else deep)
+    if args.dry_run and deep:
+        log.info("dry run: the sections and the per-image options are checked; the model / data / trainer keys "
+                 "of %s are checked by a real run, before its first step", ", ".join(deep))
     todo = [s for s in steps if (not s.is_done() or s.name in (getattr(args, "force", None) or []))
             and absent_split(s) is None]
     run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
@@ -303,8 +188,10 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"dataset.root={args.data}")
     cfg = load_experiment(args.experiment, overrides)
-    args.steps = [layout.current_step(s, "--steps: step") for s in args.steps] if args.steps else None
-    args.force = [layout.current_step(s, "--force: step") for s in args.force] if args.force else None
+    for flag, names in (("--steps", args.steps), ("--force", args.force)):
+        if unknown_steps(names or []):
+            raise ConfigError(f"{flag}: unknown step(s) {', '.join(unknown_steps(names))}; the steps are "
+                              f"{', '.join(STEPS)}")
     if args.name:
         cfg["name"] = args.name
     for seed in list(dict.fromkeys(args.seeds or [None])):
@@ -463,19 +350,9 @@ def _parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-class _DefaultsHelp(argparse.HelpFormatter):
-    """Help that shows each option's default where it has one worth showing."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        shown = action.option_strings and not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
-        if shown and "%(default)" not in text and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _DefaultsHelp
+    """argparse's defaults formatter on ``parser`` and every subcommand."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -487,9 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default treatment of freed memory; by default freed host memory is "
-                             "kept for reuse, which saves the page faults of large CPU tensors (RPNet's CPU "
-                             "training step about 15 %% faster) for 6-17 %% more peak resident memory "
-                             "(rpnet_pl.host_memory)")
+                             "kept for reuse, which saves the page faults of large CPU tensors, for more peak "
+                             "resident memory (rpnet_pl.host_memory; the numbers: docs/benchmarks.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = sub.add_parser("data", help="dataset tools: synth, check, coco-masks")
@@ -520,37 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["train", "val"], choices=("train", "val"), help="splits to write")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     p.set_defaults(func=_data_coco_masks)
-    p = sub.add_parser("cam", help="multi-scale + flip CAM seeds of a split from a classifier checkpoint")
-    step_args.add_cam_args(p)
-    p.set_defaults(func=_cam)
-    p = sub.add_parser("eval-cam", help="mIoU of CAM seeds against the ground truth, over a threshold sweep")
-    step_args.add_eval_cam_args(p)
-    p.set_defaults(func=_eval_cam)
-    p = sub.add_parser("ir-labels", help="IR labels (confident fg / bg / 255) from high-res CAMs, with denseCRF")
-    step_args.add_ir_labels_args(p)
-    p.set_defaults(func=_ir_labels)
-    for name, func, help_ in (
-            ("pseudo-masks", _pseudo_masks, "pseudo masks: boundary map -> random walk on the CAM seeds"),
-            ("eval-pseudo-masks", _eval_pseudo_masks,
-             "mIoU of label PNGs (pseudo masks, predictions) against the ground truth")):
-        p = sub.add_parser(name, help=help_)
-        step_args.STEP_ARGS[name](p)
-        p.set_defaults(func=func)
-        old = next(o for o, n in layout.OLD_COMMANDS.items() if n == name)
-        p = sub.add_parser(old)  # deprecated; no help line, so `rpnet --help` lists the new name only
-        step_args.STEP_ARGS[name](p)
-        p.set_defaults(func=_deprecated_command(old, func))
-
-    p = sub.add_parser("eval-refinement", help="diagnose boundary refinement: pseudo-mask mIoU and foreground "
-                       "share after each step (CAMs alone, x (1 - boundary), random walks of 2^e steps)")
-    step_args.add_eval_refinement_args(p)
-    p.set_defaults(func=_eval_refinement)
-
-    for name, func, help_ in (("eval-seg", _eval_seg, "segmenter mIoU with and without denseCRF"),
-                              ("predict-seg", _predict_seg, "segmenter predictions for the benchmark")):
-        p = sub.add_parser(name, help=help_)
-        step_args.STEP_ARGS[name](p)
-        p.set_defaults(func=func)
+    for command, spec in COMMANDS.items():
+        p = sub.add_parser(command, help=spec.help)
+        add_options(p, spec.options)
+        p.set_defaults(func=_image_step(spec))
 
     p = sub.add_parser("pipeline", help="run an experiment's steps in order (skips complete ones, resumes)")
     p.add_argument("experiment", help="experiment YAML under experiments/")
@@ -597,14 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("confidence", help="share of each image RPNet's confidence mask covers (reference rule "
                        "and the paper's clamped reading), from a classifier checkpoint")
     p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
-    step_args.add_data_args(p, "train")
+    add_options(p, DataOptions)
+    p.set_defaults(split="train")
     p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
     p.set_defaults(func=_confidence)
 
     p = sub.add_parser("branch-seeds", help="seeds of RPNet's plain and enhanced branches on the same image groups "
                        "(does the enhanced branch, Ls's target, give better seeds?), from a classifier checkpoint")
     p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
-    step_args.add_data_args(p, "train")
+    add_options(p, DataOptions)
+    p.set_defaults(split="train")
     p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
     p.add_argument("--size", type=int, default=96, help="groups are resized to SIZE x SIZE (default: 96, the "
                    "demo's crop)")
@@ -616,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cases_dir", nargs="?", default=None, help="folder of <group>_<i>.npz cases (default: the cases "
                    "shipped with the package)")
     p.set_defaults(func=_parity)
+
+    p = sub.add_parser("steps", help="the pipeline's steps in order, one per line (for scripts and the Makefile)")
+    p.add_argument("--until", choices=list(STEPS), help="only the steps up to and including this one")
+    p.add_argument("--distributed", action="store_true", help="only the steps that run on every process of a "
+                   "multi-GPU / multi-node job (training and the network-inference steps)")
+    p.add_argument("--long", action="store_true", help="also each step's kind, command and what it does")
+    p.set_defaults(func=_steps)
 
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
     p.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders")
@@ -644,12 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("fit", help="train a stage (classifier, refine, segmenter) with LightningCLI; "
-                       "pass --config FILE and LightningCLI overrides (see `rpnet fit classifier --help`)",
-                       add_help=False)
-    old_stages = [o for o, n in layout.OLD_STEP_NAMES.items() if n in STAGES]  # deprecated, still accepted
-    p.add_argument("stage", choices=sorted(STAGES) + old_stages, metavar="{" + ",".join(sorted(STAGES)) + "}",
-                   help="the stage to train")
+    p = sub.add_parser("fit", help=f"train a stage ({', '.join(TRAIN_STEPS)}) with LightningCLI; pass --config "
+                       f"FILE and LightningCLI overrides (see `rpnet fit {TRAIN_STEPS[0]} --help`)", add_help=False)
+    p.add_argument("stage", choices=TRAIN_STEPS, help="the stage to train")
     p.set_defaults(func=_fit, accepts_extra=True)
     _show_defaults(parser)
     return parser
@@ -719,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return func(args)
-    except (DatasetError, ConfigError, TrainingDivergedError) as exc:
+    except (DatasetError, CheckpointError, ConfigError, TrainingDivergedError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 

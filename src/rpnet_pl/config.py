@@ -5,9 +5,7 @@ An experiment has one section per pipeline step. Training sections (``classifier
 options of the inference/eval commands. The top-level ``dataset`` block (``name``, ``root``) is copied
 into every ``data`` section so the data root is said once (and ``DATA=`` overrides it).
 
-Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML). The old names of
-stage 2's sections (``affinity``, ``sem_seg``, ``eval_sem_seg``) are read as the new ones
-(``refine``, ``pseudo_masks``, ``eval_pseudo_masks``) with a deprecation warning, for one release.
+Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML).
 """
 from __future__ import annotations
 
@@ -18,9 +16,12 @@ from typing import Any, Iterable
 import yaml
 
 from rpnet_pl.errors import ConfigError
-from rpnet_pl.layout import OLD_STEP_NAMES, current_step
+from rpnet_pl.steps import TRAIN_STEPS
 
-TRAIN_STAGES = ("classifier", "refine", "segmenter")
+#: The dataset of an experiment whose ``dataset`` block names none.
+DEFAULT_DATASET = "voc"
+#: Its root (``dataset.root``; ``--data`` / ``DATA=`` override it).
+DEFAULT_ROOT = "data/voc"
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -52,7 +53,7 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: circular 'extends'")
-    data = rename_old_sections(read_yaml(path), where=str(path))
+    data = read_yaml(path)
     parents = data.pop("extends", None)
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else (parents or []):
@@ -68,26 +69,12 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     return merged
 
 
-def rename_old_sections(data: dict, where: str = "") -> dict:
-    """``data`` with its deprecated top-level sections (:data:`OLD_STEP_NAMES`) under their new names,
-    each with a logged warning; a file holding both names of one section is an error."""
-    out: dict = {}
-    for key, value in data.items():
-        new = current_step(key, f"{where}: config section" if where else "config section") \
-            if key in OLD_STEP_NAMES else key
-        if new in out or (new != key and new in data):
-            raise ConfigError(f"{where}: both '{key}' and '{new}' are set; keep '{new}' only")
-        out[new] = value
-    return out
-
-
 def apply_override(cfg: dict, override: str) -> None:
-    """Set ``a.b.c=value`` in place (value parsed as YAML); an old section name is read as the new one."""
+    """Set ``a.b.c=value`` in place (value parsed as YAML)."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
-    parts[0] = current_step(parts[0], f"--set {key.strip()}: config section")
     node = cfg
     for p in parts[:-1]:
         node = node.setdefault(p, {})
@@ -99,7 +86,7 @@ def apply_override(cfg: dict, override: str) -> None:
 def propagate_dataset(cfg: dict) -> None:
     """Copy ``dataset.name``/``dataset.root`` into each training section's ``data``."""
     ds = cfg.get("dataset") or {}
-    for stage in TRAIN_STAGES:
+    for stage in TRAIN_STEPS:
         if isinstance(cfg.get(stage), dict):
             data = cfg[stage].setdefault("data", {})
             if "name" in ds:

@@ -6,6 +6,10 @@ class DatasetError(ValueError):
     """A dataset file or tree is missing or malformed. The message names the path."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or of another stage. The message names the file."""
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid or inconsistent."""
 

@@ -4,10 +4,9 @@ glibc's malloc serves every block above its mmap threshold (128 KiB, growing up 
 fresh ``mmap`` and gives it back with ``munmap`` when the tensor is freed. The kernel then zeroes
 every page of the next such block on first touch. RPNet's extra scales allocate and free several GiB
 of activations per training step (a 512 crop at scale 2 gives a 4 x 64 x 512 x 512 stem output of
-256 MiB), so on a CPU about a sixth of its step went to page faults (issue 14: ResNet-18, crop
-512, 2 threads, channels-last, 3.25 s -> 2.70-2.83 s per step with freed memory kept;
-docs/benchmarks.md). PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for this reason;
-this module gets the effect from glibc itself.
+256 MiB), so on a CPU a good part of its step went to page faults (the measured share:
+docs/benchmarks.md, "Numbers behind the defaults"). PyTorch's CPU tuning guide recommends jemalloc
+or tcmalloc for this reason; this module gets the effect from glibc itself.
 
 :func:`keep_freed_memory` asks glibc, through ``mallopt``, to take every block from the heap (no
 ``mmap``) and never to trim the heap, so a step reuses the pages of the step before. Peak resident

@@ -28,14 +28,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rpnet_pl import layout
-from rpnet_pl.config import TRAIN_STAGES, dump_yaml, section
+from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.seeds import seed_dir_name
+from rpnet_pl.steps import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
 
 log = logging.getLogger(__name__)
-
-#: Steps in order (:data:`rpnet_pl.layout.STEP_ORDER`).
-STEP_ORDER = layout.STEP_ORDER
 
 
 class StepFailed(RuntimeError):
@@ -43,13 +41,20 @@ class StepFailed(RuntimeError):
 
 
 @dataclass
-class Step:
+class PlannedStep:
+    """One step of one run: the command, its folder and resolved config (``kind``: the registry's)."""
+
     name: str
     argv: list[str]
     folder: Path
     config: dict[str, Any] = field(default_factory=dict)
     #: (dataset, root, split) of an optional split: the step is skipped, with one line, when it is absent
     optional_split: tuple[str, str, str] | None = None
+    kind: StepKind = "per_image"
+
+    @property
+    def trains(self) -> bool:
+        return self.kind == "train"
 
     @property
     def done_marker(self) -> Path:
@@ -118,7 +123,7 @@ def substitute(value: Any, run: Path) -> Any:
 
 def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
          steps: Sequence[str] | None = None, tags: Sequence[str] = (), accelerator: str = "gpu",
-         seed: int | None = None) -> list[Step]:
+         seed: int | None = None) -> list[PlannedStep]:
     """The steps of an experiment, with their argv and resolved configs (nothing runs here).
 
     ``seed``: one run of a multi-seed experiment, in ``RUNS/<name>/seed<k>/`` (see the module doc).
@@ -131,66 +136,56 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     if seed is not None:
         run = run / seed_dir_name(seed)
     ds = cfg.get("dataset") or {}
-    data_args = ["--dataset", str(ds.get("name", "voc")), "--root", str(ds.get("root", "data/voc"))]
+    dataset, root = str(ds.get("name", DEFAULT_DATASET)), str(ds.get("root", DEFAULT_ROOT))
+    data_args = ["--dataset", dataset, "--root", root]
     dev_args = ["--devices", str(max(gpus, 1)), "--num-nodes", str(nodes)]
     dev_args += ["--accelerator", accelerator] if gpus else []
     rpnet = [sys.executable, "-m", "rpnet_pl.cli"]
-    wanted = [layout.current_step(s) for s in steps] if steps else [s for s in STEP_ORDER if s in cfg]
-    unknown = [s for s in wanted if s not in STEP_ORDER]
-    if unknown:
-        raise ConfigError(f"unknown step(s) {unknown}; steps are {list(STEP_ORDER)}")
-    out: list[Step] = []
-    cams, ir, pseudo = layout.cams_dir(run), layout.ir_labels_dir(run), layout.pseudo_masks_dir(run)
+    wanted = list(steps) if steps else [s for s in STEP_ORDER if s in cfg]
+    if unknown_steps(wanted):
+        raise ConfigError(f"unknown step(s) {unknown_steps(wanted)}; steps are {list(STEP_ORDER)}")
+    out: list[PlannedStep] = []
     for step in wanted:
+        spec = STEPS[step]
         sec = substitute(dict(section(cfg, step)), run)
         folder = layout.step_dir(run, step)
-        if folder.name != step:
-            log.warning("%s; step '%s' uses %s, written before the rename",
-                        layout.deprecation(folder.name, step, "run folder"), step, folder)
-        if step in TRAIN_STAGES:
-            stage_cfg = {k: v for k, v in sec.items()}
-            trainer = dict(stage_cfg.get("trainer") or {})
-            trainer["default_root_dir"] = str(folder)
-            trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
-            trainer["logger"] = _logger_config(logger, folder, name, step, tags, seed)
-            if gpus:
-                trainer.update({"accelerator": accelerator, "devices": gpus, "num_nodes": nodes})
-                if gpus * nodes > 1:
-                    trainer["strategy"] = "ddp"
-            stage_cfg["trainer"] = trainer
-            if seed is not None:
-                stage_cfg["seed_everything"] = int(seed)
-                stage_cfg["data"] = {**(stage_cfg.get("data") or {}), "seed": int(seed)}
-            if step == "refine":
-                stage_cfg.setdefault("data", {})["label_dir"] = str(ir)
-            if step == "segmenter":
-                stage_cfg.setdefault("data", {})["label_dir"] = str(pseudo)
+        if spec.trains:
+            stage_cfg = _training_config(sec, folder, logger, name, step, tags, seed, gpus, nodes, accelerator)
+            for key, producer in spec.reads:  # e.g. data.label_dir: the IR labels
+                *parents, leaf = key.split(".")
+                node = stage_cfg
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = str(output_path(run, producer))
             argv = rpnet + ["fit", step, "--config", str(layout.config_path(run, step))]
-            out.append(Step(step, argv, folder, stage_cfg))
+            out.append(PlannedStep(step, argv, folder, stage_cfg, kind=spec.kind))
             continue
-        ckpt = {"cam": layout.checkpoint(run, "classifier"),
-                "pseudo_masks": layout.checkpoint(run, "refine"),
-                "eval_seg": layout.checkpoint(run, "segmenter"),
-                "predict_seg": layout.checkpoint(run, "segmenter")}.get(step)
-        argv = rpnet + [layout.STEP_COMMANDS[step]]
-        if step == "cam":
-            argv += ["--ckpt", str(ckpt), "--out", str(cams)] + data_args + dev_args
-        elif step == "eval_cam":
-            argv += ["--cams", str(cams), "--out", str(layout.metrics_path(run, step))] + data_args
-        elif step == "ir_labels":
-            argv += ["--cams", str(cams), "--out", str(ir)] + data_args
-        elif step == "pseudo_masks":
-            argv += ["--ckpt", str(ckpt), "--cams", str(cams), "--out", str(pseudo)] + data_args + dev_args
-        elif step == "eval_pseudo_masks":
-            argv += ["--masks", str(pseudo), "--out", str(layout.metrics_path(run, step))] + data_args
-        elif step == "eval_seg":
-            argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
-        elif step == "predict_seg":
-            argv += ["--ckpt", str(ckpt), "--out", str(folder)] + data_args + dev_args
-        optional = (str(ds.get("name", "voc")), str(ds.get("root", "data/voc")), str(sec.get("split", "test"))) \
-            if step == "predict_seg" else None
-        out.append(Step(step, argv + _flags(sec), folder, sec, optional))
+        argv = rpnet + [str(spec.command)]
+        for flag, producer in spec.reads:
+            argv += ["--" + flag, str(output_path(run, producer))]
+        argv += ["--out", str(output_path(run, step))] + data_args + (dev_args if spec.devices else [])
+        optional = (dataset, root, str(sec.get("split", spec.default_split))) if spec.optional_split else None
+        out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind))
     return out
+
+
+def _training_config(sec: dict, folder: Path, logger: str, name: str, step: str, tags: Sequence[str],
+                     seed: int | None, gpus: int, nodes: int, accelerator: str) -> dict[str, Any]:
+    """A training step's LightningCLI config: its section, with the run's folder, logger, devices and seed."""
+    stage_cfg = dict(sec)
+    trainer = dict(stage_cfg.get("trainer") or {})
+    trainer["default_root_dir"] = str(folder)
+    trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
+    trainer["logger"] = _logger_config(logger, folder, name, step, tags, seed)
+    if gpus:
+        trainer.update({"accelerator": accelerator, "devices": gpus, "num_nodes": nodes})
+        if gpus * nodes > 1:
+            trainer["strategy"] = "ddp"
+    stage_cfg["trainer"] = trainer
+    if seed is not None:
+        stage_cfg["seed_everything"] = int(seed)
+        stage_cfg["data"] = {**(stage_cfg.get("data") or {}), "seed": int(seed)}
+    return stage_cfg
 
 
 #: A line of a step's output that a person should see in the terminal too (see stages.common.ProgressLog).
@@ -214,7 +209,7 @@ def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
     return plain[-1] if plain else ""
 
 
-def _run_logged(step: Step, argv: list[str], env: dict[str, str] | None) -> tuple[int, list[str]]:
+def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None) -> tuple[int, list[str]]:
     """Run ``argv`` with its output appended to the step's log; progress lines are echoed to this
     process's log. Returns the exit status and the last lines of output."""
     tail: deque[str] = deque(maxlen=200)
@@ -234,7 +229,7 @@ def _run_logged(step: Step, argv: list[str], env: dict[str, str] | None) -> tupl
     return returncode, list(tail)
 
 
-def absent_split(step: Step) -> str | None:
+def absent_split(step: PlannedStep) -> str | None:
     """Why ``step`` cannot run because its optional split is absent (None when it can, or cannot tell)."""
     if step.optional_split is None:
         return None
@@ -244,11 +239,10 @@ def absent_split(step: Step) -> str | None:
     return absent_split_reason(dataset, root, split, step=step.name)
 
 
-def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str] = (),
+def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequence[str] = (),
               env: dict[str, str] | None = None) -> list[str]:
     """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
     ran: list[str] = []
-    force = [layout.current_step(name) for name in force]
     for step in steps:
         if step.is_done() and step.name not in force:
             log.info("skip %s: complete (%s)", step.name, step.done_marker)
@@ -266,7 +260,7 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
             dump_yaml(step.config, step.folder / layout.CONFIG)
         argv = list(step.argv)
         last = layout.step_checkpoint(step.folder)
-        if step.argv[3:4] == ["fit"] and last.is_file():
+        if step.trains and last.is_file():
             argv += ["--ckpt_path", str(last)]
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
@@ -277,7 +271,7 @@ def run_steps(steps: Sequence[Step], dry_run: bool = False, force: Sequence[str]
             raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                              + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
-        if step.argv[3:4] == ["fit"] and last.is_file():  # after .done: a complete step is never resumed
+        if step.trains and last.is_file():  # after .done: a complete step is never resumed
             from rpnet_pl.stages.checkpoints import slim_checkpoint
 
             try:  # the optimiser state only served this step's resume; best effort, the step is done

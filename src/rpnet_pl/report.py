@@ -26,6 +26,7 @@ from rpnet_pl import layout
 from rpnet_pl.io import atomic_path
 from rpnet_pl.seeds import Stat, as_float, format_pct
 from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
+from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, PSEUDO_MASKS, output_path
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def _dataset_root(run: Path) -> Path | None:
     from rpnet_pl.data.voc import resolve_voc_root
     from rpnet_pl.errors import DatasetError
 
-    cfg = layout.config_path(run, "classifier")
+    cfg = layout.config_path(run, CLASSIFIER.name)
     try:
         data = (yaml.safe_load(cfg.read_text()) or {}).get("data") or {}
     except (OSError, yaml.YAMLError):
@@ -256,7 +257,7 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
     from rpnet_pl.stages.cam_inference import read_cam
     from rpnet_pl.stages.visuals import overlay_labels
 
-    cams, masks = layout.cams_dir(run), layout.pseudo_masks_dir(run)
+    cams, masks = output_path(run, CAM.name), output_path(run, PSEUDO_MASKS.name)
     ids = sorted({p.stem for p in cams.glob("*.npy")} & {p.stem for p in masks.glob("*.png")})
     voc = _dataset_root(run) if ids else None
     if voc is None:
@@ -291,8 +292,8 @@ def _row_labels(run: Path, ids: Sequence[str], threshold: float) -> list[np.ndar
     voc, out = _dataset_root(run), []
     for image_id in ids:
         try:
-            out.append(seed_labels(read_cam(layout.cams_dir(run), image_id), threshold))
-            out.append(read_label_png(layout.pseudo_masks_dir(run) / f"{image_id}.png"))
+            out.append(seed_labels(read_cam(output_path(run, CAM.name), image_id), threshold))
+            out.append(read_label_png(output_path(run, PSEUDO_MASKS.name) / f"{image_id}.png"))
             gt = _ground_truth(voc, image_id) if voc is not None else None
             if gt is not None:
                 out.append(read_label_png(gt))
@@ -308,11 +309,11 @@ def run_figures(run: Path, folder: Path, label: str | None = None) -> list[tuple
 
     label = label or run.name
     out: list[tuple[str, Path]] = []
-    metrics = read_json(layout.metrics_path(run, "eval_cam")) or {}
+    metrics = read_json(layout.metrics_path(run, EVAL_CAM.name)) or {}
     per_class = metrics.get("per_class_iou")
     threshold = metrics.get("best_threshold")
     if isinstance(per_class, dict) and per_class:
-        title = f"run {label}: seed IoU per class, split {_step_split(run, 'eval_cam', 'train')}"
+        title = f"run {label}: seed IoU per class, split {_step_split(run, EVAL_CAM.name, EVAL_CAM.default_split)}"
         if metrics.get("best_miou") is not None:
             title += f", mIoU {100 * metrics['best_miou']:.1f}"
         title += f", threshold {threshold:g}" if threshold is not None else ""
@@ -321,7 +322,7 @@ def run_figures(run: Path, folder: Path, label: str | None = None) -> list[tuple
     thr = 0.15 if threshold is None else float(threshold)
     rows = overlay_rows(run, thr)
     if rows:
-        split = _step_split(run, "cam", "train_aug")
+        split = _step_split(run, CAM.name, CAM.default_split)
         source = "best eval_cam threshold" if threshold is not None else "default"
         title = f"run {label}, split {split}, seed threshold {thr:g} ({source})"
         legend = legend_entries(_row_labels(run, [r[0] for r in rows], thr), VOC_CLASSES, voc_palette())

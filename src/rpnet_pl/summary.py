@@ -10,6 +10,7 @@ from typing import Sequence
 
 from rpnet_pl import layout
 from rpnet_pl.seeds import Stat, as_float, mean_std, seed_folders
+from rpnet_pl.steps import CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, PREDICT_SEG
 
 
 @dataclass
@@ -43,7 +44,7 @@ def read_json(path: Path) -> dict | None:
 def summarise_run(run: Path) -> RunSummary:
     """Read one run folder's metrics files."""
     out = RunSummary(run.name)
-    cfg = layout.config_path(run, "classifier")
+    cfg = layout.config_path(run, CLASSIFIER.name)
     if cfg.is_file():
         import yaml
 
@@ -53,17 +54,17 @@ def summarise_run(run: Path) -> RunSummary:
             config = {}
         model, data = config.get("model") or {}, config.get("data") or {}
         out.method, out.backbone, out.dataset = model.get("method"), model.get("backbone"), data.get("dataset")
-    if (m := read_json(layout.metrics_path(run, "eval_cam"))) is not None:
+    if (m := read_json(layout.metrics_path(run, EVAL_CAM.name))) is not None:
         out.seeds, out.seed_threshold = m.get("best_miou"), m.get("best_threshold")
-    if (m := read_json(layout.metrics_path(run, "eval_pseudo_masks"))) is not None:
+    if (m := read_json(layout.metrics_path(run, EVAL_PSEUDO_MASKS.name))) is not None:
         out.pseudo_masks = m.get("miou")
-    if (m := read_json(layout.metrics_path(run, "eval_seg"))) is not None:
+    if (m := read_json(layout.metrics_path(run, EVAL_SEG.name))) is not None:
         out.val = (m.get("without_crf") or {}).get("miou")
         out.val_crf = (m.get("with_crf") or {}).get("miou")
         out.val_per_class = (m.get("without_crf") or {}).get("per_class_iou")
         out.val_crf_per_class = (m.get("with_crf") or {}).get("per_class_iou")
-    if layout.done_marker(run, "predict_seg").is_file():
-        out.test_export = layout.step_dir(run, "predict_seg")
+    if layout.done_marker(run, PREDICT_SEG.name).is_file():
+        out.test_export = layout.step_dir(run, PREDICT_SEG.name)
     return out
 
 
@@ -102,7 +103,7 @@ def summarise(folder: Path) -> RunSummary:
 
 def is_run(folder: Path) -> bool:
     """True if ``folder`` holds at least one step folder that ``rpnet report`` reads."""
-    return any(layout.step_dir(folder, s).is_dir() for s in ("classifier", "eval_cam", "eval_pseudo_masks", "eval_seg"))
+    return any(layout.step_dir(folder, s.name).is_dir() for s in (CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, EVAL_SEG))
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:

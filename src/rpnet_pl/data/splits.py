@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rpnet_pl.errors import DatasetError
+from rpnet_pl.steps import PREDICT_SEG, STEPS
 
 #: What each split is used for, in the order `data check` lists them.
 SPLIT_USES: dict[str, dict[str, str]] = {
@@ -24,7 +25,7 @@ SPLIT_USES: dict[str, dict[str, str]] = {
 DEFAULT_NEEDS: dict[str, tuple[str, ...]] = {"voc": ("train_aug", "train", "val"), "coco": ("train", "val")}
 
 #: Steps whose split may be absent: they are skipped, not failed.
-OPTIONAL_STEPS = ("predict_seg",)
+OPTIONAL_STEPS = tuple(s.name for s in STEPS.values() if s.optional_split)
 
 #: SBD's train_aug size (VOC 2012 train: 1,464 images).
 TRAIN_AUG_SIZE = 10582
@@ -51,7 +52,7 @@ def split_exists(dataset: str, root: str | Path, split: str) -> bool:
     return split_path(dataset, root, split).exists()
 
 
-def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = "predict_seg") -> str | None:
+def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = PREDICT_SEG.name) -> str | None:
     """One line saying that ``split`` is absent and how to add it; None when it exists or the root
     cannot be read (then the step runs and fails with its own error)."""
     try:
@@ -73,10 +74,8 @@ def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = 
 def step_splits(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """split -> the steps of the experiment ``cfg`` that read it (training steps: ``data.split`` and
     ``data.val_split``; the others: their ``split``)."""
-    from rpnet_pl.layout import STEP_ORDER
-
     out: dict[str, list[str]] = {}
-    for step in STEP_ORDER:
+    for step in STEPS:
         sec = cfg.get(step)
         if not isinstance(sec, dict):
             continue

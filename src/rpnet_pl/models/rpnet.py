@@ -25,6 +25,7 @@ from torch.profiler import record_function
 from rpnet_pl.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
+from rpnet_pl.ops.params import CAM_INFERENCE
 
 LsVariant = Literal["code", "paper"]
 
@@ -567,7 +568,7 @@ class RPNet(nn.Module):
         attn_sub_sample: bool = False,
         separate_reference_heads: bool = True,
         clamp_confidence_peak: bool = False,
-        enhanced_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+        enhanced_scales: Sequence[float] = CAM_INFERENCE.scales,
         lam: float = 10.0,
         ls_variant: LsVariant = "code",
         lc_on_enhanced: bool = False,

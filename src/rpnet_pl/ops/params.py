@@ -64,10 +64,30 @@ class ProbCRFParams:
     bi_rgb: float = 3.0
 
 
+@dataclass(frozen=True)
+class CAMInferenceParams:
+    """Multi-scale CAM inference (spec "CAM inference", IRN's ``make_cam``): the input ``scales``
+    whose CAMs are summed, each also on the flipped image when ``flip``."""
+
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class SegInferenceParams:
+    """The segmenter's test-time augmentation (``rpnet eval-seg`` / ``predict-seg``): scores averaged
+    over ``scales`` (and flips when ``flip``); the recipe's experiments set their own scales."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = True
+
+
 RANDOM_WALK = RandomWalkParams()
 IR_LABELS = IRLabelParams()
 LABEL_CRF = LabelCRFParams()
 PROB_CRF = ProbCRFParams()
+CAM_INFERENCE = CAMInferenceParams()
+SEG_INFERENCE = SegInferenceParams()
 
 #: ``rpnet eval-refinement``: the walks of ``2 ** e`` steps it scores by default.
 REFINEMENT_EXP_TIMES: tuple[int, ...] = (0, 2, 8)

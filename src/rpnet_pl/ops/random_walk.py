@@ -68,7 +68,7 @@ def random_walk(cams: torch.Tensor, trans: torch.Tensor, steps: int = 256) -> to
         raise ValueError(f"cams have {x.shape[0]} pixels, the transition matrix {trans.shape[0]}")
     trans_t = trans.t()
     if trans_t.is_sparse:
-        # CSR products are ~20x faster than COO on CPU; torch flags CSR as "beta".
+        # CSR products are much faster than COO on CPU (docs/benchmarks.md); torch flags CSR as "beta".
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             trans_t = trans_t.coalesce().to_sparse_csr()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from rpnet_pl.io import load_npy, save_npy
 from rpnet_pl.ops.cam import max_normalise
+from rpnet_pl.ops.params import CAM_INFERENCE
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N, C, h, w), raw class maps
 
@@ -49,7 +50,7 @@ def combine_scales(outputs: Sequence[torch.Tensor], size: tuple[int, int], out_s
 def multiscale_cam(
     cam_fn: CamFn,
     image: torch.Tensor,
-    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    scales: Sequence[float] = CAM_INFERENCE.scales,
     flip: bool = True,
     out_stride: int = 4,
     net_stride: int = 16,

@@ -2,7 +2,7 @@
 
 A checkpoint of another stage (a refine checkpoint passed to ``rpnet cam``) or whose weights do
 not fit the backbone its hyper-parameters name would otherwise end in a deep traceback from
-``load_state_dict``; here it is a :class:`DatasetError` naming the file.
+``load_state_dict``; here it is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import inspect
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.errors import CheckpointError
+from rpnet_pl.steps import STEPS, TRAIN_STEPS, load
 
 T = TypeVar("T")
 
-_STAGES = {"classifier": "rpnet_pl.stages.classifier:ClassifierStage",
-           "refine": "rpnet_pl.stages.refine:RefineStage",
-           "segmenter": "rpnet_pl.stages.segmenter:SegmenterStage"}
 
 
 def _init_names(cls: type) -> set[str]:
@@ -29,10 +27,7 @@ def _own_keys(hparams: dict[str, Any]) -> set[str]:
 
 
 def _stage_class(name: str) -> type:
-    import importlib
-
-    module, attr = _STAGES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return load(STEPS[name].stage)
 
 
 def _a(word: str) -> str:
@@ -41,7 +36,7 @@ def _a(word: str) -> str:
 
 def guess_stage(hparams: dict[str, Any]) -> str | None:
     """The stage whose ``__init__`` accepts every hyper-parameter of a checkpoint (None: no stage's)."""
-    for name in _STAGES:
+    for name in TRAIN_STEPS:
         if _own_keys(hparams) <= _init_names(_stage_class(name)):
             return name
     return None
@@ -55,25 +50,25 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
 
     path = Path(ckpt)
     if not path.is_file():
-        raise DatasetError(f"{path}: {stage} checkpoint not found (train it with `rpnet fit {stage}`)")
+        raise CheckpointError(f"{path}: {stage} checkpoint not found (train it with `rpnet fit {stage}`)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise DatasetError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict) or "state_dict" not in raw:
-        raise DatasetError(f"{path}: not a Lightning checkpoint (no state_dict)")
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(raw.get("hyper_parameters") or {})
     foreign = sorted(_own_keys(hparams) - _init_names(cls))
     if foreign:
         other = guess_stage(hparams)
         what = f"{_a(other)} checkpoint" if other else "not a checkpoint of any rpnet stage"
-        raise DatasetError(f"{path}: {what}, not {_a(stage)} one (its hyper-parameters {foreign[:3]} are not the "
+        raise CheckpointError(f"{path}: {what}, not {_a(stage)} one (its hyper-parameters {foreign[:3]} are not the "
                            f"{stage}'s); pass runs/<experiment>/{stage}/checkpoints/last.ckpt")
     try:
         return cls.load_from_checkpoint(path, map_location="cpu", **overrides)  # type: ignore[attr-defined]
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise DatasetError(f"{path}: its weights do not fit {_a(stage)} with backbone "
+        raise CheckpointError(f"{path}: its weights do not fit {_a(stage)} with backbone "
                            f"{hparams.get('backbone', '?')!r} ({first[:160]})") from None
 
 

@@ -22,6 +22,8 @@ from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record,
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
+from rpnet_pl.steps import CamOptions
+from rpnet_pl.ops.params import CAM_INFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class ClassifierStage(StageModule):
         clamp_confidence_peak: bool = False,
         lc_on_enhanced: bool = False,
         freeze_bn_affine: bool = False,
-        enhanced_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
+        enhanced_scales: tuple[float, ...] = CAM_INFERENCE.scales,
         lam: float = 10.0,
         ls_variant: Literal["code", "paper"] = "code",
         output_stride: int = 16,
@@ -70,7 +72,7 @@ class ClassifierStage(StageModule):
         weight_decay: float = 1e-4,
         momentum: float = 0.0,
         poly_power: float = 0.9,
-        cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0),
+        cam_scales: tuple[float, ...] = CAM_INFERENCE.scales,
         cam_flip: bool = True,
         cam_out: str | None = None,
         checkpoint_every_n_steps: int | None = None,
@@ -186,7 +188,7 @@ def reference_classifier_args(ckpt: str | Path, backbone: str | None = None) -> 
 
 
 def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc", split: str = "train_aug",
-              scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0), flip: bool = True, devices: int | str = "auto",
+              scales: tuple[float, ...] = CAM_INFERENCE.scales, flip: bool = True, devices: int | str = "auto",
               num_nodes: int = 1, accelerator: str = "auto", backbone: str | None = None) -> int:
     """`rpnet cam`: write the CAM file of every image of ``split`` that has none yet; returns how many
     images were processed. Under DDP each rank writes a disjoint share of the images. ``ckpt`` is a
@@ -204,3 +206,11 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
                             done=lambda reader, i: cam_is_complete(cam_path(out, i)), devices=devices,
                             num_nodes=num_nodes, accelerator=accelerator, build=build)
     return todo
+
+
+def cam_step(o: CamOptions) -> int:
+    """The ``cam`` step (`rpnet cam`): :func:`make_cams` with the step's options."""
+    n = make_cams(o.ckpt, o.out, root=o.root, dataset=o.dataset, split=o.split, scales=o.scales, flip=o.flip,
+                  devices=o.lightning_devices, num_nodes=o.num_nodes, accelerator=o.accelerator, backbone=o.backbone)
+    print(f"wrote {n} CAM file(s) to {o.out}")
+    return 0

@@ -257,15 +257,20 @@ def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
 def grad_norms(module: nn.Module, depth: int = 2) -> dict[str, float]:
     """The 2-norm of the gradients of each part of ``module``, its parameters grouped by the first
     ``depth`` parts of their names (``head.attn_plain``, ``backbone.body``), and ``total`` over all.
-    Parameters without a gradient are skipped; a group without any is left out.
+    Parameters without a gradient are skipped; a group without any is left out. Lightning's
+    :func:`~pytorch_lightning.utilities.grad_norm` gives the per-parameter norms; a part's norm is
+    the root of the sum of its parameters' squared norms.
     """
+    from pytorch_lightning.utilities import grad_norm
+
+    prefix = "grad_2.0_norm/"
     squares: dict[str, float] = {}
-    for name, p in module.named_parameters():
-        if p.grad is None:
-            continue
-        parts = name.split(".")
-        key = ".".join(parts[:min(depth, len(parts) - 1)]) or name  # the module path, cut at depth
-        squares[key] = squares.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    for key, value in grad_norm(module, 2, group_separator="/").items():
+        if not key.startswith(prefix):
+            continue  # the total, recomputed below from the parts
+        parts = key[len(prefix):].split(".")
+        part = ".".join(parts[:min(depth, len(parts) - 1)]) or key[len(prefix):]  # the module path, cut at depth
+        squares[part] = squares.get(part, 0.0) + float(value) ** 2
     norms = {k: v ** 0.5 for k, v in squares.items()}
     if squares:
         norms["total"] = sum(squares.values()) ** 0.5
@@ -282,8 +287,8 @@ class StageModule(pl.LightningModule):
     ``training_step`` logs the terms of :meth:`training_losses`. The base gives:
 
     * ``setup``: ``channels_last`` puts the network's weights in NHWC, which speeds up convolutions
-      on GPUs with tensor cores (pair it with ``trainer.precision: bf16-mixed``) and on CPUs (about
-      25 % for a ResNet-18 forward, ``scripts/backbone_timing.py``); inputs follow the weights' layout;
+      on GPUs with tensor cores (pair it with ``trainer.precision: bf16-mixed``) and on CPUs
+      (``scripts/backbone_timing.py``; docs/benchmarks.md); inputs follow the weights' layout;
     * ``configure_optimizers``: :func:`poly_sgd` over :meth:`optimizer_groups`, decayed per step;
     * ``configure_callbacks``: :func:`training_callbacks` (resume point and progress lines);
     * ``on_before_backward``: a NaN or infinite loss stops training with :class:`TrainingDivergedError`;

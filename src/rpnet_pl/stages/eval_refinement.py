@@ -18,6 +18,7 @@ from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.evaluate import json_number, per_class_json
 from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.steps import REFINE, EvalRefinementOptions
 
 
 def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Tensor, image_size: tuple[int, int],
@@ -119,7 +120,7 @@ def eval_refinement(ckpt: str | Path, cams_dir: str | Path, root: str, dataset: 
     random-walk settings (on the GPU when there is one)."""
     from rpnet_pl.stages.inference import load_for_inference
 
-    stage = load_for_inference(RefineStage, ckpt, "refine", {"rw_radius": radius, "rw_beta": beta,
+    stage = load_for_inference(RefineStage, ckpt, REFINE.name, {"rw_radius": radius, "rw_beta": beta,
                                                            "bg_threshold": bg_threshold, "rw_pad_to": pad_to or None})
     if torch.cuda.is_available():
         stage = stage.cuda()
@@ -128,3 +129,16 @@ def eval_refinement(ckpt: str | Path, cams_dir: str | Path, root: str, dataset: 
 
 
 __all__ = ["BOUNDARY_SOURCES", "eval_refinement", "format_breakdown", "refinement_breakdown", "refinement_steps"]
+
+
+def eval_refinement_step(o: EvalRefinementOptions) -> int:
+    """`rpnet eval-refinement`: :func:`eval_refinement`, printed and written to ``o.out``."""
+    from rpnet_pl.stages.common import write_json
+
+    result = eval_refinement(o.ckpt, o.cams, o.root, dataset=o.dataset, split=o.split, exp_times=o.exp_times,
+                             boundary_source=o.boundary.replace("-", "_"), radius=o.radius, beta=o.beta,
+                             bg_threshold=o.bg_threshold, pad_to=o.pad_to)
+    print(format_breakdown(result))
+    if o.out:
+        print(f"wrote {write_json(o.out, result)}")
+    return 0

@@ -28,6 +28,7 @@ from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
 from rpnet_pl.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
+from rpnet_pl.steps import EvalCamOptions, EvalMasksOptions
 
 # 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
@@ -214,3 +215,28 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
         lines.append(format_iou_table(_values(result[key], names), names, row_name=key).splitlines()[2])
     lines.append(f"({result['n_images']} image(s), split {result['split']})")
     return "\n".join(lines)
+
+
+def eval_cam_step(o: EvalCamOptions) -> int:
+    """The ``eval_cam`` step (`rpnet eval-cam`): :func:`evaluate_cams`, printed and written to ``o.out``."""
+    from rpnet_pl.stages.common import write_json
+
+    result = evaluate_cams(o.cams, o.root, dataset=o.dataset, split=o.split,
+                           thresholds=o.thresholds or DEFAULT_THRESHOLDS, use_high_res=not o.strided)
+    print(format_report(result, title=f"CAM seeds: {o.cams}"))
+    if o.out:
+        print(f"wrote {write_json(o.out, result)}")
+    return 0
+
+
+def eval_masks_step(o: EvalMasksOptions) -> int:
+    """The ``eval_pseudo_masks`` step (`rpnet eval-pseudo-masks`): :func:`evaluate_masks` of any folder
+    of label PNGs, printed and written to ``o.out``."""
+    from rpnet_pl.stages.common import write_json
+
+    result = evaluate_masks(o.masks, o.root, dataset=o.dataset, split=o.split, ignore_pred=o.ignore_pred,
+                            weak=not o.all_images)
+    print(format_report(result, title=f"label maps: {o.masks}"))
+    if o.out:
+        print(f"wrote {write_json(o.out, result)}")
+    return 0

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import pytorch_lightning as pl
 
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.errors import CheckpointError
 
 S = TypeVar("S", bound=pl.LightningModule)
 
@@ -46,7 +46,7 @@ def run_per_image(stage_cls: type[S], ckpt: str | Path, name: str, overrides: di
                   build: Callable[[], S] | None = None) -> tuple[int, bool]:
     """Run ``stage_cls``'s ``predict_step`` over every image of ``split`` whose output is not done.
 
-    ``ckpt``: a checkpoint of training step ``name`` (a one-line :class:`DatasetError` when it is
+    ``ckpt``: a checkpoint of training step ``name`` (a one-line :class:`CheckpointError` when it is
     missing, unreadable or of another stage); ``overrides``: hyper-parameters set for this run;
     ``build``: makes the stage instead (a checkpoint of the public code), after the same check that
     ``ckpt`` exists. ``done(reader, image_id)`` says an image's output is complete.
@@ -58,7 +58,7 @@ def run_per_image(stage_cls: type[S], ckpt: str | Path, name: str, overrides: di
     from rpnet_pl.stages.common import inference_trainer
 
     if not Path(ckpt).is_file():
-        raise DatasetError(f"{ckpt}: {name} checkpoint not found (train it with `rpnet fit {name}`)")
+        raise CheckpointError(f"{ckpt}: {name} checkpoint not found (train it with `rpnet fit {name}`)")
     stage = build() if build is not None else load_for_inference(stage_cls, ckpt, name, overrides)
     dm = InferenceDataModule(root=root, dataset=dataset, split=split)  # type: ignore[arg-type]
     reader = dm.reader

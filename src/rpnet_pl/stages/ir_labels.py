@@ -29,6 +29,7 @@ from rpnet_pl.ops.crf import crf_inference_label
 from rpnet_pl.ops.params import IR_LABELS
 from rpnet_pl.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
+from rpnet_pl.steps import IRLabelsOptions
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +169,11 @@ def make_ir_labels(
                 progress.update()
     log.info("IR labels: %d image(s), %d written to %s", len(ids), written, out_dir)
     return written
+
+
+def ir_labels_step(o: IRLabelsOptions) -> int:
+    """The ``ir_labels`` step (`rpnet ir-labels`): :func:`make_ir_labels` with the step's options."""
+    n = make_ir_labels(o.cams, o.out, o.root, dataset=o.dataset, split=o.split, fg_threshold=o.fg_threshold,
+                       bg_threshold=o.bg_threshold, crf=o.crf, workers=o.workers)
+    print(f"wrote {n} IR label PNG(s) to {o.out}")
+    return 0

@@ -25,6 +25,7 @@ from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
+from rpnet_pl.steps import PseudoMasksOptions
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +211,12 @@ def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, r
                             done=lambda reader, i: label_is_complete(Path(out) / f"{i}.png", image_shape(reader, i)),
                             devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     return todo
+
+
+def pseudo_masks_step(o: PseudoMasksOptions) -> int:
+    """The ``pseudo_masks`` step (`rpnet pseudo-masks`): :func:`make_pseudo_masks` with the step's options."""
+    n = make_pseudo_masks(o.ckpt, o.cams, o.out, root=o.root, dataset=o.dataset, split=o.split, radius=o.radius,
+                          beta=o.beta, exp_times=o.exp_times, bg_threshold=o.bg_threshold, pad_to=o.pad_to or None,
+                          devices=o.lightning_devices, num_nodes=o.num_nodes, accelerator=o.accelerator)
+    print(f"wrote {n} pseudo mask(s) to {o.out}")
+    return 0

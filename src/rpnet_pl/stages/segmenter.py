@@ -22,6 +22,7 @@ from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
+from rpnet_pl.steps import EvalSegOptions, PredictSegOptions
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,54 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
                  "eval_flip": flip, "crf_params": crf_params, "label_format": label_format}
     return run_per_image(SegmenterStage, ckpt, "segmenter", overrides, root=root, dataset=dataset, split=split,
                          done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+
+
+def eval_seg_step(o: EvalSegOptions) -> int:
+    """The ``eval_seg`` step (`rpnet eval-seg`): predictions of ``o.split`` in ``OUT/pred`` (and
+    ``OUT/pred_crf``), scored against the ground truth into ``OUT/metrics.json``."""
+    from rpnet_pl.layout import METRICS
+    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
+
+    out = Path(o.out)
+    crf_dir = out / "pred_crf" if o.crf else None
+    _, rank_zero = predict_segmentation(
+        o.ckpt, out / "pred", o.root, o.dataset, o.split, crf_dir=crf_dir, scales=o.scales, flip=o.flip,
+        crf_params=o.crf_params, devices=o.lightning_devices, num_nodes=o.num_nodes, accelerator=o.accelerator)
+    if not rank_zero:  # under DDP one process scores the predictions all ranks wrote
+        return 0
+    results = {"without_crf": evaluate_masks(out / "pred", o.root, o.dataset, o.split, weak=False)}
+    if crf_dir is not None:
+        results["with_crf"] = evaluate_masks(crf_dir, o.root, o.dataset, o.split, weak=False)
+    for key, res in results.items():
+        print(format_report(res, title=f"{o.split} ({key.replace('_', ' ')})"))
+        print()
+    print(f"wrote {write_json(out / METRICS, results)}")
+    return 0
+
+
+def predict_seg_step(o: PredictSegOptions) -> int:
+    """The ``predict_seg`` step (`rpnet predict-seg`): the benchmark's files of ``o.split`` (VOC's
+    server layout, COCO's ``results/``), or predictions of any folder of images (``o.images``)."""
+    from rpnet_pl.errors import ConfigError
+
+    if not (o.images or o.root):
+        raise ConfigError("predict-seg needs --root (a dataset) or --images (a folder of images)")
+    out = Path(o.out)
+    dataset, root, fmt = o.dataset, o.root, o.dataset
+    if o.images:  # any folder of images: palette PNGs (VOC ids) unless --dataset coco
+        dataset, root, fmt = "folder", o.images, "coco" if o.dataset == "coco" else "voc"
+        folder = out / "predictions"
+    elif o.dataset == "voc":
+        folder = out / VOC_SERVER_DIR
+    else:
+        folder = out / "results" / f"coco_{o.split}"
+    devices = {"devices": o.lightning_devices, "num_nodes": o.num_nodes, "accelerator": o.accelerator}
+    if o.crf:
+        predict_segmentation(o.ckpt, out / "raw", root, dataset, o.split, crf_dir=folder, scales=o.scales,
+                             flip=o.flip, crf_params=o.crf_params, label_format=fmt, **devices)
+    else:
+        predict_segmentation(o.ckpt, folder, root, dataset, o.split, scales=o.scales, flip=o.flip,
+                             label_format=fmt, **devices)
+    print(f"predictions in {folder}")
+    return 0
