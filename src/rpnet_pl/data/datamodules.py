@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from rpnet_pl.config import DEFAULT_ROOT
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)
 from rpnet_pl.data.sampler import GroupSampler, ShardSampler, data_volume_lists, kept_images
@@ -40,7 +41,7 @@ class GroupDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str = "data/synthetic-voc",
+        root: str = DEFAULT_ROOT,
         dataset: Literal["voc", "coco"] = "voc",
         split: str = "train_aug",
         label_source: str = "auto",
@@ -96,7 +97,7 @@ class LabelledDataModule(pl.LightningDataModule):
     def __init__(
         self,
         label_dir: str,
-        root: str = "data/synthetic-voc",
+        root: str = DEFAULT_ROOT,
         dataset: Literal["voc", "coco"] = "voc",
         split: str = "train_aug",
         val_split: str | None = None,
@@ -155,7 +156,7 @@ class InferenceDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str = "data/synthetic-voc",
+        root: str = DEFAULT_ROOT,
         dataset: Literal["voc", "coco", "folder"] = "voc",
         split: str = "train",
         with_mask: bool = False,
