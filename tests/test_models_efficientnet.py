@@ -170,7 +170,7 @@ def test_classifier_fine_tunes_imagenet_weights(method: str) -> None:
 def test_irn_trains_on_the_frozen_imagenet_backbone() -> None:
     from rpnet_pl.stages.refine import RefineStage
 
-    stage = RefineStage(backbone=NAME, pretrained=True, radius=2)
+    stage = RefineStage(backbone=NAME, pretrained=True, boundary_radius=2)
     reference = build_backbone(NAME, pretrained=True).state_dict()
     label = torch.zeros(2, 64, 64, dtype=torch.long)
     label[:, 16:48, 16:48] = 1

@@ -26,7 +26,7 @@ TINY = {
     "cam": {"scales": [1.0]},
     "ir_labels": {"workers": 1},
     "refine": {"model": {"backbone": "resnet18", "pretrained": False,
-                           "weights": "${run}/classifier/checkpoints/last.ckpt", "radius": 5},
+                           "weights": "${run}/classifier/checkpoints/last.ckpt", "boundary_radius": 5},
                  "data": {"batch_size": 4, "crop_size": 48, "num_workers": 0}, "trainer": {"max_epochs": 1}},
     "segmenter": {"model": {"backbone": "resnet18", "pretrained": False, "output_stride": 16},
                   "data": {"batch_size": 4, "crop_size": 48, "num_workers": 0, "val_split": None},

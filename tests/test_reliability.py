@@ -148,7 +148,7 @@ def _cam_cmd(ckpt: Path, out: Path, root: Path) -> list[str]:
 def test_checkpoint_of_another_stage_or_backbone(tiny_voc: Path, tmp_path: Path, capsys) -> None:
     from rpnet_pl.stages.refine import RefineStage
 
-    irn = _save(RefineStage(backbone="resnet18", pretrained=False, radius=2), tmp_path / "refine.ckpt")
+    irn = _save(RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2), tmp_path / "refine.ckpt")
     assert main(_cam_cmd(irn, tmp_path / "cams", tiny_voc)) == 2
     _one_error_line(capsys.readouterr().err, f"{irn}: a refine checkpoint, not a classifier one",
                     "runs/<experiment>/classifier/checkpoints/last.ckpt")

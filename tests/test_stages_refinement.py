@@ -53,7 +53,7 @@ def test_a_long_walk_without_boundaries_floods_the_map() -> None:
 
 def _stage() -> RefineStage:
     torch.manual_seed(0)
-    return RefineStage(backbone="resnet18", pretrained=False, radius=2, rw_radius=2).eval()
+    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
 
 
 def _write_cams(tiny_voc: Path, cams_dir: Path) -> None:

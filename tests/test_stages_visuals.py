@@ -193,7 +193,7 @@ def test_refine_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_pat
         return LabelledDataModule(label_dir=masks, root=str(synth), batch_size=2, crop_size=crop, num_workers=0,
                                   val_split=val)
 
-    aff = RefineStage(backbone="resnet18", radius=5, image_log_every_n_steps=1)
+    aff = RefineStage(backbone="resnet18", boundary_radius=5, image_log_every_n_steps=1)
     log_dir = _fit(aff, dm(48), tmp_path / "refine", max_steps=1)
     with Image.open(log_dir / "images" / "train_samples_0.png") as im:
         assert im.size == (3 * 48 + 2 * 2, 48)

@@ -195,3 +195,10 @@ def test_network_probe_respects_offline_mode(monkeypatch) -> None:
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert network_reachable() is False
+
+
+def test_the_boundary_loss_radius_has_its_own_name() -> None:
+    """`refine.model.radius` was the loss radius while `pseudo_masks.radius` is the walk's: one name, one meaning."""
+    check_tree({"refine": {"model": {"boundary_radius": 10}}, "pseudo_masks": {"radius": 5}})
+    with pytest.raises(ConfigError, match=r"^unknown key 'refine\.model\.radius' \(did you mean "):
+        check_tree({"refine": {"model": {"radius": 10}}})

@@ -424,7 +424,7 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
 
     def build() -> Step:
         gen = torch.Generator().manual_seed(0)
-        stage = RefineStage(backbone=backbone, pretrained=False, radius=radius, lr=BENCH_LR, channels_last=channels_last)
+        stage = RefineStage(backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR, channels_last=channels_last)
         images = _images(batch, crop, crop, dev, gen)
         labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
         return _train_step(stage, {"image": images, "label": labels}, dev, bf16)

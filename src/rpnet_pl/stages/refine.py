@@ -101,6 +101,10 @@ class RefineStage(StageModule):
     """Trains IRNet's boundary and displacement branches (backbone frozen) on IR labels.
 
     Loss (spec): (pos_bg/2 + pos_fg/2 + neg)/2 + (displacement fg + bg)/2.
+
+    Two radii, two names: ``boundary_radius`` is the pixel-pair radius of the affinity and
+    displacement losses (IRN: 10 at stride 4); ``rw_radius`` is the random walk's transition radius
+    at inference (IRN: 5), set from the ``pseudo_masks`` section.
     """
 
     predict_what = "pseudo masks"
@@ -110,7 +114,7 @@ class RefineStage(StageModule):
         backbone: str = "resnet50",
         pretrained: bool = False,
         weights: str | None = None,
-        radius: int = 10,
+        boundary_radius: int = 10,
         lr: float = 0.1,
         weight_decay: float = 1e-4,
         momentum: float = 0.0,
@@ -136,7 +140,7 @@ class RefineStage(StageModule):
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """IRN's objective (:func:`irn_losses`) on ``image`` (B, 3, H, W) and IR ``label`` (B, H, W)."""
-        return irn_losses(self.model(batch["image"]), batch["label"], self.hparams.radius,
+        return irn_losses(self.model(batch["image"]), batch["label"], self.hparams.boundary_radius,
                           displacement=self.hparams.displacement_loss,
                           reduction=self.hparams.get("label_reduction", "pil"))
 
