@@ -25,8 +25,8 @@ BACKBONE ?=
 SEEDS ?=
 SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
-PIPE = $(RPNET) pipeline --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
-	$(if $(DATA),--data $(DATA)) $(if $(DRY),--dry-run) $(if $(SET),--set $(SET)) $(SEED_ARGS) \
+PIPE = $(RPNET) pipeline --runs '$(RUNS)' --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
+	$(if $(DATA),--data '$(DATA)') $(if $(DRY),--dry-run) $(if $(SET),--set $(SET)) $(SEED_ARGS) \
 	$(if $(or $(SET),$(SEED_ARGS)),--)
 
 VOC_BACKBONES := resnet50 resnet101 resnext50 resnext101 xception wide-resnet50 wide-resnet101 baseline-resnet50
@@ -53,14 +53,14 @@ synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
 	$(RPNET) data check $(SYNTH) --dataset voc
 
 demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet
-	$(RPNET) pipeline experiments/demo_cam.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
-	$(RPNET) pipeline experiments/demo.yaml --runs $(RUNS)/demo --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
-	$(if $(DRY),@echo )$(RPNET) report $(RUNS)/demo
+	$(RPNET) pipeline experiments/demo_cam.yaml --runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(RPNET) pipeline experiments/demo.yaml --runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(if $(DRY),@echo )$(RPNET) report '$(RUNS)/demo'
 
 demo-pretrained: synth  ## the whole chain on ImageNet weights (EfficientNet-Lite0, offline), baseline and RPNet (CPU, < 12 min)
-	$(RPNET) pipeline experiments/demo_pretrained_cam.yaml --runs $(RUNS)/demo-pretrained --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
-	$(RPNET) pipeline experiments/demo_pretrained.yaml --runs $(RUNS)/demo-pretrained --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
-	$(if $(DRY),@echo )$(RPNET) report $(RUNS)/demo-pretrained
+	$(RPNET) pipeline experiments/demo_pretrained_cam.yaml --runs '$(RUNS)/demo-pretrained' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(RPNET) pipeline experiments/demo_pretrained.yaml --runs '$(RUNS)/demo-pretrained' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(if $(DRY),@echo )$(RPNET) report '$(RUNS)/demo-pretrained'
 
 # docs/results.md "Seeds or boundary?": the chain to the pseudo masks on the VOC-like variant of the
 # synthetic set, then the pseudo masks after each refinement step with IRN's and with the ideal boundary.
@@ -69,13 +69,13 @@ TO_PSEUDO_MASKS = $$($(RPNET) steps --until eval_pseudo_masks)
 demo-voclike: $(STAMP)  ## VOC-like synthetic variant: both chains to the pseudo masks + eval-refinement (learned / ideal boundary), ~12 min on 2 cores
 	@if [ -z "$(DRY)" ] && [ ! -f $(SYNTH_VOCLIKE)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt ]; then \
 		$(RPNET) data synth --out $(SYNTH_VOCLIKE) --object-scale 0.35 0.75 --context family > /dev/null; fi
-	@for e in demo_cam demo; do $(RPNET) pipeline experiments/$$e.yaml --data $(SYNTH_VOCLIKE) --runs $(RUNS)/voclike \
+	@for e in demo_cam demo; do $(RPNET) pipeline experiments/$$e.yaml --data $(SYNTH_VOCLIKE) --runs '$(RUNS)/voclike' \
 		--logger $(LOGGER) --steps $(TO_PSEUDO_MASKS) $(if $(DRY),--dry-run) $(SEED_ARGS) || exit 1; done
 	@for r in demo-cam demo; do for s in $(or $(strip $(SEEDS)),-); do \
-		d=$(RUNS)/voclike/$$r$$([ "$$s" = - ] || echo /seed$$s); for b in learned ground-truth; do \
-		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt $$d/refine/checkpoints/last.ckpt \
-		--cams $$d/cam/cams --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
-		--out $$d/eval_refinement_$$b.json || exit 1; done; done; done
+		d='$(RUNS)'/voclike/$$r$$([ "$$s" = - ] || echo /seed$$s); for b in learned ground-truth; do \
+		$(if $(DRY),echo )$(RPNET) eval-refinement --ckpt "$$d/refine/checkpoints/last.ckpt" \
+		--cams "$$d/cam/cams" --root $(SYNTH_VOCLIKE) --pad-to 128 --exp-times 0 4 8 --boundary $$b \
+		--out "$$d/eval_refinement_$$b.json" || exit 1; done; done; done
 
 test: $(STAMP)  ## run the test suite (< 10 min on 2 cores)
 	OMP_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
@@ -91,11 +91,11 @@ ABLATION_EXP ?= experiments/voc_resnext50.yaml
 .PHONY: $(addprefix ablation-,$(ABLATIONS)) report
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: $(STAMP)  ## a paper table's sweep (beta: V, blocks: IV, gaussian: VI, group-size: VII, data-volume: II, backbone: III); ABLATION_EXP=, BACKBONE=
-	$(RPNET) ablation $* $(ABLATION_EXP) --runs $(RUNS) --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
-		$(if $(DATA),--data $(DATA)) $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run) $(SEED_ARGS)
+	$(RPNET) ablation $* $(ABLATION_EXP) --runs '$(RUNS)' --gpus $(GPUS) --nodes $(NODES) --logger $(LOGGER) \
+		$(if $(DATA),--data '$(DATA)') $(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DRY),--dry-run) $(SEED_ARGS)
 
 report: $(STAMP)  ## tables from every run in RUNS -> RUNS/report.md
-	$(if $(DRY),@echo )$(RPNET) report $(RUNS)
+	$(if $(DRY),@echo )$(RPNET) report '$(RUNS)'
 
 # Every table of the paper as one target: our rows (the other methods' rows are the paper's).
 # Tables I and X need COCO: VOC_DATA= / COCO_DATA= set the two roots (default: each experiment's dataset.root).
@@ -107,8 +107,8 @@ define run_targets
 	@for t in $(1); do $(MAKE) --no-print-directory $$t $(2) || exit 1; done
 endef
 table-1: $(STAMP)  ## Table I: seeds / + RPNet / + BR on VOC and COCO train (ResNet-50 baseline and RPNet)
-	$(call run_targets,voc-baseline-resnet50 voc-resnet50,DATA=$(VOC_DATA))
-	$(call run_targets,coco-baseline-resnet50 coco-resnet50,DATA=$(COCO_DATA))
+	$(call run_targets,voc-baseline-resnet50 voc-resnet50,DATA='$(VOC_DATA)')
+	$(call run_targets,coco-baseline-resnet50 coco-resnet50,DATA='$(COCO_DATA)')
 	$(MAKE) --no-print-directory report
 table-2: ablation-data-volume  ## Table II (data volume)
 table-3: ablation-backbone  ## Table III (backbones)
@@ -117,13 +117,13 @@ table-5: ablation-beta  ## Table V (beta)
 table-6: ablation-gaussian  ## Table VI (Gaussian filter)
 table-7: ablation-group-size  ## Table VII (images per group)
 table-8 table-9: $(STAMP)  ## Tables VIII / IX: VOC val (+/- CRF) and test export, ResNet-50/101, ResNeXt-50/101
-	$(call run_targets,voc-resnet50 voc-resnet101 voc-resnext50 voc-resnext101,DATA=$(VOC_DATA))
+	$(call run_targets,voc-resnet50 voc-resnet101 voc-resnext50 voc-resnext101,DATA='$(VOC_DATA)')
 	$(MAKE) --no-print-directory report
 table-10: $(STAMP)  ## Table X: COCO val (ResNet-50)
-	$(call run_targets,coco-resnet50,DATA=$(COCO_DATA))
+	$(call run_targets,coco-resnet50,DATA='$(COCO_DATA)')
 	$(MAKE) --no-print-directory report
 table-11: $(STAMP)  ## Table XI: per-class VOC val IoU (ResNet-50, ResNeXt-101)
-	$(call run_targets,voc-resnet50 voc-resnext101,DATA=$(VOC_DATA))
+	$(call run_targets,voc-resnet50 voc-resnext101,DATA='$(VOC_DATA)')
 	$(MAKE) --no-print-directory report
 
 # The CPU profile always; the GPU profile (ResNeXt-50 / ResNet-50, the paper's batches) too when torch sees CUDA.

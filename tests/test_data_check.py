@@ -35,7 +35,7 @@ def test_problems_are_listed_with_paths(tiny_voc: Path) -> None:
 def test_cli_check_exit_codes(tiny_voc: Path, capsys) -> None:
     assert main(["data", "check", str(tiny_voc)]) == 0
     out = capsys.readouterr().out
-    assert "| train_aug | 4 | 4 | 1 |" in out
+    assert "| train_aug | 4 | 4 | SegmentationClassAug/ (4) | 1 |" in out
     assert "| class | train | train_aug | val |" in out and "| person | 1 | 1 | 1 |" in out
     assert main(["data", "check", str(tiny_voc / "missing")]) == 2
     assert "missing: dataset root not found" in capsys.readouterr().err
@@ -61,8 +61,8 @@ def test_tree_without_test_split_passes_and_says_what_is_skipped(tiny_voc: Path,
     assert report.absent == ["test"] and "test" not in report.split_sizes
     assert main(["data", "check", str(tiny_voc)]) == 0
     out = capsys.readouterr().out
-    assert "| test | absent | - | - | not possible: test export (predict_seg) |" in out
-    assert "| val | 4 | 4 | 1 | segmentation evaluation (eval_seg) |" in out
+    assert "| test | absent | - | - | - | not possible: test export (predict_seg) |" in out
+    assert "| val | 4 | 4 | SegmentationClassAug/ (4) | 1 | segmentation evaluation (eval_seg) |" in out
     assert "note: no test split (" in out and "test.txt not found): test export (predict_seg) is skipped" in out
 
 

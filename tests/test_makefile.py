@@ -22,13 +22,22 @@ def _dry(target: str, tmp_path: Path, *extra: str) -> str:
 
 def test_table_1_runs_baseline_and_rpnet_on_voc_and_coco(tmp_path: Path) -> None:
     out = _dry("table-1", tmp_path, "VOC_DATA=/d/voc", "COCO_DATA=/d/coco")
-    pipelines = re.findall(r"rpnet pipeline .*--data (\S+) --dry-run\s+(\S+)", out)
+    pipelines = re.findall(r"rpnet pipeline .*--data '?([^' ]+)'? --dry-run\s+(\S+)", out)
     assert pipelines == [("/d/voc", "experiments/voc_baseline_resnet50.yaml"),
                          ("/d/voc", "experiments/voc_resnet50.yaml"),
                          ("/d/coco", "experiments/coco_baseline_resnet50.yaml"),
                          ("/d/coco", "experiments/coco_resnet50.yaml")]
     assert out.rstrip().endswith(f"rpnet report {tmp_path}")
     assert not (tmp_path / "report.md").exists()  # a dry run writes nothing
+
+
+def test_paths_with_spaces_reach_every_step_whole(tmp_path: Path) -> None:
+    runs, data = tmp_path / "my runs", "/d/my voc"
+    out = _dry("voc-resnet50", runs, f"DATA={data}")
+    assert f"--runs '{runs}' " in out and f"--data '{data}' " in out  # make's own command line
+    run = runs / "voc-resnet50"
+    assert f"fit classifier --config '{run}/classifier/config.yaml'" in out  # the planned steps, shell-quoted
+    assert f"--root '{data}'" in out
 
 
 def test_table_8_lists_every_step_of_four_backbones(tmp_path: Path) -> None:

@@ -43,9 +43,9 @@ def test_every_step_has_its_command_layout_entry_and_validation(name: str, tmp_p
     for _, producer in spec.reads:
         assert STEP_ORDER.index(producer) < STEP_ORDER.index(name)
     # validation: an empty section passes, an unknown key is named with the step
-    check_tree({name: {}}, steps=[])
+    check_tree({name: {}})
     with pytest.raises(ConfigError, match=rf"^unknown key '{name}\.no_such_option'"):
-        check_tree({name: {"no_such_option": 1}}, steps=[])
+        check_tree({name: {"no_such_option": 1}})
 
 
 def test_an_option_has_one_spelling_from_yaml_to_the_function() -> None:

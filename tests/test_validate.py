@@ -16,6 +16,7 @@ from rpnet_pl.validate import check_environment, check_pretrained, check_tree
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 TINY = {"classifier": {"model": {"backbone": "resnet18", "pretrained": False},
+                       "data": {"batch_size": 2},  # the tiny tree has 4 images: a batch of 8 would train nothing
                        "trainer": {"max_epochs": 1}},
         "cam": {"scales": [1.0]}}
 
@@ -202,3 +203,11 @@ def test_the_boundary_loss_radius_has_its_own_name() -> None:
     check_tree({"refine": {"model": {"boundary_radius": 10}}, "pseudo_masks": {"radius": 5}})
     with pytest.raises(ConfigError, match=r"^unknown key 'refine\.model\.radius' \(did you mean "):
         check_tree({"refine": {"model": {"radius": 10}}})
+
+
+def test_a_dry_run_checks_the_sections_of_steps_it_does_not_run(tmp_path: Path, tiny_voc: Path, capsys) -> None:
+    """A bad refine backbone fails at the start, not after classifier, cam and ir_labels (hours on VOC)."""
+    exp = _experiment(tmp_path, tiny_voc, {"refine.model.backbone": "resnet9000"})
+    assert main(["pipeline", str(exp), "--dry-run", "--runs", str(tmp_path / "runs"), "--steps", "classifier"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {exp}: refine.model.backbone: unknown backbone 'resnet9000'"), err

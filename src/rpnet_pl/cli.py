@@ -6,15 +6,20 @@ the file and the problem, with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rpnet_pl.steps import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
                             unknown_steps)
-from rpnet_pl.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
+from rpnet_pl.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
+                             TrainingDivergedError)
 from rpnet_pl.host_memory import keep_freed_memory
 
 log = logging.getLogger("rpnet")
@@ -70,11 +75,21 @@ def _fit(args: argparse.Namespace) -> int:
     """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
     from pytorch_lightning.cli import LightningCLI
 
+    from rpnet_pl.ranges import check_training
+    from rpnet_pl.stages.common import check_trained
+
+    class CheckedCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:  # the ranges the types do not say (rpnet_pl.ranges)
+            fit = self.config["fit"]
+            check_training({g: fit[g].as_dict() for g in ("model", "data", "trainer") if fit.get(g) is not None},
+                           f"{args.stage}.")
+
     spec = STEPS[args.stage]
-    LightningCLI(
+    cli = CheckedCLI(
         load(spec.stage), load(spec.datamodule), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
     )
+    check_trained(args.stage, cli.trainer)
     return 0
 
 
@@ -157,20 +172,15 @@ def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
     from rpnet_pl.validate import check_environment, check_tree
 
     steps = plan(cfg, **plan_kwargs)
-    deep = [s.name for s in steps if s.trains]
-    # a training section is checked against its classes' signatures, which imports Lightning (seconds):
-    # a real run pays that once, before its first step; a dry run, which only prints commands, does not
-    check_tree(cfg, where=str(args.experiment), steps=[] if args.dry_run else deep)
-    if args.dry_run and deep:
-        log.info("dry run: the sections and the per-image options are checked; the model / data / trainer keys "
-                 "of %s are checked by a real run, before its first step", ", ".join(deep))
+    check_tree(cfg, where=str(args.experiment))  # every section, the steps not run included, dry run or not
     todo = [s for s in steps if (not s.is_done() or s.name in (getattr(args, "force", None) or []))
             and absent_split(s) is None]
     run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
     if plan_kwargs.get("seed") is not None:
         run_dir = run_dir / seed_dir_name(plan_kwargs["seed"])
     try:
-        check_environment(cfg, todo, run_dir, **({"network": lambda: True} if args.dry_run else {}))
+        check_environment(cfg, todo, run_dir, **({"network": lambda: True, "make_run_dir": False} if args.dry_run
+                                                 else {}))
     except (DatasetError, ConfigError) as exc:
         if not args.dry_run:
             raise
@@ -572,11 +582,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     args.extra = extra
+    previous = _stop_on_signals()
     try:
         return func(args)
-    except (DatasetError, CheckpointError, ConfigError, TrainingDivergedError) as exc:
+    except (DatasetError, CheckpointError, ConfigError, TrainingDivergedError, IncompleteStepError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"stopped: {_stopped_line(stop, args)}", file=sys.stderr)
+        return 128 + stop.signum
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror} (nothing half-written is kept; fix it and re-run: complete outputs "
+              "are skipped)", file=sys.stderr)
+        return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+#: What the machine, not the code, is wrong about: full disk, quota, read-only, permissions.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM raise :class:`Stopped` in this process (a forked DataLoader worker gets the
+    ``KeyboardInterrupt`` torch's worker loop exits on quietly). Returns the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:
+            raise KeyboardInterrupt
+        raise Stopped(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _stopped_line(stop: Stopped, args: argparse.Namespace) -> str:
+    """Where a command stopped on a signal and how to resume it."""
+    name = "Ctrl-C" if stop.signum == signal.SIGINT else signal.Signals(stop.signum).name
+    where = stop.where or f"`rpnet {args.command}`"
+    if args.command in ("pipeline", "ablation"):
+        how = ("re-run the same command to resume: complete steps are skipped, training resumes from its "
+               "checkpoints/last.ckpt")
+    elif args.command == "fit":
+        how = ("the resume point is checkpoints/last.ckpt under the trainer's default_root_dir: pass it as "
+               "--ckpt_path (rpnet pipeline does so itself)")
+    else:
+        how = "re-run the same command: complete outputs are skipped"
+    return f"{name} during {where}; {how}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,3 +16,19 @@ class ConfigError(ValueError):
 
 class TrainingDivergedError(RuntimeError):
     """A training loss became NaN or infinite. The message names the stage, the step and the loss."""
+
+
+class IncompleteStepError(RuntimeError):
+    """A step ended without doing its work (no optimiser step, no checkpoint, images not written): it
+    is not marked done. The message names the step and why."""
+
+
+class Stopped(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM, raised by the ``rpnet`` command's signal handler (not a
+    ``KeyboardInterrupt``, which Lightning turns into ``exit 1``): the command prints one line, where
+    it stopped and how to resume, and exits 128 + the signal. ``where``: the step it stopped in."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        super().__init__(signum, where)
+        self.signum = signum
+        self.where = where

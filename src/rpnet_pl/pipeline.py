@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from rpnet_pl import layout
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.errors import ConfigError, Stopped
 from rpnet_pl.seeds import seed_dir_name
 from rpnet_pl.steps import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
 
@@ -219,14 +219,34 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None) 
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                 env={"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})})
         assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            fh.flush()
-            tail.append(line.rstrip("\n"))
-            if PROGRESS_MARK in line:
-                log.info("%s: %s", step.name, line.split(PROGRESS_MARK, 1)[1].rstrip())
-        returncode = proc.wait()
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                fh.flush()
+                tail.append(line.rstrip("\n"))
+                if PROGRESS_MARK in line:
+                    log.info("%s: %s", step.name, line.split(PROGRESS_MARK, 1)[1].rstrip())
+            returncode = proc.wait()
+        except Stopped as stop:
+            _stop_child(proc, stop.signum, fh)
+            raise Stopped(stop.signum, f"step '{step.name}' (log: {step.log_path})") from None
     return returncode, list(tail)
+
+
+def _stop_child(proc: subprocess.Popen, signum: int, log_file: Any, grace: float = 30.0) -> None:
+    """Let a step stopped with this process stop too, its last output still going to its log:
+    Ctrl-C reaches the whole process group, so the step is given ``grace`` seconds first; a SIGTERM
+    sent to this process alone is passed on. Killed when it does not stop (its last checkpoint stays
+    the resume point)."""
+    if signum != signal.SIGINT:
+        proc.send_signal(signum)
+    try:
+        out, _ = proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    log_file.write(out or "")
+    log_file.flush()
 
 
 def absent_split(step: PlannedStep) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rpnet_pl import layout
+from rpnet_pl.errors import ConfigError
 from rpnet_pl.io import atomic_path
 from rpnet_pl.seeds import Stat, as_float, format_pct
 from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
@@ -366,9 +367,14 @@ def _link(caption: str, path: Path, folder: Path) -> str:
 
 def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[Path, str]:
     """Write ``report.md`` into ``runs_dir`` (or ``out``) and its figures beside it; returns its path and text."""
+    if not Path(runs_dir).is_dir():
+        raise ConfigError(f"{runs_dir}: no such runs folder (the --runs / RUNS= of the pipeline)")
     path = Path(out) if out else Path(runs_dir) / "report.md"
     folder = path.parent
     run_dirs = find_runs(runs_dir)
+    if not run_dirs and not any(p.is_dir() for p in Path(runs_dir).glob("ablation-*")):
+        raise ConfigError(f"{runs_dir}: no run found in it (a run is a folder with step folders, e.g. "
+                          "RUNS/<experiment>/classifier; an ablation's runs are RUNS/ablation-<name>/...)")
     runs = [summarise(p) for p in run_dirs]
     text = ("# rpnet-pl report\n\n## Table I: seeds, pseudo masks (+ BR) and segmentation (mIoU %)\n\n"
             + summary_table(runs) + "\n")

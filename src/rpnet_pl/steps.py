@@ -26,14 +26,17 @@ from typing import Any, Literal, Sequence
 
 from rpnet_pl import layout
 from rpnet_pl.ops.params import CAM_INFERENCE, IR_LABELS, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES, SEG_INFERENCE
+from rpnet_pl.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check
 
 StepKind = Literal["train", "per_image", "evaluate", "export"]
 
 
-def option(default: Any = MISSING, help: str = "", *, pipeline: bool = False, choices: Sequence[str] = ()) -> Any:
+def option(default: Any = MISSING, help: str = "", *, pipeline: bool = False, choices: Sequence[str] = (),
+           valid: Range | None = None) -> Any:
     """A field of a step's options: its command-line ``help``; ``pipeline``: set by ``rpnet pipeline``
-    (inputs, outputs, dataset, devices), not by the experiment's YAML section."""
-    return field(default=default, metadata={"help": help, "pipeline": pipeline, "choices": tuple(choices)})
+    (inputs, outputs, dataset, devices), not by the experiment's YAML section; ``valid``: its range."""
+    return field(default=default, metadata={"help": help, "pipeline": pipeline, "choices": tuple(choices),
+                                            "valid": valid})
 
 
 # -- the options of the per-image commands --------------------------------------------------------
@@ -51,7 +54,7 @@ class DeviceOptions:
     """Lightning's device options of the commands that run a network (DDP when more than one)."""
 
     devices: str = option("auto", "devices per node (DDP when more than one)", pipeline=True)
-    num_nodes: int = option(1, "nodes (DDP)", pipeline=True)
+    num_nodes: int = option(1, "nodes (DDP)", pipeline=True, valid=POSITIVE)
     accelerator: str = option("auto", "cpu, gpu or auto (Lightning's names)", pipeline=True)
 
     @property
@@ -64,12 +67,12 @@ class DeviceOptions:
 class CRFOptions:
     """DeepLab-style denseCRF post-processing (defaults: ``PROB_CRF``)."""
 
-    crf_iters: int = option(PROB_CRF.t, "denseCRF mean-field iterations")
-    crf_pos_w: float = option(PROB_CRF.pos_w, "denseCRF smoothness kernel weight")
-    crf_pos_xy: float = option(PROB_CRF.pos_xy, "denseCRF smoothness kernel width (pixels)")
-    crf_bi_w: float = option(PROB_CRF.bi_w, "denseCRF appearance kernel weight")
-    crf_bi_xy: float = option(PROB_CRF.bi_xy, "denseCRF appearance kernel width (pixels)")
-    crf_bi_rgb: float = option(PROB_CRF.bi_rgb, "denseCRF appearance kernel colour width")
+    crf_iters: int = option(PROB_CRF.t, "denseCRF mean-field iterations", valid=POSITIVE)
+    crf_pos_w: float = option(PROB_CRF.pos_w, "denseCRF smoothness kernel weight", valid=POSITIVE)
+    crf_pos_xy: float = option(PROB_CRF.pos_xy, "denseCRF smoothness kernel width (pixels)", valid=POSITIVE)
+    crf_bi_w: float = option(PROB_CRF.bi_w, "denseCRF appearance kernel weight", valid=POSITIVE)
+    crf_bi_xy: float = option(PROB_CRF.bi_xy, "denseCRF appearance kernel width (pixels)", valid=POSITIVE)
+    crf_bi_rgb: float = option(PROB_CRF.bi_rgb, "denseCRF appearance kernel colour width", valid=POSITIVE)
 
     @property
     def crf_params(self) -> dict[str, float]:
@@ -85,7 +88,7 @@ class CamOptions(DataOptions, DeviceOptions):
     ckpt: str = option(help="classifier checkpoint (runs/<exp>/classifier/checkpoints/last.ckpt), or a state "
                        "dict of the public RPNet/IRN code (e.g. sess/res50_cam.pth)", pipeline=True)
     out: str = option(help="output folder, one ID.npy per image", pipeline=True)
-    scales: tuple[float, ...] = option(CAM_INFERENCE.scales, "input scales, summed")
+    scales: tuple[float, ...] = option(CAM_INFERENCE.scales, "input scales, summed", valid=POSITIVE)
     flip: bool = option(CAM_INFERENCE.flip, "horizontal-flip averaging")
     backbone: str | None = option(None, "backbone of a reference-code checkpoint (default: read from its "
                                   "tensor shapes)")
@@ -97,7 +100,7 @@ class EvalCamOptions(DataOptions):
 
     cams: str = option(help="folder of ID.npy CAM files (`rpnet cam`)", pipeline=True)
     split: str = option("train", "image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
-    thresholds: tuple[float, ...] | None = option(None, "background thresholds (default 0.05..0.60 and 0.16)")
+    thresholds: tuple[float, ...] | None = option(None, "background thresholds (default 0.05..0.60 and 0.16)", valid=FRACTION)
     strided: bool = option(False, "score the stride-4 CAMs (upsampled) instead of the high-res ones")
     out: str | None = option(None, "write the metrics as JSON here", pipeline=True)
 
@@ -109,22 +112,22 @@ class IRLabelsOptions(DataOptions):
     cams: str = option(help="folder of ID.npy CAM files (`rpnet cam`)", pipeline=True)
     out: str = option(help="output folder, one ID.png per image", pipeline=True)
     fg_threshold: float = option(IR_LABELS.fg_threshold, "background score of the map whose foreground is "
-                                 "kept (confident foreground)")
+                                 "kept (confident foreground)", valid=FRACTION)
     bg_threshold: float = option(IR_LABELS.bg_threshold, "background score of the map whose background is "
-                                 "kept (confident background)")
+                                 "kept (confident background)", valid=FRACTION)
     crf: bool = option(True, "denseCRF on each thresholded map (--no-crf: threshold only)")
-    workers: int | None = option(None, "CPU processes (default: all cores; 0 = inline)")
+    workers: int | None = option(None, "CPU processes (default: all cores; 0 = inline)", valid=NON_NEGATIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WalkOptions:
     """The random walk from CAM seeds over the boundary map (defaults: ``RANDOM_WALK``)."""
 
-    radius: int = option(RANDOM_WALK.radius, "affinity radius of the random walk (stride-4 pixels)")
-    beta: float = option(RANDOM_WALK.beta, "affinity power of the random walk")
-    bg_threshold: float = option(RANDOM_WALK.bg_threshold, "background score of the seeds before the walk")
+    radius: int = option(RANDOM_WALK.radius, "affinity radius of the random walk (stride-4 pixels)", valid=POSITIVE)
+    beta: float = option(RANDOM_WALK.beta, "affinity power of the random walk", valid=POSITIVE)
+    bg_threshold: float = option(RANDOM_WALK.bg_threshold, "background score of the seeds before the walk", valid=FRACTION)
     pad_to: int = option(RANDOM_WALK.pad_to, "zero-pad each image to this square before the boundary network, "
-                         "as IRN does (512 for VOC-size images; 0: no padding)")
+                         "as IRN does (512 for VOC-size images; 0: no padding)", valid=NON_NEGATIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +137,7 @@ class PseudoMasksOptions(DataOptions, DeviceOptions, WalkOptions):
     ckpt: str = option(help="refine checkpoint (runs/<exp>/refine/checkpoints/last.ckpt)", pipeline=True)
     cams: str = option(help="CAM folder written by `rpnet cam`", pipeline=True)
     out: str = option(help="output folder, one palette PNG per image", pipeline=True)
-    exp_times: int = option(RANDOM_WALK.exp_times, "random walk of 2**exp_times steps")
+    exp_times: int = option(RANDOM_WALK.exp_times, "random walk of 2**exp_times steps", valid=NON_NEGATIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,7 +158,7 @@ class EvalSegOptions(DataOptions, DeviceOptions, CRFOptions):
     ckpt: str = option(help="segmenter checkpoint (runs/<exp>/segmenter/checkpoints/last.ckpt)", pipeline=True)
     out: str = option(help="output folder", pipeline=True)
     split: str = option("val", "image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
-    scales: tuple[float, ...] = option(SEG_INFERENCE.scales, "test scales whose scores are averaged")
+    scales: tuple[float, ...] = option(SEG_INFERENCE.scales, "test scales whose scores are averaged", valid=POSITIVE)
     flip: bool = option(SEG_INFERENCE.flip, "horizontal-flip test-time augmentation")
     crf: bool = option(True, "also evaluate the denseCRF-refined predictions")
 
@@ -179,7 +182,7 @@ class EvalRefinementOptions(DataOptions, WalkOptions):
     ckpt: str = option(help="refine checkpoint (runs/<exp>/refine/checkpoints/last.ckpt)")
     cams: str = option(help="CAM folder written by `rpnet cam`")
     split: str = option("train", "image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
-    exp_times: tuple[int, ...] = option(REFINEMENT_EXP_TIMES, "walks of 2**e steps to score")
+    exp_times: tuple[int, ...] = option(REFINEMENT_EXP_TIMES, "walks of 2**e steps to score", valid=NON_NEGATIVE)
     boundary: Literal["learned", "ground-truth"] = option(
         "learned", "ground-truth: walk over the ideal boundary drawn from each mask instead of IRN's (what the "
         "walk can do with these seeds when the boundary is right)")
@@ -244,6 +247,8 @@ def add_options(parser: argparse.ArgumentParser, options: type) -> None:
 def from_namespace(options: type, args: argparse.Namespace) -> Any:
     """The options dataclass of a parsed command line (lists become tuples)."""
     values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(options)}
+    for f in dataclasses.fields(options):
+        check(f"--{f.name.replace('_', '-')}", values[f.name], f.metadata.get("valid"))
     return options(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

@@ -7,9 +7,9 @@ datamodule and Lightning's ``Trainer`` (what LightningCLI checks when the step s
 section against its step's options dataclass (:mod:`rpnet_pl.steps`). Each problem is raised as one
 line naming the key and what is wrong.
 
-The per-image checks import no torch. A training section needs its classes imported (Lightning
-and torch: most of the check's time, see docs/benchmarks.md), so only the sections of the steps that
-will run are checked that deeply.
+Nothing here imports torch or Lightning: the training signatures are read from their snapshot
+(:mod:`rpnet_pl.signatures`), so the whole experiment, every section, is checked in about a second,
+in a dry run too.
 """
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from rpnet_pl import ranges
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT
 from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.steps import STEPS, load, yaml_types
+from rpnet_pl.signatures import GROUPS, default, default_of, parse_type, snapshot
+from rpnet_pl.steps import STEPS, option_fields, yaml_types
 
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
 #: The class-signature groups of a training section.
-CLASS_GROUPS = ("model", "data", "trainer")
+CLASS_GROUPS = GROUPS
 TOP_KEYS = ("name", "dataset", *STEPS)
 DATASET_KEYS = ("name", "root")
 
@@ -43,16 +45,14 @@ def _parser() -> Any:
 
 @functools.lru_cache(maxsize=None)
 def training_parser(step: str) -> Any:
-    """A jsonargparse parser of a training section's ``model`` / ``data`` / ``trainer`` groups, from the
-    stage's, the datamodule's and Lightning's ``Trainer``'s signatures (imports them)."""
-    from pytorch_lightning import Trainer
-
-    spec = STEPS[step]
+    """A jsonargparse parser of a training section's ``model`` / ``data`` / ``trainer`` groups: the
+    arguments and types of the stage's, the datamodule's and Lightning's ``Trainer``'s signatures,
+    read from their torch-free snapshot (:mod:`rpnet_pl.signatures`). Nothing is required: the
+    pipeline sets some (``data.label_dir``) and a section is checked alone."""
     parser = _parser()
-    for group, cls in zip(CLASS_GROUPS, (load(spec.stage), load(spec.datamodule), Trainer)):
-        parser.add_class_arguments(cls, group, fail_untyped=False)
-    for action in parser._actions:  # the pipeline sets some (data.label_dir); a section is checked alone
-        action.required = False
+    for group, params in snapshot()[step].items():
+        for name, entry in params.items():
+            parser.add_argument(f"--{group}.{name}", type=parse_type(entry["type"]), default=entry.get("default"))
     return parser
 
 
@@ -100,9 +100,9 @@ def one_line(exc: Exception, prefix: str) -> str:
     return f"{prefix}{key}: {what}{got}"
 
 
-def check_key_path(parts: Sequence[str], where: str = "", deep: bool = True) -> None:
-    """Raise ConfigError if a dotted key names no known section or option (with a 'did you mean').
-    ``deep``: also a training section's ``model`` / ``data`` / ``trainer`` keys (imports the stage)."""
+def check_key_path(parts: Sequence[str], where: str = "") -> None:
+    """Raise ConfigError if a dotted key names no known section or option (with a 'did you mean'),
+    down to a training section's ``model`` / ``data`` / ``trainer`` arguments."""
     prefix = f"{where}: " if where else ""
     if not parts:
         return
@@ -117,7 +117,7 @@ def check_key_path(parts: Sequence[str], where: str = "", deep: bool = True) -> 
                             else _keys(options_parser(top)))
     if key not in known:
         raise ConfigError(f"{prefix}unknown key '{top}.{key}'{_suggest(key, known)}")
-    if spec is not None and spec.trains and deep and key in CLASS_GROUPS and len(parts) >= 3:
+    if spec is not None and spec.trains and key in CLASS_GROUPS and len(parts) >= 3:
         params = _keys(training_parser(top), key)
         if parts[2] not in params:
             raise ConfigError(f"{prefix}unknown key '{'.'.join(parts[:3])}'{_suggest(parts[2], params)}")
@@ -148,18 +148,16 @@ def _check_backbone(step: str, model: dict) -> None:
                           f"{_suggest(name, BACKBONES)}; `rpnet backbones` lists them")
 
 
-def check_tree(cfg: dict, where: str = "", steps: Iterable[str] | None = None) -> None:
-    """Every key of a merged experiment is known and every value has the right type; ``where`` (the
-    experiment file) prefixes the message. The training sections of ``steps`` (default: every one
-    in the file) are checked against their classes' signatures."""
-    deep = set(STEPS) if steps is None else set(steps)
+def check_tree(cfg: dict, where: str = "") -> None:
+    """Every key of a merged experiment is known and every value has the right type, in every section
+    (the steps that will not run included); ``where`` (the experiment file) prefixes the message."""
     try:
-        _check_tree(cfg, deep)
+        _check_tree(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
-def _check_tree(cfg: dict, deep: set[str]) -> None:
+def _check_tree(cfg: dict) -> None:
     for top, section in cfg.items():
         check_key_path([top])
         if top == "name":
@@ -171,14 +169,17 @@ def _check_tree(cfg: dict, deep: set[str]) -> None:
         if not isinstance(section, dict):
             raise ConfigError(f"{top}: expected a mapping of options, got {_describe(section)}")
         for key in section:
-            check_key_path([top, key], deep=False)
+            check_key_path([top, key])
         spec = STEPS.get(top)
         if spec is None:  # dataset
             if section.get("name", DEFAULT_DATASET) not in ("voc", "coco"):
                 raise ConfigError(f"dataset.name: expected voc or coco, got {section['name']!r}")
         elif not spec.trains:
             _parse(options_parser(top), section, f"{top}.")
-        elif top in deep:
+            valid = {f.name: f.metadata.get("valid") for f in option_fields(spec.options, pipeline=False)}
+            for name, value in section.items():
+                ranges.check(f"{top}.{name}", value, valid.get(name))
+        else:
             groups = {}
             for key in CLASS_GROUPS:
                 value = section.get(key)
@@ -190,14 +191,8 @@ def _check_tree(cfg: dict, deep: set[str]) -> None:
                     check_key_path([top, key, name])
                 groups[key] = value
             _parse(training_parser(top), groups, f"{top}.")
+            ranges.check_training(groups, f"{top}.")
             _check_backbone(top, groups.get("model") or {})
-
-
-def _default(step: str, name: str) -> Any:
-    """The default of a training stage's ``__init__`` argument ``name``."""
-    import inspect
-
-    return inspect.signature(load(STEPS[step].stage)).parameters[name].default
 
 
 def check_overrides(overrides: Iterable[str]) -> None:
@@ -229,6 +224,41 @@ def check_dataset(cfg: dict, splits: Iterable[str]) -> None:
             if not folder.is_dir():
                 raise DatasetError(f"{folder}: image folder of split {split!r} not found (not a COCO tree? "
                                    "see README 'Real data')")
+
+
+def check_batches(cfg: dict, steps: Sequence[Any]) -> None:
+    """A training split with fewer images than one batch per process (an incomplete batch is
+    dropped) would train nothing: say so before any work. VOC only (a COCO list needs its annotations)."""
+    ds = cfg.get("dataset") or {}
+    if ds.get("name", DEFAULT_DATASET) != "voc":
+        return
+    from rpnet_pl.data.voc import read_split, resolve_voc_root
+
+    voc = resolve_voc_root(Path(str(ds.get("root", DEFAULT_ROOT))).expanduser())
+    for step in steps:
+        if not step.trains:
+            continue
+        data, trainer = (step.config or {}).get("data") or {}, (step.config or {}).get("trainer") or {}
+        batch = data.get("batch_size", default_of(step.name, "data", "batch_size"))
+        devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+        per_node = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 1
+        processes = max(1, per_node) * int(nodes)
+        split = str(data.get("split", "train_aug"))
+        images = len(read_split(voc, split))
+        if batch and images < int(batch) * processes:
+            raise ConfigError(f"{step.name}.data.batch_size: {batch} per process x {processes} process(es) is more "
+                              f"than the {images} images of {split}: no batch would be made (an incomplete batch is "
+                              "dropped); lower it or add images")
+
+
+def check_sync_batchnorm(steps: Sequence[Any]) -> None:
+    """``trainer.sync_batchnorm`` on CPUs: torch's SyncBatchNorm runs on CUDA only (DDP would stop
+    with a traceback when the fit starts)."""
+    for step in steps:
+        trainer = (step.config or {}).get("trainer") or {} if step.trains else {}
+        if trainer.get("sync_batchnorm") and trainer.get("accelerator") == "cpu":
+            raise ConfigError(f"{step.name}.trainer.sync_batchnorm: needs GPUs (torch's SyncBatchNorm is CUDA-only); "
+                              "set it false on CPUs, or run with GPUS=")
 
 
 def used_splits(cfg: dict, steps: Sequence[Any]) -> list[str]:
@@ -351,7 +381,7 @@ def check_pretrained(steps: Sequence[Any], network: Callable[[], bool] = network
         model = (step.config or {}).get("model") or {} if step.trains else {}
         if not model.get("pretrained") or model.get("weights"):
             continue
-        backbone = str(model.get("backbone", _default(step.name, "backbone")))
+        backbone = str(model.get("backbone", default(step.name, "backbone")))
         if weights_cached(backbone):
             continue
         if reachable is None:
@@ -364,12 +394,34 @@ def check_pretrained(steps: Sequence[Any], network: Callable[[], bool] = network
                 f"{step.name}.model.weights: /path/to/file.pth (and pretrained: false)")
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder can be made and written: made now (the last check, so a run that fails an
+    earlier one leaves nothing), and its nearest existing parent must be a folder."""
+    path = run_dir.expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{existing}: is a file, not a folder: the runs go under it (--runs, RUNS=)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename or path}: cannot write the run folder here ({exc.strerror}; "
+                          "--runs, RUNS=)") from None
+
+
 def check_environment(cfg: dict, steps: Sequence[Any], run_dir: str | Path,
-                      network: Callable[[], bool] = network_reachable) -> None:
+                      network: Callable[[], bool] = network_reachable, make_run_dir: bool = True) -> None:
     """What the planned steps (those still to run) need from this machine: the dataset, the files they
-    read, the weights download. Checked after :func:`check_tree`."""
+    read, the weights download, a writable run folder (made, unless ``make_run_dir`` is false: a dry
+    run). Checked after :func:`check_tree`."""
     if not steps:
         return
     check_dataset(cfg, used_splits(cfg, steps))
+    check_batches(cfg, steps)
+    check_sync_batchnorm(steps)
     check_files(steps, Path(run_dir), {s.name for s in steps})
     check_pretrained(steps, network)
+    if make_run_dir:
+        check_run_dir(Path(run_dir))

@@ -29,6 +29,8 @@ class CheckReport:
     split_sizes: dict[str, int] = field(default_factory=dict)
     class_counts: dict[str, Counter] = field(default_factory=dict)
     masks: dict[str, int] = field(default_factory=dict)
+    #: split -> mask folder -> images whose mask is read from it (the readers' order: Aug first)
+    mask_sources: dict[str, Counter] = field(default_factory=dict)
     multi_label: dict[str, int] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -42,13 +44,15 @@ class CheckReport:
         """A readable summary table."""
         uses = SPLIT_USES.get(self.dataset, {})
         lines = [f"dataset: {self.dataset}  root: {self.root}", "",
-                 "| split | images | with masks | multi-label | enables |", "|---|---:|---:|---:|---|"]
+                 "| split | images | with masks | masks read from | multi-label | enables |",
+                 "|---|---:|---:|---|---:|---|"]
         for split in [s for s in uses if s in self.split_sizes or s in self.absent]:
             if split in self.split_sizes:
-                lines.append(f"| {split} | {self.split_sizes[split]} | {self.masks.get(split, 0)} | "
+                sources = ", ".join(f"{d}/ ({n})" for d, n in self.mask_sources.get(split, Counter()).items()) or "-"
+                lines.append(f"| {split} | {self.split_sizes[split]} | {self.masks.get(split, 0)} | {sources} | "
                              f"{self.multi_label.get(split, 0)} | {uses[split]} |")
             else:
-                lines.append(f"| {split} | absent | - | - | not possible: {uses[split]} |")
+                lines.append(f"| {split} | absent | - | - | - | not possible: {uses[split]} |")
         splits = [s for s in self.class_counts if self.class_counts[s]]
         if splits:
             lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
@@ -138,6 +142,7 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
         report.split_sizes[split] = len(ids)
         counts: Counter = Counter()
         n_masks = n_multi = 0
+        sources: Counter = Counter()
         for image_id in ids:
             img = voc / "JPEGImages" / f"{image_id}.jpg"
             if not img.is_file():
@@ -158,6 +163,7 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
                         check_mask(mask, mpath, n_classes, size)
                         labels = labels_from_mask(mask)
                         n_masks += 1
+                        sources[sub] += 1
                     except DatasetError as exc:
                         problem(str(exc))
                     break
@@ -177,6 +183,7 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
             counts.update(int(c) for c in labels)
         report.class_counts[split] = counts
         report.masks[split] = n_masks
+        report.mask_sources[split] = sources
         report.multi_label[split] = n_multi
     report.problems += [f"{msg} (listed in {', '.join(f'{s}.txt' for s in where)})" for msg, where in found.items()]
     _voc_notes(report, voc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -68,6 +68,16 @@ def resolve_voc_root(root: str | Path) -> Path:
     )
 
 
+def split_line_id(line: str) -> str:
+    """The image id of one line of a split list: VOC's ``2007_000032``, or the DeepLab-style
+    ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`` (first column's file stem)."""
+    fields = line.split()
+    if not fields:
+        return ""
+    first = fields[0]
+    return PurePosixPath(first).stem if "/" in first or first.lower().endswith((".jpg", ".jpeg", ".png")) else first
+
+
 def read_split(voc: Path, split: str) -> list[str]:
     """Image ids of a split list, in file order, blank lines removed; an id listed twice is kept once,
     with a warning naming the file and the line."""
@@ -78,7 +88,7 @@ def read_split(voc: Path, split: str) -> list[str]:
     ids: list[str] = []
     seen: set[str] = set()
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        token = line.strip().split()[0] if line.strip() else ""
+        token = split_line_id(line)
         if token in seen:
             log.warning("%s:%d: id %s listed twice; the repeat is skipped", path, lineno, token)
         elif token:

@@ -73,28 +73,39 @@ def _level_block(c_in: int, c_out: int, groups: int, scale: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-class MeanShift(nn.BatchNorm2d):
+class MeanShift(nn.Module):
     """IRN's running-mean shift at the end of the displacement branch (``Net.MeanShift``).
 
-    A ``BatchNorm2d`` without affine parameters whose output is *not* normalised: in training
-    mode the input is returned unchanged while the BatchNorm bookkeeping updates
-    ``running_mean`` (exponential average, ``momentum``); in eval mode the output is
+    BatchNorm bookkeeping without normalising: in training mode the input is returned unchanged
+    while ``running_mean`` follows the batch mean (exponential average, ``momentum``, as a
+    ``BatchNorm2d`` without affine parameters updates it); in eval mode the output is
     ``input - running_mean``. This is the IRN code as first published; IRN's final
     ``train_irn.py`` instead overwrites ``running_mean`` after training with the mean raw
     displacement over the training images (see :meth:`IRNet.displacement_mean` and
     :meth:`IRNet.set_mean_shift`). Only the displacement output depends on it; the boundary
     map (and so the semantic pseudo masks) never does.
+
+    Not a ``BatchNorm2d`` subclass (its buffers and their names are a BatchNorm's, so checkpoints
+    load either way): ``trainer.sync_batchnorm`` converts every BatchNorm into a normalising
+    ``SyncBatchNorm``, which would change the displacement output.
     """
 
     def __init__(self, num_features: int = 2, momentum: float = 0.1) -> None:
-        super().__init__(num_features, affine=False, momentum=momentum)
+        super().__init__()
+        self.num_features = num_features
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
         """(B, C, h, w) -> (B, C, h, w): identity in training (statistics updated, no gradient
         through them), ``input - running_mean`` in eval."""
         if self.training:
             with torch.no_grad():
-                super().forward(input.detach())
+                F.batch_norm(input.detach().float(), self.running_mean, self.running_var, training=True,
+                             momentum=self.momentum)
+                self.num_batches_tracked.add_(1)
             return input
         return input - self.running_mean.view(1, -1, 1, 1).to(input.dtype)
 

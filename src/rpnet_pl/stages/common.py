@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from rpnet_pl.errors import TrainingDivergedError
+from rpnet_pl.errors import IncompleteStepError, TrainingDivergedError
 from rpnet_pl.layout import CHECKPOINTS, LAST_CKPT
 from rpnet_pl.progress import CountProgress, format_eta, progress_log
 
@@ -351,3 +351,27 @@ class StageModule(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         return training_callbacks(self._trainer, self.hparams.get("checkpoint_every_n_steps"),
                                   self.hparams.get("progress_every_n_steps"))
+
+
+def _no_batch_reason(trainer: pl.Trainer) -> str:
+    if trainer.max_epochs == 0 or trainer.max_steps == 0:
+        return f"trainer.max_epochs is {trainer.max_epochs}, trainer.max_steps {trainer.max_steps}"
+    if not trainer.num_training_batches:
+        hp = getattr(trainer.datamodule, "hparams", {})
+        loader = trainer.train_dataloader
+        images = len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else "?"
+        return (f"the training split {hp.get('split', '')!r} gives no batch ({images} images, data.batch_size "
+                f"{hp.get('batch_size', '?')} per process; an incomplete batch is dropped)")
+    return "the fit ended before its first optimiser step"
+
+
+def check_trained(step: str, trainer: pl.Trainer) -> None:
+    """Raise :class:`IncompleteStepError` when a fit ran no optimiser step or left no
+    ``checkpoints/last.ckpt``: the step then exits non-zero and is not marked done (Lightning itself
+    ends such a fit with a warning only)."""
+    if trainer.global_step == 0:
+        raise IncompleteStepError(f"{step}: trained no optimiser step: {_no_batch_reason(trainer)}; "
+                                  "no checkpoint written, the step is not done")
+    saver = next((cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)), None)
+    if saver is not None and not saver.path.is_file():
+        raise IncompleteStepError(f"{step}: the fit ended without its checkpoint {saver.path}; the step is not done")

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import pytorch_lightning as pl
 
-from rpnet_pl.errors import CheckpointError
+from rpnet_pl.errors import CheckpointError, IncompleteStepError
 
 S = TypeVar("S", bound=pl.LightningModule)
 
@@ -69,6 +69,11 @@ def run_per_image(stage_cls: type[S], ckpt: str | Path, name: str, overrides: di
     trainer = inference_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     trainer.predict(stage, datamodule=dm, return_predictions=False)
     trainer.strategy.barrier("per-image outputs written")
+    missing = [i for i in reader.ids if not done(reader, i)]
+    if missing:  # an image the loader skipped, or a rank that wrote nothing: never a silent success
+        raise IncompleteStepError(f"{stage.predict_what} of {len(missing)} of the {len(reader.ids)} images of "
+                                  f"{split} were not written (first: {missing[0]}); re-run the step: complete "
+                                  "outputs are skipped")
     return todo, trainer.is_global_zero
 
 

@@ -14,6 +14,7 @@ import inspect
 import logging
 import multiprocessing as mp
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
 from rpnet_pl.data.datasets import DatasetName, Reader, build_reader
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.errors import DatasetError, IncompleteStepError
 from rpnet_pl.io import read_label_png, write_label_png
 from rpnet_pl.ops.cam import cam_to_ir_label
 from rpnet_pl.ops.crf import crf_inference_label
@@ -107,6 +108,7 @@ def _do_one(image_id: str) -> bool:
 
 def _init_worker(*args: Any) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no worker tracebacks
     _init_job(*args)
 
 
@@ -162,12 +164,21 @@ def make_ir_labels(
     else:
         chunksize = chunksize or max(1, min(32, len(ids) // (workers * 4)))
         # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=init_args) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=init_args)
+        try:
             for done in pool.map(_do_one, ids, chunksize=chunksize):
                 written += done
                 progress.update()
+        except BaseException:  # an error or Ctrl-C: do not wait for the queued images
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     log.info("IR labels: %d image(s), %d written to %s", len(ids), written, out_dir)
+    missing = [i for i in ids if not ir_label_path(out_dir, i).is_file()]
+    if missing:
+        raise IncompleteStepError(f"{out_dir}: IR labels of {len(missing)} of the {len(ids)} images of {split!r} "
+                                  f"were not written (first: {missing[0]}); re-run: complete ones are skipped")
     return written
 
 
