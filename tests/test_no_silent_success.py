@@ -252,3 +252,15 @@ def test_sync_batchnorm_on_cpus_is_named_before_the_fit() -> None:
         check_sync_batchnorm([step])
     step.config["trainer"]["accelerator"] = "gpu"
     check_sync_batchnorm([step])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus", "-1"], "argument --gpus: expected an integer >= 0, got -1"),
+    (["--nodes", "0"], "argument --nodes: expected an integer >= 1, got 0"),
+    (["--seeds", "1", "-2"], "argument --seeds: expected an integer >= 0, got -2"),
+])
+def test_device_and_seed_counts_are_checked(flags: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", str(DEMO), "--dry-run", *flags])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

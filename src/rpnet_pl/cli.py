@@ -369,6 +369,18 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpnet", description="RPNet weakly supervised segmentation suite.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -416,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (overrides dataset.root)")
     p.add_argument("--runs", default="runs", help="runs folder; outputs go to RUNS/<name>/<step>/")
     p.add_argument("--name", help="run name (default: the experiment's name)")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes (DDP)")
+    p.add_argument("--gpus", type=_at_least(0), default=0, help="GPUs per node (0: CPU)")
+    p.add_argument("--nodes", type=_at_least(1), default=1, help="nodes (DDP)")
     p.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu",
                    help="cpu: --gpus N runs N CPU processes per node instead (DDP over gloo)")
     p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
@@ -426,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", nargs="+", help="re-run these steps even if complete")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
+    p.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
                    "(each resumable on its own); `rpnet report` shows mean ± std over them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_pipeline)
@@ -438,12 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (overrides dataset.root)")
     p.add_argument("--backbone", help="classifier backbone for every variant (not for the backbone sweep)")
     p.add_argument("--runs", default="runs", help="runs folder")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes (DDP)")
+    p.add_argument("--gpus", type=_at_least(0), default=0, help="GPUs per node (0: CPU)")
+    p.add_argument("--nodes", type=_at_least(1), default=1, help="nodes (DDP)")
     p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
                    help="tracker of the training steps")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
+    p.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
                    "(each resumable on its own); `rpnet report` shows mean ± std over them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_ablation)
