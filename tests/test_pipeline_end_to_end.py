@@ -46,13 +46,23 @@ def tiny_experiment(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_whole_chain_then_resume(tmp_path: Path) -> None:
+def test_whole_chain_then_resume(tmp_path: Path, monkeypatch) -> None:
+    from tests.wandb_records import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
     data, exp = tiny_experiment(tmp_path)
     cfg = load_experiment(exp)
     runs = tmp_path / "runs"
-    steps = plan(cfg, runs_dir=runs, logger="csv")
+    steps = plan(cfg, runs_dir=runs, logger="wandb")
     assert run_steps(steps) == list(STEP_ORDER)
     run = runs / "tiny"
+    # W&B (offline): one run per step in the experiment's group, the evaluations' numbers in the summaries
+    tracked = {r.job_type: r for r in offline_runs(run)}
+    assert set(tracked) == set(STEP_ORDER) and {r.group for r in tracked.values()} == {"tiny"}
+    assert tracked["eval_cam"].summary["best_miou"] == json.loads((run / "eval_cam/metrics.json").read_text())[
+        "best_miou"]
+    assert "with_crf/miou" in tracked["eval_seg"].summary and "miou" in tracked["eval_pseudo_masks"].summary
+    assert any(k.endswith("/masks/prediction/_type") for k in tracked["pseudo_masks"].summary)
     ids_aug = (data / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
     assert sorted(p.stem for p in (run / "cam/cams").glob("*.npy")) == sorted(ids_aug)
     for name in ("eval_cam", "eval_pseudo_masks"):

@@ -125,6 +125,12 @@ def _report(args: argparse.Namespace) -> int:
     path, text = write_report(args.runs_dir, args.out)
     print(text)
     print(f"wrote {path}")
+    if args.wandb:
+        from rpnet_pl.summary import find_runs
+        from rpnet_pl.tracking import mode, relog_runs
+
+        n = relog_runs(Path(args.runs_dir), find_runs(args.runs_dir), text)
+        print(f"W&B: {n} run(s) logged ({mode()}; offline runs: `wandb sync {Path(args.runs_dir)}/*/*/wandb/offline-run-*`)")
     return 0
 
 
@@ -146,7 +152,8 @@ def _ablation(args: argparse.Namespace) -> int:
         for seed in list(dict.fromkeys(args.seeds or [None])):
             steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes,
                                     logger=args.logger, steps=list(sweep.steps),
-                                    tags=[f"ablation-{args.name}", f"table-{sweep.table}"], seed=seed)
+                                    tags=[f"ablation-{args.name}", f"table-{sweep.table}"], seed=seed,
+                                    varied=_varied(variant.overrides))
             try:
                 run_steps(steps, dry_run=args.dry_run)
             except StepFailed as exc:
@@ -159,7 +166,23 @@ def _ablation(args: argparse.Namespace) -> int:
         with atomic_path(out) as tmp:
             tmp.write_text(text)
         print(f"wrote {out}")
+        if args.logger == "wandb":
+            from rpnet_pl.tracking import log_tables
+
+            log_tables(out.parent, text, group=f"ablation-{args.name}", name=f"ablation-{args.name}/table",
+                       job_type="ablation")
     return 0
+
+
+def _varied(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["classifier.model.beta=0.3"]`` -> ``{"classifier.model.beta": 0.3}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
@@ -500,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
     p.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders")
     p.add_argument("--out", help="report path (default RUNS_DIR/report.md)")
+    p.add_argument("--wandb", action="store_true", help="also log every complete step of every run and the "
+                   "report's tables to W&B (offline without a key; see README 'W&B')")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "

@@ -51,6 +51,9 @@ class PlannedStep:
     #: (dataset, root, split) of an optional split: the step is skipped, with one line, when it is absent
     optional_split: tuple[str, str, str] | None = None
     kind: StepKind = "per_image"
+    #: ``--logger wandb``: the W&B run of a non-training step, logged from its outputs once it is
+    #: done (:func:`rpnet_pl.tracking.log_step` keyword arguments); None: no W&B run
+    wandb: dict[str, Any] | None = None
 
     @property
     def trains(self) -> bool:
@@ -89,7 +92,7 @@ def _flags(options: dict[str, Any]) -> list[str]:
 
 
 def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags: Sequence[str],
-                   seed: int | None = None) -> Any:
+                   seed: int | None = None, varied: dict[str, Any] | None = None) -> Any:
     """The trainer's logger; W&B: one group per experiment, one run per seed (and stage)."""
     if kind == "none":
         return False
@@ -103,10 +106,13 @@ def _logger_config(kind: str, save_dir: Path, experiment: str, stage: str, tags:
         parts = [experiment, *([seed_dir_name(seed)] if seed is not None else []), stage]
         tags = [*tags, *([seed_dir_name(seed)] if seed is not None else [])]
         offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
-        return {"class_path": "pytorch_lightning.loggers.WandbLogger",
-                "init_args": {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": "/".join(parts),
-                              "group": experiment, "tags": list(tags), "save_dir": str(save_dir),
-                              "offline": offline}}
+        init = {"project": os.environ.get("WANDB_PROJECT", "rpnet-pl"), "name": "/".join(parts), "group": experiment,
+                "tags": list(tags), "save_dir": str(save_dir), "offline": offline, "job_type": stage}
+        if varied:
+            init["config"] = dict(varied)
+        if os.environ.get("WANDB_ENTITY"):
+            init["entity"] = os.environ["WANDB_ENTITY"]
+        return {"class_path": "pytorch_lightning.loggers.WandbLogger", "init_args": init}
     raise ConfigError(f"LOGGER must be wandb, csv, tensorboard or none, got {kind!r}")
 
 
@@ -123,8 +129,11 @@ def substitute(value: Any, run: Path) -> Any:
 
 def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1, logger: str = "csv",
          steps: Sequence[str] | None = None, tags: Sequence[str] = (), accelerator: str = "gpu",
-         seed: int | None = None) -> list[PlannedStep]:
+         seed: int | None = None, varied: dict[str, Any] | None = None) -> list[PlannedStep]:
     """The steps of an experiment, with their argv and resolved configs (nothing runs here).
+
+    ``varied``: the keys an ablation variant sets (``{"classifier.model.beta": 0.3}``), top-level
+    values of each step's W&B config.
 
     ``seed``: one run of a multi-seed experiment, in ``RUNS/<name>/seed<k>/`` (see the module doc).
 
@@ -150,7 +159,8 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
         sec = substitute(dict(section(cfg, step)), run)
         folder = layout.step_dir(run, step)
         if spec.trains:
-            stage_cfg = _training_config(sec, folder, logger, name, step, tags, seed, gpus, nodes, accelerator)
+            stage_cfg = _training_config(sec, folder, logger, name, step, tags, seed, gpus, nodes, accelerator,
+                                         varied or {})
             for key, producer in spec.reads:  # e.g. data.label_dir: the IR labels
                 *parents, leaf = key.split(".")
                 node = stage_cfg
@@ -165,18 +175,25 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             argv += ["--" + flag, str(output_path(run, producer))]
         argv += ["--out", str(output_path(run, step))] + data_args + (dev_args if spec.devices else [])
         optional = (dataset, root, str(sec.get("split", spec.default_split))) if spec.optional_split else None
-        out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind))
+        tracked = None
+        if logger == "wandb":
+            seed_tags = [seed_dir_name(seed)] if seed is not None else []
+            label = "/".join([name, *seed_tags, step])
+            tracked = {"group": name, "name": label, "tags": [*tags, *seed_tags],
+                       "config": {**(varied or {}), "experiment": name, "seed": seed, step: sec}}
+        out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind, wandb=tracked))
     return out
 
 
 def _training_config(sec: dict, folder: Path, logger: str, name: str, step: str, tags: Sequence[str],
-                     seed: int | None, gpus: int, nodes: int, accelerator: str) -> dict[str, Any]:
+                     seed: int | None, gpus: int, nodes: int, accelerator: str,
+                     varied: dict[str, Any]) -> dict[str, Any]:
     """A training step's LightningCLI config: its section, with the run's folder, logger, devices and seed."""
     stage_cfg = dict(sec)
     trainer = dict(stage_cfg.get("trainer") or {})
     trainer["default_root_dir"] = str(folder)
     trainer.setdefault("enable_progress_bar", False)  # the step's output goes to log.txt
-    trainer["logger"] = _logger_config(logger, folder, name, step, tags, seed)
+    trainer["logger"] = _logger_config(logger, folder, name, step, tags, seed, varied)
     if gpus:
         trainer.update({"accelerator": accelerator, "devices": gpus, "num_nodes": nodes})
         if gpus * nodes > 1:
@@ -291,6 +308,10 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
             raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                              + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
+        if step.wandb and os.environ.get("SLURM_PROCID", "0") == "0":  # one W&B run per step, not per task
+            from rpnet_pl.tracking import log_step
+
+            log_step(step.folder.parent, step.name, **step.wandb)
         if step.trains and last.is_file():  # after .done: a complete step is never resumed
             from rpnet_pl.stages.checkpoints import slim_checkpoint
 

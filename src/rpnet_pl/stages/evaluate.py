@@ -62,6 +62,7 @@ def _summary(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         "per_class_iou": per_class_json(iou_from_confusion(conf), names),
         "precision": per_class_json(precision, names),
         "recall": per_class_json(recall, names),
+        "confusion": np.asarray(conf, dtype=np.int64).tolist(),  # rows: ground truth, columns: prediction
     }
 
 

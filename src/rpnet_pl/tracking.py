@@ -1,0 +1,299 @@
+"""W&B runs of what the suite measures: one run per step, the report's tables (issue 25).
+
+The training steps log through Lightning's ``WandbLogger`` while they train. Every other step is
+logged from its outputs once it is complete: by the pipeline, just after the step's done marker
+(``--logger wandb``), or afterwards by ``rpnet report RUNS --wandb`` for a runs folder made with
+another logger or before this existed. A step's W&B run belongs to the experiment's group, has
+``job_type`` = the step and the run's resolved config, plus the varied keys of an ablation variant
+as top-level config values. What it logs:
+
+* evaluation steps: the mIoU in the summary (``miou``; ``eval_cam``: ``best_miou``, ``best_threshold``
+  and the threshold sweep as history and a line chart; ``eval_seg``: ``without_crf/miou`` and
+  ``with_crf/miou``), per-class IoU / precision / recall as a ``wandb.Table``, the confusion matrix
+  with W&B's confusion-matrix chart;
+* per-image steps: images written, seconds and images/s (summary), and a few samples as
+  ``wandb.Image`` with ``masks=`` (the step's masks and the ground truth, with the dataset's class
+  names) so they can be toggled in the UI; CAMs as heat maps beside the image;
+* ``rpnet report`` / ``rpnet ablation``: each table of ``report.md`` / ``table.md`` as a ``wandb.Table``
+  in a report run of the group.
+
+Offline unless a key is set (``WANDB_API_KEY``, and ``WANDB_MODE`` not ``offline``); ``WANDB_PROJECT``
+(default ``rpnet-pl``), ``WANDB_ENTITY`` and ``WANDB_MODE`` are honoured. The files go under the
+step's folder (``<step>/wandb/``), to be uploaded with ``wandb sync``. A W&B failure is one warning
+line: the step's outputs are complete before anything is logged, and stay so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import yaml
+
+from rpnet_pl import layout
+from rpnet_pl.steps import CAM, EVAL_SEG, IR_LABELS_STEP, PSEUDO_MASKS, STEPS
+
+log = logging.getLogger(__name__)
+
+#: How many sample images a step logs, and the steps that have images to show.
+SAMPLES = 4
+SAMPLED = (CAM.name, IR_LABELS_STEP.name, PSEUDO_MASKS.name, EVAL_SEG.name)
+PROJECT = "rpnet-pl"
+
+
+def mode() -> str:
+    """``online`` with a key (and ``WANDB_MODE`` not offline / disabled), else ``WANDB_MODE`` or ``offline``."""
+    env = os.environ.get("WANDB_MODE", "")
+    if env in ("offline", "disabled", "dryrun"):
+        return "disabled" if env == "disabled" else "offline"
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+@contextmanager
+def wandb_run(folder: Path, *, name: str, group: str, job_type: str, config: dict[str, Any] | None = None,
+              tags: Sequence[str] = ()) -> Iterator[Any]:
+    """A W&B run (files under ``folder``) or None when W&B cannot start; any W&B error inside is one
+    warning, never the caller's failure."""
+    run = None
+    try:
+        import wandb
+
+        folder.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), entity=os.environ.get("WANDB_ENTITY"),
+                         name=name, group=group, job_type=job_type, config=config or {}, tags=list(tags),
+                         dir=str(folder), mode=mode(), reinit="create_new", settings=wandb.Settings(silent=True))
+    except Exception as exc:  # no disk, bad key, no wandb: the science is done, say so and go on
+        log.warning("W&B: %s not logged (%s: %s)", name, type(exc).__name__, exc)
+        yield None
+        return
+    try:
+        yield run
+    except Exception as exc:
+        log.warning("W&B: logging %s stopped (%s: %s); the step's outputs are complete", name,
+                    type(exc).__name__, exc)
+    finally:
+        try:
+            run.finish()
+        except Exception as exc:
+            log.warning("W&B: could not close %s (%s: %s)", name, type(exc).__name__, exc)
+
+
+# -- what a step wrote ---------------------------------------------------------------------------
+def _argv_value(argv: Sequence[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
+
+
+def _done(folder: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load((folder / layout.DONE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def per_class_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """``[class, IoU, precision, recall]`` rows of an evaluation's ``metrics.json`` section."""
+    iou, prec, rec = (metrics.get(k) or {} for k in ("per_class_iou", "precision", "recall"))
+    return [[c, iou.get(c), prec.get(c), rec.get(c)] for c in iou]
+
+
+def confusion_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """``[actual, predicted, pixels]`` rows of the non-zero cells of ``metrics["confusion"]``."""
+    names = list((metrics.get("per_class_iou") or {}).keys())
+    conf = metrics.get("confusion")
+    if not conf or len(conf) != len(names):
+        return []
+    return [[names[i], names[j], int(n)] for i, row in enumerate(conf) for j, n in enumerate(row) if n]
+
+
+def markdown_tables(text: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, columns, rows)`` of every markdown table of ``text``; the title is the nearest heading
+    or line of text above it."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    lines = text.splitlines()
+    title = ""
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[\s:|-]+\|$", lines[i + 1].strip()):
+            columns = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out.append((title or f"table {len(out) + 1}", columns, rows))
+            continue
+        if line:
+            title = line.lstrip("#").strip()
+        i += 1
+    return out
+
+
+def _log_tables(run: Any, prefix: str, metrics: dict[str, Any]) -> None:
+    import wandb
+
+    rows = per_class_rows(metrics)
+    if rows:
+        run.log({f"{prefix}per_class": wandb.Table(columns=["class", "iou", "precision", "recall"], data=rows)})
+    cells = confusion_rows(metrics)
+    if cells:
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells)
+        run.log({f"{prefix}confusion_matrix": wandb.plot_table(
+            "wandb/confusion_matrix/v1", table, {"Actual": "Actual", "Predicted": "Predicted",
+                                                 "nPredictions": "nPredictions"},
+            {"title": f"{prefix}confusion matrix (pixels)"})})
+
+
+def _log_evaluation(run: Any, step: str, metrics: dict[str, Any]) -> None:
+    import wandb
+
+    if step == EVAL_SEG.name:
+        for part in ("without_crf", "with_crf"):
+            if part in metrics:
+                run.summary[f"{part}/miou"] = metrics[part].get("miou")
+                _log_tables(run, f"{part}/", metrics[part])
+        return
+    if "thresholds" in metrics:  # the seed sweep
+        sweep = sorted((float(t), m.get("miou")) for t, m in metrics["thresholds"].items())
+        for t, m in sweep:
+            run.log({"threshold": t, "sweep/miou": m})
+        table = wandb.Table(columns=["threshold", "miou"], data=[[t, m] for t, m in sweep])
+        run.log({"sweep/chart": wandb.plot.line(table, "threshold", "miou", title="seed mIoU over the background "
+                                                "threshold")})
+        run.summary["best_miou"] = metrics.get("best_miou")
+        run.summary["best_threshold"] = metrics.get("best_threshold")
+    else:
+        run.summary["miou"] = metrics.get("miou")
+    _log_tables(run, "", metrics)
+
+
+def _class_labels(reader: Any) -> dict[int, str]:
+    names = dict(enumerate(getattr(reader, "class_names", ())))
+    return {**names, 255: "ignore"}
+
+
+def _samples(run: Any, step: str, folder: Path, argv: Sequence[str]) -> None:
+    """A few images with the step's masks (and the ground truth) as W&B masks; CAMs as heat maps."""
+    import wandb
+
+    from rpnet_pl.data.datasets import build_reader
+    from rpnet_pl.io import read_label_png
+
+    root, dataset, split = (_argv_value(argv, f) for f in ("--root", "--dataset", "--split"))
+    if root is None:
+        return
+    output = STEPS[step].output
+    out_dir = folder / output if output else folder
+    if step == EVAL_SEG.name:
+        out_dir = folder / "pred"
+    reader = build_reader(dataset or "voc", root, split or STEPS[step].default_split)
+    labels = _class_labels(reader)
+    logged = {}
+    for image_id in list(reader.ids)[:SAMPLES]:
+        image = reader.image(image_id)
+        if step == CAM.name:
+            path = out_dir / f"{image_id}.npy"
+            if not path.is_file():
+                continue
+            rec = np.load(path, allow_pickle=True).item()
+            pair = [wandb.Image(image, caption=image_id)]
+            if len(rec["keys"]):
+                heat = np.asarray(rec["high_res"], dtype=np.float32).max(axis=0)
+                pair.append(wandb.Image((np.clip(heat, 0, 1) * 255).astype(np.uint8),
+                                        caption=f"{image_id}: CAM, max over its classes"))
+            logged[f"samples/{image_id}"] = pair
+            continue
+        path = out_dir / f"{image_id}.png"
+        if not path.is_file():
+            continue
+        masks = {"prediction": {"mask_data": read_label_png(path), "class_labels": labels}}
+        try:
+            masks["ground_truth"] = {"mask_data": reader.mask(image_id), "class_labels": labels}
+        except Exception:  # no ground truth for this split (test): the prediction alone
+            pass
+        logged[f"samples/{image_id}"] = wandb.Image(image, masks=masks, caption=f"{image_id} ({step})")
+    if logged:
+        run.log(logged)
+
+
+def log_step(run_dir: Path, step: str, *, group: str, name: str, config: dict[str, Any] | None = None,
+             tags: Sequence[str] = (), samples: bool = True) -> bool:
+    """Log a complete non-training step of ``run_dir`` as its own W&B run. Returns whether it started."""
+    spec = STEPS[step]
+    folder = layout.step_dir(run_dir, step)
+    done = _done(folder)
+    if spec.trains or not done:
+        return False
+    argv = [str(a) for a in done.get("argv") or []]
+    full_config = {"step": step, "argv": argv, **(config or {})}
+    with wandb_run(folder, name=name, group=group, job_type=step, config=full_config, tags=tags) as run:
+        if run is None:
+            return False
+        seconds = done.get("seconds")
+        run.summary["seconds"] = seconds
+        metrics_path = folder / layout.METRICS
+        if metrics_path.is_file():
+            _log_evaluation(run, step, json.loads(metrics_path.read_text()))
+        output = spec.output and folder / spec.output
+        if output and output.is_dir():
+            n = sum(1 for p in output.iterdir() if p.suffix in (".png", ".npy"))
+            run.summary["images"] = n
+            if seconds:
+                run.summary["images_per_s"] = n / max(float(seconds), 1e-9)
+        if samples and step in SAMPLED:
+            try:
+                _samples(run, step, folder, argv)
+            except Exception as exc:  # a sample that cannot be read is no reason to lose the numbers
+                log.warning("W&B: %s: samples not logged (%s: %s)", name, type(exc).__name__, exc)
+    return True
+
+
+def log_tables(folder: Path, text: str, *, group: str, name: str, job_type: str = "report") -> bool:
+    """Every markdown table of ``text`` (a report or an ablation table) as a ``wandb.Table`` of one run."""
+    tables = markdown_tables(text)
+    if not tables:
+        return False
+    with wandb_run(folder, name=name, group=group, job_type=job_type) as run:
+        if run is None:
+            return False
+        import wandb
+
+        for title, columns, rows in tables:
+            key = re.sub(r"[^0-9A-Za-z]+", "_", title).strip("_")[:60] or "table"
+            run.log({key: wandb.Table(columns=columns, data=[r + [""] * (len(columns) - len(r)) for r in rows])})
+    return True
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's resolved training configs (``<step>/config.yaml``) by step, for a re-logged step."""
+    out: dict[str, Any] = {}
+    for spec in STEPS.values():
+        path = layout.step_dir(run_dir, spec.name) / layout.CONFIG
+        if spec.trains and path.is_file():
+            try:
+                out[spec.name] = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+    return out
+
+
+def relog_runs(runs_dir: Path, run_dirs: Sequence[Path], text: str) -> int:
+    """``rpnet report RUNS --wandb``: every complete non-training step of every run, then the report's
+    tables. Returns the number of W&B runs started."""
+    from rpnet_pl.summary import seed_folders
+
+    n = 0
+    for run in run_dirs:
+        for one in seed_folders(run) or [run]:
+            group = run.name
+            label = str(one.relative_to(runs_dir))
+            config = run_config(one)
+            for spec in STEPS.values():
+                n += log_step(one, spec.name, group=group, name=f"{label}/{spec.name}", config=config)
+    n += log_tables(runs_dir / "wandb-report", text, group="report", name=f"{runs_dir.name}/report")
+    return n

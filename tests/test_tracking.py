@@ -1,0 +1,124 @@
+"""W&B runs of the steps' results and of the report's tables (rpnet_pl.tracking), read back from the
+offline record files."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rpnet_pl.cli import main
+from rpnet_pl.tracking import confusion_rows, log_step, log_tables, markdown_tables, per_class_rows
+from tests.wandb_records import offline_runs
+
+A, B, C, D = "2007_000001", "2007_000002", "2007_000003", "2007_000004"
+
+
+def test_markdown_tables_are_read_with_their_titles() -> None:
+    text = ("# report\n\n## Table I: seeds\n\n| run | seeds |\n|---|---:|\n| a | 60.0 ± 4.0 (n=3) |\n| b | - |\n\n"
+            "TABLE II: beta\n\n| beta | mIoU |\n|---|---|\n| 0.1 | 43.0 |\n")
+    assert markdown_tables(text) == [
+        ("Table I: seeds", ["run", "seeds"], [["a", "60.0 ± 4.0 (n=3)"], ["b", "-"]]),
+        ("TABLE II: beta", ["beta", "mIoU"], [["0.1", "43.0"]]),
+    ]
+
+
+def test_per_class_and_confusion_rows() -> None:
+    metrics = {"per_class_iou": {"background": 0.5, "cat": None}, "precision": {"background": 0.9},
+               "recall": {"background": 0.6, "cat": 0.0}, "confusion": [[5, 1], [0, 2]]}
+    assert per_class_rows(metrics) == [["background", 0.5, 0.9, 0.6], ["cat", None, None, 0.0]]
+    assert confusion_rows(metrics) == [["background", "background", 5], ["background", "cat", 1], ["cat", "cat", 2]]
+    assert confusion_rows({"per_class_iou": {"a": 1.0}}) == []  # older metrics.json: no matrix
+
+
+def _done(folder: Path, argv: list[str], seconds: float = 2.0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".done").write_text(yaml.safe_dump({"argv": argv, "seconds": seconds}))
+
+
+def _tiny_run(runs: Path, voc_root: Path) -> Path:
+    """A run folder as the pipeline leaves it, written by hand: the ground truth as its pseudo masks
+    (mIoU 1), a seed sweep, a classifier config."""
+    from rpnet_pl.data.datasets import build_reader
+    from rpnet_pl.data.classes import voc_palette
+    from rpnet_pl.io import write_label_png
+
+    run = runs / "voc-rpnet"
+    (run / "classifier").mkdir(parents=True)
+    (run / "classifier" / "config.yaml").write_text("model:\n  method: rpnet\n  beta: 0.3\n")
+    _done(run / "classifier", ["rpnet", "fit", "classifier"])
+    reader = build_reader("voc", voc_root, "train_aug")
+    masks = run / "pseudo_masks" / "masks"
+    for i in reader.ids:
+        write_label_png(masks / f"{i}.png", reader.mask(i), voc_palette())
+    _done(run / "pseudo_masks", ["rpnet", "pseudo-masks", "--root", str(voc_root), "--dataset", "voc",
+                                 "--split", "train_aug"], seconds=2.0)
+    names = {"background": 1.0, "aeroplane": 1.0}
+    (run / "eval_pseudo_masks").mkdir()
+    (run / "eval_pseudo_masks" / "metrics.json").write_text(json.dumps(
+        {"miou": 1.0, "per_class_iou": names, "precision": names, "recall": names, "confusion": [[10, 0], [0, 3]]}))
+    _done(run / "eval_pseudo_masks", ["rpnet", "eval-pseudo-masks"])
+    (run / "eval_cam").mkdir()
+    (run / "eval_cam" / "metrics.json").write_text(json.dumps(
+        {"thresholds": {"0.1": {"miou": 0.4}, "0.2": {"miou": 0.5}}, "best_threshold": 0.2, "best_miou": 0.5,
+         "per_class_iou": names}))
+    _done(run / "eval_cam", ["rpnet", "eval-cam"])
+    return run
+
+
+def test_report_relogs_every_step_and_its_tables(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs = tmp_path / "runs"
+    _tiny_run(runs, tiny_voc)
+    assert main(["report", str(runs), "--wandb"]) == 0
+    by_job = {r.job_type: r for r in offline_runs(runs)}
+    assert set(by_job) == {"pseudo_masks", "eval_pseudo_masks", "eval_cam", "report"}  # training: its logger's
+    assert {r.group for r in by_job.values()} == {"voc-rpnet", "report"}
+    masks = by_job["pseudo_masks"]
+    assert masks.name == "voc-rpnet/pseudo_masks" and masks.config["classifier"]["model"]["beta"] == 0.3
+    assert masks.summary["images"] == 4 and masks.summary["images_per_s"] == pytest.approx(2.0)
+    assert masks.summary[f"samples/{A}/_type"] == "image-file"
+    assert {masks.summary[f"samples/{A}/masks/{k}/_type"] for k in ("prediction", "ground_truth")} == {"mask"}
+    class_labels = masks.config["_wandb"]["mask/class_labels"]  # W&B keeps the labels of each mask here
+    labels = class_labels[f"samples/{A}_wandb_delimeter_ground_truth"]["value"]
+    assert labels["15"] == "person" and labels["255"] == "ignore" and len(labels) == 22
+    assert any(p.name.endswith(".mask.png") for p in masks.media)
+    ev = by_job["eval_pseudo_masks"]
+    assert ev.summary["miou"] == 1.0 and ev.summary["per_class/_type"] == "table-file"
+    table = json.loads(next(p for p in ev.media if p.name.startswith("per_class")).read_text())
+    assert table["columns"] == ["class", "iou", "precision", "recall"] and table["data"][0] == ["background", 1, 1, 1]
+    assert any(p.name.startswith("confusion_matrix") for p in ev.media)
+    sweep = by_job["eval_cam"]
+    assert [(h["threshold"], h["sweep/miou"]) for h in sweep.history if "threshold" in h] == [(0.1, 0.4), (0.2, 0.5)]
+    assert sweep.summary["best_miou"] == 0.5 and sweep.summary["best_threshold"] == 0.2
+    report = by_job["report"]
+    assert any(k.startswith("Table_I_") for k in report.summary), report.summary.keys()
+
+
+def test_a_wandb_failure_is_one_warning_and_the_step_stays_done(tmp_path: Path, monkeypatch, caplog) -> None:
+    import wandb
+
+    from rpnet_pl.pipeline import PlannedStep, run_steps
+
+    def broken(**kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    folder = tmp_path / "run" / "eval_cam"
+    step = PlannedStep("eval_cam", [sys.executable, "-c", "pass"], folder, kind="evaluate",
+                       wandb={"group": "run", "name": "run/eval_cam"})
+    with caplog.at_level(logging.WARNING):
+        assert run_steps([step]) == ["eval_cam"]
+    assert (folder / ".done").is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["W&B: run/eval_cam not logged (OSError: [Errno 28] No space left on device)"]
+    assert log_tables(tmp_path, "| a |\n|---|\n| 1 |\n", group="g", name="t") is False
+
+
+def test_a_step_not_done_is_not_logged(tmp_path: Path) -> None:
+    assert log_step(tmp_path / "run", "eval_cam", group="g", name="n") is False
+    assert not (tmp_path / "run").exists()

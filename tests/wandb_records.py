@@ -1,0 +1,86 @@
+"""Read back what W&B wrote offline: the records of a ``run-*.wandb`` file (wandb 0.31 writes no
+``wandb-summary.json`` offline), for the tests of rpnet_pl.tracking.
+
+The file is W&B's LevelDB-style log: a 7-byte header (``:W&B``, magic 0xBEE1, version), then 32 KiB
+blocks of chunks, each ``crc32 (4) | length (2, little-endian) | type (1: full, 2: first, 3: middle,
+4: last) | payload``; a record is one full chunk or first..last, and is a ``wandb_internal_pb2.Record``.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BLOCK = 32768
+HEADER = 7
+CHUNK_HEADER = 7
+
+
+def records(path: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a W&B record file"
+    out, pending, pos = [], b"", HEADER
+    while pos + CHUNK_HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < CHUNK_HEADER:  # the block's tail is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK_HEADER])
+        payload = data[pos + CHUNK_HEADER:pos + CHUNK_HEADER + length]
+        pos += CHUNK_HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            out.append(record)
+            pending = b""
+    return out
+
+
+@dataclass
+class OfflineRun:
+    """What one offline run holds: its run record, config, history rows, summary and media files."""
+
+    folder: Path
+    group: str = ""
+    job_type: str = ""
+    name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def media(self) -> list[Path]:
+        return sorted((self.folder / "files" / "media").rglob("*.*")) if (self.folder / "files").is_dir() else []
+
+
+def _item_key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_run(folder: Path) -> OfflineRun:
+    run = OfflineRun(folder)
+    (record_file,) = folder.glob("run-*.wandb")
+    for r in records(record_file):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run.group, run.job_type, run.name = r.run.run_group, r.run.job_type, r.run.display_name
+            run.config.update({_item_key(i): json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            run.config.update({_item_key(i): json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":
+            run.history.append({_item_key(i): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "summary":
+            run.summary.update({_item_key(i): json.loads(i.value_json) for i in r.summary.update})
+    return run
+
+
+def offline_runs(root: Path) -> list[OfflineRun]:
+    """Every offline run under ``root``."""
+    return [read_run(p) for p in sorted(root.rglob("offline-run-*")) if p.is_dir()]
