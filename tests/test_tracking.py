@@ -122,3 +122,20 @@ def test_a_wandb_failure_is_one_warning_and_the_step_stays_done(tmp_path: Path, 
 def test_a_step_not_done_is_not_logged(tmp_path: Path) -> None:
     assert log_step(tmp_path / "run", "eval_cam", group="g", name="n") is False
     assert not (tmp_path / "run").exists()
+
+
+def test_step_scalars_are_what_every_logger_gets(tiny_voc: Path, tmp_path: Path) -> None:
+    from rpnet_pl.tracking import log_scalars, step_scalars
+
+    run = _tiny_run(tmp_path / "runs", tiny_voc)
+    summary, history = step_scalars("eval_cam", run / "eval_cam")
+    assert history == [{"threshold": 0.1, "sweep/miou": 0.4}, {"threshold": 0.2, "sweep/miou": 0.5}]
+    assert summary == {"seconds": 2.0, "best_miou": 0.5, "best_threshold": 0.2, "iou/background": 1.0,
+                       "iou/aeroplane": 1.0}
+    summary, _ = step_scalars("pseudo_masks", run / "pseudo_masks")
+    assert summary == {"seconds": 2.0, "images": 4, "images_per_s": 2.0}
+    log_scalars(run / "eval_cam", "eval_cam", "csv")
+    import csv
+
+    rows = list(csv.DictReader((run / "eval_cam" / "csv" / "metrics.csv").open()))
+    assert [r["sweep/miou"] for r in rows[:2]] == ["0.4", "0.5"] and rows[-1]["best_miou"] == "0.5"

@@ -54,6 +54,8 @@ class PlannedStep:
     #: ``--logger wandb``: the W&B run of a non-training step, logged from its outputs once it is
     #: done (:func:`rpnet_pl.tracking.log_step` keyword arguments); None: no W&B run
     wandb: dict[str, Any] | None = None
+    #: ``--logger csv`` / ``tensorboard``: the same scalars to that log of a non-training step, once done
+    scalars_logger: str | None = None
 
     @property
     def trains(self) -> bool:
@@ -181,7 +183,8 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             label = "/".join([name, *seed_tags, step])
             tracked = {"group": name, "name": label, "tags": [*tags, *seed_tags],
                        "config": {**(varied or {}), "experiment": name, "seed": seed, step: sec}}
-        out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind, wandb=tracked))
+        out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind, wandb=tracked,
+                               scalars_logger=logger if logger in ("csv", "tensorboard") else None))
     return out
 
 
@@ -312,6 +315,10 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
             from rpnet_pl.tracking import log_step
 
             log_step(step.folder.parent, step.name, **step.wandb)
+        if step.scalars_logger and os.environ.get("SLURM_PROCID", "0") == "0":
+            from rpnet_pl.tracking import log_scalars
+
+            log_scalars(step.folder, step.name, step.scalars_logger)
         if step.trains and last.is_file():  # after .done: a complete step is never resumed
             from rpnet_pl.stages.checkpoints import slim_checkpoint
 

@@ -149,27 +149,78 @@ def _log_tables(run: Any, prefix: str, metrics: dict[str, Any]) -> None:
             {"title": f"{prefix}confusion matrix (pixels)"})})
 
 
-def _log_evaluation(run: Any, step: str, metrics: dict[str, Any]) -> None:
+def step_scalars(step: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """(summary, history) of a complete step's folder: its seconds, image count and images/s; an
+    evaluation's mIoU (``eval_seg``: ``without_crf/miou``, ``with_crf/miou``; ``eval_cam``: ``best_miou``,
+    ``best_threshold``) and per-class IoU (``iou/<class>``); the seed sweep as history rows
+    (``threshold``, ``sweep/miou``). What W&B, CSV and TensorBoard are given alike."""
+    spec = STEPS[step]
+    seconds = _done(folder).get("seconds")
+    summary: dict[str, Any] = {"seconds": seconds}
+    history: list[dict[str, float]] = []
+    output = folder / spec.output if spec.output else None
+    if output is not None and output.is_dir():
+        n = sum(1 for p in output.iterdir() if p.suffix in (".png", ".npy"))
+        summary["images"] = n
+        if seconds:
+            summary["images_per_s"] = n / max(float(seconds), 1e-9)
+    path = folder / layout.METRICS
+    metrics = json.loads(path.read_text()) if path.is_file() else None
+    if not metrics:
+        return summary, history
+    parts = [(f"{p}/", metrics[p]) for p in ("without_crf", "with_crf") if p in metrics] or [("", metrics)]
+    for prefix, part in parts:
+        if "thresholds" in part:  # the seed sweep
+            history = [{"threshold": float(t), "sweep/miou": m.get("miou")}
+                       for t, m in sorted(part["thresholds"].items(), key=lambda kv: float(kv[0]))]
+            summary[f"{prefix}best_miou"] = part.get("best_miou")
+            summary[f"{prefix}best_threshold"] = part.get("best_threshold")
+        else:
+            summary[f"{prefix}miou"] = part.get("miou")
+        summary.update({f"{prefix}iou/{c}": v for c, v in (part.get("per_class_iou") or {}).items() if v is not None})
+    return summary, history
+
+
+def _log_evaluation(run: Any, step: str, folder: Path) -> None:
     import wandb
 
-    if step == EVAL_SEG.name:
-        for part in ("without_crf", "with_crf"):
-            if part in metrics:
-                run.summary[f"{part}/miou"] = metrics[part].get("miou")
-                _log_tables(run, f"{part}/", metrics[part])
-        return
-    if "thresholds" in metrics:  # the seed sweep
-        sweep = sorted((float(t), m.get("miou")) for t, m in metrics["thresholds"].items())
-        for t, m in sweep:
-            run.log({"threshold": t, "sweep/miou": m})
-        table = wandb.Table(columns=["threshold", "miou"], data=[[t, m] for t, m in sweep])
+    summary, history = step_scalars(step, folder)
+    for row in history:
+        run.log(row)
+    if history:
+        table = wandb.Table(columns=["threshold", "miou"], data=[[r["threshold"], r["sweep/miou"]] for r in history])
         run.log({"sweep/chart": wandb.plot.line(table, "threshold", "miou", title="seed mIoU over the background "
                                                 "threshold")})
-        run.summary["best_miou"] = metrics.get("best_miou")
-        run.summary["best_threshold"] = metrics.get("best_threshold")
-    else:
-        run.summary["miou"] = metrics.get("miou")
-    _log_tables(run, "", metrics)
+    for key, value in summary.items():
+        run.summary[key] = value
+    path = folder / layout.METRICS
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        parts = [(f"{p}/", metrics[p]) for p in ("without_crf", "with_crf") if p in metrics] or [("", metrics)]
+        for prefix, part in parts:
+            _log_tables(run, prefix, part)
+
+
+def log_scalars(folder: Path, step: str, kind: str) -> None:
+    """The same scalars as W&B's to the step's CSV or TensorBoard log (Lightning's own loggers, in
+    ``<step>/csv`` / ``<step>/tensorboard`` as the training steps'); a failure is one warning."""
+    try:
+        summary, history = step_scalars(step, folder)
+        if kind == "csv":
+            from pytorch_lightning.loggers import CSVLogger as Logger
+        elif kind == "tensorboard":
+            from pytorch_lightning.loggers import TensorBoardLogger as Logger
+        else:
+            return
+        logger = Logger(save_dir=str(folder), name=kind, version="")
+        for i, row in enumerate(history):
+            logger.log_metrics(row, step=i)
+        logger.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))},
+                           step=len(history))
+        logger.save()
+        logger.finalize("success")
+    except Exception as exc:
+        log.warning("%s: %s scalars not logged (%s: %s)", step, kind, type(exc).__name__, exc)
 
 
 def _class_labels(reader: Any) -> dict[int, str]:
@@ -234,17 +285,7 @@ def log_step(run_dir: Path, step: str, *, group: str, name: str, config: dict[st
     with wandb_run(folder, name=name, group=group, job_type=step, config=full_config, tags=tags) as run:
         if run is None:
             return False
-        seconds = done.get("seconds")
-        run.summary["seconds"] = seconds
-        metrics_path = folder / layout.METRICS
-        if metrics_path.is_file():
-            _log_evaluation(run, step, json.loads(metrics_path.read_text()))
-        output = spec.output and folder / spec.output
-        if output and output.is_dir():
-            n = sum(1 for p in output.iterdir() if p.suffix in (".png", ".npy"))
-            run.summary["images"] = n
-            if seconds:
-                run.summary["images_per_s"] = n / max(float(seconds), 1e-9)
+        _log_evaluation(run, step, folder)
         if samples and step in SAMPLED:
             try:
                 _samples(run, step, folder, argv)
