@@ -129,8 +129,13 @@ def _report(args: argparse.Namespace) -> int:
         from rpnet_pl.summary import find_runs
         from rpnet_pl.tracking import mode, relog_runs
 
+        if mode() == "disabled":
+            print("W&B: WANDB_MODE=disabled, nothing logged")
+            return 0
         n = relog_runs(Path(args.runs_dir), find_runs(args.runs_dir), text)
-        print(f"W&B: {n} run(s) logged ({mode()}; offline runs: `wandb sync {Path(args.runs_dir)}/*/*/wandb/offline-run-*`)")
+        where = (f"; upload with `wandb sync {Path(args.runs_dir)}/*/*/wandb/offline-run-*`" if mode() == "offline"
+                 else "")
+        print(f"W&B: {n} run(s) logged ({mode()}{where})")
     return 0
 
 
