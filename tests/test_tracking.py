@@ -139,3 +139,18 @@ def test_step_scalars_are_what_every_logger_gets(tiny_voc: Path, tmp_path: Path)
 
     rows = list(csv.DictReader((run / "eval_cam" / "csv" / "metrics.csv").open()))
     assert [r["sweep/miou"] for r in rows[:2]] == ["0.4", "0.5"] and rows[-1]["best_miou"] == "0.5"
+
+
+def test_progress_lines_become_history(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
+    from rpnet_pl.tracking import progress_row
+
+    assert progress_row("pseudo masks: 40/180 images, 11 images/s, ETA 0:00:12") == \
+        {"images_done": 40, "images_total": 180, "images_per_s": 11.0}
+    assert progress_row("epoch 1/20 step 3/60 loss 1.0") is None
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = _tiny_run(tmp_path / "runs", tiny_voc)
+    rows = [progress_row(f"pseudo masks: {d}/4 images, {r} images/s, ETA 0:00:01") for d, r in ((2, 1.5), (4, 2.0))]
+    assert log_step(run, "pseudo_masks", group="g", name="n", progress=rows, samples=False)
+    (logged,) = offline_runs(run / "pseudo_masks")
+    assert [(h["progress/images_done"], h["progress/images_per_s"]) for h in logged.history
+            if "progress/images_done" in h] == [(2, 1.5), (4, 2.0)]

@@ -229,9 +229,10 @@ def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
     return plain[-1] if plain else ""
 
 
-def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None) -> tuple[int, list[str]]:
+def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
+                progress: list[str] | None = None) -> tuple[int, list[str]]:
     """Run ``argv`` with its output appended to the step's log; progress lines are echoed to this
-    process's log. Returns the exit status and the last lines of output."""
+    process's log (and appended to ``progress``). Returns the exit status and the last lines of output."""
     tail: deque[str] = deque(maxlen=200)
     with open(step.log_path, "a") as fh:
         fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
@@ -246,6 +247,8 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None) 
                 tail.append(line.rstrip("\n"))
                 if PROGRESS_MARK in line:
                     log.info("%s: %s", step.name, line.split(PROGRESS_MARK, 1)[1].rstrip())
+                    if progress is not None:
+                        progress.append(line.split(PROGRESS_MARK, 1)[1].rstrip())
             returncode = proc.wait()
         except Stopped as stop:
             _stop_child(proc, stop.signum, fh)
@@ -305,16 +308,18 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
         start = time.time()
-        returncode, tail = _run_logged(step, argv, env)
+        progress: list[str] = []
+        returncode, tail = _run_logged(step, argv, env, progress)
         if returncode != 0:
             cause = failure_cause(tail, returncode)
             raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                              + f"; log: {step.log_path}")
         dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
         if step.wandb and os.environ.get("SLURM_PROCID", "0") == "0":  # one W&B run per step, not per task
-            from rpnet_pl.tracking import log_step
+            from rpnet_pl.tracking import log_step, progress_row
 
-            log_step(step.folder.parent, step.name, **step.wandb)
+            rows = [r for r in map(progress_row, progress) if r is not None]
+            log_step(step.folder.parent, step.name, progress=rows, **step.wandb)
         if step.scalars_logger and os.environ.get("SLURM_PROCID", "0") == "0":
             from rpnet_pl.tracking import log_scalars
 

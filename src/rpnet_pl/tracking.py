@@ -272,9 +272,21 @@ def _samples(run: Any, step: str, folder: Path, argv: Sequence[str]) -> None:
         run.log(logged)
 
 
+def progress_row(line: str) -> dict[str, float] | None:
+    """``images_done``, ``images_total``, ``images_per_s`` of a per-image step's progress line
+    (``pseudo masks: 40/180 images, 11 images/s, ETA 0:00:12``), or None for another line."""
+    match = re.search(r"(\d+)/(\d+) images, ([0-9.eE+-]+) images/s", line)
+    if match is None:
+        return None
+    done, total, rate = match.groups()
+    return {"images_done": int(done), "images_total": int(total), "images_per_s": float(rate)}
+
+
 def log_step(run_dir: Path, step: str, *, group: str, name: str, config: dict[str, Any] | None = None,
-             tags: Sequence[str] = (), samples: bool = True) -> bool:
-    """Log a complete non-training step of ``run_dir`` as its own W&B run. Returns whether it started."""
+             tags: Sequence[str] = (), samples: bool = True,
+             progress: Sequence[dict[str, float]] = ()) -> bool:
+    """Log a complete non-training step of ``run_dir`` as its own W&B run; ``progress``: its progress
+    rows as they came (:func:`progress_row`), logged as history first. Returns whether it started."""
     spec = STEPS[step]
     folder = layout.step_dir(run_dir, step)
     done = _done(folder)
@@ -285,6 +297,8 @@ def log_step(run_dir: Path, step: str, *, group: str, name: str, config: dict[st
     with wandb_run(folder, name=name, group=group, job_type=step, config=full_config, tags=tags) as run:
         if run is None:
             return False
+        for row in progress:
+            run.log({f"progress/{k}": v for k, v in row.items()})
         _log_evaluation(run, step, folder)
         if samples and step in SAMPLED:
             try:
