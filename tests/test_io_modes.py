@@ -9,7 +9,7 @@ import pytest
 
 from rpnet_pl.config import dump_yaml
 from rpnet_pl.io import atomic_path, process_umask, save_npy, write_image, write_label_png
-from rpnet_pl.stages.common import write_json
+from rpnet_pl.io import write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

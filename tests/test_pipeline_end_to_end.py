@@ -46,7 +46,8 @@ def tiny_experiment(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_whole_chain_then_resume(tmp_path: Path, monkeypatch) -> None:
+def test_whole_chain_then_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+    from rpnet_pl.cli import main
     from tests.wandb_records import offline_runs
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -91,8 +92,33 @@ def test_whole_chain_then_resume(tmp_path: Path, monkeypatch) -> None:
     assert run_steps(plan(cfg, runs_dir=runs, logger="csv"), force=["cam", "pseudo_masks"]) == ["cam", "pseudo_masks"]
     assert "wrote 1 CAM file" in (run / "cam/log.txt").read_text().splitlines()[-1]
     assert lost.is_file()
-    _, text = write_report(runs)
-    assert "| tiny | rpnet |" in text
+    # the second method, the CAM baseline, through the steps where it differs, with --logger wandb;
+    # then the report's tables go to W&B, and no step already logged as it ran is logged again
+    baseline = tmp_path / "tiny_cam.yaml"
+    baseline.write_text(yaml.safe_dump({"extends": str(exp), "name": "tiny-cam",
+                                        "classifier": {"model": {"method": "cam"}}}))
+    seeds_only = ["classifier", "cam", "eval_cam"]
+    assert run_steps(plan(load_experiment(baseline), runs_dir=runs, logger="wandb", steps=seeds_only)) == seeds_only
+    cam_runs = {r.job_type: r for r in offline_runs(runs / "tiny-cam")}
+    assert set(cam_runs) == set(seeds_only) and {r.group for r in cam_runs.values()} == {"tiny-cam"}
+    assert cam_runs["eval_cam"].summary["best_miou"] == json.loads(
+        (runs / "tiny-cam/eval_cam/metrics.json").read_text())["best_miou"]
+    assert cam_runs["eval_cam"].config["experiment"] == "tiny-cam"
+    assert main(["report", str(runs), "--wandb"]) == 0
+    said = capsys.readouterr().out
+    assert "W&B: 1 run(s) logged (offline" in said and "9 step(s) already had their W&B run" in said, said
+    (report,) = offline_runs(runs / "wandb-report")
+    assert report.job_type == "report"
+    table_i = next(k for k in report.summary if k.startswith("Table_I_") and k.endswith("/_type"))
+    rows = json.loads(next(p for p in report.media if p.name.startswith(table_i.split("/")[0])).read_text())["data"]
+    assert {r[0] for r in rows} >= {"tiny", "tiny-cam"}, rows
+    text = (runs / "report.md").read_text()
+    assert "| tiny | rpnet |" in text and "| tiny-cam | cam |" in text
+    # what a person sees in the dashboard: the per-class tables and the masks with their class names
+    assert tracked["eval_pseudo_masks"].summary["per_class/_type"] == "table-file"
+    assert tracked["eval_seg"].summary["with_crf/per_class/_type"] == "table-file"
+    labels = next(iter(tracked["pseudo_masks"].config["_wandb"]["mask/class_labels"].values()))["value"]
+    assert labels["1"] == "aeroplane" and labels["255"] == "ignore"
 
 
 @pytest.mark.slow

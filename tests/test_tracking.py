@@ -149,8 +149,60 @@ def test_progress_lines_become_history(tiny_voc: Path, tmp_path: Path, monkeypat
     assert progress_row("epoch 1/20 step 3/60 loss 1.0") is None
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = _tiny_run(tmp_path / "runs", tiny_voc)
-    rows = [progress_row(f"pseudo masks: {d}/4 images, {r} images/s, ETA 0:00:01") for d, r in ((2, 1.5), (4, 2.0))]
-    assert log_step(run, "pseudo_masks", group="g", name="n", progress=rows, samples=False)
+    lines = [f"pseudo masks: {d}/4 images, {r} images/s, ETA 0:00:01" for d, r in ((2, 1.5), (4, 2.0))]
+    assert log_step(run, "pseudo_masks", group="g", name="n", progress=lines + ["a line that is no progress"],
+                    samples=False)
     (logged,) = offline_runs(run / "pseudo_masks")
     assert [(h["progress/images_done"], h["progress/images_per_s"]) for h in logged.history
             if "progress/images_done" in h] == [(2, 1.5), (4, 2.0)]
+    assert logged.exit_code == 0
+
+
+# A per-image step that prints a progress line, then waits (at most 60 s) for the pipeline to have
+# logged it: it ends (exit ARGV[2]) only if the line reached W&B while it was running.
+_WAITS_FOR_ITS_PROGRESS = """
+import pathlib, sys, time
+print("rpnet_pl.progress: pseudo masks: 1/2 images, 0.5 images/s, ETA 0:00:02", flush=True)
+flag = pathlib.Path(sys.argv[1])
+for _ in range(600):
+    if flag.exists():
+        print("rpnet_pl.progress: pseudo masks: 2/2 images, 1.0 images/s, ETA 0:00:00", flush=True)
+        sys.exit(int(sys.argv[2]))
+    time.sleep(0.1)
+sys.exit(9)
+"""
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_progress_reaches_wandb_while_the_step_runs(tmp_path: Path, monkeypatch, exit_code: int) -> None:
+    """Issue 25: a running per-image step's progress is logged as it comes, not once the step ends; a
+    step that fails leaves its W&B run closed as failed (and the failure is the step's)."""
+    from rpnet_pl.pipeline import PlannedStep, StepFailed, run_steps
+    from rpnet_pl.tracking import StepRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    flag = tmp_path / "logged"
+    seen: list[str] = []
+
+    def progress(self: StepRun, line: str) -> None:
+        StepRun_progress(self, line)
+        seen.append(line)
+        flag.touch()  # the step waits for this: the line was logged while it ran
+
+    StepRun_progress = StepRun.progress
+    monkeypatch.setattr(StepRun, "progress", progress)
+    folder = tmp_path / "run" / "pseudo_masks"
+    step = PlannedStep("pseudo_masks", [sys.executable, "-c", _WAITS_FOR_ITS_PROGRESS, str(flag), str(exit_code)],
+                       folder, wandb={"group": "run", "name": "run/pseudo_masks", "config": {"seed": 0}})
+    if exit_code == 0:
+        assert run_steps([step]) == ["pseudo_masks"]
+    else:
+        with pytest.raises(StepFailed, match="step 'pseudo_masks' failed \\(exit 1\\)"):
+            run_steps([step])
+    assert (folder / ".done").is_file() == (exit_code == 0)
+    assert seen == ["pseudo masks: 1/2 images, 0.5 images/s, ETA 0:00:02",
+                    "pseudo masks: 2/2 images, 1.0 images/s, ETA 0:00:00"]
+    (logged,) = offline_runs(folder)
+    assert logged.job_type == "pseudo_masks" and logged.group == "run" and logged.config["seed"] == 0
+    assert [(h["progress/images_done"], h["progress/images_total"]) for h in logged.history] == [(1, 2), (2, 2)]
+    assert logged.exit_code == exit_code

@@ -54,6 +54,8 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: the exit record's code (1: closed as failed); None while the run has none
+    exit_code: int | None = None
 
     @property
     def media(self) -> list[Path]:
@@ -78,6 +80,8 @@ def read_run(folder: Path) -> OfflineRun:
             run.history.append({_item_key(i): json.loads(i.value_json) for i in r.history.item})
         elif kind == "summary":
             run.summary.update({_item_key(i): json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "exit":
+            run.exit_code = r.exit.exit_code
     return run
 
 

@@ -132,10 +132,11 @@ def _report(args: argparse.Namespace) -> int:
         if mode() == "disabled":
             print("W&B: WANDB_MODE=disabled, nothing logged")
             return 0
-        n = relog_runs(Path(args.runs_dir), find_runs(args.runs_dir), text)
+        n, skipped = relog_runs(Path(args.runs_dir), find_runs(args.runs_dir), text)
         where = (f"; upload with `wandb sync {Path(args.runs_dir)}/*/*/wandb/offline-run-*`" if mode() == "offline"
                  else "")
-        print(f"W&B: {n} run(s) logged ({mode()}{where})")
+        again = f"; {skipped} step(s) already had their W&B run (logged as they ran), not logged again" if skipped else ""
+        print(f"W&B: {n} run(s) logged ({mode()}{where}){again}")
     return 0
 
 
@@ -528,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="paper-style tables from the runs in a folder -> report.md")
     p.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders")
     p.add_argument("--out", help="report path (default RUNS_DIR/report.md)")
-    p.add_argument("--wandb", action="store_true", help="also log every complete step of every run and the "
-                   "report's tables to W&B (offline without a key; see README 'W&B')")
+    p.add_argument("--wandb", action="store_true", help="also log every complete step of every run that "
+                   "has no W&B run yet, and the report's tables, to W&B (offline without a key; see README 'W&B')")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "

@@ -53,6 +53,16 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def write_json(path: PathLike, obj: object) -> Path:
+    """Write ``obj`` as JSON atomically (a temp file, then renamed); returns the path."""
+    import json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    return path
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an RGB image as (H, W, 3) uint8; a clear DatasetError if it is missing or unreadable."""
     path = Path(path)

@@ -23,9 +23,10 @@ import subprocess
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
@@ -51,8 +52,8 @@ class PlannedStep:
     #: (dataset, root, split) of an optional split: the step is skipped, with one line, when it is absent
     optional_split: tuple[str, str, str] | None = None
     kind: StepKind = "per_image"
-    #: ``--logger wandb``: the W&B run of a non-training step, logged from its outputs once it is
-    #: done (:func:`rpnet_pl.tracking.log_step` keyword arguments); None: no W&B run
+    #: ``--logger wandb``: the W&B run of a non-training step, open while it runs (its progress) and
+    #: given its results once done (:class:`rpnet_pl.tracking.StepRun` keyword arguments); None: none
     wandb: dict[str, Any] | None = None
     #: ``--logger csv`` / ``tensorboard``: the same scalars to that log of a non-training step, once done
     scalars_logger: str | None = None
@@ -230,9 +231,10 @@ def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
 
 
 def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
-                progress: list[str] | None = None) -> tuple[int, list[str]]:
+                on_progress: Callable[[str], None] | None = None) -> tuple[int, list[str]]:
     """Run ``argv`` with its output appended to the step's log; progress lines are echoed to this
-    process's log (and appended to ``progress``). Returns the exit status and the last lines of output."""
+    process's log (and given to ``on_progress`` as they come). Returns the exit status and the last
+    lines of output."""
     tail: deque[str] = deque(maxlen=200)
     with open(step.log_path, "a") as fh:
         fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
@@ -246,9 +248,10 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
                 fh.flush()
                 tail.append(line.rstrip("\n"))
                 if PROGRESS_MARK in line:
-                    log.info("%s: %s", step.name, line.split(PROGRESS_MARK, 1)[1].rstrip())
-                    if progress is not None:
-                        progress.append(line.split(PROGRESS_MARK, 1)[1].rstrip())
+                    text = line.split(PROGRESS_MARK, 1)[1].rstrip()
+                    log.info("%s: %s", step.name, text)
+                    if on_progress is not None:
+                        on_progress(text)
             returncode = proc.wait()
         except Stopped as stop:
             _stop_child(proc, stop.signum, fh)
@@ -308,19 +311,22 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
         start = time.time()
-        progress: list[str] = []
-        returncode, tail = _run_logged(step, argv, env, progress)
-        if returncode != 0:
-            cause = failure_cause(tail, returncode)
-            raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
-                             + f"; log: {step.log_path}")
-        dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
-        if step.wandb and os.environ.get("SLURM_PROCID", "0") == "0":  # one W&B run per step, not per task
-            from rpnet_pl.tracking import log_step, progress_row
+        first_task = os.environ.get("SLURM_PROCID", "0") == "0"  # one W&B run per step, not per task
+        tracked = None
+        if step.wandb and not step.trains and first_task:
+            from rpnet_pl.tracking import StepRun
 
-            rows = [r for r in map(progress_row, progress) if r is not None]
-            log_step(step.folder.parent, step.name, progress=rows, **step.wandb)
-        if step.scalars_logger and os.environ.get("SLURM_PROCID", "0") == "0":
+            tracked = StepRun(step.folder.parent, step.name, argv=argv, **step.wandb)
+        with tracked or nullcontext():
+            returncode, tail = _run_logged(step, argv, env, tracked.progress if tracked else None)
+            if returncode != 0:
+                cause = failure_cause(tail, returncode)
+                raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
+                                 + f"; log: {step.log_path}")
+            dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
+            if tracked is not None:
+                tracked.complete()
+        if step.scalars_logger and first_task:
             from rpnet_pl.tracking import log_scalars
 
             log_scalars(step.folder, step.name, step.scalars_logger)

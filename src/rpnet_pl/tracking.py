@@ -1,9 +1,10 @@
 """W&B runs of what the suite measures: one run per step, the report's tables (issue 25).
 
-The training steps log through Lightning's ``WandbLogger`` while they train. Every other step is
-logged from its outputs once it is complete: by the pipeline, just after the step's done marker
-(``--logger wandb``), or afterwards by ``rpnet report RUNS --wandb`` for a runs folder made with
-another logger or before this existed. A step's W&B run belongs to the experiment's group, has
+The training steps log through Lightning's ``WandbLogger`` while they train. Every other step's
+run (:class:`StepRun`) is opened by the pipeline when the step starts (``--logger wandb``): its
+progress lines are logged as they come, and its results from its outputs just after its done
+marker; a failed step's run is closed as failed. ``rpnet report RUNS --wandb`` logs the complete
+steps that have no W&B run yet (a runs folder made with another logger or before this existed). A step's W&B run belongs to the experiment's group, has
 ``job_type`` = the step and the run's resolved config, plus the varied keys of an ablation variant
 as top-level config values. What it logs:
 
@@ -11,7 +12,8 @@ as top-level config values. What it logs:
   and the threshold sweep as history and a line chart; ``eval_seg``: ``without_crf/miou`` and
   ``with_crf/miou``), per-class IoU / precision / recall as a ``wandb.Table``, the confusion matrix
   with W&B's confusion-matrix chart;
-* per-image steps: images written, seconds and images/s (summary), and a few samples as
+* per-image steps: ``progress/images_done``, ``progress/images_total``, ``progress/images_per_s``
+  while they run; images written, seconds and images/s (summary), and a few samples as
   ``wandb.Image`` with ``masks=`` (the step's masks and the ground truth, with the dataset's class
   names) so they can be toggled in the UI; CAMs as heat maps beside the image;
 * ``rpnet report`` / ``rpnet ablation``: each table of ``report.md`` / ``table.md`` as a ``wandb.Table``
@@ -54,33 +56,42 @@ def mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-@contextmanager
-def wandb_run(folder: Path, *, name: str, group: str, job_type: str, config: dict[str, Any] | None = None,
-              tags: Sequence[str] = ()) -> Iterator[Any]:
-    """A W&B run (files under ``folder``) or None when W&B cannot start; any W&B error inside is one
-    warning, never the caller's failure."""
-    run = None
+def start_run(folder: Path, *, name: str, group: str, job_type: str, config: dict[str, Any] | None = None,
+              tags: Sequence[str] = ()) -> Any:
+    """A W&B run with its files under ``folder``, or None (one warning) when W&B cannot start."""
     try:
         import wandb
 
         folder.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), entity=os.environ.get("WANDB_ENTITY"),
-                         name=name, group=group, job_type=job_type, config=config or {}, tags=list(tags),
-                         dir=str(folder), mode=mode(), reinit="create_new", settings=wandb.Settings(silent=True))
-    except Exception as exc:  # no disk, bad key, no wandb: the science is done, say so and go on
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), entity=os.environ.get("WANDB_ENTITY"),
+                          name=name, group=group, job_type=job_type, config=config or {}, tags=list(tags),
+                          dir=str(folder), mode=mode(), reinit="create_new", settings=wandb.Settings(silent=True))
+    except Exception as exc:  # no disk, bad key, no wandb: the science goes on; say so once
         log.warning("W&B: %s not logged (%s: %s)", name, type(exc).__name__, exc)
-        yield None
+        return None
+
+
+def finish_run(run: Any, name: str, failed: bool = False) -> None:
+    """Close a W&B run (marked failed when its step failed); a W&B error is one warning."""
+    if run is None:
         return
+    try:
+        run.finish(exit_code=1 if failed else 0)
+    except Exception as exc:
+        log.warning("W&B: could not close %s (%s: %s)", name, type(exc).__name__, exc)
+
+
+@contextmanager
+def wandb_run(folder: Path, *, name: str, **init: Any) -> Iterator[Any]:
+    """:func:`start_run` as a context (None when W&B cannot start); any W&B error inside is one
+    warning, never the caller's failure."""
+    run = start_run(folder, name=name, **init)
     try:
         yield run
     except Exception as exc:
-        log.warning("W&B: logging %s stopped (%s: %s); the step's outputs are complete", name,
-                    type(exc).__name__, exc)
+        log.warning("W&B: logging %s stopped (%s: %s)", name, type(exc).__name__, exc)
     finally:
-        try:
-            run.finish()
-        except Exception as exc:
-            log.warning("W&B: could not close %s (%s: %s)", name, type(exc).__name__, exc)
+        finish_run(run, name)
 
 
 # -- what a step wrote ---------------------------------------------------------------------------
@@ -282,29 +293,78 @@ def progress_row(line: str) -> dict[str, float] | None:
     return {"images_done": int(done), "images_total": int(total), "images_per_s": float(rate)}
 
 
+class StepRun:
+    """The W&B run of one non-training step: opened when the step starts, so that its progress lines
+    reach the dashboard as they come (:meth:`progress`), then given the step's results from its
+    outputs once it is done (:meth:`complete`). Closed as failed when the step fails. A W&B failure is
+    one warning and never the step's: every method is a no-op once W&B has failed."""
+
+    def __init__(self, run_dir: Path, step: str, *, group: str, name: str, config: dict[str, Any] | None = None,
+                 tags: Sequence[str] = (), argv: Sequence[str] = ()) -> None:
+        self.run_dir, self.step, self.name = Path(run_dir), step, name
+        self.folder = layout.step_dir(self.run_dir, step)
+        argv = [str(a) for a in argv]
+        self._init = {"name": name, "group": group, "job_type": step, "tags": list(tags),
+                      "config": {"step": step, "argv": argv, **(config or {})}}
+        self.run: Any = None
+
+    def __enter__(self) -> "StepRun":
+        self.run = start_run(self.folder, **self._init)
+        return self
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.warning("W&B: %s: %s stopped (%s: %s); the step's outputs are not affected", self.name, what,
+                    type(exc).__name__, exc)
+        self.__exit__(None, None, None)
+
+    def progress(self, line: str) -> None:
+        """Log a progress line of the running step (:func:`progress_row`) as ``progress/*`` history."""
+        row = progress_row(line)
+        if self.run is None or row is None:
+            return
+        try:
+            self.run.log({f"progress/{k}": v for k, v in row.items()})
+        except Exception as exc:
+            self._failed("progress logging", exc)
+
+    def complete(self, samples: bool = True) -> None:
+        """Log the done step's results: evaluation numbers, tables and charts, and sample masks."""
+        if self.run is None:
+            return
+        folder = self.folder
+        argv = [str(a) for a in _done(folder).get("argv") or self._init["config"]["argv"]]
+        try:
+            _log_evaluation(self.run, self.step, folder)
+        except Exception as exc:
+            self._failed("logging the results", exc)
+            return
+        if samples and self.step in SAMPLED:
+            try:
+                _samples(self.run, self.step, folder, argv)
+            except Exception as exc:  # a sample that cannot be read is no reason to lose the numbers
+                log.warning("W&B: %s: samples not logged (%s: %s)", self.name, type(exc).__name__, exc)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        run, self.run = self.run, None
+        finish_run(run, self.name, failed=exc_type is not None)  # a failed or stopped step shows as failed
+        return False  # the step's own error is never swallowed
+
+
 def log_step(run_dir: Path, step: str, *, group: str, name: str, config: dict[str, Any] | None = None,
-             tags: Sequence[str] = (), samples: bool = True,
-             progress: Sequence[dict[str, float]] = ()) -> bool:
-    """Log a complete non-training step of ``run_dir`` as its own W&B run; ``progress``: its progress
-    rows as they came (:func:`progress_row`), logged as history first. Returns whether it started."""
+             tags: Sequence[str] = (), samples: bool = True, progress: Sequence[str] = ()) -> bool:
+    """Log a complete non-training step of ``run_dir`` as its own W&B run (``rpnet report --wandb``);
+    ``progress``: its progress lines, logged as history first. Returns whether the run started."""
     spec = STEPS[step]
-    folder = layout.step_dir(run_dir, step)
-    done = _done(folder)
+    done = _done(layout.step_dir(run_dir, step))
     if spec.trains or not done:
         return False
-    argv = [str(a) for a in done.get("argv") or []]
-    full_config = {"step": step, "argv": argv, **(config or {})}
-    with wandb_run(folder, name=name, group=group, job_type=step, config=full_config, tags=tags) as run:
-        if run is None:
+    with StepRun(run_dir, step, group=group, name=name, config=config, tags=tags,
+                 argv=done.get("argv") or []) as tracked:
+        if tracked.run is None:
             return False
-        for row in progress:
-            run.log({f"progress/{k}": v for k, v in row.items()})
-        _log_evaluation(run, step, folder)
-        if samples and step in SAMPLED:
-            try:
-                _samples(run, step, folder, argv)
-            except Exception as exc:  # a sample that cannot be read is no reason to lose the numbers
-                log.warning("W&B: %s: samples not logged (%s: %s)", name, type(exc).__name__, exc)
+        for line in progress:
+            tracked.progress(line)
+        tracked.complete(samples)
     return True
 
 
@@ -337,18 +397,30 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def relog_runs(runs_dir: Path, run_dirs: Sequence[Path], text: str) -> int:
-    """``rpnet report RUNS --wandb``: every complete non-training step of every run, then the report's
-    tables. Returns the number of W&B runs started."""
+def logged_while_running(folder: Path) -> bool:
+    """Whether a step's folder already holds its W&B run (``--logger wandb`` logs a step as it runs)."""
+    wandb_dir = folder / "wandb"
+    return wandb_dir.is_dir() and any(p.is_dir() for p in wandb_dir.glob("*run-*"))
+
+
+def relog_runs(runs_dir: Path, run_dirs: Sequence[Path], text: str) -> tuple[int, int]:
+    """``rpnet report RUNS --wandb``: every complete non-training step of every run that has no W&B
+    run yet (a step run with ``--logger wandb`` has one: it is not logged twice), then the report's
+    tables. Returns (W&B runs started, steps skipped as already logged)."""
     from rpnet_pl.summary import seed_folders
 
-    n = 0
+    n = skipped = 0
     for run in run_dirs:
         for one in seed_folders(run) or [run]:
             group = run.name
             label = str(one.relative_to(runs_dir))
             config = run_config(one)
             for spec in STEPS.values():
+                if spec.trains or not _done(layout.step_dir(one, spec.name)):
+                    continue
+                if logged_while_running(layout.step_dir(one, spec.name)):
+                    skipped += 1
+                    continue
                 n += log_step(one, spec.name, group=group, name=f"{label}/{spec.name}", config=config)
     n += log_tables(runs_dir / "wandb-report", text, group="report", name=f"{runs_dir.name}/report")
-    return n
+    return n, skipped

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -15,6 +14,9 @@ from rpnet_pl.data.sampler import Group
 from rpnet_pl.data.transforms import to_chw
 from rpnet_pl.data.voc import VOCReader, check_mask
 from rpnet_pl.io import read_label_png
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 DatasetName = Literal["voc", "coco", "folder"]
 Reader = VOCReader | COCOReader

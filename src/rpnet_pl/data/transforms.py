@@ -5,13 +5,14 @@ pixels are the dataset mean, and 255 (ignore) for the mask.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
-import albumentations as A
-import cv2
 import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX
+
+if TYPE_CHECKING:  # albumentations takes about a second to import: only the steps that augment pay it
+    import albumentations as A
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +36,9 @@ def train_transform(
     classifier recipe: 320-640); ``'factor'`` rescales by a random factor in ``scale`` (IRN's affinity
     stage and DeepLab: 0.5-1.5).
     """
+    import albumentations as A
+    import cv2
+
     ops: list[A.BasicTransform] = []
     if scale_mode == "long_side":
         lo, hi = int(long_side[0]), int(long_side[1])
@@ -58,6 +62,8 @@ def train_transform(
 
 def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> A.Compose:
     """Normalisation only (inference runs at full size)."""
+    import albumentations as A
+
     return A.Compose([A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)])
 
 

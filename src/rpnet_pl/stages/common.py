@@ -1,6 +1,6 @@
 """What every stage shares: :class:`StageModule` (the base of the three LightningModules), the
 poly-decay SGD of IRN, the training callbacks (resume checkpoint, progress lines), the inference
-trainer and JSON writing."""
+trainer."""
 from __future__ import annotations
 
 import logging
@@ -71,18 +71,6 @@ def inference_trainer(devices: int | str = "auto", num_nodes: int = 1, accelerat
                       strategy="ddp" if multi else "auto", logger=False, use_distributed_sampler=False,
                       enable_progress_bar=progress, enable_model_summary=False, precision=precision,
                       enable_checkpointing=False, callbacks=[PredictProgress()])
-
-
-def write_json(path: str | Path, obj: object) -> Path:
-    """Write JSON atomically."""
-    import json
-
-    from rpnet_pl.io import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
-    return path
 
 
 def images_in_batch(batch: Any) -> int:

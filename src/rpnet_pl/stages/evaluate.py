@@ -220,7 +220,7 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
 
 def eval_cam_step(o: EvalCamOptions) -> int:
     """The ``eval_cam`` step (`rpnet eval-cam`): :func:`evaluate_cams`, printed and written to ``o.out``."""
-    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.io import write_json
 
     result = evaluate_cams(o.cams, o.root, dataset=o.dataset, split=o.split,
                            thresholds=o.thresholds or DEFAULT_THRESHOLDS, use_high_res=not o.strided)
@@ -233,7 +233,7 @@ def eval_cam_step(o: EvalCamOptions) -> int:
 def eval_masks_step(o: EvalMasksOptions) -> int:
     """The ``eval_pseudo_masks`` step (`rpnet eval-pseudo-masks`): :func:`evaluate_masks` of any folder
     of label PNGs, printed and written to ``o.out``."""
-    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.io import write_json
 
     result = evaluate_masks(o.masks, o.root, dataset=o.dataset, split=o.split, ignore_pred=o.ignore_pred,
                             weak=not o.all_images)

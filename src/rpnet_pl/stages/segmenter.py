@@ -191,7 +191,7 @@ def eval_seg_step(o: EvalSegOptions) -> int:
     """The ``eval_seg`` step (`rpnet eval-seg`): predictions of ``o.split`` in ``OUT/pred`` (and
     ``OUT/pred_crf``), scored against the ground truth into ``OUT/metrics.json``."""
     from rpnet_pl.layout import METRICS
-    from rpnet_pl.stages.common import write_json
+    from rpnet_pl.io import write_json
     from rpnet_pl.stages.evaluate import evaluate_masks, format_report
 
     out = Path(o.out)
