@@ -251,6 +251,22 @@ def measure(build: Callable[[], Step], device: torch.device, iters: int = 3, war
     return median_seconds(times), mem.peak_mib, len(times), mem.method
 
 
+def time_alternately(steps: dict[str, Step], device: torch.device, iters: int = 3,
+                     min_time: float = 0.0) -> dict[str, list[float]]:
+    """Per-call seconds of each of ``steps``, timed in turn (a, b, a, b, ...) so that all see the same
+    machine state (load, clocks, caches): at least ``iters`` rounds, up to ``10 * iters`` until
+    ``min_time`` seconds are timed in all. Warm-up is the caller's."""
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    rounds = 0
+    while rounds < iters or (sum(map(sum, times.values())) < min_time and rounds < 10 * iters):
+        for name, step in steps.items():
+            times[name].append(time_once(step, device))
+        rounds += 1
+    return times
+
+
 def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -369,11 +385,7 @@ def classifier_pair(backbone: str = "resnet18", crop: int = 512, batch: int = 1,
                 steps[method]()
             _sync(dev)
         peaks[method], method_name = mem.peak_mib, mem.method
-    times: dict[str, list[float]] = {"rpnet": [], "cam": []}
-    while len(times["cam"]) < iters or (sum(times["rpnet"]) + sum(times["cam"]) < min_time
-                                        and len(times["cam"]) < 10 * iters):
-        for method in ("rpnet", "cam"):
-            times[method].append(time_once(steps[method], dev))
+    times = time_alternately(steps, dev, iters, min_time)
     del steps
     gc.collect()
     if dev.type == "cuda":
@@ -385,32 +397,50 @@ def classifier_pair(backbone: str = "resnet18", crop: int = 512, batch: int = 1,
     return rp, cam
 
 
+def cam_step(method: str, backbone: str, image_size: tuple[int, int], scales: Sequence[float], dev: torch.device,
+             bf16: bool = False, channels_last: bool = False, num_classes: int = 20) -> Step:
+    """The multi-scale + flip CAMs of one random (H, W) image, as ``rpnet cam`` computes them."""
+    from rpnet_pl.stages.classifier import ClassifierStage
+
+    gen = torch.Generator().manual_seed(0)
+    stage = _eval_stage(ClassifierStage(method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+                                        num_classes=num_classes, cam_scales=tuple(scales), cam_flip=True,
+                                        channels_last=channels_last), dev)
+    image = _images(1, *image_size, dev, gen)
+
+    def step() -> None:
+        with torch.no_grad(), _autocast(dev, bf16):
+            stage.cams(image)
+
+    return step
+
+
 def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
                   scales: Sequence[float] = CAM_INFERENCE.scales, iters: int = 3, warmup: int = 1,
                   device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False, min_time: float = 0.0,
                   num_classes: int = 20) -> BenchResult:
     """Multi-scale + flip CAMs (strided and high-res) of one (H, W) image with the plain branch."""
-    from rpnet_pl.stages.classifier import ClassifierStage
-
     dev = resolve_device(str(device))
     h, w = image_size
-
     def build() -> Step:
-        gen = torch.Generator().manual_seed(0)
-        stage = _eval_stage(ClassifierStage(method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
-                                            num_classes=num_classes, cam_scales=tuple(scales), cam_flip=True,
-                                            channels_last=channels_last), dev)
-        image = _images(1, h, w, dev, gen)
-
-        def step() -> None:
-            with torch.no_grad(), _autocast(dev, bf16):
-                stage.cams(image)
-
-        return step
+        return cam_step(method, backbone, image_size, scales, dev, bf16, channels_last, num_classes)
 
     name = "CAM seeds (RPNet)" if method == "rpnet" else "CAM seeds (CAM baseline)"
     return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip", 1, dev, bf16,
                    measure(build, dev, iters, warmup, min_time), channels_last)
+
+
+def irn_step(backbone: str, crop: int, batch: int, radius: int, dev: torch.device, bf16: bool = False,
+             channels_last: bool = False, num_classes: int = 20) -> Step:
+    """One optimiser step of the refine stage on ``batch`` random crops with blocky IR labels."""
+    from rpnet_pl.stages.refine import RefineStage
+
+    gen = torch.Generator().manual_seed(0)
+    stage = RefineStage(backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR,
+                        channels_last=channels_last)
+    images = _images(batch, crop, crop, dev, gen)
+    labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
+    return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
 
 def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radius: int = 10, iters: int = 3,
@@ -418,19 +448,34 @@ def irn_train(backbone: str = "resnet18", crop: int = 512, batch: int = 2, radiu
               min_time: float = 0.0, num_classes: int = 20) -> BenchResult:
     """One IRN step as :class:`rpnet_pl.stages.refine.RefineStage` takes it: boundary and
     displacement branches on the frozen backbone, affinity + displacement losses at ``radius``."""
-    from rpnet_pl.stages.refine import RefineStage
-
     dev = resolve_device(str(device))
-
     def build() -> Step:
-        gen = torch.Generator().manual_seed(0)
-        stage = RefineStage(backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR, channels_last=channels_last)
-        images = _images(batch, crop, crop, dev, gen)
-        labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
-        return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
+        return irn_step(backbone, crop, batch, radius, dev, bf16, channels_last, num_classes)
 
     return _result("IRN (boundary + displacement)", "train", backbone, f"crop {crop}, radius {radius}", batch, dev,
                    bf16, measure(build, dev, iters, warmup, min_time), channels_last)
+
+
+def pseudo_mask_step(backbone: str, image_size: tuple[int, int], channels: int, radius: int, beta: float,
+                     exp_times: int, dev: torch.device, bf16: bool = False, channels_last: bool = False,
+                     cams: torch.Tensor | None = None) -> Step:
+    """The pseudo mask of one random (H, W) image from ``channels`` random stride-4 CAMs (or ``cams``)."""
+    from rpnet_pl.stages.refine import RefineStage
+
+    h, w = image_size
+    h4, w4 = (h - 1) // 4 + 1, (w - 1) // 4 + 1
+    gen = torch.Generator().manual_seed(0)
+    stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, rw_radius=radius, rw_beta=beta,
+                                    rw_exp_times=exp_times, channels_last=channels_last), dev)
+    image = _images(1, h, w, dev, gen)
+    cam = cams if cams is not None else torch.rand(channels, h4, w4, generator=gen)
+    record = {"cam": cam.to(dev), "keys": torch.arange(1, cam.shape[0] + 1)}
+
+    def step() -> None:
+        with torch.no_grad(), _autocast(dev, bf16):
+            stage.pseudo_mask(image, record)
+
+    return step
 
 
 def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500), channels: int = 2,
@@ -440,29 +485,29 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
                           min_time: float = 0.0) -> BenchResult:
     """Pseudo mask of one (H, W) image: flip-averaged boundary map (padded to 512 as IRN), random
     walk of ``channels`` stride-4 CAMs (``2 ** exp_times`` steps, radius 5), upsampling and argmax."""
-    from rpnet_pl.stages.refine import RefineStage
-
     dev = resolve_device(str(device))
     h, w = image_size
     h4, w4 = (h - 1) // 4 + 1, (w - 1) // 4 + 1
 
     def build() -> Step:
-        gen = torch.Generator().manual_seed(0)
-        stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, rw_radius=radius, rw_beta=beta,
-                                        rw_exp_times=exp_times, channels_last=channels_last), dev)
-        image = _images(1, h, w, dev, gen)
-        record = {"cam": torch.rand(channels, h4, w4, generator=gen).to(dev),
-                  "keys": torch.arange(1, channels + 1)}
-
-        def step() -> None:
-            with torch.no_grad(), _autocast(dev, bf16):
-                stage.pseudo_mask(image, record)
-
-        return step
+        return pseudo_mask_step(backbone, image_size, channels, radius, beta, exp_times, dev, bf16, channels_last)
 
     return _result("pseudo masks (boundary + random walk)", "inference", backbone,
                    f"{w}x{h} (map {w4}x{h4}), {channels} classes, {2 ** exp_times} RW steps", 1, dev, bf16,
                    measure(build, dev, iters, warmup, min_time), channels_last)
+
+
+def deeplab_train_step(backbone: str, crop: int, batch: int, head: str, output_stride: int, dev: torch.device,
+                       bf16: bool = False, channels_last: bool = False, num_classes: int = 21) -> Step:
+    """One optimiser step of the segmenter on ``batch`` random crops with blocky labels."""
+    from rpnet_pl.stages.segmenter import SegmenterStage
+
+    gen = torch.Generator().manual_seed(0)
+    stage = SegmenterStage(head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+                           output_stride=output_stride, lr=BENCH_LR, channels_last=channels_last)
+    images = _images(batch, crop, crop, dev, gen)
+    labels = _blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
+    return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
 
 def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, head: str = "largefov",
@@ -470,21 +515,34 @@ def deeplab_train(backbone: str = "resnet18", crop: int = 321, batch: int = 2, h
                   bf16: bool = False, channels_last: bool = False, min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """One SGD step (momentum 0.9) of DeepLab on ``batch`` crops: logits upsampled to the crop,
     cross-entropy ignoring 255, as :class:`rpnet_pl.stages.segmenter.SegmenterStage`."""
-    from rpnet_pl.stages.segmenter import SegmenterStage
-
     dev = resolve_device(str(device))
 
     def build() -> Step:
-        gen = torch.Generator().manual_seed(0)
-        stage = SegmenterStage(head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
-                               output_stride=output_stride, lr=BENCH_LR, channels_last=channels_last)
-        images = _images(batch, crop, crop, dev, gen)
-        labels = _blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
-        return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
+        return deeplab_train_step(backbone, crop, batch, head, output_stride, dev, bf16, channels_last,
+                                  num_classes)
 
     name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
     return _result(name, "train", backbone, f"crop {crop}, OS {output_stride}", batch, dev, bf16,
                    measure(build, dev, iters, warmup, min_time), channels_last)
+
+
+def deeplab_infer_step(backbone: str, image_size: tuple[int, int], scales: Sequence[float], head: str,
+                       output_stride: int, dev: torch.device, bf16: bool = False, channels_last: bool = False,
+                       num_classes: int = 21, flip: bool = True) -> Step:
+    """Multi-scale (+ flip) softmax and argmax of one random (H, W) image (no CRF)."""
+    from rpnet_pl.stages.segmenter import SegmenterStage
+
+    gen = torch.Generator().manual_seed(0)
+    stage = _eval_stage(SegmenterStage(head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+                                       num_classes=num_classes, output_stride=output_stride,
+                                       eval_scales=tuple(scales), eval_flip=flip, channels_last=channels_last), dev)
+    image = _images(1, *image_size, dev, gen)
+
+    def step() -> None:
+        with torch.no_grad(), _autocast(dev, bf16):
+            stage.probs(image).argmax(0)
+
+    return step
 
 
 def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = (375, 500),
@@ -492,23 +550,12 @@ def deeplab_inference(backbone: str = "resnet18", image_size: tuple[int, int] = 
                       iters: int = 3, warmup: int = 1, device: str | torch.device = "cpu", bf16: bool = False, channels_last: bool = False,
                       min_time: float = 0.0, num_classes: int = 21) -> BenchResult:
     """Multi-scale + flip softmax and argmax of one (H, W) image (no CRF)."""
-    from rpnet_pl.stages.segmenter import SegmenterStage
-
     dev = resolve_device(str(device))
     h, w = image_size
 
     def build() -> Step:
-        gen = torch.Generator().manual_seed(0)
-        stage = _eval_stage(SegmenterStage(head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
-                                           num_classes=num_classes, output_stride=output_stride,
-                                           eval_scales=tuple(scales), eval_flip=True, channels_last=channels_last), dev)
-        image = _images(1, h, w, dev, gen)
-
-        def step() -> None:
-            with torch.no_grad(), _autocast(dev, bf16):
-                stage.probs(image).argmax(0)
-
-        return step
+        return deeplab_infer_step(backbone, image_size, scales, head, output_stride, dev, bf16, channels_last,
+                                  num_classes)
 
     name = "DeepLab-LargeFOV" if head == "largefov" else "DeepLab v2 ASPP"
     return _result(name, "inference", backbone, f"{w}x{h}, scales {_scales_text(scales)} + flip, OS {output_stride}",
