@@ -20,8 +20,9 @@ Run-time patches, so that the reference runs on a CPU and offline (its files are
   is called with ``pretrained=False`` (random weights on both sides; the cost does not depend on
   them).
 
-Each row times a reference step and ours on the same inputs, alternating (reference, ours,
-reference, ...) in this one process, after ``warmup`` untimed calls each; min and median seconds
+Each row times a reference step and ours on the same inputs, alternating in this one process
+(reference, ours, then ours, reference, ...: ``rpnet_pl.bench.time_alternately``), after ``warmup``
+untimed calls each; min and median seconds
 over ``runs`` calls, and the ratio reference median / ours median (> 1: ours is faster):
 
 * ``classifier``: one training step: RPNet's ``Net_CAM`` on a pair (its enhanced scales 0.5 / 1.5 / 2
@@ -97,6 +98,7 @@ class Sizes:
     irn_batch: int
     #: our side's backbone for every row instead of the reference's (a quick look, the script's test)
     ours_backbone: str | None = None
+    pairs: int = 1  # the classifier's batch: image pairs (the reference) = groups of two (ours)
 
     def ours(self, backbone: str) -> str:
         return self.ours_backbone or backbone
@@ -221,9 +223,9 @@ def classifier_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Ste
     opt = torchutils.PolyOptimizer([{"params": groups[0], "lr": bench.BENCH_LR, "weight_decay": 1e-4},
                                     {"params": groups[1], "lr": 10 * bench.BENCH_LR, "weight_decay": 1e-4}],
                                    lr=bench.BENCH_LR, weight_decay=1e-4, max_step=10 ** 6)
-    c = sizes.crop
-    img, ref = _images(1, c, c, device, 0), _images(1, c, c, device, 1)
-    label, label_ref = _multi_hot(1, 0).to(device), _multi_hot(1, 1).to(device)
+    c, n = sizes.crop, sizes.pairs
+    img, ref = _images(n, c, c, device, 0), _images(n, c, c, device, 1)
+    label, label_ref = _multi_hot(n, 0).to(device), _multi_hot(n, 1).to(device)
 
     def reference() -> None:
         x, y, x_cam, y_cam, cam_x, cam_y = model(img, ref)
@@ -235,8 +237,8 @@ def classifier_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Ste
         (lc + ls).backward()
         opt.step()
 
-    ours = bench._classifier_build("rpnet", sizes.ours("resnext101"), c, 1, 2, device, False, False, 20)()
-    return reference, ours, f"crop {c}, 1 pair, ResNeXt-101 32x8d"
+    ours = bench._classifier_build("rpnet", sizes.ours("resnext101"), c, n, 2, device, False, False, 20)()
+    return reference, ours, f"crop {c}, {n} pair(s), ResNeXt-101 32x8d"
 
 
 def cam_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Step, Step, str]:
@@ -310,8 +312,8 @@ def irn_row(irn: Path, sizes: Sizes, device: torch.device) -> tuple[Step, Step, 
     img = _images(b, c, c, device)
     gen = torch.Generator().manual_seed(0)
     shape = (b,) + tuple(path_index.dst_indices.shape)
-    pairs = torch.randint(0, 3, shape, generator=gen)
-    bg_pos, fg_pos, neg = ((pairs == k).float().to(device) for k in range(3))
+    kind = torch.randint(0, 3, shape, generator=gen)  # each pair: background, foreground or negative
+    bg_pos, fg_pos, neg = ((kind == k).float().to(device) for k in range(3))
 
     def reference() -> None:
         pos_aff, neg_aff, dp_fg, dp_bg = model(img, True)
@@ -443,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    p.add_argument("--pairs", type=int, default=1, help="the classifier row's batch, in image pairs")
     p.add_argument("--ours-backbone", help="our side's backbone in every row (default: the reference's)")
     p.add_argument("--allocator", choices=("default", "rpnet"), default="default",
                    help="host memory: the C library's (default) or the rpnet command's, for both sides")
@@ -453,13 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in stages if s not in ROWS]
     if unknown:
         p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    if args.runs < 1 or args.warmup < 0:
-        p.error("--runs must be >= 1 and --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.pairs < 1:
+        p.error("--runs and --pairs must be >= 1, --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
     repos = {"rpnet": args.rpnet, "irn": args.irn or args.rpnet, "deeplab": args.deeplab}
     device = torch.device(args.device)
-    sizes = replace(SIZES[args.size], ours_backbone=args.ours_backbone)
+    sizes = replace(SIZES[args.size], ours_backbone=args.ours_backbone, pairs=args.pairs)
     if args.allocator == "rpnet":
         from rpnet_pl.host_memory import keep_freed_memory
 

@@ -253,15 +253,17 @@ def measure(build: Callable[[], Step], device: torch.device, iters: int = 3, war
 
 def time_alternately(steps: dict[str, Step], device: torch.device, iters: int = 3,
                      min_time: float = 0.0) -> dict[str, list[float]]:
-    """Per-call seconds of each of ``steps``, timed in turn (a, b, a, b, ...) so that all see the same
-    machine state (load, clocks, caches): at least ``iters`` rounds, up to ``10 * iters`` until
-    ``min_time`` seconds are timed in all. Warm-up is the caller's."""
+    """Per-call seconds of each of ``steps``, timed in turn so that all see the same machine state
+    (load, clocks, caches), the order reversed every other round (a b, b a, a b, ...) so that
+    neither always runs first, in the state the other left: at least ``iters`` rounds, up to
+    ``10 * iters`` until ``min_time`` seconds are timed in all. Warm-up is the caller's."""
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
     rounds = 0
     while rounds < iters or (sum(map(sum, times.values())) < min_time and rounds < 10 * iters):
-        for name, step in steps.items():
+        for name, step in (order if rounds % 2 == 0 else order[::-1]):
             times[name].append(time_once(step, device))
         rounds += 1
     return times

@@ -379,10 +379,15 @@ def _branch_seeds(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    from rpnet_pl.parity import default_cases_dir, format_table, run_parity
+    import torch
 
-    results = run_parity(args.cases_dir)
-    print(f"parity cases: {args.cases_dir or default_cases_dir()} ({len(results)} files)")
+    from rpnet_pl.parity import ParityMode, default_cases_dir, format_table, run_parity
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("rpnet parity --device cuda: no CUDA device here")
+    mode = ParityMode(args.device, args.bf16, args.channels_last)
+    results = run_parity(args.cases_dir, mode)
+    print(f"parity cases: {args.cases_dir or default_cases_dir()} ({len(results)} files), {mode.describe()}")
     print(format_table(results))
     failed = [r for r in results if not r.passed]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
@@ -517,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "failure)")
     p.add_argument("cases_dir", nargs="?", default=None, help="folder of <group>_<i>.npz cases (default: the cases "
                    "shipped with the package)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the checks run")
+    p.add_argument("--bf16", action="store_true", help="each check under bf16 autocast (the GPU path's precision)")
+    p.add_argument("--channels-last", action="store_true", help="the RPNet head's weights and inputs channels-last")
     p.set_defaults(func=_parity)
 
     p = sub.add_parser("steps", help="the pipeline's steps in order, one per line (for scripts and the Makefile)")

@@ -6,6 +6,10 @@ functions and modules on those inputs and compares, with the tolerances fair for
 maps and losses ``|ours - ref| <= atol + rtol |ref|`` (rtol 1e-4, atol 1e-5); the random walk
 ``|ours - ref| <= 1e-4 max|ref|`` (``exp_times`` 8 accumulates about 3e-5 relative); label maps
 and index layouts exactly equal.
+
+A :class:`ParityMode` runs the cases on another device and / or in the GPU path's modes (bf16
+autocast, channels-last modules and inputs), with the same tolerances: ``rpnet parity --device cuda
+--bf16 --channels-last`` says which groups keep parity in that mode (issue 27).
 """
 from __future__ import annotations
 
@@ -23,6 +27,23 @@ from rpnet_pl.errors import DatasetError
 
 RTOL, ATOL = 1e-4, 1e-5
 RW_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class ParityMode:
+    """Where and how the checks run: ``device``; ``bf16`` autocast around each check; the RPNet
+    head's weights and inputs in ``channels_last``."""
+
+    device: str = "cpu"
+    bf16: bool = False
+    channels_last: bool = False
+
+    def describe(self) -> str:
+        return ", ".join([self.device, "bf16 autocast" if self.bf16 else "fp32"]
+                         + (["channels_last"] if self.channels_last else []))
+
+
+FP32 = ParityMode()
 
 
 class ParityCaseError(DatasetError):
@@ -53,7 +74,10 @@ class CaseResult:
 
 # -- comparisons ----------------------------------------------------------------------------------
 def _np(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if not isinstance(x, torch.Tensor):
+        return np.asarray(x)
+    x = x.detach().cpu()
+    return (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()  # numpy has no bf16
 
 
 def close(name: str, ours: Any, ref: Any, rtol: float = RTOL, atol: float = ATOL) -> Check:
@@ -89,10 +113,11 @@ def equal(name: str, ours: Any, ref: Any) -> Check:
 
 # -- the groups -----------------------------------------------------------------------------------
 def _t(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    """A case's array as a tensor on the current default device (``torch.device`` context)."""
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype)
 
 
-def check_random_walk(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_random_walk(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """IRN ``propagate_to_edge`` -> our :func:`propagate_cams`; ``make_sem_seg_labels``' last step
     -> our :func:`sem_seg_from_rw` (fed the reference's walk, so ties are not ours to break)."""
     from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
@@ -102,7 +127,7 @@ def check_random_walk(c: Mapping[str, np.ndarray]) -> list[Check]:
     return [close_to_max("rw", rw, c["rw"]), equal("pseudo_mask", mask, c["pseudo_mask"])]
 
 
-def check_ir_labels(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_ir_labels(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """IRN ``cam_to_ir_label`` (with its denseCRF) -> our :func:`cam_to_ir_label`."""
     from rpnet_pl.ops.cam import cam_to_ir_label
     from rpnet_pl.ops.crf import crf_inference_label
@@ -113,7 +138,7 @@ def check_ir_labels(c: Mapping[str, np.ndarray]) -> list[Check]:
     return [equal("ir_label", ours, c["ir_label"])]
 
 
-def check_cam_postprocess(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_cam_postprocess(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """``make_cam`` after the network -> our :func:`combine_scales` + :func:`max_normalise`."""
     from rpnet_pl.ops.cam import max_normalise
     from rpnet_pl.stages.cam_inference import combine_scales
@@ -126,7 +151,7 @@ def check_cam_postprocess(c: Mapping[str, np.ndarray]) -> list[Check]:
             close("high_res", max_normalise(high[keys]), c["high_res"])]
 
 
-def check_path_index(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_path_index(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """IRN ``PathIndex``: the direction set (any order), IRN's pair order, the source window and
     destinations of the IRN-loss layout, and the pixels on every path."""
     from rpnet_pl.ops.path_index import path_pixels, reference_direction_order, search_directions, source_window
@@ -159,7 +184,7 @@ def check_path_index(c: Mapping[str, np.ndarray]) -> list[Check]:
     return checks
 
 
-def check_irn_loss(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_irn_loss(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """IRN ``GetAffinityLabelFromIndices`` + ``AffinityDisplacementLoss`` + ``train_irn``'s loss ->
     our :func:`irn_objective` (pair tensors permuted to IRN's (B, D, P) layout)."""
     from rpnet_pl.ops.path_index import reference_direction_order
@@ -217,15 +242,18 @@ def _pair(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
     return torch.stack([_t(x), _t(y)], dim=1).flatten(0, 1)
 
 
-def check_rpnet_head(c: Mapping[str, np.ndarray]) -> list[Check]:
+def check_rpnet_head(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """RPNet ``Net.forward`` after the backbone and ``train_cam``'s loss at one scale -> our
     :class:`RPNetHead` and :func:`multilabel_loss` / :func:`self_supervised_loss`."""
     from rpnet_pl.models.rpnet import multilabel_loss, self_supervised_loss
 
     head = rpnet_head_from_case(c).eval()  # the reference normalises with batch statistics in eval mode too
+    layout = torch.channels_last if mode.channels_last else torch.contiguous_format
+    head = head.to(memory_format=layout)
     keep = {4: _pair(c["keep_x_f4"], c["keep_y_f4"]), 2: _pair(c["keep_x_f2"], c["keep_y_f2"])}
+    f4, f2 = (_pair(c[f"{n}_x"], c[f"{n}_y"]).contiguous(memory_format=layout) for n in ("f4", "f2"))
     with torch.no_grad():
-        out = head(_pair(c["f4_x"], c["f4_y"]), {2: _pair(c["f2_x"], c["f2_y"])}, k=2, part_keep=keep)
+        out = head(f4, {2: f2}, k=2, part_keep=keep)
     b = c["f4_x"].shape[0]
     cams = out["cams"].reshape(b, 2, *out["cams"].shape[1:])
     enh = out["enhanced"].reshape(b, 2, *out["enhanced"].shape[1:])
@@ -240,7 +268,7 @@ def check_rpnet_head(c: Mapping[str, np.ndarray]) -> list[Check]:
     return checks
 
 
-GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray]], list[Check]]]] = {
+GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray], ParityMode], list[Check]]]] = {
     "random_walk": (("cams", "edge", "radius", "beta", "exp_times", "rw", "keys", "image_size", "bg",
                      "pseudo_mask"), check_random_walk),
     "ir_labels": (("image", "high_res", "keys", "fg_thres", "bg_thres", "crf_t", "crf_gt_prob", "ir_label"),
@@ -291,11 +319,13 @@ def load_case(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     return group, case
 
 
-def run_case(path: str | Path) -> CaseResult:
-    """Run one case through the project's code."""
+def run_case(path: str | Path, mode: ParityMode = FP32) -> CaseResult:
+    """Run one case through the project's code, in ``mode``."""
     group, case = load_case(path)
+    device = torch.device(mode.device)
     try:
-        checks = GROUPS[group][1](case)
+        with device, torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.bf16):
+            checks = GROUPS[group][1](case, mode)
     except (ValueError, KeyError, IndexError, RuntimeError) as exc:
         raise ParityCaseError(f"{path}: ill-formed {group} case ({type(exc).__name__}: {exc})") from exc
     return CaseResult(Path(path), group, checks)
@@ -306,8 +336,8 @@ def default_cases_dir() -> Path:
     return Path(str(resources.files("rpnet_pl") / "parity_cases"))
 
 
-def run_parity(directory: str | Path | None = None) -> list[CaseResult]:
-    """Every ``*.npz`` case in ``directory`` (default: the shipped cases), sorted by name."""
+def run_parity(directory: str | Path | None = None, mode: ParityMode = FP32) -> list[CaseResult]:
+    """Every ``*.npz`` case in ``directory`` (default: the shipped cases), sorted by name, in ``mode``."""
     directory = Path(directory) if directory is not None else default_cases_dir()
     if not directory.is_dir():
         raise ParityCaseError(f"{directory}: not a folder of parity cases")
@@ -315,7 +345,7 @@ def run_parity(directory: str | Path | None = None) -> list[CaseResult]:
     if not files:
         raise ParityCaseError(f"{directory}: no case files (*.npz)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    return [run_case(f) for f in files]
+    return [run_case(f, mode) for f in files]
 
 
 def summarise(results: list[CaseResult]) -> list[dict[str, Any]]:
@@ -352,5 +382,5 @@ def format_table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Check", "CaseResult", "GROUPS", "ParityCaseError", "default_cases_dir", "format_table", "load_case",
+__all__ = ["Check", "CaseResult", "FP32", "GROUPS", "ParityCaseError", "ParityMode", "default_cases_dir", "format_table", "load_case",
            "run_case", "run_parity", "summarise"]

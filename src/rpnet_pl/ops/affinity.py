@@ -9,13 +9,28 @@ every direction stays inside the map (``path_index.source_window``), so a (.., H
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
 from rpnet_pl.data.classes import IGNORE_INDEX
-from rpnet_pl.ops.path_index import path_pixels, search_directions, source_window
+from rpnet_pl.ops.path_index import path_pixels, reference_direction_order, search_directions, source_window
 
 AFFINITY_EPS = 1e-5
+
+
+@lru_cache(maxsize=64)
+def _paths_by_length(radius: int, w: int) -> tuple[tuple[int, np.ndarray], ...]:
+    """The search directions grouped by the number of pixels on their path (IRN's order:
+    :func:`reference_direction_order`): per group, its path length L and the (n * L,) flat offsets
+    ``py * w + px`` of every path pixel of its n directions, direction-major."""
+    dirs = search_directions(radius)
+    groups: dict[int, list[int]] = {}
+    for d in reference_direction_order(radius).tolist():
+        pixels = path_pixels(*dirs[d])
+        groups.setdefault(len(pixels), []).extend(py * w + px for py, px in pixels)
+    return tuple((length, np.asarray(offsets, dtype=np.int64)) for length, offsets in groups.items())
 
 
 def affinity_from_boundary(boundary: torch.Tensor, radius: int) -> torch.Tensor:
@@ -24,15 +39,24 @@ def affinity_from_boundary(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     boundary: (..., H, W) in [0, 1] (e.g. (N, H, W) sigmoid outputs at stride 4).
     Returns (..., D, H', W'); ``[..., d, i, j]`` relates pixel ``(i, j + radius - 1)`` to that
     pixel plus ``search_directions(radius)[d]``. Differentiable in ``boundary``.
+
+    One gather and one max per path length (about ``radius`` of them), not one per direction and
+    path pixel: the directions of a length are gathered from the flattened map at once.
     """
     h, w = boundary.shape[-2:]
     hp, wp, x0 = source_window(h, w, radius)
-    out = []
-    for dy, dx in search_directions(radius).tolist():
-        # one shifted view of B per path pixel: (L, ..., H', W') -> max over the path
-        views = [boundary[..., py:py + hp, x0 + px:x0 + px + wp] for py, px in path_pixels(dy, dx)]
-        out.append(1.0 - torch.stack(views, dim=0).amax(dim=0))
-    return torch.stack(out, dim=-3)  # (..., D, H', W')
+    lead = boundary.shape[:-2]
+    flat = boundary.reshape(*lead, h * w)
+    dev = boundary.device
+    sources = (torch.arange(hp, device=dev)[:, None] * w + torch.arange(x0, x0 + wp, device=dev)[None, :]).reshape(-1)
+    grouped = []
+    for length, offsets in _paths_by_length(radius, w):
+        index = (torch.as_tensor(offsets, device=dev)[:, None] + sources[None, :]).reshape(-1)  # (n*L*H'*W',)
+        path = flat.index_select(-1, index).view(*lead, len(offsets) // length, length, hp, wp)
+        grouped.append(1.0 - path.amax(dim=-3))
+    out = torch.cat(grouped, dim=-3)  # (..., D, H', W') in IRN's order
+    to_ours = np.argsort(reference_direction_order(radius))
+    return out.index_select(-3, torch.as_tensor(to_ours, device=dev))
 
 
 def mask_boundary(mask: np.ndarray, size: tuple[int, int], stride: int = 4) -> np.ndarray:

@@ -102,19 +102,23 @@ def propagate_cams(
     ``radius`` on the left, right and bottom, takes the affinities of all pixel pairs within
     ``radius`` (the pairs whose partner lies in the padding are dropped), builds T with power
     ``beta``, multiplies the CAMs by ``1 - B`` and walks ``2 ** exp_times`` steps.
-    Returns (K, h, w).
+    Returns (K, h, w), in float32 (float64 for float64 inputs) also under bf16 autocast and for
+    half-precision inputs: there is no bf16 sparse product, and ``2 ** exp_times`` steps would
+    compound bf16's rounding.
     """
     k, h, w = cams.shape
     if boundary.shape != (h, w):
         raise ValueError(f"boundary {tuple(boundary.shape)} does not match cams {(h, w)}")
-    padded = F.pad(boundary[None], (radius, radius, 0, radius), value=1.0)[0]  # (h + r, w + 2r)
-    aff = affinity_from_boundary(padded, radius)  # (D, h + r - (r-1), w + 2r - 2(r-1))
-    _, _, x0 = source_window(h + radius, w + 2 * radius, radius)
-    off = radius - x0  # padded column of source j is x0 + j; original column = x0 + j - radius
-    aff = aff[:, :h, off:off + w]  # (D, h, w): sources = the original pixels
-    trans = transition_matrix_sparse(aff, radius, beta)
-    x = cams * (1.0 - boundary)
-    return random_walk(x, trans, steps=2 ** exp_times)
+    cams, boundary = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (cams, boundary))
+    with torch.autocast(boundary.device.type, enabled=False):
+        padded = F.pad(boundary[None], (radius, radius, 0, radius), value=1.0)[0]  # (h + r, w + 2r)
+        aff = affinity_from_boundary(padded, radius)  # (D, h + r - (r-1), w + 2r - 2(r-1))
+        _, _, x0 = source_window(h + radius, w + 2 * radius, radius)
+        off = radius - x0  # padded column of source j is x0 + j; original column = x0 + j - radius
+        aff = aff[:, :h, off:off + w]  # (D, h, w): sources = the original pixels
+        trans = transition_matrix_sparse(aff, radius, beta)
+        x = cams * (1.0 - boundary)
+        return random_walk(x, trans, steps=2 ** exp_times)
 
 
 def sem_seg_from_rw(

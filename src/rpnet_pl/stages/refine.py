@@ -183,8 +183,7 @@ class RefineStage(StageModule):
         cams = cams[:, :h4, :w4]
         if cams.shape[-2:] != boundary.shape:
             cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
-        with torch.autocast(boundary.device.type, enabled=False):  # under bf16 autocast too: no bf16 sparse matmul
-            rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)
+        rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)  # fp32
         return sem_seg_from_rw(rw, keys, tuple(image.shape[-2:]), bg=hp.bg_threshold)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
