@@ -187,3 +187,19 @@ def test_classifier_pair_times_both_alternately() -> None:
     assert bench.step_ratios(results)["fp32, channels_last"] == pytest.approx(
         results[2].seconds_per_iter / results[3].seconds_per_iter)
     assert results[4].stage.startswith("IRN") and results[4].precision == "fp32"
+
+
+def test_cli_bench_cudnn_benchmark_is_set_for_the_run_only(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 27: ``--cudnn-benchmark`` (the first suspect of the bf16 + channels-last DeepLab
+    slowdown on the GPU) holds for the timed cases and is named in the command line; off by default."""
+    seen = []
+
+    def fake_run_profile(profile, device, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return []
+
+    monkeypatch.setattr(bench, "run_profile", fake_run_profile)
+    before = torch.backends.cudnn.benchmark
+    assert main(["bench", "--profile", "cpu", "--no-write", "--cudnn-benchmark"]) == 0
+    assert main(["bench", "--profile", "cpu", "--no-write"]) == 0
+    assert seen == [True, False] and torch.backends.cudnn.benchmark == before

@@ -267,6 +267,8 @@ def _bench(args: argparse.Namespace) -> int:
         command.append("--bf16")
     if args.channels_last:
         command.append("--channels-last")
+    if args.cudnn_benchmark:
+        command.append("--cudnn-benchmark")
     if args.cases:
         command += ["--cases", *args.cases]
     command += ["--out", str(args.out)] if args.out else ["--no-write"]
@@ -276,8 +278,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
               f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
 
-    results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
-                          channels_last=args.channels_last)
+    cudnn_before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)  # Lightning's default (Trainer(benchmark=None)): off
+    try:
+        results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
+                              channels_last=args.channels_last)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before
     print()
     print(markdown_table(results))
     for line in ratio_lines(results):
@@ -554,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "bf16-mixed does)")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does) for "
                    "every case (default: contiguous; the cpu profile times the classifier pair in both layouts)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms for each "
+                   "convolution shape (torch.backends.cudnn.benchmark; Lightning's Trainer(benchmark=True)); off by "
+                   "default, as in training")
     p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
                    "step (torch.profiler) and print where the time goes")
     p.add_argument("--cases", nargs="+", help="only these cases", choices=(
