@@ -55,3 +55,26 @@ t=$(date +%s)
 timeout "${BENCH_TIMEOUT:-200}" "$py" -m rpnet_pl.cli bench --profile gpu --out "$out/bench.md" > "$out/bench.log" 2>&1 \
     || echo "bench: exit $? (see bench.log)" | tee -a "$out/times.txt"
 echo "bench: $(( $(date +%s) - t )) s" | tee -a "$out/times.txt"
+
+# Issue 27, the GPU half (GPU_CHECK_MODES=1): the parity cases in each mode of the GPU path, the DeepLab
+# inference case in each layout / precision with and without cudnn.benchmark, and, when REF_DIR holds
+# clones of the public code (REF_DIR/rpnet, REF_DIR/irn, REF_DIR/deeplab: e.g. under build/, carried to
+# the device), the per-stage timing against it at the recipes' sizes.
+if [ "${GPU_CHECK_MODES:-0}" = 1 ]; then
+    for mode in "" "--channels-last" "--bf16" "--bf16 --channels-last"; do
+        echo "== parity cuda $mode" >> "$out/modes.txt"
+        timeout 120 "$py" -m rpnet_pl.cli parity --device cuda $mode >> "$out/modes.txt" 2>&1
+    done
+    for flags in "" "--bf16" "--channels-last" "--bf16 --channels-last" "--bf16 --channels-last --cudnn-benchmark" \
+                 "--cudnn-benchmark"; do
+        echo "== bench deeplab-infer $flags" >> "$out/modes.txt"
+        timeout 120 "$py" -m rpnet_pl.cli bench --profile gpu --cases deeplab-infer --no-write $flags 2>&1 \
+            | grep -E "images/s|error" >> "$out/modes.txt"
+    done
+    if [ -n "${REF_DIR:-}" ]; then
+        timeout "${REF_TIMEOUT:-300}" "$py" scripts/reference_timing.py "$REF_DIR/rpnet" --irn "$REF_DIR/irn" \
+            --deeplab "$REF_DIR/deeplab" --device cuda --size voc --runs 5 --warmup 2 \
+            --markdown "$out/reference_timing.md" > "$out/reference_timing.log" 2>&1 \
+            || echo "reference timing: exit $? (see reference_timing.log)" | tee -a "$out/times.txt"
+    fi
+fi

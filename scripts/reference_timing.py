@@ -117,7 +117,6 @@ class Row:
     input: str
     reference: list[float]
     ours: list[float]
-    note: str = ""
 
     @property
     def ratio(self) -> float:
@@ -237,7 +236,7 @@ def classifier_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Ste
         (lc + ls).backward()
         opt.step()
 
-    ours = bench._classifier_build("rpnet", sizes.ours("resnext101"), c, n, 2, device, False, False, 20)()
+    ours = bench.classifier_step("rpnet", sizes.ours("resnext101"), c, n, 2, device)
     return reference, ours, f"crop {c}, {n} pair(s), ResNeXt-101 32x8d"
 
 
@@ -379,7 +378,7 @@ def deeplab_train_row(deeplab: Path, sizes: Sizes, device: torch.device) -> tupl
                           lr=lr, momentum=0.9, weight_decay=5e-4)
     c, b = sizes.deeplab_crop, sizes.deeplab_batch
     images = _images(b, c, c, device)
-    labels = bench._blocky_labels(b, c, c, 20, torch.Generator().manual_seed(0))
+    labels = bench.blocky_labels(b, c, c, 20, torch.Generator().manual_seed(0))
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
 
     def reference() -> None:

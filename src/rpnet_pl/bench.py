@@ -1,6 +1,9 @@
 """`rpnet bench`: throughput (images/s) and peak memory of every stage, training and inference.
 
-One measurement function per (stage, phase), each on synthetic random tensors (no dataset):
+One measurement function per (stage, phase), each on synthetic random tensors (no dataset); the
+step each one times is built by a public ``*_step`` function (:func:`classifier_step`, :func:`cam_step`,
+:func:`irn_step`, :func:`pseudo_mask_step`, :func:`deeplab_train_step`, :func:`deeplab_infer_step`),
+which ``scripts/reference_timing.py`` times against the public code:
 
 * :func:`classifier_train` : one optimiser step of RPNet or the IRN CAM baseline on ``batch``
   groups of ``group_size`` images (``batch * group_size`` images a step, crop 512 in the paper);
@@ -285,7 +288,7 @@ def _multi_hot(n: int, classes: int, gen: torch.Generator) -> torch.Tensor:
     return labels
 
 
-def _blocky_labels(n: int, h: int, w: int, classes: int, gen: torch.Generator) -> torch.Tensor:
+def blocky_labels(n: int, h: int, w: int, classes: int, gen: torch.Generator) -> torch.Tensor:
     """(n, h, w) int64 label maps of 32x32 blocks: background, a few classes, some 255 (ignore)."""
     hb, wb = -(-h // 32), -(-w // 32)
     small = torch.randint(0, classes + 1, (n, hb, wb), generator=gen)
@@ -352,6 +355,12 @@ def _classifier_build(method: str, backbone: str, crop: int, batch: int, group_s
         return _train_step(stage, {"images": images, "labels": labels}, dev, bf16)
 
     return build
+
+
+def classifier_step(method: str, backbone: str, crop: int, batch: int, group_size: int, dev: torch.device,
+                    bf16: bool = False, channels_last: bool = False, num_classes: int = 20) -> Step:
+    """One optimiser step of the classifier on ``batch`` random groups of ``group_size`` crops."""
+    return _classifier_build(method, backbone, crop, batch, group_size, dev, bf16, channels_last, num_classes)()
 
 
 def _classifier_name(method: str) -> str:
@@ -441,7 +450,7 @@ def irn_step(backbone: str, crop: int, batch: int, radius: int, dev: torch.devic
     stage = RefineStage(backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR,
                         channels_last=channels_last)
     images = _images(batch, crop, crop, dev, gen)
-    labels = _blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
+    labels = blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
     return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
 
@@ -508,7 +517,7 @@ def deeplab_train_step(backbone: str, crop: int, batch: int, head: str, output_s
     stage = SegmenterStage(head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
                            output_stride=output_stride, lr=BENCH_LR, channels_last=channels_last)
     images = _images(batch, crop, crop, dev, gen)
-    labels = _blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
+    labels = blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
     return _train_step(stage, {"image": images, "label": labels}, dev, bf16)
 
 
@@ -865,7 +874,8 @@ def append_section(path: str | os.PathLike, section: str, header: str = BENCH_HE
 
 __all__ = [
     "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile", "append_section",
-    "cam_inference", "classifier_train", "deeplab_inference", "deeplab_train", "format_section", "get_profile",
-    "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "resolve_device",
-    "run_case", "run_profile",
+    "blocky_labels", "cam_inference", "cam_step", "classifier_step", "classifier_train", "deeplab_infer_step",
+    "deeplab_inference", "deeplab_train", "deeplab_train_step", "format_section", "get_profile", "irn_step",
+    "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "pseudo_mask_step",
+    "resolve_device", "run_case", "run_profile", "time_alternately",
 ]
