@@ -9,8 +9,10 @@ of jiwoon-ahn/irn (without it, IRN's stages use the copy of IRN's files that the
 ships); ``DEEPLAB_DIR``: of kazuto1011/deeplab-pytorch, the DeepLab recipe where the RPNet repository
 has none (its rows are left out without it). Nothing of that code is copied into this project: its
 modules are imported from the given folders, one repository at a time, and its networks, path
-index, random walk and CRF are called as they are. What the reference does around them (its losses,
-CAM resizing and argmax) is written here from its ``step/*.py`` and ``main.py``, op for op.
+index, random walk and CRF are called as they are. What the reference does around them is written
+here from its ``step/*.py`` and ``main.py``, op for op (its CAM resizing, argmaxes, IRN and DeepLab
+losses), or is ours where the parity cases hold ours equal to it (``train_cam.py``'s Ls: our
+``self_supervised_loss``; ``make_cam.py``'s max-normalisation: our ``max_normalise``).
 
 Run-time patches, so that the reference runs on a CPU and offline (its files are not changed):
 
@@ -61,7 +63,6 @@ import functools
 import importlib
 import inspect
 import json
-import math
 import statistics
 import sys
 import time
@@ -79,6 +80,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from rpnet_pl import bench  # noqa: E402
+from rpnet_pl.models.rpnet import self_supervised_loss  # noqa: E402
+from rpnet_pl.ops.cam import max_normalise  # noqa: E402
+from rpnet_pl.stages.cam_inference import strided_size, strided_up_size  # noqa: E402
 
 #: The reference repositories' top-level packages: dropped from ``sys.modules`` between repositories.
 REFERENCE_PACKAGES = ("net", "misc", "step", "voc12", "libs")
@@ -177,7 +181,8 @@ def import_reference(repo: Path, *names: str) -> list[ModuleType]:
 
 
 # -- timing -----------------------------------------------------------------------------------------
-def time_pair(reference: Step, ours: Step, device: torch.device, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+def time_pair(reference: Step, ours: Step, device: torch.device, runs: int,
+              warmup: int) -> tuple[list[float], list[float]]:
     """Per-call seconds of both, after ``warmup`` untimed calls each, timed alternately."""
     for _ in range(warmup):
         reference()
@@ -197,22 +202,6 @@ def _multi_hot(n: int, seed: int = 0) -> torch.Tensor:
     return labels
 
 
-def _strided(size: tuple[int, int], stride: int) -> tuple[int, int]:
-    return (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1
-
-
-def _strided_up(size: tuple[int, int], stride: int) -> tuple[int, int]:
-    return math.ceil(size[0] / stride) * stride, math.ceil(size[1] / stride) * stride
-
-
-def _normalised_cams(out: torch.Tensor) -> torch.Tensor:
-    """step/train_cam.py: relu, divided by the per-channel max + 1e-5 (after subtracting 1e-5)."""
-    n, c = out.shape[:2]
-    cam = F.relu(out)
-    peak = cam.view(n, c, -1).max(-1)[0].view(n, c, 1, 1) + 1e-5
-    return F.relu(cam - 1e-5) / peak
-
-
 # -- the rows ---------------------------------------------------------------------------------------
 def classifier_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Step, Step, str]:
     (cam_net, torchutils) = import_reference(rpnet, "net.resnet50_cam", "misc.torchutils")
@@ -229,9 +218,9 @@ def classifier_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Ste
     def reference() -> None:
         x, y, x_cam, y_cam, cam_x, cam_y = model(img, ref)
         lc = F.multilabel_soft_margin_loss(x, label) + F.multilabel_soft_margin_loss(y, label_ref)
-        lx, ly = label[..., None, None], label_ref[..., None, None]
-        ls = (torch.mean((_normalised_cams(x_cam) * lx - _normalised_cams(cam_x) * lx) ** 2) * 10
-              + torch.mean((_normalised_cams(y_cam) * ly - _normalised_cams(cam_y) * ly) ** 2) * 10)
+        # train_cam.py's Ls on both images: ours, which the rpnet_head parity cases hold equal to it
+        ls = (self_supervised_loss(x_cam, cam_x, label, lam=10.0)
+              + self_supervised_loss(y_cam, cam_y, label_ref, lam=10.0))
         opt.zero_grad()
         (lc + ls).backward()
         opt.step()
@@ -255,13 +244,11 @@ def cam_row(rpnet: Path, sizes: Sizes, device: torch.device) -> tuple[Step, Step
             for s in scales:
                 x = F.interpolate(image, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False)
                 outputs.append(model(torch.cat([x, x.flip(-1)]), None))
-            strided = torch.stack([F.interpolate(o[None], _strided((h, w), 4), mode="bilinear",
+            strided = torch.stack([F.interpolate(o[None], strided_size((h, w), 4), mode="bilinear",
                                                  align_corners=False)[0] for o in outputs]).sum(0)
-            high = torch.stack([F.interpolate(o[:, None], _strided_up((h, w), 16), mode="bilinear",
+            high = torch.stack([F.interpolate(o[:, None], strided_up_size((h, w), 16), mode="bilinear",
                                               align_corners=False) for o in outputs]).sum(0)[:, 0, :h, :w]
-            strided, high = strided[keys], high[keys]
-            strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
-            high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
+            max_normalise(strided[keys]), max_normalise(high[keys])  # make_cam.py's (the cam_postprocess parity cases)
 
     ours = bench.cam_step("rpnet", sizes.ours("resnext101"), (h, w), scales, device)
     return reference, ours, f"{w}x{h}, scales 1/0.5/1.5/2 + flip, 2 classes"
@@ -336,7 +323,7 @@ def pseudo_masks_row(irn: Path, sizes: Sizes, device: torch.device) -> tuple[Ste
     model = irn_net.EdgeDisplacement().to(device)
     model.eval()
     h, w = sizes.rw_image
-    h4, w4 = _strided((h, w), 4)
+    h4, w4 = strided_size((h, w), 4)
     image = _images(1, h, w, device)
     cams = torch.rand(2, h4, w4, generator=torch.Generator().manual_seed(0)).to(device)
     keys = np.array([0, 14])
@@ -474,7 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         torch.manual_seed(0)
         start = time.time()
-        reference, ours, what = build(repos[repo], sizes, device)
+        try:
+            reference, ours, what = build(repos[repo], sizes, device)
+        except AttributeError as exc:  # a clone of another version: a class or function the row calls is absent
+            print(f"error: {repos[repo]}: {stage}: the reference code lacks what this row calls ({exc})",
+                  file=sys.stderr)
+            return 2
         ref_t, our_t = time_pair(reference, ours, device, args.runs, args.warmup)
         if args.ours_backbone:
             what += f"; ours on {args.ours_backbone}"

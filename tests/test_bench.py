@@ -203,3 +203,13 @@ def test_cli_bench_cudnn_benchmark_is_set_for_the_run_only(monkeypatch: pytest.M
     assert main(["bench", "--profile", "cpu", "--no-write", "--cudnn-benchmark"]) == 0
     assert main(["bench", "--profile", "cpu", "--no-write"]) == 0
     assert seen == [True, False] and torch.backends.cudnn.benchmark == before
+
+
+def test_time_alternately_reverses_the_order_every_other_round() -> None:
+    calls: list[str] = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_alternately(steps, torch.device("cpu"), iters=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        bench.time_alternately(steps, torch.device("cpu"), iters=0)

@@ -26,10 +26,34 @@ def test_affinity_matches_brute_force_path_max():
                     assert aff[n, k, i, j].item() == pytest.approx(expected)
 
 
-def test_affinity_is_differentiable():
-    b = torch.rand(1, 6, 6, requires_grad=True)
-    affinity_from_boundary(b, 2).sum().backward()
-    assert b.grad is not None and b.grad.abs().sum() > 0
+def _brute_force_grad(b: torch.Tensor, radius: int, weight: torch.Tensor) -> torch.Tensor:
+    """d(sum weight * affinity)/dB by hand: each pair's weight goes, negated, to the pixel(s) holding
+    its path's max, split evenly between tied pixels (torch.amax's rule)."""
+    h, w = b.shape[-2:]
+    hp, wp, x0 = source_window(h, w, radius)
+    grad = torch.zeros_like(b)
+    for k, (dy, dx) in enumerate(search_directions(radius).tolist()):
+        for i in range(hp):
+            for j in range(wp):
+                path = [(i + py, j + x0 + px) for py, px in path_pixels(dy, dx)]
+                top = max(b[q].item() for q in path)
+                at = [q for q in path if b[q].item() == top]
+                for q in at:
+                    grad[q] -= weight[k, i, j].item() / len(at)
+    return grad
+
+
+def test_affinity_gradient_goes_to_each_path_max():
+    torch.manual_seed(0)
+    radius = 3
+    weight = torch.rand(12, 5, 5, dtype=torch.float64)
+    b = torch.rand(7, 9, dtype=torch.float64, requires_grad=True)  # distinct values: one max per path
+    (affinity_from_boundary(b, radius) * weight).sum().backward()
+    torch.testing.assert_close(b.grad, _brute_force_grad(b.detach(), radius, weight))
+    # ties: a map of two values, so most paths hold several pixels at the max
+    tied = ((torch.arange(63, dtype=torch.float64).reshape(7, 9) % 4) == 0).double().requires_grad_()
+    (affinity_from_boundary(tied, radius) * weight).sum().backward()
+    torch.testing.assert_close(tied.grad, _brute_force_grad(tied.detach(), radius, weight))
 
 
 def toy_label(h: int = 8, w: int = 12) -> torch.Tensor:

@@ -99,3 +99,9 @@ def test_modes_of_the_gpu_path_are_checked_with_the_same_tolerances(capsys: pyte
     assert main(["parity", "--bf16", "--channels-last", str(CASES)]) == 1
     out = capsys.readouterr().out
     assert "cpu, bf16 autocast, channels_last" in out.splitlines()[0] and "FAIL" in out
+
+
+def test_parity_on_cuda_without_a_gpu_is_one_line(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["parity", "--device", "cuda"]) == 2
+    assert "rpnet parity --device cuda: no CUDA device here" in capsys.readouterr().err

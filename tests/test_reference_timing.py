@@ -219,6 +219,11 @@ def test_unknown_stage_and_missing_clone_are_one_line(tmp_path: Path, monkeypatc
     assert exit_.value.code == 2 and "unknown stage(s) camm" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no_such_clone: not a folder"):
         script.main([str(tmp_path / "no_such_clone"), "--stages", "cam", "--size", "tiny"])
+    # a clone of another version: the row names the clone and what it lacks, no traceback
+    (rpnet / "net" / "resnet50_cam.py").write_text(_CAM_NET.replace("class Net_CAM(Net):", "class Renamed(Net):"))
+    assert script.main([str(rpnet), "--stages", "classifier", "--size", "tiny", "--ours-backbone", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {rpnet}: classifier: the reference code lacks what this row calls" in err and "Net_CAM" in err
     # the DeepLab rows need their clone: without it they are named as skipped, and nothing timed is an error
     assert script.main([str(rpnet), "--stages", "deeplab_infer", "--size", "tiny"]) == 2
     err = capsys.readouterr().err
