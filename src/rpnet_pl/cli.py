@@ -196,14 +196,14 @@ def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
     weights files and network stop a real run and are warnings in a dry run (printing the commands
     needs no data). Each problem is one line, in seconds, before any step starts. A step whose optional
     split is absent (the test export without a test split) is left out: `run_steps` skips it."""
-    from rpnet_pl.pipeline import absent_split, plan
+    from rpnet_pl.pipeline import absent_split, forced_steps, plan
     from rpnet_pl.seeds import seed_dir_name
     from rpnet_pl.validate import check_environment, check_tree
 
     steps = plan(cfg, **plan_kwargs)
     check_tree(cfg, where=str(args.experiment))  # every section, the steps not run included, dry run or not
-    todo = [s for s in steps if (not s.is_done() or s.name in (getattr(args, "force", None) or []))
-            and absent_split(s) is None]
+    forced = forced_steps(getattr(args, "force", None) or [])
+    todo = [s for s in steps if (not s.is_done() or s.name in forced) and absent_split(s) is None]
     run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
     if plan_kwargs.get("seed") is not None:
         run_dir = run_dir / seed_dir_name(plan_kwargs["seed"])
@@ -234,8 +234,9 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.name:
         cfg["name"] = args.name
     for seed in list(dict.fromkeys(args.seeds or [None])):
+        wanted = [s for s in STEPS if s in args.steps or s in args.force] if args.steps and args.force else args.steps
         steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                                steps=args.steps, tags=args.tag or [], accelerator=args.accelerator, seed=seed)
+                                steps=wanted, tags=args.tag or [], accelerator=args.accelerator, seed=seed)
         if seed is not None:
             log.info("seed %d: %s", seed, steps[0].folder.parent if steps else args.runs)
         try:
@@ -476,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
                    help="tracker of the training steps (W&B runs offline without WANDB_API_KEY)")
     p.add_argument("--steps", nargs="+", help="only these steps")
-    p.add_argument("--force", nargs="+", help="re-run these steps even if complete")
+    p.add_argument("--force", nargs="+", help="re-run these steps from scratch, and every step after them, even if "
+                   "complete (added to --steps)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
     p.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "

@@ -1,8 +1,11 @@
 """The whole chain as a readable list of steps, each one command with named outputs in a run folder.
 
 ``runs/<experiment>/<step>/`` holds each step's outputs, its resolved ``config.yaml`` and its
-``log.txt``. A step is complete when its ``.done`` marker exists (written last, atomically); a
-re-run skips complete steps, resumes an interrupted training step from ``checkpoints/last.ckpt``
+``log.txt``. A step is complete when its ``.done`` marker exists (written last, atomically); the marker records
+what made the outputs (:mod:`rpnet_pl.provenance`), and a complete step planned with other settings
+or inputs is an error before any work (``--force STEP`` re-runs it and every step after it from
+scratch). One pipeline writes into a run folder at a time (:mod:`rpnet_pl.run_lock`). A re-run skips
+complete steps, resumes an interrupted training step from ``checkpoints/last.ckpt``
 and an interrupted per-image step from the files it already wrote (corrupt ones are redone). A
 failure stops the chain with the step named, the cause (the last error line of its log) and the
 log path; nothing downstream runs. Progress lines of long steps are echoed to the terminal.
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rpnet_pl import layout
+from rpnet_pl import layout, provenance
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
 from rpnet_pl.errors import ConfigError, Stopped
 from rpnet_pl.seeds import seed_dir_name
@@ -57,6 +60,9 @@ class PlannedStep:
     wandb: dict[str, Any] | None = None
     #: ``--logger csv`` / ``tensorboard``: the same scalars to that log of a non-training step, once done
     scalars_logger: str | None = None
+    #: what makes its outputs (:func:`rpnet_pl.provenance.settings`), and the steps whose outputs it reads
+    settings: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -161,6 +167,7 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
         spec = STEPS[step]
         sec = substitute(dict(section(cfg, step)), run)
         folder = layout.step_dir(run, step)
+        inputs = tuple(producer for _, producer in spec.reads)
         if spec.trains:
             stage_cfg = _training_config(sec, folder, logger, name, step, tags, seed, gpus, nodes, accelerator,
                                          varied or {})
@@ -171,7 +178,8 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
                     node = node.setdefault(part, {})
                 node[leaf] = str(output_path(run, producer))
             argv = rpnet + ["fit", step, "--config", str(layout.config_path(run, step))]
-            out.append(PlannedStep(step, argv, folder, stage_cfg, kind=spec.kind))
+            out.append(PlannedStep(step, argv, folder, stage_cfg, kind=spec.kind, inputs=inputs,
+                                   settings=provenance.settings(stage_cfg, dataset, root, run)))
             continue
         argv = rpnet + [str(spec.command)]
         for flag, producer in spec.reads:
@@ -185,7 +193,8 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
             tracked = {"group": name, "name": label, "tags": [*tags, *seed_tags],
                        "config": {**(varied or {}), "experiment": name, "seed": seed, step: sec}}
         out.append(PlannedStep(step, argv + _flags(sec), folder, sec, optional, kind=spec.kind, wandb=tracked,
-                               scalars_logger=logger if logger in ("csv", "tensorboard") else None))
+                               scalars_logger=logger if logger in ("csv", "tensorboard") else None,
+                               inputs=inputs, settings=provenance.settings(sec, dataset, root, run)))
     return out
 
 
@@ -285,12 +294,89 @@ def absent_split(step: PlannedStep) -> str | None:
     return absent_split_reason(dataset, root, split, step=step.name)
 
 
+_READS = {name: tuple(producer for _, producer in spec.reads) for name, spec in STEPS.items()}
+
+
+def forced_steps(force: Sequence[str]) -> set[str]:
+    """``--force`` steps and every step downstream of them (they read what is remade)."""
+    out = set(force)
+    for name in force:
+        out.update(provenance.downstream(name, _READS))
+    return out
+
+
+def identities(steps: Sequence[PlannedStep]) -> dict[str, str | None]:
+    """Each planned step's identity (:func:`rpnet_pl.provenance.identity`); a step read but not planned
+    counts by the identity its marker recorded (None: not run, or run before identities were kept)."""
+    out: dict[str, str | None] = {}
+    run = steps[0].folder.parent if steps else None
+    for step in steps:
+        inputs = {}
+        for name in step.inputs:
+            if name not in out:
+                out[name] = provenance.read_marker(layout.done_marker(run, name)).get("identity")
+            inputs[name] = out[name]
+        out[step.name] = provenance.identity(step.settings, inputs)
+    return out
+
+
+def check_complete_steps(steps: Sequence[PlannedStep], force: Sequence[str] = ()) -> None:
+    """Before any work: a complete step (not forced) whose marker records another identity than the
+    plan's is a :class:`ConfigError` naming what differs and the two ways on."""
+    forced = forced_steps(force)
+    ident = identities(steps)
+    for step in steps:
+        if step.name in forced or not step.is_done():
+            continue
+        record = provenance.read_marker(step.done_marker)
+        if "identity" not in record or record["identity"] == ident[step.name]:
+            continue  # unchanged, or made before identities were recorded
+        changed = provenance.differences(record.get("settings") or {}, step.settings)
+        inputs = [n for n in step.inputs if (record.get("inputs") or {}).get(n) != ident.get(n)]
+        raise ConfigError(provenance.stale_message(step.name, step.folder.parent, changed, inputs))
+
+
+def _start_afresh(step: PlannedStep) -> None:
+    """A forced step: its marker, outputs and resume checkpoint go, and so do the markers of the steps
+    after it that this invocation does not run (their inputs are being remade)."""
+    import shutil
+
+    run = step.folder.parent
+    for name in [step.name, *provenance.downstream(step.name, _READS)]:
+        layout.done_marker(run, name).unlink(missing_ok=True)
+    targets = [output_path(run, step.name)] if step.name in STEPS else []
+    targets += [step.folder / layout.CHECKPOINTS] if step.trains else []
+    for target in targets:
+        if target == step.folder:  # a step whose output is its folder: only its marker goes
+            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    log.info("%s: forced, starts afresh", step.name)
+
+
 def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequence[str] = (),
               env: dict[str, str] | None = None) -> list[str]:
-    """Run the steps in order; returns the names of the steps that ran (or would run, when dry)."""
+    """Run the steps in order, holding the run folder's lock; returns the names of the steps that ran
+    (or would run, when dry). Complete steps made by another configuration stop it before any work
+    (:func:`check_complete_steps`)."""
+    check_complete_steps(steps, force)
+    if dry_run or not steps:
+        return _run_steps(steps, dry_run, force, env)
+    from rpnet_pl.run_lock import run_lock
+
+    with run_lock(steps[0].folder.parent):
+        return _run_steps(steps, dry_run, force, env)
+
+
+def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str],
+               env: dict[str, str] | None) -> list[str]:
     ran: list[str] = []
+    forced = forced_steps(force)
+    ident = identities(steps)
     for step in steps:
-        if step.is_done() and step.name not in force:
+        if step.is_done() and step.name not in forced:
             log.info("skip %s: complete (%s)", step.name, step.done_marker)
             continue
         reason = absent_split(step)
@@ -301,6 +387,8 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
             print(step.shell())
             ran.append(step.name)
             continue
+        if step.name in forced:
+            _start_afresh(step)
         step.folder.mkdir(parents=True, exist_ok=True)
         if step.config:
             dump_yaml(step.config, step.folder / layout.CONFIG)
@@ -323,7 +411,9 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
                 cause = failure_cause(tail, returncode)
                 raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                                  + f"; log: {step.log_path}")
-            dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1)}, step.done_marker)
+            dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1), "identity": ident[step.name],
+                       "inputs": {n: ident.get(n) for n in step.inputs}, "settings": step.settings},
+                      step.done_marker)
             if tracked is not None:
                 tracked.complete()
         if step.scalars_logger and first_task:
