@@ -49,8 +49,8 @@ $(STAMP): requirements.txt setup.cfg setup.py
 install: $(STAMP)  ## create .venv with pinned versions (no-op when up to date)
 
 synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
-	@test -f $(SYNTH)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt || $(RPNET) data synth --out $(SYNTH)
-	$(RPNET) data check $(SYNTH) --dataset voc
+	@test -f $(SYNTH)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt || $(if $(DRY),echo )$(RPNET) data synth --out $(SYNTH)
+	$(if $(DRY),@echo )$(RPNET) data check $(SYNTH) --dataset voc
 
 demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet
 	$(RPNET) pipeline experiments/demo_cam.yaml --runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)

@@ -86,3 +86,11 @@ def test_seeds_run_every_pipeline_and_ablation_once_per_seed(tmp_path: Path) -> 
         f"{tmp_path}/ablation-gaussian/ours-w-gf-miou/seed3/classifier/config.yaml",
         f"{tmp_path}/ablation-gaussian/ours-w-o-gf-miou/seed3/classifier/config.yaml"]
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_a_dry_demo_writes_no_dataset(tmp_path: Path) -> None:
+    synth = tmp_path / "synth"
+    out = _dry("demo", tmp_path, f"SYNTH={synth}")
+    assert f"rpnet data synth --out {synth}" in out and f"rpnet data check {synth} --dataset voc" in out
+    assert "pipeline experiments/demo.yaml" in out
+    assert not synth.exists()

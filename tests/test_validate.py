@@ -201,8 +201,42 @@ def test_network_probe_respects_offline_mode(monkeypatch) -> None:
 def test_the_boundary_loss_radius_has_its_own_name() -> None:
     """`refine.model.radius` was the loss radius while `pseudo_masks.radius` is the walk's: one name, one meaning."""
     check_tree({"refine": {"model": {"boundary_radius": 10}}, "pseudo_masks": {"radius": 5}})
-    with pytest.raises(ConfigError, match=r"^unknown key 'refine\.model\.radius' \(did you mean "):
+    with pytest.raises(ConfigError, match=r"^'refine\.model\.radius' was renamed 'refine\.model\.boundary_radius'$"):
         check_tree({"refine": {"model": {"radius": 10}}})
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"cam": {"scales": []}}, r"^cam\.scales: expected at least one value, got \[\]$"),
+    ({"eval_seg": {"scales": []}}, r"^eval_seg\.scales: expected at least one value, got \[\]$"),
+    ({"ir_labels": {"fg_threshold": 0.05, "bg_threshold": 0.3}},
+     r"^ir_labels\.fg_threshold \(0\.05\) must be above ir_labels\.bg_threshold \(0\.3\)"),
+    ({"ir_labels": {"fg_threshold": 0.01}}, r"^ir_labels\.fg_threshold \(0\.01\) must be above ir_labels\.bg_threshold \(0\.05\)"),
+    ({"refine": {"model": {"boundary_radius": 10}, "data": {"crop_size": 72}}},
+     r"^refine\.data\.crop_size 72 is too small for refine\.model\.boundary_radius 10: the stride-4 map needs a side "
+     r"above 18 \(crop >= 73\)"),
+])
+def test_options_out_of_range_together_are_named_before_work(section: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_tree(section)
+
+
+def test_options_in_range_together_pass() -> None:
+    check_tree({"cam": {"scales": [1.0]}, "ir_labels": {"fg_threshold": 0.3, "bg_threshold": 0.05},
+                "refine": {"model": {"boundary_radius": 10}, "data": {"crop_size": 73}}})
+
+
+def test_an_experiment_that_runs_nothing_and_an_extends_folder(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("dataset:\n  root: /data/voc\n")
+    assert main(["pipeline", str(empty), "--dry-run", "--runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.startswith("error: experiment 'empty' runs no step: it has none of the sections "
+                                              "classifier, cam,")
+    (tmp_path / "base").mkdir()
+    folder = tmp_path / "folder.yaml"
+    folder.write_text("extends: base\n")
+    assert main(["pipeline", str(folder), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"error: {folder}: extends 'base', which is a folder ({tmp_path / 'base'}); "
+                                       "name an experiment file in it\n")
 
 
 def test_a_dry_run_checks_the_sections_of_steps_it_does_not_run(tmp_path: Path, tiny_voc: Path, capsys) -> None:

@@ -57,8 +57,11 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     parents = data.pop("extends", None)
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else (parents or []):
-        if not (path.parent / str(parent)).is_file():
-            raise ConfigError(f"{path}: extends {parent!r}, which is not there ({path.parent / str(parent)})")
+        target = path.parent / str(parent)
+        if target.is_dir():
+            raise ConfigError(f"{path}: extends {parent!r}, which is a folder ({target}); name an experiment file in it")
+        if not target.is_file():
+            raise ConfigError(f"{path}: extends {parent!r}, which is not there ({target})")
         merged = deep_merge(merged, load_experiment(path.parent / parent, (), (*_seen, path)))
     merged = deep_merge(merged, data)
     for ov in overrides:

@@ -160,6 +160,9 @@ def plan(cfg: dict, runs_dir: str | Path = "runs", gpus: int = 0, nodes: int = 1
     dev_args += ["--accelerator", accelerator] if gpus else []
     rpnet = [sys.executable, "-m", "rpnet_pl.cli"]
     wanted = list(steps) if steps else [s for s in STEP_ORDER if s in cfg]
+    if not wanted:
+        raise ConfigError(f"experiment {name!r} runs no step: it has none of the sections {', '.join(STEP_ORDER)} "
+                          "(extend base.yaml, e.g. 'extends: base.yaml')")
     if unknown_steps(wanted):
         raise ConfigError(f"unknown step(s) {unknown_steps(wanted)}; steps are {list(STEP_ORDER)}")
     out: list[PlannedStep] = []

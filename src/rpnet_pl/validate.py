@@ -100,12 +100,18 @@ def one_line(exc: Exception, prefix: str) -> str:
     return f"{prefix}{key}: {what}{got}"
 
 
+#: keys that were renamed: the old dotted key -> its successor (named instead of a look-alike)
+RETIRED = {"refine.model.radius": "refine.model.boundary_radius"}
+
+
 def check_key_path(parts: Sequence[str], where: str = "") -> None:
     """Raise ConfigError if a dotted key names no known section or option (with a 'did you mean'),
     down to a training section's ``model`` / ``data`` / ``trainer`` arguments."""
     prefix = f"{where}: " if where else ""
     if not parts:
         return
+    if ".".join(parts[:3]) in RETIRED:
+        raise ConfigError(f"{prefix}'{'.'.join(parts[:3])}' was renamed '{RETIRED['.'.join(parts[:3])]}'")
     top = parts[0]
     if top not in TOP_KEYS:
         raise ConfigError(f"{prefix}unknown section '{top}'{_suggest(top, TOP_KEYS)}")
@@ -176,9 +182,13 @@ def _check_tree(cfg: dict) -> None:
                 raise ConfigError(f"dataset.name: expected voc or coco, got {section['name']!r}")
         elif not spec.trains:
             _parse(options_parser(top), section, f"{top}.")
-            valid = {f.name: f.metadata.get("valid") for f in option_fields(spec.options, pipeline=False)}
+            fields = option_fields(spec.options, pipeline=False)
+            valid = {f.name: f.metadata.get("valid") for f in fields}
             for name, value in section.items():
+                if isinstance(value, (list, tuple)) and not value:
+                    raise ConfigError(f"{top}.{name}: expected at least one value, got []")
                 ranges.check(f"{top}.{name}", value, valid.get(name))
+            _check_options_together(top, {**{f.name: f.default for f in fields}, **section})
         else:
             groups = {}
             for key in CLASS_GROUPS:
@@ -193,6 +203,30 @@ def _check_tree(cfg: dict) -> None:
             _parse(training_parser(top), groups, f"{top}.")
             ranges.check_training(groups, f"{top}.")
             _check_backbone(top, groups.get("model") or {})
+            _check_crop_and_radius(top, groups)
+
+
+def _check_options_together(step: str, options: dict) -> None:
+    """Options whose values are each in range but not together."""
+    if step == "ir_labels" and options.get("fg_threshold") is not None and options.get("bg_threshold") is not None:
+        if not options["fg_threshold"] > options["bg_threshold"]:
+            raise ConfigError(f"ir_labels.fg_threshold ({options['fg_threshold']}) must be above ir_labels.bg_threshold "
+                              f"({options['bg_threshold']}): confident foreground needs a higher background score "
+                              "cut than confident background (IRN: 0.30 / 0.05)")
+
+
+def _check_crop_and_radius(step: str, groups: dict) -> None:
+    """The refine stage's pairs: IRN's source window of a stride-4 map of side ``ceil(crop / 4)`` is
+    ``side - 2 (boundary_radius - 1)`` wide (:func:`rpnet_pl.ops.path_index.source_window`), so the crop
+    must leave it at least one pixel."""
+    crop = (groups.get("data") or {}).get("crop_size")
+    radius = (groups.get("model") or {}).get("boundary_radius")
+    if step != "refine" or not isinstance(crop, int) or not isinstance(radius, int):
+        return
+    if -(-crop // 4) - 2 * (radius - 1) < 1:
+        raise ConfigError(f"refine.data.crop_size {crop} is too small for refine.model.boundary_radius {radius}: "
+                          f"the stride-4 map needs a side above {2 * (radius - 1)} (crop >= {4 * (2 * radius - 1) - 3}); "
+                          "raise the crop or lower the radius")
 
 
 def check_overrides(overrides: Iterable[str]) -> None:
