@@ -36,3 +36,19 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_16_bit_greyscale_image_is_read_scaled_not_clipped(tmp_path: Path) -> None:
+    """PIL's convert("RGB") clips a 16-bit grey image to 255 (a blank white image)."""
+    from PIL import Image
+
+    from rpnet_pl.io import read_image
+
+    Image.fromarray(np.array([[0, 65535], [257 * 100, 257 * 200 + 100]], dtype=np.uint16)).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode.startswith("I")  # as PIL reads it back
+    rgb = read_image(tmp_path / "a.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[..., 0].tolist() == [[0, 255], [100, 200]] and (rgb[..., 1] == rgb[..., 0]).all()
+    Image.fromarray(np.array([[3, 250]], dtype=np.int32), mode="I").save(tmp_path / "b.tif")  # 8-bit values, 32-bit mode
+    assert read_image(tmp_path / "b.tif")[..., 2].tolist() == [[3, 250]]

@@ -219,6 +219,30 @@ def test_a_stopped_command_says_where_and_how_to_resume(monkeypatch, capsys) -> 
     assert signal.getsignal(signal.SIGINT) is not None  # the handlers are put back
 
 
+def test_ctrl_c_before_a_resume_point_says_the_step_restarts(tmp_path: Path, monkeypatch) -> None:
+    """A training step stopped before it wrote checkpoints/last.ckpt has nothing to resume from: the
+    line says so (with a checkpoint, the command's usual resume line stands)."""
+    from rpnet_pl.cli import _stopped_line
+    from rpnet_pl.errors import Stopped
+    from rpnet_pl.pipeline import PlannedStep, run_steps
+
+    def handler(signum, frame):  # as the rpnet command's
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    code = "import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(30)"
+    step = PlannedStep("classifier", [sys.executable, "-c", code], tmp_path / "classifier", kind="train")
+    try:
+        with pytest.raises(Stopped) as stopped:
+            run_steps([step])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    line = _stopped_line(stopped.value, SimpleNamespace(command="pipeline"))
+    assert line == (f"Ctrl-C during step 'classifier' (log: {step.log_path}); it had written no checkpoints/last.ckpt "
+                    "yet, so re-running the same command restarts it from scratch (complete steps are skipped)")
+    assert not step.is_done()
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_pipeline_stops_its_step_and_marks_nothing_done(small_synth: Path, tmp_path: Path) -> None:
     """SIGTERM sent to the pipeline process alone (a scheduler's kill): it is passed on to the running

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rpnet_pl.config import load_experiment
+from rpnet_pl.errors import CheckpointError
 from rpnet_pl.pipeline import PlannedStep, StepFailed, plan, run_steps
 from rpnet_pl.steps import STEP_ORDER
 
@@ -83,9 +85,16 @@ def test_interrupted_training_step_resumes_from_last_checkpoint(tmp_path: Path) 
     run_steps([step])
     assert "--ckpt_path" not in seen.read_text()  # no checkpoint yet: a fresh start
     step.done_marker.unlink()  # as if killed before finishing
-    (step.folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    last = step.folder / "checkpoints" / "last.ckpt"
+    torch.save({"epoch": 1}, last)
     run_steps([step])
-    assert seen.read_text().endswith(f"fit classifier --ckpt_path {step.folder / 'checkpoints' / 'last.ckpt'}")
+    assert seen.read_text().endswith(f"fit classifier --ckpt_path {last}")
+    # a checkpoint cut short (a full disk, a killed copy) is named before the step starts
+    step.done_marker.unlink()
+    last.write_bytes(last.read_bytes()[:-40])
+    with pytest.raises(CheckpointError, match=rf"^{last}: truncated or unreadable resume checkpoint \(BadZipFile: "
+                                              r".*\); delete it to restart this step from scratch$"):
+        run_steps([step])
 
 
 def test_a_failed_step_shows_its_cause_not_only_its_log(tmp_path: Path) -> None:

@@ -692,7 +692,9 @@ def _stopped_line(stop: Stopped, args: argparse.Namespace) -> str:
     """Where a command stopped on a signal and how to resume it."""
     name = "Ctrl-C" if stop.signum == signal.SIGINT else signal.Signals(stop.signum).name
     where = stop.where or f"`rpnet {args.command}`"
-    if args.command in ("pipeline", "ablation"):
+    if stop.how:
+        how = stop.how
+    elif args.command in ("pipeline", "ablation"):
         how = ("re-run the same command to resume: complete steps are skipped, training resumes from its "
                "checkpoints/last.ckpt")
     elif args.command == "fit":

@@ -28,7 +28,9 @@ class Stopped(BaseException):
     ``KeyboardInterrupt``, which Lightning turns into ``exit 1``): the command prints one line, where
     it stopped and how to resume, and exits 128 + the signal. ``where``: the step it stopped in."""
 
-    def __init__(self, signum: int, where: str = "") -> None:
-        super().__init__(signum, where)
+    def __init__(self, signum: int, where: str = "", how: str = "") -> None:
+        super().__init__(signum, where, how)
         self.signum = signum
         self.where = where
+        #: how to go on, when it is not the command's usual resume (e.g. a step with no resume point yet)
+        self.how = how

@@ -63,6 +63,19 @@ def write_json(path: PathLike, obj: object) -> Path:
     return path
 
 
+#: greyscale modes wider than 8 bits, which PIL's ``convert("RGB")`` clips to 255 (a 16-bit photo turns white)
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _wide_grey_to_rgb(values: np.ndarray, mode: str) -> np.ndarray:
+    """A wide greyscale image as (H, W, 3) uint8: 16-bit values scaled by 255 / 65535; 32-bit integer
+    or float values taken as 8-bit when they fit, else as 16-bit."""
+    arr = values.astype(np.float64)
+    full = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    grey = np.clip(np.rint(arr * (255.0 / full)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an RGB image as (H, W, 3) uint8; a clear DatasetError if it is missing or unreadable."""
     path = Path(path)
@@ -70,6 +83,8 @@ def read_image(path: PathLike) -> np.ndarray:
         raise DatasetError(f"{path}: image not found")
     try:
         with Image.open(path) as im:
+            if im.mode in WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(np.asarray(im), im.mode)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DatasetError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout, provenance
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
-from rpnet_pl.errors import ConfigError, Stopped
+from rpnet_pl.errors import CheckpointError, ConfigError, Stopped
 from rpnet_pl.seeds import seed_dir_name
 from rpnet_pl.steps import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
 
@@ -267,7 +267,11 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
             returncode = proc.wait()
         except Stopped as stop:
             _stop_child(proc, stop.signum, fh)
-            raise Stopped(stop.signum, f"step '{step.name}' (log: {step.log_path})") from None
+            how = ""
+            if step.trains and not layout.step_checkpoint(step.folder).is_file():
+                how = (f"it had written no {layout.CHECKPOINTS}/{layout.LAST_CKPT} yet, so re-running the same "
+                       "command restarts it from scratch (complete steps are skipped)")
+            raise Stopped(stop.signum, f"step '{step.name}' (log: {step.log_path})", how) from None
     return returncode, list(tail)
 
 
@@ -359,6 +363,21 @@ def _start_afresh(step: PlannedStep) -> None:
     log.info("%s: forced, starts afresh", step.name)
 
 
+def _check_resume_point(path: Path) -> None:
+    """A resume checkpoint that is not a whole zip archive (torch's format; cut short by a full disk or
+    a killed copy) is named before the step starts, with the way on."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        bad = f"{type(exc).__name__}: {exc}"
+    if bad is not None:
+        raise CheckpointError(f"{path}: truncated or unreadable resume checkpoint ({bad}); delete it to restart "
+                              "this step from scratch")
+
+
 def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequence[str] = (),
               env: dict[str, str] | None = None) -> list[str]:
     """Run the steps in order, holding the run folder's lock; returns the names of the steps that ran
@@ -398,6 +417,7 @@ def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str]
         argv = list(step.argv)
         last = layout.step_checkpoint(step.folder)
         if step.trains and last.is_file():
+            _check_resume_point(last)
             argv += ["--ckpt_path", str(last)]
             log.info("resume %s from %s", step.name, argv[-1])
         log.info("run %s: %s", step.name, " ".join(shlex.quote(a) for a in argv))
