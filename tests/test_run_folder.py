@@ -214,3 +214,36 @@ def test_pipeline_names_the_changed_key_of_a_real_experiment(tmp_path: Path, cap
     assert "step 'classifier' is complete but was made with other settings model.beta: 0.5 -> 0.1;" in err
     assert err.count("\n") == 1
     assert main(argv + ["--set", "classifier.trainer.log_every_n_steps=1", "classifier.data.num_workers=3"]) == 0
+
+
+def test_a_listed_image_that_is_missing_stops_the_pipeline_before_work(tmp_path: Path, capsys) -> None:
+    """An id of the test list without its image: named before the classifier trains (it failed when the
+    test export started)."""
+    from tests.conftest import make_voc_tree
+
+    items = {"2007_000001": [1], "2007_000002": [1, 2], "2007_000003": [2], "2007_000004": [15]}
+    voc = make_voc_tree(tmp_path / "voc", items, splits={"train": list(items), "train_aug": list(items),
+                                                          "val": list(items)[:2], "test": ["2008_000009"]})
+    argv = ["pipeline", str(EXPERIMENTS / "demo.yaml"), "--data", str(tmp_path / "voc"), "--runs", str(tmp_path / "runs"),
+            "--logger", "none", "--set", "classifier.data.batch_size=2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: {voc / 'ImageSets' / 'Segmentation' / 'test.txt'}: 1 id(s) have no "
+                                       f"image in {voc / 'JPEGImages'} (first: 2008_000009)\n")
+    assert not (tmp_path / "runs" / "demo" / "classifier").exists()
+
+
+def test_the_report_marks_a_run_made_by_two_code_versions(tmp_path: Path) -> None:
+    from rpnet_pl.provenance import code_version
+    from rpnet_pl.report import write_report
+
+    run = tmp_path / "runs" / "demo"
+    for step, code in (("classifier", "0.1.0+gaaaaaaa"), ("cam", "0.1.0+gbbbbbbb"), ("eval_cam", None)):
+        (run / step).mkdir(parents=True)
+        (run / step / ".done").write_text(yaml.safe_dump({"argv": [], **({"code": code} if code else {})}))
+    (run / "eval_cam" / "metrics.json").write_text('{"best_miou": 0.5, "best_threshold": 0.2}')
+    _, text = write_report(tmp_path / "runs")
+    assert "**Runs whose steps were made by different code versions**" in text
+    assert "- demo: classifier 0.1.0+gaaaaaaa, cam 0.1.0+gbbbbbbb\n" in text
+    (run / "cam" / ".done").write_text(yaml.safe_dump({"argv": [], "code": "0.1.0+gaaaaaaa"}))
+    assert "different code versions" not in write_report(tmp_path / "runs")[1]
+    assert code_version().startswith("0.1.0")  # this checkout: +g<commit>, -dirty with changes

@@ -435,8 +435,8 @@ def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str]
                 raise StepFailed(f"step '{step.name}' failed (exit {returncode})" + (f": {cause}" if cause else "")
                                  + f"; log: {step.log_path}")
             dump_yaml({"argv": argv, "seconds": round(time.time() - start, 1), "identity": ident[step.name],
-                       "inputs": {n: ident.get(n) for n in step.inputs}, "settings": step.settings},
-                      step.done_marker)
+                       "inputs": {n: ident.get(n) for n in step.inputs}, "settings": step.settings,
+                       "code": provenance.code_version()}, step.done_marker)
             if tracked is not None:
                 tracked.complete()
         if step.scalars_logger and first_task:

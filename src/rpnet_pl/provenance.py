@@ -16,8 +16,10 @@ Plain Python, no torch: the pipeline checks every step with it before any work.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -111,3 +113,34 @@ def stale_message(step: str, run: Path, changed: Sequence[str], inputs: Sequence
     return (f"{run}: step '{step}' is complete but was made with other {' and '.join(what) or 'settings'}; "
             f"re-run it with --force {step} (it and every step after it start afresh), or give this "
             "configuration a new --name")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The code that makes a step's outputs: the package version, and ``+g<commit>`` (``-dirty`` with
+    uncommitted changes) when the package runs from a git checkout."""
+    import rpnet_pl
+
+    version = rpnet_pl.__version__
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return version
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{commit.stdout.strip()}" + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def code_versions(run: Path, steps: Iterable[str]) -> dict[str, str]:
+    """step -> the code version its ``.done`` marker recorded, for the complete steps of ``run`` that
+    recorded one."""
+    out = {}
+    for step in steps:
+        code = read_marker(Path(run) / step / ".done").get("code")
+        if code:
+            out[step] = str(code)
+    return out

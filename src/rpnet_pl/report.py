@@ -365,6 +365,23 @@ def _link(caption: str, path: Path, folder: Path) -> str:
     return f"![{caption}]({path.relative_to(folder).as_posix()})\n"
 
 
+def mixed_code_lines(run_dirs: Sequence[Path], runs_dir: Path) -> list[str]:
+    """One markdown line per run (or seed folder) whose complete steps recorded more than one code
+    version (:func:`rpnet_pl.provenance.code_versions`)."""
+    from rpnet_pl.provenance import code_versions
+    from rpnet_pl.steps import STEP_ORDER
+    from rpnet_pl.summary import seed_folders
+
+    lines = []
+    for run in run_dirs:
+        for one in seed_folders(run) or [run]:
+            codes = code_versions(one, STEP_ORDER)
+            if len(set(codes.values())) > 1:
+                steps = ", ".join(f"{step} {code}" for step, code in codes.items())
+                lines.append(f"- {one.relative_to(runs_dir)}: {steps}")
+    return lines
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[Path, str]:
     """Write ``report.md`` into ``runs_dir`` (or ``out``) and its figures beside it; returns its path and text."""
     if not Path(runs_dir).is_dir():
@@ -381,6 +398,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     if any(r.n_seeds for r in runs):
         text += ("\nA run over seeds (`seed<k>/` folders) shows mean ± std (sample std) over the seeds that have "
                  "the number, n = how many.\n")
+    mixed = mixed_code_lines(run_dirs, Path(runs_dir))
+    if mixed:
+        text += ("\n**Runs whose steps were made by different code versions** (their numbers may not belong "
+                 "together; `--force STEP` re-runs a step and those after it):\n\n" + "\n".join(mixed) + "\n")
     for dataset, table in (("voc", "VIII"), ("coco", "X")):
         seg = segmentation_table(runs, dataset)
         if seg:

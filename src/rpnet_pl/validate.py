@@ -243,13 +243,13 @@ def check_dataset(cfg: dict, splits: Iterable[str]) -> None:
     if not root.exists():
         raise DatasetError(f"{root}: dataset root not found (dataset.root, or --data / DATA=)")
     if name == "voc":
-        from rpnet_pl.data.voc import read_split, resolve_voc_root
+        from rpnet_pl.data.voc import read_split_with_images, resolve_voc_root
 
         voc = resolve_voc_root(root)
         if not (voc / "JPEGImages").is_dir():
             raise DatasetError(f"{voc / 'JPEGImages'}: image folder not found (not a VOC tree; see README 'Real data')")
         for split in sorted(set(splits)):
-            read_split(voc, split)
+            read_split_with_images(voc, split)
     elif name == "coco":
         from rpnet_pl.data.coco import coco_split_dir
 

@@ -155,6 +155,23 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, image_shape: tupl
                            f"{image_shape[1]}x{image_shape[0]}")
 
 
+
+def voc_image_path(voc: Path, image_id: str) -> Path:
+    """Where a VOC tree keeps an image: ``JPEGImages/ID.jpg``."""
+    return Path(voc) / "JPEGImages" / f"{image_id}.jpg"
+
+
+def read_split_with_images(voc: Path, split: str) -> list[str]:
+    """:func:`read_split`, and every listed id has its image (else one DatasetError naming the list,
+    how many are missing and the first)."""
+    ids = read_split(voc, split)
+    missing = [i for i in ids if not voc_image_path(voc, i).is_file()]
+    if missing:
+        split_file = Path(voc) / "ImageSets" / "Segmentation" / f"{split}.txt"
+        raise DatasetError(f"{split_file}: {len(missing)} id(s) have no image in {Path(voc) / 'JPEGImages'} "
+                           f"(first: {missing[0]})")
+    return ids
+
 @dataclass
 class VOCReader:
     """Reads one split of a VOC tree: images, masks, image-level labels.
@@ -178,14 +195,8 @@ class VOCReader:
 
     def __post_init__(self) -> None:
         self.voc = resolve_voc_root(self.root)
-        ids = read_split(self.voc, self.split)
+        ids = read_split_with_images(self.voc, self.split)
         split_file = self.voc / "ImageSets" / "Segmentation" / f"{self.split}.txt"
-        missing = [i for i in ids if not self.image_path(i).is_file()]
-        if missing:
-            raise DatasetError(
-                f"{split_file}: {len(missing)} id(s) have no image in {self.voc / 'JPEGImages'} "
-                f"(first: {missing[0]})"
-            )
         self._cls = load_cls_labels(self.cls_labels, self.num_classes - 1) if self.cls_labels else None
         self._label_cache: dict[str, np.ndarray] = {}
         self.ids = ids
@@ -200,7 +211,7 @@ class VOCReader:
 
     # -- paths ---------------------------------------------------------------------------------
     def image_path(self, image_id: str) -> Path:
-        return self.voc / "JPEGImages" / f"{image_id}.jpg"
+        return voc_image_path(self.voc, image_id)
 
     def xml_path(self, image_id: str) -> Path:
         return self.voc / "Annotations" / f"{image_id}.xml"
