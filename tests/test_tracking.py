@@ -206,3 +206,29 @@ def test_progress_reaches_wandb_while_the_step_runs(tmp_path: Path, monkeypatch,
     assert logged.job_type == "pseudo_masks" and logged.group == "run" and logged.config["seed"] == 0
     assert [(h["progress/images_done"], h["progress/images_total"]) for h in logged.history] == [(1, 2), (2, 2)]
     assert logged.exit_code == exit_code
+
+
+# A training step's W&B run as Lightning's WandbLogger leaves it: opened, logged, closed at exit.
+_LOGS_AND_EXITS = """
+import sys, wandb
+run = wandb.init(dir=sys.argv[1], mode="offline", job_type="classifier", settings=wandb.Settings(silent=True))
+run.log({"train/loss": 1.5})
+"""
+
+
+def test_a_step_s_wandb_run_is_on_disk_when_the_step_ends(tmp_path: Path, monkeypatch) -> None:
+    """The pipeline process has a W&B service (a per-image step's run started it); a step process must
+    not share it: there, a run closed at exit stays a 7-byte header until the pipeline ends."""
+    from rpnet_pl.pipeline import PlannedStep, run_steps
+    from rpnet_pl.tracking import finish_run, start_run
+    from tests.wandb_records import records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    finish_run(start_run(tmp_path / "earlier", name="r/eval_cam", group="r", job_type="eval_cam"), "r/eval_cam")
+    folder = tmp_path / "run" / "classifier"
+    folder.mkdir(parents=True)
+    step = PlannedStep("classifier", [sys.executable, "-c", _LOGS_AND_EXITS, str(folder)], folder, kind="train")
+    assert run_steps([step]) == ["classifier"]
+    (record_file,) = folder.rglob("run-*.wandb")
+    kinds = [r.WhichOneof("record_type") for r in records(record_file)]  # read at once, no waiting
+    assert "run" in kinds and "history" in kinds and kinds[-1] == "exit", kinds

@@ -242,6 +242,19 @@ def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
     return plain[-1] if plain else ""
 
 
+#: W&B's address of this process's W&B service. A step must not inherit it: a run left to be closed at
+#: exit (Lightning's WandbLogger leaves it so) stays unflushed in a shared service, its file only a
+#: header, until this process ends; with a service of its own, the step's exit flushes it.
+WANDB_SERVICE = "WANDB_SERVICE"
+
+
+def _step_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """A step process's environment: this one's with unbuffered output, without W&B's service address."""
+    out = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})}
+    out.pop(WANDB_SERVICE, None)
+    return out
+
+
 def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
                 on_progress: Callable[[str], None] | None = None) -> tuple[int, list[str]]:
     """Run ``argv`` with its output appended to the step's log; progress lines are echoed to this
@@ -252,7 +265,7 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
         fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
         fh.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env={"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})})
+                                env=_step_environment(env))
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
