@@ -95,10 +95,12 @@ def test_param_groups_partition_trainable_parameters(head: str) -> None:
     assert ids_b | ids_h == {id(p) for p in m.parameters() if p.requires_grad}
     assert ids_h == {id(p) for p in m.head.parameters()}
     assert ids_b <= {id(p) for p in m.backbone.parameters()}
-    frozen = {id(p) for p in m.backbone.body.conv1.parameters()} | {
-        id(p) for mod in m.backbone.modules() if isinstance(mod, _BatchNorm) for p in mod.parameters()}
-    assert frozen and not frozen & ids_b  # frozen stem and BatchNorms are in neither group
+    frozen = {id(p) for mod in m.backbone.modules() if isinstance(mod, _BatchNorm) for p in mod.parameters()}
+    assert frozen and not frozen & ids_b  # frozen BatchNorms are in neither group
+    assert id(m.backbone.body.conv1.weight) in ids_b  # the stem convolution trains (kazuto1011's get_params "1x")
     assert len(backbone) > 0 and len(head_params) == (6 if head == "largefov" else 8)
+    stemless = build_deeplab(head=head, backbone="resnet18", num_classes=5, output_stride=16, freeze_stem=True)
+    assert id(stemless.backbone.body.conv1.weight) not in {id(p) for p in stemless.param_groups()[0]}
 
 
 def test_gradients_reach_head_and_unfrozen_backbone_only() -> None:
@@ -109,7 +111,8 @@ def test_gradients_reach_head_and_unfrozen_backbone_only() -> None:
     _, head = m.param_groups()
     assert all(p.grad is not None for p in head)
     assert m.backbone.body.layer4[-1].conv2.weight.grad is not None
-    assert m.backbone.body.conv1.weight.grad is None
+    assert m.backbone.body.conv1.weight.grad is not None  # the stem convolution trains
+    assert all(p.grad is None for mod in m.backbone.modules() if isinstance(mod, _BatchNorm) for p in mod.parameters())
 
 
 def test_build_deeplab_rejects_bad_arguments() -> None:

@@ -128,8 +128,7 @@ def test_stem_frozen_and_detach_at_level_2() -> None:
 def _sgd_step(stage, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     """One SGD step over the stage's own parameter groups; returns the parameters before it."""
     before = {n: p.detach().clone() for n, p in stage.named_parameters()}
-    groups = [{"params": [p for p in params if p.requires_grad], "lr": lr} for params, lr in stage.optimizer_groups()]
-    opt = torch.optim.SGD(groups, momentum=0.0)
+    opt, _ = stage.make_optimizer(max_steps=10)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -146,11 +146,55 @@ def test_report_segmentation_and_per_class_tables(tmp_path: Path) -> None:
     assert "| RPNet (resnet50) [coco-r50] | 38.6 | - |" in coco
     xi = text.split("## Table XI")[1]
     header = xi.strip().splitlines()[2]
-    assert header.startswith("| method | background | aeroplane |") and header.endswith("| mIoU |")
-    # per-class rows: bg 90, aeroplane 50 (60 with CRF), the rest absent; mIoU over the present classes
-    assert "| RPNet (resnext50) [voc-rx50] w/o CRF | 90.0 | 50.0 | - |" in xi and xi.count("| 70.0 |") == 1
-    assert "| RPNet (resnext50) [voc-rx50] | 90.0 | 60.0 | - |" in xi and "| 75.0 |" in xi
+    # only the two classes of the data are columns; the 19 absent ones are counted under the table
+    assert header == "| method | background | aeroplane | mIoU |"
+    # per-class rows: bg 90, aeroplane 50 (60 with CRF); mIoU over the present classes
+    assert "| RPNet (resnext50) [voc-rx50] w/o CRF | 90.0 | 50.0 | 70.0 |" in xi
+    assert "| RPNet (resnext50) [voc-rx50] | 90.0 | 60.0 | 75.0 |" in xi
+    assert "19 of the 21 VOC classes left out: no ground-truth pixel and no prediction in any run." in xi
     assert "coco-r50" not in xi
+
+
+def test_per_class_table_keeps_a_class_any_run_has() -> None:
+    """Run b predicts bicycle where there is none (IoU 0): bicycle stays a column, "-" for run a;
+    bird is in no run and is left out, with the other 17 absent classes."""
+    from rpnet_pl.report import per_class_table
+    from rpnet_pl.summary import RunSummary
+
+    a = RunSummary("a", method="rpnet", backbone="resnet50", val_per_class={"background": 0.8, "aeroplane": 0.4})
+    b = RunSummary("b", method="cam", backbone="resnet50",
+                   val_per_class={"background": 0.7, "aeroplane": 0.2, "bicycle": 0.0, "bird": None})
+    lines = per_class_table([a, b]).splitlines()
+    assert lines[0] == "| method | background | aeroplane | bicycle | mIoU |"
+    assert lines[2] == "| RPNet (resnet50) [a] w/o CRF | 80.0 | 40.0 | - | 60.0 |"
+    assert lines[3] == "| Base (resnet50) [b] w/o CRF | 70.0 | 20.0 | 0.0 | 30.0 |"
+    assert lines[5] == "18 of the 21 VOC classes left out: no ground-truth pixel and no prediction in any run."
+    # every class present: no line under the table
+    from rpnet_pl.data.classes import VOC_CLASSES
+
+    full = RunSummary("c", val_per_class={c: 0.5 for c in VOC_CLASSES})
+    assert per_class_table([full]).splitlines()[-1].endswith("| 50.0 | 50.0 |")
+    assert "left out" not in per_class_table([full])
+
+
+def test_per_class_figure_title_fits_the_figure() -> None:
+    """Drawn, the (wrapped) title lies inside the figure, for 6 classes (a narrow figure, 15 absent
+    classes named in the title) and for all 21."""
+    from rpnet_pl.data.classes import VOC_CLASSES
+    from rpnet_pl.report import per_class_figure
+
+    title = "run a-longer-experiment-name/seed0: seed IoU per class, split train_aug, mIoU 49.8, threshold 0.16"
+    for n in (6, 21):
+        fig = per_class_figure({c: (0.5 if i < n else None) for i, c in enumerate(VOC_CLASSES)}, title)
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        ax = fig.axes[0]
+        box, width = ax.title.get_window_extent(renderer), fig.bbox.width
+        assert 0 <= box.x0 and box.x1 <= width, (n, box, width)
+        assert box.y1 <= fig.bbox.height
+        text = ax.title.get_text()
+        assert text.replace("\n", " ") == title + ("; 15 class(es) absent from the data, not drawn" if n == 6 else "")
+        assert text.count("\n") == (2 if n == 6 else 1)  # wrapped to the figure's width
 
 
 def test_seed_iou_figure_draws_only_the_classes_of_the_data() -> None:

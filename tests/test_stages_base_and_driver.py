@@ -21,8 +21,8 @@ TINY = dict(backbone="resnet18", pretrained=False)
 
 
 @pytest.mark.parametrize("cls, kw, mult_key, momentum, weight_decay", [
-    (ClassifierStage, dict(method="cam"), "new_layer_lr_mult", 0.0, 1e-4),
-    (RefineStage, {}, "displacement_lr_mult", 0.0, 1e-4),
+    (ClassifierStage, dict(method="cam"), "new_layer_lr_mult", 1e-4, 1e-4),  # PolyOptimizer: momentum = weight decay
+    (RefineStage, {}, "displacement_lr_mult", 1e-4, 1e-4),
     (SegmenterStage, {}, "head_lr_mult", 0.9, 5e-4),
 ])
 def test_each_stage_gets_poly_sgd_from_its_own_groups(cls: type, kw: dict, mult_key: str, momentum: float,
@@ -30,8 +30,14 @@ def test_each_stage_gets_poly_sgd_from_its_own_groups(cls: type, kw: dict, mult_
     stage = cls(**TINY, **kw, lr=0.01)
     assert isinstance(stage, StageModule)
     opt, sched = stage.make_optimizer(max_steps=10)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.01 * stage.hparams[mult_key]])
-    assert all(g["momentum"] == momentum and g["weight_decay"] == weight_decay for g in opt.param_groups)
+    assert [g["lr"] for g in opt.param_groups[:2]] == pytest.approx([0.01, 0.01 * stage.hparams[mult_key]])
+    assert all(g["momentum"] == momentum and g["weight_decay"] == weight_decay for g in opt.param_groups[:2])
+    if cls is SegmenterStage:  # kazuto1011's third group: the head's biases at 20x, no weight decay
+        (biases,) = opt.param_groups[2:]
+        assert (biases["lr"], biases["weight_decay"]) == (pytest.approx(0.2), 0.0)
+        assert all(p.ndim == 1 for p in biases["params"]) and len(biases["params"]) == 3  # LargeFOV fc6 / fc7 / fc8
+    else:
+        assert len(opt.param_groups) == 2
     trainable = {id(p) for p in stage.model.parameters() if p.requires_grad}
     assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable  # frozen parameters left out
     for _ in range(5):

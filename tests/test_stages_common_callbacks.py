@@ -104,16 +104,52 @@ def test_images_in_batch_counts_groups_and_plain_batches() -> None:
     assert images_in_batch([torch.zeros(2)]) == 0
 
 
+class _FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _count(caplog, counter: CountProgress, clock: _FakeClock, seconds_per_item: float) -> list[str]:
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        for _ in range(counter.total):
+            clock.now += seconds_per_item
+            counter.update()
+    return [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
+
+
 def test_format_eta_and_count_progress(caplog) -> None:
+    """10 items, a line every 4, 1 s per item, quiet for the first 5 s: at 4 s (item 4) still quiet;
+    item 8 at 8 s -> 1 item/s, 2 left -> ETA 0:00:02; item 10 at 10 s is the final line."""
     assert format_eta(7384.2) == "2:03:04"
     assert format_eta(float("nan")) == "?"
-    counter = CountProgress("CAMs", 10, every=4)
-    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
-        for _ in range(10):
-            counter.update()
-    lines = [r.getMessage() for r in caplog.records]
-    assert [line.split(",")[0] for line in lines] == ["CAMs: 4/10 images", "CAMs: 8/10 images", "CAMs: 10/10 images"]
-    assert lines[-1].endswith("ETA 0:00:00")
+    clock = _FakeClock()
+    counter = CountProgress("CAMs", 10, every=4, quiet_s=5.0, clock=clock)
+    lines = _count(caplog, counter, clock, 1.0)
+    assert lines == ["CAMs: 8/10 images, 1 images/s, ETA 0:00:02", "CAMs: 10/10 images, 1 images/s, ETA 0:00:00"]
+    assert counter.lines == 2
+
+
+def test_count_progress_is_silent_for_a_quick_step(caplog) -> None:
+    """20 items in 0.02 s (the default of about 20 lines would have printed 20): no line at all."""
+    clock = _FakeClock()
+    lines = _count(caplog, CountProgress("eval CAMs", 20, clock=clock), clock, 0.001)
+    assert lines == []
+
+
+def test_count_progress_final_line_of_a_slow_step_without_earlier_lines(caplog) -> None:
+    """3 items of 2 s, a line every 5 items: no multiple is passed, but the run took 6 s >= 5 s, so the
+    final line comes (0.5 images/s); at 1 s per item (3 s in all) nothing."""
+    clock = _FakeClock()
+    assert _count(caplog, CountProgress("IR labels", 3, every=5, clock=clock), clock, 2.0) == [
+        "IR labels: 3/3 images, 0.5 images/s, ETA 0:00:00"]
+    caplog.clear()
+    clock = _FakeClock()
+    assert _count(caplog, CountProgress("IR labels", 3, every=5, clock=clock), clock, 1.0) == []
 
 
 @pytest.mark.parametrize("every", [None, 7])
@@ -129,14 +165,19 @@ class _Predict(_Tiny):
         return None
 
 
-def test_prediction_runs_log_done_over_total(caplog) -> None:
+@pytest.mark.parametrize("quiet_s", [0.0, 3600.0])
+def test_prediction_runs_log_done_over_total(caplog, monkeypatch, quiet_s: float) -> None:
+    """Not quiet: a line per image; quiet for an hour (a quick run): none, not even the final one."""
+    from rpnet_pl import progress
     from rpnet_pl.stages.common import inference_trainer
 
+    monkeypatch.setattr(progress, "QUIET_SECONDS", quiet_s)
     trainer = inference_trainer(devices=1, accelerator="cpu", progress=False)
     with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
         trainer.predict(_Predict(), DataLoader(_Images(), batch_size=1), return_predictions=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
-    assert [line.split(",")[0] for line in lines] == [f"predictions: {k}/6 images" for k in range(1, 7)]
+    expected = [f"predictions: {k}/6 images" for k in range(1, 7)] if quiet_s == 0 else []
+    assert [line.split(",")[0] for line in lines] == expected
 
 
 @pytest.mark.parametrize("stage", ["classifier", "refine", "segmenter"])

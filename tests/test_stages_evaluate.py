@@ -7,6 +7,7 @@ background: background 284 + 268 + 284 + 284 = 1120 gt pixels over the split.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import write_label_png
 from rpnet_pl.stages.cam_inference import cam_path, write_cam
-from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_masks, format_report, sweep_edge
+from rpnet_pl.stages.evaluate import (DEFAULT_THRESHOLDS, cam_result_line, evaluate_cams, evaluate_masks,
+                                      foreground_precision_recall, format_report, masks_result_line,
+                                      seg_result_line, sweep_edge)
 
 A, B = "2007_000001", "2007_000002"  # A: {1}; B: {1, 2}
 
@@ -180,20 +183,37 @@ def test_masks_size_and_missing(tiny_voc: Path, tmp_path: Path) -> None:
         evaluate_masks(tmp_path / "m", tiny_voc)
 
 
-def test_cli_eval_cam_and_pseudo_masks(tiny_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def _result_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "rpnet_pl.progress"]
+
+
+def test_cli_eval_cam_and_pseudo_masks(tiny_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       caplog: pytest.LogCaptureFixture) -> None:
     exact_cams(tiny_voc, tmp_path / "cams")
     out = tmp_path / "metrics" / "cam.json"
-    assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc),
-                 "--thresholds", "0.15", "0.5", "--out", str(out)]) == 0
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc),
+                     "--thresholds", "0.15", "0.5", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["best_miou"] == 1.0 and set(res["thresholds"]) == {"0.15", "0.5"}
     printed = capsys.readouterr().out
     assert "| threshold | mIoU |" in printed and "| recall |" in printed
+    # the step's one result line (a quick step: no progress line before it)
+    # exact CAMs score 1.0 at both thresholds: the best is an end of the sweep, but not beyond-suspect
+    assert res["best_at_edge"] is None
+    side = {0.5: "largest threshold, but a smaller", 0.15: "smallest threshold, but a larger"}[res["best_threshold"]]
+    assert _result_lines(caplog) == [f"CAM seeds: best mIoU 100.0% at threshold {res['best_threshold']:g} "
+                                     f"(sweep 0.15-0.5: its {side} one is as good)"]
 
+    caplog.clear()
     write_masks(tiny_voc, tmp_path / "m")
     out2 = tmp_path / "metrics" / "masks.json"
-    assert main(["eval-pseudo-masks", "--masks", str(tmp_path / "m"), "--root", str(tiny_voc), "--out", str(out2)]) == 0
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        assert main(["eval-pseudo-masks", "--masks", str(tmp_path / "m"), "--root", str(tiny_voc),
+                     "--out", str(out2)]) == 0
     assert json.loads(out2.read_text())["miou"] == 1.0
+    assert _result_lines(caplog) == [
+        "mIoU 100.0%, foreground precision 100.0% recall 100.0% (4 images, split train)"]
 
     cam_path(tmp_path / "cams", A).unlink()
     assert main(["eval-cam", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc)]) == 2
@@ -221,3 +241,64 @@ def test_best_at_the_largest_threshold_is_reported(tiny_voc: Path, tmp_path: Pat
     assert "the best threshold is the sweep's largest" in format_report(res)
     res = evaluate_cams(cams, tiny_voc, split="train", thresholds=(0.1, 0.4, 0.6))
     assert res["best_at_edge"] is None and "sweep's" not in format_report(res)
+
+
+def test_cam_result_line_hand_computed() -> None:
+    sweep = {"thresholds": {"0.05": {}, "0.15": {}, "0.6": {}}, "best_threshold": 0.15, "best_miou": 0.5234,
+             "best_at_edge": None}
+    assert cam_result_line(sweep) == "CAM seeds: best mIoU 52.3% at threshold 0.15 (sweep 0.05-0.6, best inside it)"
+    tied = {**sweep, "best_threshold": 0.6}  # at the end, but sweep_edge found another threshold as good
+    assert cam_result_line(tied) == ("CAM seeds: best mIoU 52.3% at threshold 0.6 (sweep 0.05-0.6: its largest "
+                                     "threshold, but a smaller one is as good)")
+    high = {**sweep, "best_threshold": 0.6, "best_at_edge": "high"}
+    assert cam_result_line(high) == ("CAM seeds: best mIoU 52.3% at threshold 0.6 (sweep 0.05-0.6: the best is "
+                                     "its largest threshold, the optimum may lie above it)")
+    low = {**sweep, "best_threshold": 0.05, "best_at_edge": "low"}
+    assert cam_result_line(low).endswith("(sweep 0.05-0.6: the best is its smallest threshold, the optimum "
+                                         "may lie below it)")
+    one = {"thresholds": {"0.16": {}}, "best_threshold": 0.16, "best_miou": None, "best_at_edge": None}
+    assert cam_result_line(one) == "CAM seeds: best mIoU - at threshold 0.16 (one threshold, no sweep)"
+
+
+def test_foreground_precision_recall_pools_the_classes() -> None:
+    """Rows gt (bg, 1, 2), columns prediction. Foreground predicted as any foreground class:
+    20 + 2 + 3 + 1 = 26 (class 1 called class 2 still counts); predicted foreground: columns 1-2,
+    28 + 8 = 36; gt foreground: rows 1-2, 32 + 8 = 40 -> precision 26/36, recall 26/40."""
+    conf = [[50, 5, 5], [10, 20, 2], [4, 3, 1]]
+    precision, recall = foreground_precision_recall(conf)
+    assert precision == pytest.approx(26 / 36) and recall == pytest.approx(0.65)
+    line = masks_result_line({"miou": 0.4321, "confusion": conf, "n_images": 3, "split": "train"})
+    assert line == "mIoU 43.2%, foreground precision 72.2% recall 65.0% (3 images, split train)"
+    # nothing predicted foreground: precision undefined, recall 0
+    assert masks_result_line({"miou": 0.25, "confusion": [[5, 0], [3, 0]], "n_images": 1, "split": "val"}) == (
+        "mIoU 25.0%, foreground precision - recall 0.0% (1 images, split val)")
+
+
+def test_seg_result_line_hand_computed() -> None:
+    both = {"without_crf": {"miou": 0.651, "n_images": 12, "split": "val"}, "with_crf": {"miou": 0.664}}
+    assert seg_result_line(both) == "segmenter mIoU 65.1% without CRF, 66.4% with CRF (12 images, split val)"
+    assert seg_result_line({"without_crf": both["without_crf"]}) == (
+        "segmenter mIoU 65.1% without CRF, with CRF not run (12 images, split val)")
+
+
+def test_eval_seg_step_logs_its_result_line(tiny_voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Predictions equal to the ground truth, CRF predictions all background. With CRF, by hand:
+    background IoU 1120 / 1200 (every labelled pixel called background), classes 1, 2 and 15 IoU 0
+    -> mIoU 0.9333 / 4 = 23.3%."""
+    from rpnet_pl.stages import segmenter
+    from rpnet_pl.steps import EvalSegOptions
+
+    def fake_predict(ckpt, pred_dir, root, dataset, split, crf_dir=None, **kw):
+        reader = build_reader("voc", root, split, weak=False)
+        for i in reader.ids:
+            gt = reader.mask(i)
+            write_label_png(Path(pred_dir) / f"{i}.png", np.where(gt == 255, 0, gt).astype(np.uint8), voc_palette())
+            write_label_png(Path(crf_dir) / f"{i}.png", np.zeros_like(gt), voc_palette())
+        return len(reader.ids), True
+
+    monkeypatch.setattr(segmenter, "predict_segmentation", fake_predict)
+    with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
+        assert segmenter.eval_seg_step(EvalSegOptions(ckpt="unused.ckpt", out=str(tmp_path / "seg"),
+                                                      root=str(tiny_voc), split="val")) == 0
+    assert _result_lines(caplog) == ["segmenter mIoU 100.0% without CRF, 23.3% with CRF (4 images, split val)"]

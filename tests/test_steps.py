@@ -51,7 +51,8 @@ def test_every_step_has_its_command_layout_entry_and_validation(name: str, tmp_p
 def test_an_option_has_one_spelling_from_yaml_to_the_function() -> None:
     """A YAML section goes through the pipeline's flags and the command's parser into the options
     dataclass unchanged: every YAML key is the dataclass field of the same name."""
-    section = {"split": "val", "radius": 3, "beta": 2.5, "exp_times": 4, "bg_threshold": 0.3, "pad_to": 0}
+    section = {"split": "val", "radius": 3, "beta": 2.5, "exp_times": 4, "bg_threshold": 0.3, "pad_to": 0,
+               "save_scores": True}
     parser = argparse.ArgumentParser()
     add_options(parser, PseudoMasksOptions)
     args = parser.parse_args(["--ckpt", "c", "--cams", "k", "--out", "o", "--root", "r", *_flags(section)])

@@ -147,3 +147,22 @@ def load_npy(path: PathLike) -> object:
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         return obj.item()
     return obj
+
+
+def save_npz(path: PathLike, **arrays: np.ndarray) -> None:
+    """Save named arrays with ``np.savez_compressed`` (zlib); atomic."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
+            np.savez_compressed(fh, **arrays)
+
+
+def load_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """Load what ``save_npz`` wrote, as a dict of arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise DatasetError(f"{path}: unreadable .npz ({exc.__class__.__name__}: {exc})") from None

@@ -9,7 +9,7 @@ next step, ``rpnet report`` and the ablation sweeps read.
       eval_cam/     metrics.json
       ir_labels/labels/     ID.png IR labels
       refine/       config.yaml, checkpoints/last.ckpt (stage 2, IRN boundary refinement)
-      pseudo_masks/masks/   ID.png pseudo masks
+      pseudo_masks/masks/   ID.png pseudo masks (+ scores/ID.npz: the walk's scores, with --save-scores)
       eval_pseudo_masks/    metrics.json
       segmenter/    config.yaml, checkpoints/last.ckpt
       eval_seg/     metrics.json (+ pred/, pred_crf/)
@@ -33,11 +33,19 @@ DONE = ".done"
 CAMS = "cams"
 LABELS = "labels"
 MASKS = "masks"
+#: The walk's class scores kept beside the pseudo masks (``rpnet pseudo-masks --save-scores``).
+SCORES = "scores"
 
 
 def step_dir(run: str | Path, step: str) -> Path:
     """The folder of one step of a run."""
     return Path(run) / step
+
+
+def walk_scores_dir(masks_dir: str | Path) -> Path:
+    """Where ``rpnet pseudo-masks --save-scores`` keeps the walk's scores of a folder of pseudo masks
+    (and where ``rpnet eval-pseudo-masks`` looks for them): ``<masks>/scores``."""
+    return Path(masks_dir) / SCORES
 
 
 def step_checkpoint(folder: Path) -> Path:

@@ -287,6 +287,15 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray], Par
 }
 
 
+def _training_groups() -> None:
+    """Add the training groups (:mod:`rpnet_pl.parity_training`): their checkers use this module's
+    comparisons, so they are imported once it is complete."""
+    from rpnet_pl import parity_training
+
+    parity_training._register()
+    GROUPS.update(parity_training.GROUPS)
+
+
 def case_group(path: Path) -> str:
     """``random_walk_3.npz`` -> ``random_walk``; an unknown group is an error naming the file."""
     stem = path.stem
@@ -384,3 +393,6 @@ def format_table(results: list[CaseResult]) -> str:
 
 __all__ = ["Check", "CaseResult", "FP32", "GROUPS", "ParityCaseError", "ParityMode", "default_cases_dir", "format_table", "load_case",
            "run_case", "run_parity", "summarise"]
+
+
+_training_groups()

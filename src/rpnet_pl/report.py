@@ -27,7 +27,7 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.io import atomic_path
 from rpnet_pl.seeds import Stat, as_float, format_pct
 from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
-from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, PSEUDO_MASKS, output_path
+from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, PSEUDO_MASKS, output_path
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +67,62 @@ def segmentation_table(runs: list[RunSummary], dataset: str) -> str | None:
 
 
 def per_class_table(runs: list[RunSummary]) -> str | None:
-    """Table XI: per-class val IoU of every VOC run (with and without CRF), one row each."""
+    """Table XI: per-class val IoU of every VOC run (with and without CRF), one row each. A class with
+    no IoU in any row (no ground-truth pixel and no prediction in any run) is left out, and a line
+    under the table says how many were."""
     from rpnet_pl.data.classes import VOC_CLASSES
     from rpnet_pl.ops.metrics import format_iou_table
 
-    rows: list[str] = []
+    found: list[tuple[str, dict[str, float | None]]] = []
     for r in runs:
         if (r.dataset or "voc") != "voc":
             continue
         for suffix, per_class in ((" w/o CRF", r.val_per_class), ("", r.val_crf_per_class)):
-            if not per_class:
-                continue
-            values = [np.nan if per_class.get(c) is None else per_class[c] for c in VOC_CLASSES]
-            label = _label(r) + suffix + (f" (mean of n={r.n_seeds} seeds)" if r.n_seeds else "")
-            table = format_iou_table(values, VOC_CLASSES, row_name=label).splitlines()
-            rows += table[:2] if not rows else []
-            rows.append(table[2])
-    return "\n".join(rows) if rows else None
+            if per_class:
+                found.append((_label(r) + suffix + (f" (mean of n={r.n_seeds} seeds)" if r.n_seeds else ""),
+                              per_class))
+    if not found:
+        return None
+    names = [c for c in VOC_CLASSES if any(per_class.get(c) is not None for _, per_class in found)]
+    rows: list[str] = []
+    for label, per_class in found:
+        values = [np.nan if per_class.get(c) is None else per_class[c] for c in names]
+        table = format_iou_table(values, names, row_name=label).splitlines()
+        rows += table[:2] if not rows else []
+        rows.append(table[2])
+    absent = len(VOC_CLASSES) - len(names)
+    if absent:
+        rows += ["", f"{absent} of the {len(VOC_CLASSES)} VOC classes left out: no ground-truth pixel and no "
+                     "prediction in any run."]
+    return "\n".join(rows)
+
+
+def sweep_table(run: Path, label: str | None = None) -> str | None:
+    """Markdown: the pseudo masks' background-threshold sweep (``eval_pseudo_masks`` over the walk's
+    saved scores) beside the seeds' (``eval_cam``), mIoU % per threshold, each column's best in bold;
+    None when the run's pseudo masks were not swept."""
+    masks = read_json(layout.metrics_path(run, EVAL_PSEUDO_MASKS.name)) or {}
+    if not isinstance(masks.get("thresholds"), dict):
+        return None
+    seeds = read_json(layout.metrics_path(run, EVAL_CAM.name)) or {}
+    columns = [(name, m.get("thresholds") or {}, m.get("best_threshold")) for name, m in
+               (("seeds", seeds), ("pseudo masks", masks))]
+    ts = sorted({float(t) for _, sweep, _ in columns for t in sweep})
+
+    def cell(sweep: dict[str, Any], best: float | None, t: float) -> str:
+        value = next((v.get("miou") for k, v in sweep.items() if float(k) == t), None)
+        text = _pct(value)
+        return f"**{text}**" if value is not None and best is not None and float(best) == t else text
+
+    lines = [f"Background-threshold sweeps of run {label or run.name} (mIoU %, best in bold):", "",
+             "| threshold | " + " | ".join(name for name, _, _ in columns) + " |", "|---:|---:|---:|"]
+    lines += [f"| {t:g} | " + " | ".join(cell(sweep, best, t) for _, sweep, best in columns) + " |" for t in ts]
+    written, edge = masks.get("masks_threshold"), masks.get("best_at_edge")
+    note = f"pseudo masks as written{'' if written is None else f' (threshold {written:g})'}: {_pct(masks.get('miou'))}"
+    if edge:
+        note += (f"; their best threshold is the sweep's {'largest' if edge == 'high' else 'smallest'}, the optimum "
+                 "may lie beyond it")
+    return "\n".join(lines + ["", note])
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -141,20 +180,32 @@ def present_classes(per_class: dict[str, float | None]) -> tuple[list[str], np.n
     return names, values, len(per_class) - len(names)
 
 
-def plot_per_class_iou(per_class: dict[str, float | None], title: str, path: Path) -> Path:
-    """Bars of IoU (%) per class present in the data; the title says how many classes were absent."""
+def per_class_figure(per_class: dict[str, float | None], title: str) -> Any:
+    """The figure of :func:`plot_per_class_iou` (laid out, not saved): the title is wrapped to the
+    figure's width."""
+    import textwrap
+
     names, values, absent = present_classes(per_class)
     if absent:
         title += f"; {absent} class(es) absent from the data, not drawn"
-    fig = _figure(min(30.0, max(6.0, 0.35 * len(names))), 3.8)
+    width, fontsize = min(30.0, max(6.0, 0.35 * len(names))), 10.0
+    # about 0.6 em per character: the characters that fit the width, less a margin
+    lines = textwrap.wrap(title, width=int(0.9 * width * 72 / (0.6 * fontsize)))
+    fig = _figure(width, 3.4 + 0.2 * len(lines))
     ax = fig.add_subplot()
     x = np.arange(len(names))
     ax.bar(x, values, color="tab:blue")
     ax.set_xticks(x, names, rotation=90, fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("IoU (%)")
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title("\n".join(lines), fontsize=fontsize)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_iou(per_class: dict[str, float | None], title: str, path: Path) -> Path:
+    """Bars of IoU (%) per class present in the data; the title says how many classes were absent."""
+    return _save(per_class_figure(per_class, title), path)
 
 
 def plot_overlays(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], columns: Sequence[str], path: Path,
@@ -413,9 +464,12 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
             text += ("\nOver seeds, each class is the mean over the seeds that scored it, and the mIoU column the "
                      "mean of those class means (Table I and VIII give the mean of each seed's mIoU).\n")
     for run in run_dirs:
-        figures = run_figures(figure_run(run), folder, label=_run_label(run, Path(runs_dir)))
-        if figures:
-            text += f"\n## {run.name}\n\n" + "\n".join(_link(c, p, folder) for c, p in figures)
+        label = _run_label(run, Path(runs_dir))
+        sweeps = sweep_table(figure_run(run), label)
+        figures = run_figures(figure_run(run), folder, label=label)
+        if figures or sweeps:
+            text += (f"\n## {run.name}\n\n" + (sweeps + "\n\n" if sweeps else "")
+                     + "\n".join(_link(c, p, folder) for c, p in figures))
     root = Path(runs_dir)
     for sweep_dir in sorted(p for p in root.glob("ablation-*") if p.is_dir()) if root.is_dir() else []:
         table_md, figure = sweep_dir / "table.md", ablation_figure(sweep_dir, folder)

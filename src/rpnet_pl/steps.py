@@ -138,16 +138,24 @@ class PseudoMasksOptions(DataOptions, DeviceOptions, WalkOptions):
     cams: str = option(help="CAM folder written by `rpnet cam`", pipeline=True)
     out: str = option(help="output folder, one palette PNG per image", pipeline=True)
     exp_times: int = option(RANDOM_WALK.exp_times, "random walk of 2**exp_times steps", valid=NON_NEGATIVE)
+    save_scores: bool = option(False, "also keep the walk's class scores (stride 4, float16, OUT/scores/ID.npz), "
+                               "from which `rpnet eval-pseudo-masks` sweeps the background threshold without "
+                               "walking again; the masks are then made from those scores. Costs disk: about 2 bytes "
+                               "per class and stride-4 pixel, some 40 KB a VOC image, GBs for COCO's train set")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalMasksOptions(DataOptions):
-    """`rpnet eval-pseudo-masks`: mIoU of any folder of label PNGs."""
+    """`rpnet eval-pseudo-masks`: mIoU of any folder of label PNGs (and, over the walk's saved scores, of
+    a background-threshold sweep)."""
 
     masks: str = option(help="folder of ID.png label maps", pipeline=True)
     split: str = option("train", "image list (VOC: ImageSets/Segmentation/SPLIT.txt)")
     ignore_pred: bool = option(False, "leave out pixels predicted 255 (IR labels)")
     all_images: bool = option(False, "every id of the split, also those without a class label")
+    thresholds: tuple[float, ...] | None = option(None, "background thresholds swept over the walk's saved scores, "
+                                                  "when MASKS/scores exists (`rpnet pseudo-masks --save-scores`; "
+                                                  "default 0.05..0.60 and 0.16)", valid=FRACTION)
     out: str | None = option(None, "write the metrics as JSON here", pipeline=True)
 
 

@@ -8,8 +8,9 @@ steps that have no W&B run yet (a runs folder made with another logger or before
 ``job_type`` = the step and the run's resolved config, plus the varied keys of an ablation variant
 as top-level config values. What it logs:
 
-* evaluation steps: the mIoU in the summary (``miou``; ``eval_cam``: ``best_miou``, ``best_threshold``
-  and the threshold sweep as history and a line chart; ``eval_seg``: ``without_crf/miou`` and
+* evaluation steps: the mIoU in the summary (``miou``; ``eval_cam``, and ``eval_pseudo_masks`` over the
+  walk's saved scores: ``best_miou``, ``best_threshold`` and the threshold sweep as history and a line
+  chart; ``eval_seg``: ``without_crf/miou`` and
   ``with_crf/miou``), per-class IoU / precision / recall as a ``wandb.Table``, the confusion matrix
   with W&B's confusion-matrix chart;
 * per-image steps: ``progress/images_done``, ``progress/images_total``, ``progress/images_per_s``
@@ -38,7 +39,7 @@ import numpy as np
 import yaml
 
 from rpnet_pl import layout
-from rpnet_pl.steps import CAM, EVAL_SEG, IR_LABELS_STEP, PSEUDO_MASKS, STEPS
+from rpnet_pl.steps import CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, IR_LABELS_STEP, PSEUDO_MASKS, STEPS
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ def _log_tables(run: Any, prefix: str, metrics: dict[str, Any]) -> None:
 def step_scalars(step: str, folder: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """(summary, history) of a complete step's folder: its seconds, image count and images/s; an
     evaluation's mIoU (``eval_seg``: ``without_crf/miou``, ``with_crf/miou``; ``eval_cam``: ``best_miou``,
-    ``best_threshold``) and per-class IoU (``iou/<class>``); the seed sweep as history rows
-    (``threshold``, ``sweep/miou``). What W&B, CSV and TensorBoard are given alike."""
+    ``best_threshold``; ``eval_pseudo_masks``: ``miou``, and ``best_miou``, ``best_threshold`` when it
+    swept the walk's saved scores) and per-class IoU (``iou/<class>``); a background-threshold sweep
+    (the seeds', the pseudo masks') as history rows (``threshold``, ``sweep/miou``). What W&B, CSV and
+    TensorBoard are given alike."""
     spec = STEPS[step]
     seconds = _done(folder).get("seconds")
     summary: dict[str, Any] = {"seconds": seconds}
@@ -181,12 +184,12 @@ def step_scalars(step: str, folder: Path) -> tuple[dict[str, Any], list[dict[str
         return summary, history
     parts = [(f"{p}/", metrics[p]) for p in ("without_crf", "with_crf") if p in metrics] or [("", metrics)]
     for prefix, part in parts:
-        if "thresholds" in part:  # the seed sweep
+        if "thresholds" in part:  # a background-threshold sweep (eval_cam; eval_pseudo_masks over saved scores)
             history = [{"threshold": float(t), "sweep/miou": m.get("miou")}
                        for t, m in sorted(part["thresholds"].items(), key=lambda kv: float(kv[0]))]
             summary[f"{prefix}best_miou"] = part.get("best_miou")
             summary[f"{prefix}best_threshold"] = part.get("best_threshold")
-        else:
+        if "miou" in part or "thresholds" not in part:  # label maps as written
             summary[f"{prefix}miou"] = part.get("miou")
         summary.update({f"{prefix}iou/{c}": v for c, v in (part.get("per_class_iou") or {}).items() if v is not None})
     return summary, history
@@ -200,8 +203,9 @@ def _log_evaluation(run: Any, step: str, folder: Path) -> None:
         run.log(row)
     if history:
         table = wandb.Table(columns=["threshold", "miou"], data=[[r["threshold"], r["sweep/miou"]] for r in history])
-        run.log({"sweep/chart": wandb.plot.line(table, "threshold", "miou", title="seed mIoU over the background "
-                                                "threshold")})
+        what = "pseudo-mask" if step == EVAL_PSEUDO_MASKS.name else "seed"
+        run.log({"sweep/chart": wandb.plot.line(table, "threshold", "miou", title=f"{what} mIoU over the "
+                                                "background threshold")})
     for key, value in summary.items():
         run.summary[key] = value
     path = folder / layout.METRICS

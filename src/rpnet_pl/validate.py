@@ -27,7 +27,7 @@ from rpnet_pl import ranges
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT
 from rpnet_pl.errors import ConfigError, DatasetError
 from rpnet_pl.signatures import GROUPS, default, default_of, parse_type, snapshot
-from rpnet_pl.steps import STEPS, option_fields, yaml_types
+from rpnet_pl.steps import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_types
 
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
@@ -208,7 +208,7 @@ def _check_tree(cfg: dict) -> None:
 
 def _check_options_together(step: str, options: dict) -> None:
     """Options whose values are each in range but not together."""
-    if step == "ir_labels" and options.get("fg_threshold") is not None and options.get("bg_threshold") is not None:
+    if step == IR_LABELS_STEP.name and options.get("fg_threshold") is not None and options.get("bg_threshold") is not None:
         if not options["fg_threshold"] > options["bg_threshold"]:
             raise ConfigError(f"ir_labels.fg_threshold ({options['fg_threshold']}) must be above ir_labels.bg_threshold "
                               f"({options['bg_threshold']}): confident foreground needs a higher background score "
@@ -221,7 +221,7 @@ def _check_crop_and_radius(step: str, groups: dict) -> None:
     must leave it at least one pixel."""
     crop = (groups.get("data") or {}).get("crop_size")
     radius = (groups.get("model") or {}).get("boundary_radius")
-    if step != "refine" or not isinstance(crop, int) or not isinstance(radius, int):
+    if step != REFINE.name or not isinstance(crop, int) or not isinstance(radius, int):
         return
     if -(-crop // 4) - 2 * (radius - 1) < 1:
         raise ConfigError(f"refine.data.crop_size {crop} is too small for refine.model.boundary_radius {radius}: "

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from rpnet_pl.config import DEFAULT_ROOT
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)
-from rpnet_pl.data.sampler import GroupSampler, ShardSampler, data_volume_lists, kept_images
-from rpnet_pl.data.transforms import ScaleMode, eval_transform, train_transform
+from rpnet_pl.data.sampler import GroupSampler, ShardSampler, data_volume_lists, kept_images, read_class_lists
+from rpnet_pl.data.transforms import PadPosition, Resample, ScaleMode, eval_transform, train_transform
 
 
 def default_workers() -> int:
@@ -37,6 +37,9 @@ class GroupDataModule(pl.LightningDataModule):
     """Groups of ``group_size`` same-class images (Table VII) for the RPNet / CAM classifier.
 
     ``data_volume`` < 1 trains on the per-class cut lists of Table II (see :func:`data_volume_lists`).
+    ``class_lists_dir``: partners come from the per-class lists of that folder (``<c>.txt``, e.g. the
+    public code's ``voc12/list/full``) instead of every image with the class.
+    ``resample`` / ``pad_position``: see :func:`train_transform` (defaults: the public code's).
     """
 
     def __init__(
@@ -54,7 +57,10 @@ class GroupDataModule(pl.LightningDataModule):
         scale: tuple[float, float] = (0.5, 1.5),
         hflip: float = 0.5,
         color_jitter: float = 0.0,
+        resample: Resample = "pil",
+        pad_position: PadPosition = "random",
         data_volume: float = 1.0,
+        class_lists_dir: str | None = None,
         seed: int = 0,
         num_workers: int | None = None,
     ) -> None:
@@ -71,6 +77,10 @@ class GroupDataModule(pl.LightningDataModule):
         self.reader = build_reader(hp.dataset, hp.root, hp.split, hp.label_source, hp.cls_labels)
         labels = [self.reader.labels(i) for i in self.reader.ids]
         lists = data_volume_lists(labels, hp.data_volume, hp.seed) if hp.data_volume < 1.0 else None
+        if hp.class_lists_dir is not None:
+            if lists is not None:
+                raise ValueError("give class_lists_dir (lists already cut) or data_volume < 1, not both")
+            lists = read_class_lists(hp.class_lists_dir, self.reader.ids)
         self.sampler = GroupSampler(labels, group_size=hp.group_size, seed=hp.seed, class_lists_override=lists)
 
     @property
@@ -83,13 +93,17 @@ class GroupDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
-        transform = train_transform(hp.crop_size, hp.scale_mode, hp.long_side, hp.scale, hp.hflip, hp.color_jitter)
+        transform = train_transform(hp.crop_size, hp.scale_mode, hp.long_side, hp.scale, hp.hflip, hp.color_jitter,
+                                    resample=hp.resample, pad_position=hp.pad_position)
         return DataLoader(GroupDataset(self.reader, transform), batch_size=hp.batch_size, sampler=self.sampler,
                           collate_fn=collate_groups, drop_last=True, **_loader_kwargs(self.num_workers))
 
 
 class LabelledDataModule(pl.LightningDataModule):
     """Images with label PNGs from ``label_dir`` (IR labels for IRN, pseudo masks for DeepLab).
+
+    ``resample`` / ``pad_position``: see :func:`train_transform` (defaults: the public IRN code's;
+    DeepLab's own recipe is ``cv2`` / ``top_left``).
 
     ``val_split`` (optional) is evaluated against the dataset's ground-truth masks.
     """
@@ -108,6 +122,8 @@ class LabelledDataModule(pl.LightningDataModule):
         scale: tuple[float, float] = (0.5, 1.5),
         hflip: float = 0.5,
         color_jitter: float = 0.0,
+        resample: Resample = "pil",
+        pad_position: PadPosition = "random",
         seed: int = 0,
         num_workers: int | None = None,
     ) -> None:
@@ -120,7 +136,8 @@ class LabelledDataModule(pl.LightningDataModule):
         hp = self.hparams
         if self.train_set is None:
             reader = build_reader(hp.dataset, hp.root, hp.split)
-            transform = train_transform(hp.crop_size, hp.scale_mode, hp.long_side, hp.scale, hp.hflip, hp.color_jitter)
+            transform = train_transform(hp.crop_size, hp.scale_mode, hp.long_side, hp.scale, hp.hflip,
+                                        hp.color_jitter, resample=hp.resample, pad_position=hp.pad_position)
             self.train_set = LabelledDataset(reader, hp.label_dir, transform)
 
     @property

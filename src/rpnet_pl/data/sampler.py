@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,26 @@ def class_lists(labels: Sequence[np.ndarray]) -> dict[int, list[int]]:
     for idx, labs in enumerate(labels):
         for c in np.asarray(labs).tolist():
             out.setdefault(int(c), []).append(idx)
+    return out
+
+
+def read_class_lists(folder: str | Path, ids: Sequence[str]) -> dict[int, list[int]]:
+    """Per-class lists from ``folder/<c>.txt`` (one image id a line, ``c`` = 1, 2, ...), as indices
+    into ``ids``: e.g. the public RPNet code's ``voc12/list/full``, which leaves out 903 of the 16458
+    (image, class) entries of train_aug. Ids not in ``ids`` are dropped."""
+    from rpnet_pl.errors import DatasetError
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.txt"), key=lambda f: (len(f.stem), f.stem))
+    files = [f for f in files if f.stem.isdigit()]
+    if not files:
+        raise DatasetError(f"{folder}: no per-class lists (<class>.txt with one image id a line)")
+    index = {image_id: i for i, image_id in enumerate(ids)}
+    out: dict[int, list[int]] = {}
+    for f in files:
+        idxs = sorted({index[name] for name in f.read_text().split() if name in index})
+        if idxs:
+            out[int(f.stem)] = idxs
     return out
 
 
@@ -113,6 +134,11 @@ class GroupSampler(Sampler[Group]):
     def __len__(self) -> int:
         return len(self.anchors) // self.num_replicas
 
+    def candidates(self, anchor: int) -> dict[int, list[int]]:
+        """What a group of ``anchor`` is drawn from: each of its classes that has a list (picked
+        uniformly) -> the images a partner is drawn from (uniformly, the anchor included if listed)."""
+        return {c: self.lists[c] for c in self.labels[anchor].tolist() if c in self.lists}
+
     def groups(self) -> list[Group]:
         """All groups of this rank for the current epoch."""
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -125,9 +151,10 @@ class GroupSampler(Sampler[Group]):
         out = []
         for a in mine.tolist():
             g = np.random.default_rng([self.seed, self.epoch, a])
-            classes = [c for c in self.labels[a].tolist() if c in self.lists]
+            candidates = self.candidates(a)
+            classes = list(candidates)
             shared = int(classes[g.integers(len(classes))])
-            pool = self.lists[shared]
+            pool = candidates[shared]
             partners = tuple(int(pool[j]) for j in g.integers(len(pool), size=self.group_size - 1))
             out.append(Group((a, *partners), shared))
         return out

@@ -1,7 +1,9 @@
 """Augmentation with albumentations: random rescale, crop with ignore padding, flip, jitter, normalise.
 
 Image and mask go through the same geometric ops; padding is 0 for the (normalised) image, so padded
-pixels are the dataset mean, and 255 (ignore) for the mask.
+pixels are the dataset mean, and 255 (ignore) for the mask. The rescale and the crop are the public
+code's (:mod:`rpnet_pl.data.resize_crop`): PIL bicubic resampling and a randomly placed padded crop by
+default, OpenCV bilinear and top-left padding on request.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ScaleMode = Literal["long_side", "factor", "none"]
+Resample = Literal["pil", "cv2"]
+PadPosition = Literal["random", "top_left"]
 
 
 def train_transform(
@@ -29,24 +33,26 @@ def train_transform(
     color_jitter: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resample: Resample = "pil",
+    pad_position: PadPosition = "random",
 ) -> A.Compose:
     """Training pipeline; returns HWC float32 image and HW mask (tensors are made by the dataset).
 
     ``scale_mode='long_side'`` resizes the long side to a random length in ``long_side`` (the RPNet/IRN
     classifier recipe: 320-640); ``'factor'`` rescales by a random factor in ``scale`` (IRN's affinity
-    stage and DeepLab: 0.5-1.5).
+    stage and DeepLab: 0.5-1.5). ``resample``: ``'pil'`` (bicubic image, nearest mask, as the public
+    code) or ``'cv2'`` (bilinear / nearest); ``pad_position``: where an image smaller than the crop
+    lands, ``'random'`` (the public code's ``random_crop``) or ``'top_left'`` (DeepLab's padding).
     """
     import albumentations as A
-    import cv2
+
+    from rpnet_pl.data.resize_crop import RandomCropFill, RandomRescale, RandomResizeLong
 
     ops: list[A.BasicTransform] = []
     if scale_mode == "long_side":
-        lo, hi = int(long_side[0]), int(long_side[1])
-        ops.append(A.LongestMaxSize(max_size=list(range(lo, hi + 1)), interpolation=cv2.INTER_LINEAR,
-                                    mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+        ops.append(RandomResizeLong(int(long_side[0]), int(long_side[1]), resample=resample))
     elif scale_mode == "factor":
-        ops.append(A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), interpolation=cv2.INTER_LINEAR,
-                                 mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+        ops.append(RandomRescale(float(scale[0]), float(scale[1]), resample=resample))
     elif scale_mode != "none":
         raise ValueError(f"scale_mode must be long_side, factor or none, got {scale_mode!r}")
     if hflip > 0:
@@ -54,9 +60,7 @@ def train_transform(
     if color_jitter > 0:
         ops.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=color_jitter))
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
-    ops.append(A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
-                             border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX))
-    ops.append(A.RandomCrop(height=crop_size, width=crop_size))
+    ops.append(RandomCropFill(crop_size, fill=0.0, fill_mask=IGNORE_INDEX, pad_position=pad_position))
     return A.Compose(ops)
 
 

@@ -12,10 +12,10 @@
   6, 12, 18, 24, each straight to the classes, summed.
 
 Both run on :func:`build_backbone` with ``output_stride`` 8 or 16, dilated last stage(s), the
-stem frozen and every BatchNorm frozen (statistics and affine parameters, as DeepLab v2 fine-tunes
-its Caffe ResNet). ``forward`` returns logits at the backbone's output stride; ``segment``
+stem convolution training (as in kazuto1011/deeplab-pytorch; ``freeze_stem`` freezes it) and every
+BatchNorm frozen (statistics and affine parameters, as DeepLab v2 fine-tunes its Caffe ResNet). ``forward`` returns logits at the backbone's output stride; ``segment``
 upsamples them (bilinear) to the input size; ``param_groups`` splits the trainable parameters for
-the 10x head learning rate. Initialisation: the class layers ``N(0, 0.01)`` with zero bias
+the head's learning rates. Initialisation: the class layers ``N(0, 0.01)`` with zero bias
 (DeepLab's ``fc8`` / ASPP); LargeFOV's ``fc6``/``fc7`` (ImageNet-initialised from VGG's fully
 connected layers in the original, which a ResNet has no counterpart for) Kaiming-normal with zero
 bias.
@@ -163,10 +163,12 @@ def build_deeplab(
     output_stride: int = 8,
     pretrained: bool = False,
     weights: str | None = None,
+    freeze_stem: bool = False,
 ) -> DeepLab:
     """A DeepLab segmenter: ``head`` ``largefov`` (the paper) or ``aspp`` (DeepLab v2) on
-    ``build_backbone(backbone, pretrained, weights, output_stride, freeze_stem=True,
-    freeze_bn=True)`` (dilated, BatchNorm statistics and affine parameters frozen).
+    ``build_backbone(backbone, pretrained, weights, output_stride, freeze_stem, freeze_bn=True)``
+    (dilated, BatchNorm statistics and affine parameters frozen; the stem convolution trains unless
+    ``freeze_stem``: kazuto1011/deeplab-pytorch trains it, its ``get_params("1x")`` takes ``layer1.conv1``).
 
     Args:
         head: ``largefov`` | ``aspp``.
@@ -181,7 +183,7 @@ def build_deeplab(
     if output_stride not in (8, 16):
         raise ConfigError(f"DeepLab output_stride must be 8 or 16, got {output_stride}")
     body = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                          freeze_stem=True, freeze_bn=True)
+                          freeze_stem=freeze_stem, freeze_bn=True)
     if head == "largefov":
         return DeepLabLargeFOV(body, num_classes)
     return DeepLabV2ASPP(body, num_classes)

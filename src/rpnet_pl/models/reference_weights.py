@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 #: Aliases of modules that the reference registers twice (same tensors under a second name).
 ALIAS_PREFIXES = ("stage1.", "stage2.", "stage3.", "stage4.", "stage5.", "backbone.", "newly_added.",
                   "edge_layers.", "dp_layers.")
-#: Modules the public RPNet ``Net`` builds but never calls in ``forward`` (its checkpoints hold them).
-RPNET_UNUSED_PREFIXES = ("mask_t.", "mask.", "cross_atten.", "pre_x.", "pre_y.")
-#: IRN's ``AffinityDisplacement`` stores its pair indices as parameters; we rebuild them.
-IRN_INDEX_KEYS = re.compile(r"^(path_indices\d+|ind_from|ind_to)$")
+#: Modules the public RPNet ``Net`` builds but never calls in ``forward`` (its checkpoints hold them),
+#: and its ``gauss.weight`` buffer, the fixed Gaussian kernel that ours rebuilds (``gaussian_kernel``).
+RPNET_UNUSED_PREFIXES = ("mask_t.", "mask.", "cross_atten.", "pre_x.", "pre_y.", "gauss.")
+#: IRN's ``AffinityDisplacement`` stores its pair indices as parameters and its ``disp_target`` (the
+#: search directions) as a buffer: we rebuild them. Its ``mean_shift.*`` is an alias of ``fc_dp7.4.*``.
+IRN_INDEX_KEYS = re.compile(r"^(path_indices\d+|ind_from|ind_to|disp_target|mean_shift\..+)$")
+
+#: Our tensors that reference checkpoints do not hold (they keep their initial values): BatchNorm step
+#: counters, and the running variance of IRNet's MeanShift (IRN's keeps only a running mean).
+NOT_IN_REFERENCE = re.compile(r"(^|\.)num_batches_tracked$|^mean_shift\.running_var$")
 
 #: RPNet head modules: reference name -> ours (inside ``head.``). The ``_y`` heads are the
 #: reference images' own heads (``separate_reference_heads``).
@@ -218,7 +224,7 @@ def load_reference_checkpoint(model: nn.Module, source: str | Path | dict[str, T
         log.warning("%s: the reference images' own heads (%d tensors) are not used: this model shares the "
                     "anchor's heads (separate_reference_heads: false)", where, len(ref_heads))
         extra = [k for k in extra if k not in ref_heads]
-    missing = [k for k in target if k not in mapping.state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in target if k not in mapping.state and not NOT_IN_REFERENCE.search(k)]
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in mapping.state.items() if k in target and target[k].shape != v.shape]
     problems = []

@@ -157,6 +157,12 @@ class ThresholdSweep:
             pred = np.where(fg_max > t, fg_cls, 0)
             self.confusion[t] += confusion_matrix(pred, gt_np, self.num_classes, self.ignore_index)
 
+    def update_labels(self, threshold: float, pred: ArrayLike, gt: ArrayLike) -> None:
+        """Add one image's label map made at ``threshold`` by the caller's own thresholding (the walk's
+        :func:`~rpnet_pl.ops.random_walk.labels_from_scores`)."""
+        self.confusion[float(threshold)] += confusion_matrix(_numpy(pred), _numpy(gt), self.num_classes,
+                                                             self.ignore_index)
+
     def results(self) -> dict[float, tuple[float, np.ndarray]]:
         """threshold -> (mIoU, per-class IoU (C,))."""
         return {t: (miou(c), iou_from_confusion(c)) for t, c in self.confusion.items()}

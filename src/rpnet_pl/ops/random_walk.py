@@ -121,6 +121,42 @@ def propagate_cams(
         return random_walk(x, trans, steps=2 ** exp_times)
 
 
+def walk_scores_at_image_size(rw: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """The walk's class scores at the image size (IRN's ``make_sem_seg_labels`` before the threshold).
+
+    rw: (K, h, w) at stride 4. Upsamples x4 (bilinear), crops to ``image_size`` (H, W) and divides
+    by the global max over all classes. Returns (K, H, W) float32 (K = 0: an empty map).
+    """
+    height, width = image_size
+    if rw.shape[0] == 0:
+        return torch.zeros((0, height, width), dtype=torch.float32)
+    up = F.interpolate(rw[None].float(), scale_factor=4, mode="bilinear", align_corners=False)
+    up = up[0, :, :height, :width]  # (K, 4h, 4w) -> (K, H, W)
+    peak = up.max()
+    return up / peak if peak > 0 else up
+
+
+def labels_from_scores(
+    scores: torch.Tensor,
+    keys: Sequence[int] | np.ndarray | torch.Tensor,
+    bg: float = RANDOM_WALK.bg_threshold,
+) -> np.ndarray:
+    """Pseudo mask of scores at the image size (:func:`walk_scores_at_image_size`): prepends a
+    constant background channel ``bg`` and takes the argmax (a tie goes to the background).
+
+    scores: (K, H, W); keys: (K,) class ids (1..C) of the channels. Returns (H, W) int64 class ids
+    (0 = background). The one thresholding of the walk: the ``pseudo_masks`` step and
+    ``eval-pseudo-masks``'s sweep over saved scores both call it.
+    """
+    keys_np = np.concatenate([[0], np.asarray(torch.as_tensor(keys).cpu(), dtype=np.int64).reshape(-1)])
+    if scores.shape[0] != len(keys_np) - 1:
+        raise ValueError(f"{scores.shape[0]} channels for {len(keys_np) - 1} keys")
+    if scores.shape[0] == 0:
+        return np.zeros(tuple(scores.shape[1:]), dtype=np.int64)
+    padded = F.pad(scores.float(), (0, 0, 0, 0, 1, 0), value=bg)  # (K + 1, H, W)
+    return keys_np[padded.argmax(dim=0).cpu().numpy()]
+
+
 def sem_seg_from_rw(
     rw: torch.Tensor,
     keys: Sequence[int] | np.ndarray | torch.Tensor,
@@ -131,19 +167,11 @@ def sem_seg_from_rw(
 
     rw: (K, h, w) at stride 4; keys: (K,) class ids (1..C) of the channels. Upsamples x4
     (bilinear), crops to ``image_size`` (H, W), divides by the global max over all classes,
-    prepends a constant background channel ``bg`` and takes the argmax. Returns (H, W) int64
+    prepends a constant background channel ``bg`` and takes the argmax
+    (:func:`walk_scores_at_image_size`, then :func:`labels_from_scores`). Returns (H, W) int64
     class ids (0 = background).
     """
-    keys_np = np.concatenate([[0], np.asarray(torch.as_tensor(keys).cpu(), dtype=np.int64).reshape(-1)])
-    height, width = image_size
-    if rw.shape[0] != len(keys_np) - 1:
-        raise ValueError(f"{rw.shape[0]} channels for {len(keys_np) - 1} keys")
-    if rw.shape[0] == 0:
-        return np.zeros((height, width), dtype=np.int64)
-    up = F.interpolate(rw[None].float(), scale_factor=4, mode="bilinear", align_corners=False)
-    up = up[0, :, :height, :width]  # (K, 4h, 4w) -> (K, H, W)
-    peak = up.max()
-    if peak > 0:
-        up = up / peak
-    scores = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg)  # (K + 1, H, W)
-    return keys_np[scores.argmax(dim=0).cpu().numpy()]
+    n_keys = int(np.asarray(torch.as_tensor(keys).cpu()).size)
+    if rw.shape[0] != n_keys:
+        raise ValueError(f"{rw.shape[0]} channels for {n_keys} keys")
+    return labels_from_scores(walk_scores_at_image_size(rw, image_size), keys, bg)

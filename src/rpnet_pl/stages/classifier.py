@@ -70,7 +70,7 @@ class ClassifierStage(StageModule):
         lr: float = 0.02,
         new_layer_lr_mult: float = 10.0,
         weight_decay: float = 1e-4,
-        momentum: float = 0.0,
+        momentum: float = 1e-4,
         poly_power: float = 0.9,
         cam_scales: tuple[float, ...] = CAM_INFERENCE.scales,
         cam_flip: bool = True,

@@ -32,24 +32,25 @@ def poly_lambda(max_steps: int, power: float = 0.9):
 
 
 def poly_sgd(
-    groups: Iterable[tuple[Iterable[nn.Parameter], float]],
+    groups: Iterable[tuple[Iterable[nn.Parameter], float] | tuple[Iterable[nn.Parameter], float, float]],
     max_steps: int,
     weight_decay: float = 1e-4,
-    momentum: float = 0.0,
+    momentum: float = 1e-4,
     power: float = 0.9,
     nesterov: bool = False,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """SGD over ``(params, lr)`` groups with per-step polynomial decay.
 
-    The default ``momentum=0`` reproduces the public RPNet/IRN code, whose PolyOptimizer passes the
-    weight decay positionally into SGD's momentum slot (effective momentum 1e-4, i.e. none); set
-    ``momentum: 0.9`` for the textbook reading.
+    The default ``momentum=1e-4`` reproduces the public RPNet/IRN code, whose PolyOptimizer passes
+    the weight decay positionally into SGD's momentum slot (momentum 1e-4; the training parity cases
+    tell it from 0); set ``momentum: 0.9`` for the textbook reading. A group ``(params, lr, group_weight_decay)`` has its
+    own weight decay (DeepLab's head biases: none).
     """
     param_groups = []
-    for params, lr in groups:
+    for params, lr, *decay in groups:
         params = [p for p in params if p.requires_grad]
         if params:
-            param_groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
+            param_groups.append({"params": params, "lr": lr, "weight_decay": decay[0] if decay else weight_decay})
     if not param_groups:
         raise ValueError("no trainable parameters")
     opt = torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=momentum,
@@ -114,6 +115,9 @@ class LastCheckpoint(ModelCheckpoint):
                 trainer.save_checkpoint(tmp)
         else:  # the strategy writes on rank 0 only; the other ranks join its barrier
             trainer.save_checkpoint(self.path)
+        # save_checkpoint's own barrier comes before rank 0's rename: without this one, another rank
+        # could look for last.ckpt (check_trained) before it is in place
+        trainer.strategy.barrier("last.ckpt in place")
         self._saved_step = trainer.global_step
         self.last_model_path = str(self.path)
         log.debug("wrote %s at step %d", self.path, trainer.global_step)

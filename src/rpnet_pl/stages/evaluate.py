@@ -6,9 +6,13 @@ steps eval_cam / eval_pseudo_masks / eval_seg). The refinement diagnostic lives 
   channel (the threshold) to the normalised CAMs, argmax, one confusion matrix over the split
   per threshold; report the sweep (the paper's "seeds" column, 0.15/0.16 for ResNet-50 CAMs).
 * :func:`evaluate_masks`: label PNGs (pseudo masks, IR labels, DeepLab predictions) against the
-  ground truth (the paper's Table I "+BR" pseudo-mask figure and the val/test mIoU).
+  ground truth (the paper's Table I "+BR" pseudo-mask figure and the val/test mIoU); beside pseudo
+  masks made with ``--save-scores``, also a background-threshold sweep over the walk's saved scores
+  (:mod:`rpnet_pl.stages.walk_scores`), laid out as the seeds' sweep.
 
-Both return plain JSON-ready dicts (nan -> None); :func:`format_report` renders one as text.
+Both return plain JSON-ready dicts (nan -> None); :func:`format_report` renders one as text, and
+:func:`cam_result_line` / :func:`masks_result_line` / :func:`seg_result_line` the one line each
+evaluation step logs when it finishes (logger ``rpnet_pl.progress``: the pipeline echoes it).
 """
 from __future__ import annotations
 
@@ -20,14 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rpnet_pl import layout
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.data.datasets import DatasetName, build_reader
 from rpnet_pl.errors import DatasetError
 from rpnet_pl.io import read_label_png
 from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
-from rpnet_pl.progress import CountProgress
+from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
+from rpnet_pl.progress import CountProgress, progress_log
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
+from rpnet_pl.stages.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
 from rpnet_pl.steps import EvalCamOptions, EvalMasksOptions
 
 # 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
@@ -110,14 +117,25 @@ def evaluate_cams(
                                f"differs from its mask {gt.shape[1]}x{gt.shape[0]}")
         sweep.update(cams, rec["keys"], gt)
         progress.update()
-    best_t, best_m = sweep.best()
-    best = _summary(sweep.confusion[best_t], names)
-    results = sweep.results()
+    best = _summary(sweep.confusion[sweep.best()[0]], names)
     return {
         "split": split,
         "dataset": dataset,
         "n_images": len(reader.ids),
         "cam": "high_res" if use_high_res else "strided",
+        **sweep_json(sweep, names),
+        "per_class_iou": best["per_class_iou"],
+        "precision": best["precision"],
+        "recall": best["recall"],
+    }
+
+
+def sweep_json(sweep: ThresholdSweep, names: Sequence[str]) -> dict[str, Any]:
+    """A threshold sweep as ``metrics.json`` holds it (``eval_cam``'s and ``eval_pseudo_masks``'s alike):
+    ``thresholds: {t: {miou, per_class}}``, ``best_threshold``, ``best_miou``, ``best_at_edge``."""
+    best_t, best_m = sweep.best()
+    results = sweep.results()
+    return {
         "thresholds": {
             _thr_key(t): {"miou": json_number(m), "per_class": per_class_json(iou, names)}
             for t, (m, iou) in results.items()
@@ -125,9 +143,6 @@ def evaluate_cams(
         "best_threshold": best_t,
         "best_miou": json_number(best_m),
         "best_at_edge": sweep_edge({t: m for t, (m, _) in results.items()}),
-        "per_class_iou": best["per_class_iou"],
-        "precision": best["precision"],
-        "recall": best["recall"],
     }
 
 
@@ -151,6 +166,7 @@ def evaluate_masks(
     split: str = "train",
     ignore_pred: bool = False,
     weak: bool = True,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> dict[str, Any]:
     """mIoU of label PNGs ``masks_dir/ID.png`` against the ground truth of ``split`` (IRN's
     eval_sem_seg; the paper's pseudo-mask and val/test figures).
@@ -161,6 +177,11 @@ def evaluate_masks(
     the images the weakly supervised stages produce outputs for (those with a class label);
     ``weak=False`` every id of the split file. Returns ``{"split", "dataset", "n_images", "miou",
     "per_class_iou", "precision", "recall"}``.
+
+    When ``masks_dir/scores`` holds the walk's scores (`rpnet pseudo-masks --save-scores`), the
+    masks are also re-made from them at each of ``thresholds`` (:func:`sweep_walk_scores`) and the
+    result gains the sweep's keys (:func:`sweep_json`) and ``masks_threshold``, the threshold the
+    PNGs were made with; the figures above stay those of the PNGs.
     """
     reader = build_reader(dataset, root, split, weak=weak)
     names = reader.class_names
@@ -169,6 +190,11 @@ def evaluate_masks(
     _missing(paths, "label PNG", masks_dir, split)
     c = reader.num_classes
     conf = np.zeros((c, c), dtype=np.int64)
+    scores_dir = layout.walk_scores_dir(masks_dir)
+    sweep = ThresholdSweep(thresholds, c, IGNORE_INDEX) if scores_dir.is_dir() else None
+    if sweep is not None:
+        _missing([walk_scores_path(scores_dir, i) for i in reader.ids], "walk score", scores_dir, split)
+    written: set[float] = set()
     progress = CountProgress(f"eval {masks_dir.name}", len(reader.ids))
     for image_id, path in zip(reader.ids, paths):
         gt = reader.mask(image_id)
@@ -180,8 +206,32 @@ def evaluate_masks(
             conf += confusion_matrix(pred, gt, c, IGNORE_INDEX, ignore_pred=ignore_pred)
         except ValueError as exc:
             raise DatasetError(f"{path}: {exc}") from None
+        if sweep is not None:
+            written.add(sweep_walk_scores(sweep, walk_scores_path(scores_dir, image_id), pred, gt))
         progress.update()
-    return {"split": split, "dataset": dataset, "n_images": len(reader.ids), **_summary(conf, names)}
+    result = {"split": split, "dataset": dataset, "n_images": len(reader.ids), **_summary(conf, names)}
+    if sweep is not None:
+        result.update(sweep_json(sweep, names), masks_threshold=written.pop() if len(written) == 1 else None)
+    return result
+
+
+def sweep_walk_scores(sweep: ThresholdSweep, path: Path, mask: np.ndarray, gt: np.ndarray) -> float:
+    """Add one image's saved walk scores to ``sweep``: its mask at every threshold, made as the
+    ``pseudo_masks`` step makes it (:func:`~rpnet_pl.ops.random_walk.walk_scores_at_image_size` once,
+    then :func:`~rpnet_pl.ops.random_walk.labels_from_scores`). ``mask`` (the PNG) must be what the
+    scores give at the step's threshold (DatasetError otherwise: scores of another run); returns
+    that threshold."""
+    record = read_walk_scores(path)
+    if image_size(record) != gt.shape:
+        raise DatasetError(f"{path}: image size {image_size(record)} differs from the ground truth {gt.shape}")
+    scores = walk_scores_at_image_size(scores_tensor(record), image_size(record))  # (K, H, W), once
+    bg = float(record["bg_threshold"])
+    if not np.array_equal(labels_from_scores(scores, record["keys"], bg), mask):
+        raise DatasetError(f"{path}: these scores at threshold {bg:g} do not give the mask beside them (left by "
+                           f"another run? delete {path.parent} or re-run `rpnet pseudo-masks --save-scores`)")
+    for t in sweep.thresholds:
+        sweep.update_labels(t, labels_from_scores(scores, record["keys"], t), gt)
+    return bg
 
 
 def _values(per_class: dict[str, float | None], names: Sequence[str]) -> np.ndarray:
@@ -209,13 +259,73 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
             lines += [f"note: the best threshold is the sweep's {'largest' if edge == 'high' else 'smallest'}; "
                       "the optimum may lie beyond it (widen --thresholds)", ""]
         row = f"IoU @ {result['best_threshold']:g}"
-    else:
+    if "miou" in result:  # label maps: the table is of the PNGs (the sweep above, if any, of their walk scores)
         row = "IoU"
+        if "thresholds" in result:
+            m, t = result["miou"], result.get("masks_threshold")
+            lines += [f"masks as written{'' if t is None else f' (threshold {t:g})'}: mIoU "
+                      f"{'-' if m is None else f'{100 * m:.1f}'}", ""]
     lines.append(format_iou_table(_values(result["per_class_iou"], names), names, row_name=row))
     for key in ("precision", "recall"):
         lines.append(format_iou_table(_values(result[key], names), names, row_name=key).splitlines()[2])
     lines.append(f"({result['n_images']} image(s), split {result['split']})")
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    """0.5234 -> '52.3%'; None (nan) -> '-'."""
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def cam_result_line(metrics: dict[str, Any]) -> str:
+    """The ``eval_cam`` step's result (its metrics.json): ``CAM seeds: best mIoU 52.3% at threshold
+    0.16 (sweep 0.05-0.6, best inside it)``; a best at the sweep's edge says so."""
+    ts = sorted(float(t) for t in metrics.get("thresholds") or {})
+    best_t = metrics.get("best_threshold")
+    line = f"CAM seeds: best mIoU {_pct(metrics.get('best_miou'))} at threshold " + (
+        "-" if best_t is None else f"{best_t:g}")
+    if len(ts) < 2:
+        return line + " (one threshold, no sweep)"
+    sweep = f"sweep {ts[0]:g}-{ts[-1]:g}"
+    edge = metrics.get("best_at_edge")
+    if edge in ("high", "low"):
+        side, beyond = ("largest", "above") if edge == "high" else ("smallest", "below")
+        return line + f" ({sweep}: the best is its {side} threshold, the optimum may lie {beyond} it)"
+    if best_t is not None and float(best_t) in (ts[0], ts[-1]):  # an end of the sweep, tied with another
+        side, other = ("largest", "smaller") if float(best_t) == ts[-1] else ("smallest", "larger")
+        return line + f" ({sweep}: its {side} threshold, but a {other} one is as good)"
+    return line + f" ({sweep}, best inside it)"
+
+
+def foreground_precision_recall(confusion: Sequence[Sequence[int]]) -> tuple[float, float]:
+    """Precision and recall of the foreground, every class but background (index 0) pooled, from a
+    confusion matrix (rows: ground truth, columns: prediction): foreground pixels predicted as any
+    foreground class / all pixels predicted foreground, and / all foreground pixels. nan when the
+    denominator is 0."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    both = conf[1:, 1:].sum()
+    predicted, actual = conf[:, 1:].sum(), conf[1:, :].sum()
+    return (both / predicted if predicted else float("nan")), (both / actual if actual else float("nan"))
+
+
+def masks_result_line(metrics: dict[str, Any]) -> str:
+    """The ``eval_pseudo_masks`` step's result (its metrics.json): ``mIoU 61.2%, foreground precision
+    80.1% recall 75.3% (12 images, split train)``."""
+    precision, recall = foreground_precision_recall(metrics["confusion"]) if metrics.get("confusion") else (
+        float("nan"), float("nan"))
+    return (f"mIoU {_pct(metrics.get('miou'))}, foreground precision {_pct(json_number(precision))} "
+            f"recall {_pct(json_number(recall))} ({metrics.get('n_images', '?')} images, "
+            f"split {metrics.get('split', '?')})")
+
+
+def seg_result_line(metrics: dict[str, Any]) -> str:
+    """The ``eval_seg`` step's result (its metrics.json, ``{"without_crf": ..., "with_crf": ...}``):
+    ``segmenter mIoU 65.1% without CRF, 67.3% with CRF (12 images, split val)``; ``with CRF not
+    run`` when there is no CRF result."""
+    plain, crf = metrics.get("without_crf") or {}, metrics.get("with_crf")
+    with_crf = "with CRF not run" if crf is None else f"{_pct(crf.get('miou'))} with CRF"
+    return (f"segmenter mIoU {_pct(plain.get('miou'))} without CRF, {with_crf} "
+            f"({plain.get('n_images', '?')} images, split {plain.get('split', '?')})")
 
 
 def eval_cam_step(o: EvalCamOptions) -> int:
@@ -227,6 +337,7 @@ def eval_cam_step(o: EvalCamOptions) -> int:
     print(format_report(result, title=f"CAM seeds: {o.cams}"))
     if o.out:
         print(f"wrote {write_json(o.out, result)}")
+    progress_log.info(cam_result_line(result))
     return 0
 
 
@@ -236,8 +347,9 @@ def eval_masks_step(o: EvalMasksOptions) -> int:
     from rpnet_pl.io import write_json
 
     result = evaluate_masks(o.masks, o.root, dataset=o.dataset, split=o.split, ignore_pred=o.ignore_pred,
-                            weak=not o.all_images)
+                            weak=not o.all_images, thresholds=o.thresholds or DEFAULT_THRESHOLDS)
     print(format_report(result, title=f"label maps: {o.masks}"))
     if o.out:
         print(f"wrote {write_json(o.out, result)}")
+    progress_log.info(masks_result_line(result))
     return 0

@@ -2,8 +2,9 @@
 
 Training (`rpnet fit refine`) learns IRNet's boundary (and displacement) branches from IR labels;
 prediction (`rpnet pseudo-masks`) turns a boundary map into a transition matrix and random-walks the
-CAM seeds into pseudo masks, one palette PNG per image, skipping images whose PNG is already
-complete. (The pair-label math of the boundary loss is :mod:`rpnet_pl.ops.affinity`.)
+CAM seeds into pseudo masks, one palette PNG per image (with ``--save-scores`` also the walk's scores,
+:mod:`rpnet_pl.stages.walk_scores`), skipping images whose outputs are already complete. (The
+pair-label math of the boundary loss is :mod:`rpnet_pl.ops.affinity`.)
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rpnet_pl import layout
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
@@ -25,6 +27,7 @@ from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
+from rpnet_pl.stages.walk_scores import mask_from_walk_scores, walk_scores_path, walk_scores_record, write_walk_scores
 from rpnet_pl.steps import PseudoMasksOptions
 
 log = logging.getLogger(__name__)
@@ -117,7 +120,7 @@ class RefineStage(StageModule):
         boundary_radius: int = 10,
         lr: float = 0.1,
         weight_decay: float = 1e-4,
-        momentum: float = 0.0,
+        momentum: float = 1e-4,
         poly_power: float = 0.9,
         displacement_loss: bool = True,
         label_reduction: LabelReduction = "pil",
@@ -129,6 +132,7 @@ class RefineStage(StageModule):
         rw_pad_to: int | None = IRN_INFER_PAD,
         cams_dir: str | None = None,
         out_dir: str | None = None,
+        scores_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
         progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
@@ -170,10 +174,10 @@ class RefineStage(StageModule):
         return [(edge_params, self.hparams.lr), (dp_params, self.hparams.lr * self.hparams.displacement_lr_mult)]
 
     # -- pseudo masks ------------------------------------------------------------------------
-    def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":
+    def walk(self, image: torch.Tensor, cam_record: dict[str, Any]) -> torch.Tensor:
         """Random-walk one image's strided CAMs over its boundary map (spec "Pseudo masks").
 
-        image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
+        image (1, 3, H, W) normalised; returns the walked scores (K, h4, w4), float32.
         """
         hp = self.hparams
         boundary = self.model.boundary(image, pad_to=hp.rw_pad_to or None).float()  # (h4, w4), flip-averaged
@@ -183,8 +187,15 @@ class RefineStage(StageModule):
         cams = cams[:, :h4, :w4]
         if cams.shape[-2:] != boundary.shape:
             cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
-        rw = propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)  # fp32
-        return sem_seg_from_rw(rw, keys, tuple(image.shape[-2:]), bg=hp.bg_threshold)
+        return propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)  # fp32
+
+    def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":
+        """The pseudo mask of one image: :meth:`walk`, thresholded at ``bg_threshold``.
+
+        image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
+        """
+        rw = self.walk(image, cam_record)
+        return sem_seg_from_rw(rw, cam_record["keys"], tuple(image.shape[-2:]), bg=self.hparams.bg_threshold)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
         hp = self.hparams
@@ -192,9 +203,19 @@ class RefineStage(StageModule):
             raise ValueError("cams_dir and out_dir must be set for pseudo-mask prediction")
         image_id = batch["id"][0]
         path = Path(hp.out_dir) / f"{image_id}.png"
-        if label_is_complete(path, tuple(batch["image"].shape[-2:])):
+        scores_dir = hp.get("scores_dir")
+        scores_path = walk_scores_path(scores_dir, image_id) if scores_dir else None
+        size = tuple(batch["image"].shape[-2:])
+        if label_is_complete(path, size) and (scores_path is None or scores_path.is_file()):
             return None
-        label = self.pseudo_mask(batch["image"], read_cam(hp.cams_dir, image_id))
+        cam_record = read_cam(hp.cams_dir, image_id)
+        if scores_path is None:
+            label = self.pseudo_mask(batch["image"], cam_record)
+        else:  # the mask is made from the saved (float16) scores, so that a sweep over them reproduces it
+            record = walk_scores_record(self.walk(batch["image"], cam_record), cam_record["keys"], size,
+                                        hp.bg_threshold)
+            write_walk_scores(scores_path, record)
+            label = mask_from_walk_scores(record, hp.bg_threshold)
         write_label_png(path, label.astype(np.uint8), voc_palette())
         return image_id
 
@@ -202,17 +223,23 @@ class RefineStage(StageModule):
 def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
                       split: str = "train_aug", radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
                       exp_times: int = RANDOM_WALK.exp_times, bg_threshold: float = RANDOM_WALK.bg_threshold,
-                      pad_to: int | None = IRN_INFER_PAD,
+                      pad_to: int | None = IRN_INFER_PAD, save_scores: bool = False,
                       devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
-    """`rpnet pseudo-masks`: pseudo masks for every image of ``split`` without a complete PNG; returns
-    how many images were processed."""
+    """`rpnet pseudo-masks`: pseudo masks for every image of ``split`` without complete outputs (a PNG,
+    and with ``save_scores`` the walk's scores in ``out/scores``); returns how many images were processed."""
     from rpnet_pl.stages.inference import image_shape, run_per_image
 
+    scores_dir = layout.walk_scores_dir(out) if save_scores else None
     overrides = {"cams_dir": str(cams_dir), "out_dir": str(out), "rw_radius": radius, "rw_beta": beta,
-                 "rw_exp_times": exp_times, "bg_threshold": bg_threshold, "rw_pad_to": pad_to}
+                 "rw_exp_times": exp_times, "bg_threshold": bg_threshold, "rw_pad_to": pad_to,
+                 "scores_dir": str(scores_dir) if scores_dir else None}
+
+    def done(reader: Any, i: str) -> bool:
+        return label_is_complete(Path(out) / f"{i}.png", image_shape(reader, i)) and (
+            scores_dir is None or walk_scores_path(scores_dir, i).is_file())
+
     todo, _ = run_per_image(RefineStage, ckpt, "refine", overrides, root=root, dataset=dataset, split=split,
-                            done=lambda reader, i: label_is_complete(Path(out) / f"{i}.png", image_shape(reader, i)),
-                            devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+                            done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     return todo
 
 
@@ -220,6 +247,8 @@ def pseudo_masks_step(o: PseudoMasksOptions) -> int:
     """The ``pseudo_masks`` step (`rpnet pseudo-masks`): :func:`make_pseudo_masks` with the step's options."""
     n = make_pseudo_masks(o.ckpt, o.cams, o.out, root=o.root, dataset=o.dataset, split=o.split, radius=o.radius,
                           beta=o.beta, exp_times=o.exp_times, bg_threshold=o.bg_threshold, pad_to=o.pad_to or None,
-                          devices=o.lightning_devices, num_nodes=o.num_nodes, accelerator=o.accelerator)
-    print(f"wrote {n} pseudo mask(s) to {o.out}")
+                          save_scores=o.save_scores, devices=o.lightning_devices, num_nodes=o.num_nodes,
+                          accelerator=o.accelerator)
+    print(f"wrote {n} pseudo mask(s) to {o.out}" + (f" (scores in {layout.walk_scores_dir(o.out)})"
+                                                     if o.save_scores else ""))
     return 0

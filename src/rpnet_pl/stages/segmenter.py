@@ -67,6 +67,9 @@ class SegmenterStage(StageModule):
         output_stride: int = 8,
         lr: float = 2.5e-4,
         head_lr_mult: float = 10.0,
+        head_bias_lr_mult: float = 20.0,
+        head_bias_weight_decay: float = 0.0,
+        freeze_stem: bool = False,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
@@ -84,7 +87,8 @@ class SegmenterStage(StageModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_deeplab(head=head, backbone=backbone, num_classes=num_classes,
-                                   output_stride=output_stride, pretrained=pretrained, weights=weights)
+                                   output_stride=output_stride, pretrained=pretrained, weights=weights,
+                                   freeze_stem=freeze_stem)
         self._val_conf: np.ndarray | None = None
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -134,10 +138,16 @@ class SegmenterStage(StageModule):
         if per_class:
             self.log_dict(per_class, rank_zero_only=True)
 
-    def optimizer_groups(self) -> list[tuple[Any, float]]:
-        """The backbone at ``lr``, the head at ``lr * head_lr_mult``."""
+    def optimizer_groups(self) -> list[tuple[Any, ...]]:
+        """kazuto1011/deeplab-pytorch's groups (``get_params`` 1x / 10x / 20x): the backbone at ``lr``
+        (its stem too, unless ``freeze_stem``), the head's weights at ``lr * head_lr_mult``, its biases
+        at ``lr * head_bias_lr_mult`` with weight decay ``head_bias_weight_decay``."""
+        hp = self.hparams
         backbone_params, head_params = self.model.param_groups()
-        return [(backbone_params, self.hparams.lr), (head_params, self.hparams.lr * self.hparams.head_lr_mult)]
+        weights = [p for p in head_params if p.ndim > 1]
+        biases = [p for p in head_params if p.ndim <= 1]
+        return [(backbone_params, hp.lr), (weights, hp.lr * hp.head_lr_mult),
+                (biases, hp.lr * hp.head_bias_lr_mult, hp.head_bias_weight_decay)]
 
     def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
         if self.hparams.label_format == "coco":
@@ -192,7 +202,8 @@ def eval_seg_step(o: EvalSegOptions) -> int:
     ``OUT/pred_crf``), scored against the ground truth into ``OUT/metrics.json``."""
     from rpnet_pl.layout import METRICS
     from rpnet_pl.io import write_json
-    from rpnet_pl.stages.evaluate import evaluate_masks, format_report
+    from rpnet_pl.progress import progress_log
+    from rpnet_pl.stages.evaluate import evaluate_masks, format_report, seg_result_line
 
     out = Path(o.out)
     crf_dir = out / "pred_crf" if o.crf else None
@@ -208,6 +219,7 @@ def eval_seg_step(o: EvalSegOptions) -> int:
         print(format_report(res, title=f"{o.split} ({key.replace('_', ' ')})"))
         print()
     print(f"wrote {write_json(out / METRICS, results)}")
+    progress_log.info(seg_result_line(results))
     return 0
 
 
