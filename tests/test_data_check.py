@@ -134,3 +134,23 @@ def test_needed_splits_of_the_experiments() -> None:
     coco = load_experiment(experiments / "coco_resnet50.yaml")
     assert set(needed_splits(coco, "coco")) == {"train", "val"} and needed_splits(coco, "coco")["val"] == ["eval_seg"]
     assert needed_splits(None, "voc") == {s: ["(base recipe)"] for s in ("train_aug", "train", "val")}
+
+
+def test_a_binary_mask_that_names_another_class_than_its_annotation_is_noted(tiny_voc: Path) -> None:
+    """A person saved as a 0/1 greyscale mask reads as class 1 (aeroplane): data check says so, from the
+    image's XML annotation (which names the person)."""
+    import numpy as np
+    from PIL import Image
+
+    from rpnet_pl.data.check import check_voc
+
+    voc = tiny_voc / "VOCdevkit" / "VOC2012"
+    assert not any("XML annotation" in n for n in check_voc(tiny_voc).notes)  # masks and XMLs agree
+    path = voc / "SegmentationClassAug" / "2007_000004.png"
+    with Image.open(path) as im:
+        binary = (np.asarray(im) == 15).astype(np.uint8)
+    Image.fromarray(binary, mode="L").save(path)
+    notes = [n for n in check_voc(tiny_voc).notes if "XML annotation" in n]
+    assert notes == ["1 mask(s) hold classes their XML annotation does not name (first: 2007_000004: mask "
+                     "aeroplane, XML person); a mask's values are class ids: a binary 0/1 object mask reads as "
+                     "class 1 (aeroplane) whatever the object is"]

@@ -81,6 +81,22 @@ def test_last_ckpt_exists_after_the_first_epoch_and_is_the_only_checkpoint(tmp_p
     assert last.stat().st_mode & 0o777 == 0o644
 
 
+def test_a_full_disk_while_writing_last_ckpt_names_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """Lightning writes through fsspec, whose temporary file lies in the system's temporary folder:
+    the error names the checkpoint, and nothing of it is left."""
+    import errno
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/tmpq1w2e3r4")
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", full)
+    with pytest.raises(OSError) as raised:
+        _fit(tmp_path, None)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(last))
+    assert not last.parent.exists() or not any(last.parent.iterdir())
+
+
 def test_last_ckpt_every_n_steps(tmp_path: Path) -> None:
     _, probe = _fit(tmp_path, 2)
     assert probe.seen == [(0, None), (1, None), (2, 2), (3, 3), (4, 4), (5, 4)]

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from rpnet_pl.data.classes import COCO_CLASSES, VOC_CLASSES
@@ -125,6 +126,7 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
     needs = needed_splits(None, "voc") if needs is None else needs
     n_classes = len(VOC_CLASSES)
     found: dict[str, list[str]] = {}  # a problem of an image -> the splits that list the image
+    disagree: dict[str, str] = {}  # image -> what its mask and its XML annotation say
 
     def problem(message: str) -> None:  # once per file, naming every split that lists it
         found.setdefault(message, []).append(split)
@@ -168,6 +170,8 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
                         problem(str(exc))
                     break
             xml = voc / "Annotations" / f"{image_id}.xml"
+            if labels is not None and xml.is_file():
+                _compare_with_annotation(labels, xml, image_id, disagree)
             if labels is None and xml.is_file():
                 try:
                     labels = labels_from_xml(xml)
@@ -186,8 +190,26 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = SPLITS,
         report.mask_sources[split] = sources
         report.multi_label[split] = n_multi
     report.problems += [f"{msg} (listed in {', '.join(f'{s}.txt' for s in where)})" for msg, where in found.items()]
+    if disagree:
+        first = next(iter(disagree.items()))
+        report.notes.append(
+            f"{len(disagree)} mask(s) hold classes their XML annotation does not name (first: {first[0]}: "
+            f"{first[1]}); a mask's values are class ids: a binary 0/1 object mask reads as class 1 "
+            f"({VOC_CLASSES[1]}) whatever the object is")
     _voc_notes(report, voc)
     return report
+
+
+def _compare_with_annotation(labels: np.ndarray, xml: Path, image_id: str, disagree: dict[str, str]) -> None:
+    """Note an image whose mask holds a class that its XML annotation does not name."""
+    try:
+        named = set(labels_from_xml(xml).tolist())
+    except DatasetError:
+        return  # an unreadable XML is not read when the mask gives the labels
+    extra = sorted(set(labels.tolist()) - named)
+    if extra:
+        disagree.setdefault(image_id, f"mask {', '.join(VOC_CLASSES[c] for c in extra)}, XML "
+                                      f"{', '.join(VOC_CLASSES[c] for c in sorted(named)) or 'no object'}")
 
 
 def check_coco(root: str | Path, needs: dict[str, list[str]] | None = None) -> CheckReport:

@@ -111,8 +111,11 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             from rpnet_pl.io import atomic_path
 
-            with atomic_path(self.path) as tmp:
-                trainer.save_checkpoint(tmp)
+            try:
+                with atomic_path(self.path) as tmp:
+                    trainer.save_checkpoint(tmp)
+            except OSError as exc:  # a full disk names fsspec's temporary file: name the checkpoint instead
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         else:  # the strategy writes on rank 0 only; the other ranks join its barrier
             trainer.save_checkpoint(self.path)
         # save_checkpoint's own barrier comes before rank 0's rename: without this one, another rank
