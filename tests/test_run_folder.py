@@ -86,7 +86,7 @@ def test_a_second_writer_is_named_the_first_and_a_dead_one_is_taken_over(tmp_pat
                            f"{socket.gethostname()}, since ") and took.endswith(" UTC), which is no longer running")
     with run_lock(run):  # released cleanly: nothing to take over
         pass
-    assert (run / ".lock").read_text() == ""
+    assert (run / ".rpnet-lock").read_text() == ""
 
 
 def test_two_pipelines_on_one_run_folder(tiny_voc: Path, tmp_path: Path, capsys) -> None:
@@ -247,3 +247,30 @@ def test_the_report_marks_a_run_made_by_two_code_versions(tmp_path: Path) -> Non
     (run / "cam" / ".done").write_text(yaml.safe_dump({"argv": [], "code": "0.1.0+gaaaaaaa"}))
     assert "different code versions" not in write_report(tmp_path / "runs")[1]
     assert code_version().startswith("0.1.0")  # this checkout: +g<commit>, -dirty with changes
+
+
+def test_a_command_run_by_hand_into_a_run_takes_its_lock(tmp_path: Path, monkeypatch) -> None:
+    """`rpnet eval-cam --out runs/demo/eval_cam/metrics.json` while a pipeline holds runs/demo: one line
+    naming the holder; the pipeline's own step processes (RPNET_RUN_LOCK) and outputs outside any run
+    pass."""
+    from rpnet_pl.run_lock import HELD, output_lock, run_of
+
+    run = tmp_path / "runs" / "demo"
+    out = run / "eval_cam" / "metrics.json"
+    assert run_of(out) is None  # no run there yet: nothing to lock
+    first = _holder(run)
+    try:
+        assert run_of(out) == run.resolve()
+        with pytest.raises(RunLocked, match=rf"in use by rpnet pipeline exp\.yaml \(pid {first.pid} "):
+            with output_lock(out, "rpnet eval-cam"):
+                pass
+        monkeypatch.setenv(HELD, str(run.resolve()))  # started by the holder itself
+        with output_lock(out, "rpnet eval-cam"):
+            pass
+        monkeypatch.delenv(HELD)
+        assert main(["eval-cam", "--cams", str(run / "cam" / "cams"), "--root", str(tmp_path), "--out", str(out)]) == 2
+        with output_lock(tmp_path / "elsewhere" / "metrics.json", "rpnet eval-cam"):
+            pass
+    finally:
+        first.kill()
+        first.wait()

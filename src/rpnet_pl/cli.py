@@ -6,6 +6,7 @@ the file and the problem, with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -98,7 +99,12 @@ def _image_step(spec: StepSpec) -> Command:
     function (imported only now: building the parser stays torch-free)."""
 
     def run(args: argparse.Namespace) -> int:
-        return load(spec.run)(from_namespace(spec.options, args))
+        from rpnet_pl.run_lock import output_lock
+
+        options = from_namespace(spec.options, args)
+        out = getattr(options, "out", None)
+        with output_lock(out, f"rpnet {spec.command}") if out else contextlib.nullcontext():
+            return load(spec.run)(options)
 
     return run
 

@@ -248,9 +248,12 @@ def failure_cause(lines: Sequence[str], returncode: int = 1) -> str:
 WANDB_SERVICE = "WANDB_SERVICE"
 
 
-def _step_environment(env: dict[str, str] | None) -> dict[str, str]:
-    """A step process's environment: this one's with unbuffered output, without W&B's service address."""
-    out = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})}
+def _step_environment(env: dict[str, str] | None, run: Path) -> dict[str, str]:
+    """A step process's environment: this one's with unbuffered output, without W&B's service address,
+    saying that this process holds ``run``'s lock (:data:`rpnet_pl.run_lock.HELD`)."""
+    from rpnet_pl.run_lock import HELD
+
+    out = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {}), HELD: str(Path(run).resolve())}
     out.pop(WANDB_SERVICE, None)
     return out
 
@@ -265,7 +268,7 @@ def _run_logged(step: PlannedStep, argv: list[str], env: dict[str, str] | None,
         fh.write(f"\n$ {' '.join(shlex.quote(a) for a in argv)}\n")
         fh.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=_step_environment(env))
+                                env=_step_environment(env, step.folder.parent))
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

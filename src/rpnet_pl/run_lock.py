@@ -1,10 +1,13 @@
-"""One writer per run folder: ``rpnet pipeline`` / ``rpnet ablation`` hold ``<run>/.lock`` while they
+"""One writer per run folder: ``rpnet pipeline`` / ``rpnet ablation`` hold ``<run>/.rpnet-lock`` while they
 run steps into it.
 
 The lock is an advisory ``flock`` on that file, which the kernel releases when its process ends,
 however it ends; the file holds the holder (host, pid, start time) for the error a second writer
 gets. A holder record left in the file by a process that died (``kill -9``) is reported and taken
-over. The tasks of one SLURM job are one writer: only task 0 takes the lock.
+over. The tasks of one SLURM job and the ranks of one DDP run are one writer: only task / rank 0
+takes the lock. A per-image command whose ``--out`` lies in a run folder (one that has a ``.rpnet-lock``)
+takes that run's lock too (:func:`output_lock`), unless the pipeline that holds it started the command
+(it says so in ``RPNET_RUN_LOCK``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from rpnet_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LOCK = ".lock"
+LOCK = ".rpnet-lock"
+#: the environment variable by which a lock holder tells its step processes which run it holds
+HELD = "RPNET_RUN_LOCK"
 
 
 class RunLocked(ConfigError):
@@ -37,16 +42,17 @@ def _holder_text(record: dict) -> str:
 def _read(handle) -> dict:
     handle.seek(0)
     try:
-        return json.loads(handle.read() or "{}")
+        record = json.loads(handle.read() or "{}")
     except ValueError:
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 @contextlib.contextmanager
 def run_lock(run: Path, command: str = "rpnet pipeline") -> Iterator[None]:
     """Hold ``run``'s lock for the block; a second holder is a :class:`RunLocked` error naming the first."""
-    if os.environ.get("SLURM_PROCID", "0") != "0":  # the job's task 0 holds it for all of them
-        yield
+    if any(os.environ.get(rank, "0") != "0" for rank in ("SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")):
+        yield  # the job's task 0 / the run's rank 0 holds it for all of them
         return
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
@@ -74,3 +80,25 @@ def run_lock(run: Path, command: str = "rpnet pipeline") -> Iterator[None]:
             handle.truncate()
             handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_of(out: str | Path) -> Path | None:
+    """The run folder that ``out`` lies in: the nearest of it and its three parents that has a lock file
+    (a step's output is ``<run>/<step>/<output>``); None outside a run."""
+    path = Path(out).resolve()
+    for folder in [path, *path.parents][:4]:
+        if (folder / LOCK).is_file():
+            return folder
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path, command: str) -> Iterator[None]:
+    """:func:`run_lock` of the run that ``out`` lies in, for a command run by hand; nothing outside a
+    run, or when the pipeline holding the lock started the command."""
+    run = run_of(out)
+    if run is None or os.environ.get(HELD) == str(run):
+        yield
+        return
+    with run_lock(run, command):
+        yield
