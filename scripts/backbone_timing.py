@@ -1,12 +1,12 @@
 """Timing of the no-grad work behind RPNet's extra scales on this machine, for docs/benchmarks.md
-(issue 14): a frozen ResNet-18's forward at 512 px and at the extra scales of a 512 crop (0.5, 1.5,
+(docs/benchmarks.md): a frozen ResNet-18's forward at 512 px and at the extra scales of a 512 crop (0.5, 1.5,
 2: 256, 768 and 1024 px), 4 images, with the weights contiguous or channels-last and the
 BatchNorms folded or not (``Backbone.fold_bn``); then one of the head's 1x1 convolutions
 (2 x 512 x 64 x 64 -> 256 channels, the non-local blocks' theta at scale 2) in GFLOP/s.
 
     python scripts/backbone_timing.py [THREADS] [--profile] [--system-malloc]   # default 1; best of 3 after one warm-up
 
-Then (issue 14, fifth pass) the extra scales with contiguous weights, run in the weights' layout or
+Then the extra scales with contiguous weights, run in the weights' layout or
 channels-last (``Backbone.nhwc_without_grad``), and the stem's max-pool of the scale-2 pass
 (4 x 64 x 512 x 512) by PyTorch's kernel and by ``max_pool_3x3_s2``, in both layouts. As the
 ``rpnet`` command does, freed host memory is kept for reuse (``--system-malloc``: the C library's

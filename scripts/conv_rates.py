@@ -1,4 +1,4 @@
-"""What rate this CPU's convolutions reach, for docs/benchmarks.md (issue 14): every oneDNN
+"""What rate this CPU's convolutions reach, for docs/benchmarks.md: every oneDNN
 primitive of RPNet's extra-scale backbone pass (frozen ResNet-18, BatchNorm folded, channels-last,
 4 images at 256 + 768 + 1024 px, freed memory kept as by ``rpnet``), grouped by implementation and
 shape, with GFLOP/s from oneDNN's own execution times (``ONEDNN_VERBOSE``); then a 4096^3 matrix

@@ -1,4 +1,4 @@
-"""Issue 14: would splitting RPNet's extra-scale forwards by image across the cores (inter-op, one
+"""Would splitting RPNet's extra-scale forwards by image across the cores (inter-op, one
 thread each) beat one forward of the whole batch on all cores (intra-op)? Times a frozen, folded,
 channels-last ResNet-18 over the extra scales of a 512 crop (256 + 768 + 1024 px): 4 images on
 2 threads, against 2 processes of 2 images on 1 thread each, running at once (an upper bound for

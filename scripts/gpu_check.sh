@@ -56,7 +56,7 @@ timeout "${BENCH_TIMEOUT:-200}" "$py" -m rpnet_pl.cli bench --profile gpu --out 
     || echo "bench: exit $? (see bench.log)" | tee -a "$out/times.txt"
 echo "bench: $(( $(date +%s) - t )) s" | tee -a "$out/times.txt"
 
-# Issue 27, the GPU half (GPU_CHECK_MODES=1): the parity cases in each mode of the GPU path, the DeepLab
+# The GPU path's checks (GPU_CHECK_MODES=1): the parity cases in each mode of the GPU path, the DeepLab
 # inference case in each layout / precision with and without cudnn.benchmark, and, when REF_DIR holds
 # clones of the public code (REF_DIR/rpnet, REF_DIR/irn, REF_DIR/deeplab: e.g. under build/, carried to
 # the device), the per-stage timing against it at the recipes' sizes.

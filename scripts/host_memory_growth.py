@@ -1,6 +1,6 @@
 """Resident memory and time of a CAM-inference loop over images of varying size, with freed host
 memory kept for reuse (``rpnet_pl.host_memory``, what the ``rpnet`` command does) or with the C
-library's default: how much memory the faster allocator setting costs where sizes vary (issue 14).
+library's default: how much memory the faster allocator setting costs where sizes vary.
 
     python scripts/host_memory_growth.py [IMAGES] [--system-malloc]   # default 200 images
 

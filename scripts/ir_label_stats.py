@@ -1,7 +1,7 @@
 """IR labels (``RUN/ir_labels/labels/*.png``) against the ground truth (``SegmentationClassAug``): the
 share of pixels marked confident foreground / background / ignored, the confident foreground's
 precision (right class) and the share of the ground-truth foreground it covers, and how much of the
-confident background is ground-truth foreground (docs/results.md, issue 23).
+confident background is ground-truth foreground (docs/results.md).
 
     python scripts/ir_label_stats.py RUN DATA      # RUN: a run folder; DATA: its dataset root (VOC layout)
 """

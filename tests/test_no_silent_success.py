@@ -1,4 +1,4 @@
-"""No silent success, no late failure (issue 26): a step that did nothing fails with one line and is
+"""No silent success, no late failure: a step that did nothing fails with one line and is
 not marked done; values a later step would reject are named before the first step; the environment
 (runs folder, disk, Ctrl-C / SIGTERM) ends in one line, never a traceback."""
 from __future__ import annotations

@@ -82,7 +82,7 @@ def test_bad_case_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_modes_of_the_gpu_path_are_checked_with_the_same_tolerances(capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 27: ``rpnet parity --bf16 / --channels-last`` runs the cases in the GPU path's modes (on
+    """``rpnet parity --bf16 / --channels-last`` runs the cases in the GPU path's modes (on
     this CPU here). channels-last alone changes the layout, not the arithmetic of the case: the
     head still matches within the fp32 tolerances. bf16 autocast rounds the head's 1x1 convolutions
     and matmuls to 8 bits of mantissa, far beyond rtol 1e-4: the check says so, with the error."""

@@ -1,6 +1,6 @@
-"""The commands and configs every experiment file plans are those recorded before the step registry
-(issue 24): ``tests/data/plans.json`` was written by the code of commit c0937f2 (``python
-tests/test_plans.py`` writes it again from today's code; do that only for an intended change).
+"""The commands and configs every experiment file plans are those recorded in ``tests/data/plans.json``
+(first written before the step registry, by the code of commit c0937f2; ``python tests/test_plans.py``
+writes it again from today's code: do that only for an intended change, and say which in the commit).
 
 Each experiment is planned as ``make voc-...`` / ``make demo`` plans it (CPU, one process), as a
 2-node x 2-GPU seeded W&B run, and each ablation sweep's variants on the experiment it starts from."""

@@ -1,5 +1,5 @@
-"""scripts/reference_timing.py on a stand-in of the public RPNet / IRN / DeepLab code's interfaces
-(issue 27): the same module paths, classes and call signatures as the published repositories, tiny
+"""scripts/reference_timing.py on a stand-in of the public RPNet / IRN / DeepLab code's interfaces:
+the same module paths, classes and call signatures as the published repositories, tiny
 networks. Every reference call is counted, so the test fails if a row times anything but the
 reference, and a backbone asked for its ImageNet weights fails as a download would."""
 from __future__ import annotations

@@ -97,7 +97,7 @@ def core_mask_case(n: int, size: int, core: float, rng: np.random.Generator) -> 
 
 @pytest.mark.slow
 def test_segmenter_does_not_collapse_on_compact_pseudo_masks(tmp_path: Path) -> None:
-    """Issue 12: pseudo masks with ~24 % foreground recall per class (high precision, the rest of each
+    """Pseudo masks with ~24 % foreground recall per class (high precision, the rest of each
     object labelled background). The segmenter must learn the marked cores, not predict background
     everywhere. From scratch on 48 px images it needs ~300 steps at lr 0.02 (at 150 steps it still
     predicts background only, and with the whole objects as labels it gets ~75 % recall in 150)."""

@@ -175,7 +175,7 @@ sys.exit(9)
 
 @pytest.mark.parametrize("exit_code", [0, 1])
 def test_progress_reaches_wandb_while_the_step_runs(tmp_path: Path, monkeypatch, exit_code: int) -> None:
-    """Issue 25: a running per-image step's progress is logged as it comes, not once the step ends; a
+    """A running per-image step's progress is logged as it comes, not once the step ends; a
     step that fails leaves its W&B run closed as failed (and the failure is the step's)."""
     from rpnet_pl.pipeline import PlannedStep, StepFailed, run_steps
     from rpnet_pl.tracking import StepRun

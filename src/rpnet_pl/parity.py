@@ -9,7 +9,7 @@ and index layouts exactly equal.
 
 A :class:`ParityMode` runs the cases on another device and / or in the GPU path's modes (bf16
 autocast, channels-last modules and inputs), with the same tolerances: ``rpnet parity --device cuda
---bf16 --channels-last`` says which groups keep parity in that mode (issue 27).
+--bf16 --channels-last`` says which groups keep parity in that mode.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""W&B runs of what the suite measures: one run per step, the report's tables (issue 25).
+"""W&B runs of what the suite measures: one run per step, the report's tables.
 
 The training steps log through Lightning's ``WandbLogger`` while they train. Every other step's
 run (:class:`StepRun`) is opened by the pipeline when the step starts (``--logger wandb``): its

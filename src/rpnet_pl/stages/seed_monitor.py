@@ -1,4 +1,4 @@
-"""Seed quality during classifier training (issue "Does RPNet beat the baseline here?"): every epoch,
+"""Seed quality during classifier training (docs/results.md, "Does RPNet beat the baseline here?"): every epoch,
 the CAM seeds of a fixed subset of a labelled split, scored like ``eval-cam`` at one threshold.
 
 Logged as ``seed/miou``, ``seed/fg_precision``, ``seed/fg_recall`` (foreground vs background, over
