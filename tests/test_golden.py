@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden.json"
 STAGES = ("classifier_rpnet", "classifier_cam", "refine", "segmenter")
-RTOL, ATOL = 1e-5, 1e-6
+RTOL, ATOL = 1e-4, 1e-6  # float32 kernels differ across CPUs by far less; a change of the stage by far more
 
 
 def _model_args(step: str, **overrides: Any) -> dict[str, Any]:
