@@ -220,6 +220,13 @@ def test_options_out_of_range_together_are_named_before_work(section: dict, mess
         check_tree(section)
 
 
+def test_class_lists_and_a_data_volume_are_one_choice_named_before_work() -> None:
+    with pytest.raises(ConfigError, match=r"^classifier\.data\.class_lists_dir and classifier\.data\.data_volume "
+                                          r"0\.5: give one"):
+        check_tree({"classifier": {"data": {"class_lists_dir": "/lists", "data_volume": 0.5}}})
+    check_tree({"classifier": {"data": {"class_lists_dir": "/lists", "data_volume": 1.0}}})
+
+
 def test_options_in_range_together_pass() -> None:
     check_tree({"cam": {"scales": [1.0]}, "ir_labels": {"fg_threshold": 0.3, "bg_threshold": 0.05},
                 "refine": {"model": {"boundary_radius": 10}, "data": {"crop_size": 73}}})

@@ -204,6 +204,7 @@ def _check_tree(cfg: dict) -> None:
             ranges.check_training(groups, f"{top}.")
             _check_backbone(top, groups.get("model") or {})
             _check_crop_and_radius(top, groups)
+            _check_class_lists(top, groups.get("data") or {})
 
 
 def _check_options_together(step: str, options: dict) -> None:
@@ -213,6 +214,14 @@ def _check_options_together(step: str, options: dict) -> None:
             raise ConfigError(f"ir_labels.fg_threshold ({options['fg_threshold']}) must be above ir_labels.bg_threshold "
                               f"({options['bg_threshold']}): confident foreground needs a higher background score "
                               "cut than confident background (IRN: 0.30 / 0.05)")
+
+
+def _check_class_lists(step: str, data: dict) -> None:
+    """``data.class_lists_dir`` and ``data.data_volume`` < 1 both choose the classifier's per-class lists."""
+    volume = data.get("data_volume")
+    if data.get("class_lists_dir") is not None and isinstance(volume, (int, float)) and volume < 1:
+        raise ConfigError(f"{step}.data.class_lists_dir and {step}.data.data_volume {volume}: give one (both "
+                          "choose the per-class lists the partners come from)")
 
 
 def _check_crop_and_radius(step: str, groups: dict) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from rpnet_pl.config import DEFAULT_ROOT
+from rpnet_pl.errors import ConfigError
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)
 from rpnet_pl.data.sampler import GroupSampler, ShardSampler, data_volume_lists, kept_images, read_class_lists
@@ -79,7 +80,8 @@ class GroupDataModule(pl.LightningDataModule):
         lists = data_volume_lists(labels, hp.data_volume, hp.seed) if hp.data_volume < 1.0 else None
         if hp.class_lists_dir is not None:
             if lists is not None:
-                raise ValueError("give class_lists_dir (lists already cut) or data_volume < 1, not both")
+                raise ConfigError(f"data.class_lists_dir ({hp.class_lists_dir}) and data.data_volume {hp.data_volume}: "
+                                  "give one (both choose the per-class lists)")
             lists = read_class_lists(hp.class_lists_dir, self.reader.ids)
         self.sampler = GroupSampler(labels, group_size=hp.group_size, seed=hp.seed, class_lists_override=lists)
 

@@ -43,8 +43,8 @@ def poly_sgd(
 
     The default ``momentum=1e-4`` reproduces the public RPNet/IRN code, whose PolyOptimizer passes
     the weight decay positionally into SGD's momentum slot (momentum 1e-4; the training parity cases
-    tell it from 0); set ``momentum: 0.9`` for the textbook reading. A group ``(params, lr, group_weight_decay)`` has its
-    own weight decay (DeepLab's head biases: none).
+    tell it from 0); set ``momentum: 0.9`` for the textbook reading. A group
+    ``(params, lr, group_weight_decay)`` has its own weight decay (DeepLab's head biases: none).
     """
     param_groups = []
     for params, lr, *decay in groups:

@@ -33,6 +33,7 @@ from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
 from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
 from rpnet_pl.progress import CountProgress, progress_log
+from rpnet_pl.seeds import format_pct
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 from rpnet_pl.stages.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
 from rpnet_pl.steps import EvalCamOptions, EvalMasksOptions
@@ -273,8 +274,8 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
 
 
 def _pct(v: float | None) -> str:
-    """0.5234 -> '52.3%'; None (nan) -> '-'."""
-    return "-" if v is None else f"{100 * v:.1f}%"
+    """0.5234 -> '52.3%' (the report's :func:`~rpnet_pl.seeds.format_pct` with a sign); None -> '-'."""
+    return format_pct(v) + ("" if v is None else "%")
 
 
 def cam_result_line(metrics: dict[str, Any]) -> str:
