@@ -281,3 +281,29 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
     assert _step_split(run, "cam", "train_aug") == "train_aug"  # no .done: the default
     (run / "cam" / ".done").write_text("argv: [python, -m, rpnet_pl.cli, cam, --split, train, --out, x]\n")
     assert _step_split(run, "cam", "train_aug") == "train"
+
+
+def test_calibrated_thresholds_get_a_table_per_run_and_seed(tmp_path: Path) -> None:
+    from rpnet_pl import layout
+    from rpnet_pl.report import calibration_table
+    from rpnet_pl.stages.calibration import write_calibration
+
+    _fake_run(tmp_path, "fixed", "rpnet", 0.5, 0.6)
+    assert "Calibrated thresholds" not in write_report(tmp_path)[1]  # no calibration.json: no table
+
+    def record(step: str, best: float, edge: str | None, used: dict[str, float]) -> dict:
+        return {"step": step, "split": "held_out", "n_images": 3, "sweep": {}, "best_threshold": best,
+                "best_miou": 0.5, "best_at_edge": edge, "used": used}
+
+    for seed, (t_star, edge) in enumerate(((0.15, None), (0.6, "high"))):
+        run = tmp_path / "own" / f"seed{seed}"
+        _fake_run(tmp_path / "own", f"seed{seed}", "rpnet", 0.5, 0.6)
+        write_calibration(run / "ir_labels" / layout.LABELS, record(
+            "ir_labels", t_star, edge, {"fg_threshold": round(2 * t_star, 6), "bg_threshold": round(t_star / 3, 6)}))
+    write_calibration(tmp_path / "own" / "seed0" / "pseudo_masks" / layout.MASKS,  # seed 1: its IR labels only
+                      record("pseudo_masks", 0.4, None, {"bg_threshold": 0.4}))
+    table = calibration_table([tmp_path / "fixed", tmp_path / "own"], tmp_path)
+    assert table.splitlines()[2:] == ["| own/seed0 | held_out | 0.15 | 0.3 / 0.05 | no | 0.4 | no |",
+                                      "| own/seed1 | held_out | 0.6 | 1.2 / 0.2 | high | - | - |"]
+    text = write_report(tmp_path)[1]
+    assert "## Calibrated thresholds" in text and table in text

@@ -52,7 +52,7 @@ def test_an_option_has_one_spelling_from_yaml_to_the_function() -> None:
     """A YAML section goes through the pipeline's flags and the command's parser into the options
     dataclass unchanged: every YAML key is the dataclass field of the same name."""
     section = {"split": "val", "radius": 3, "beta": 2.5, "exp_times": 4, "bg_threshold": 0.3, "pad_to": 0,
-               "save_scores": True}
+               "save_scores": True, "calibration_split": "train"}
     parser = argparse.ArgumentParser()
     add_options(parser, PseudoMasksOptions)
     args = parser.parse_args(["--ckpt", "c", "--cams", "k", "--out", "o", "--root", "r", *_flags(section)])

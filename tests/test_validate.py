@@ -157,6 +157,8 @@ def test_every_shipped_experiment_passes_the_key_and_type_check() -> None:
     ("cam.flip", [True, False], ["sometimes"]),
     ("ir_labels.workers", [None, 2], ["many"]),
     ("pseudo_masks.radius", [5], [2.5, "far"]),
+    ("refine.model.self_attention", [True, False], ["maybe", 3]),
+    ("refine.model.attention_lr_mult", [2.0, 1], [0, "twice"]),
 ])
 def test_values_are_checked_against_the_signatures_and_options(key: str, good: list, bad: list) -> None:
     """jsonargparse's type checks of the stage signatures (as LightningCLI's) and of the step options."""

@@ -6,6 +6,10 @@ options of the inference/eval commands. The top-level ``dataset`` block (``name`
 into every ``data`` section so the data root is said once (and ``DATA=`` overrides it).
 
 Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML).
+
+``thresholds: calibrated`` (default ``fixed``) sets the ``calibration_split`` of the ``ir_labels`` and
+``pseudo_masks`` sections to ``calibration.split`` (default: the split ``eval_cam`` scores), so that both
+steps choose their thresholds on that labelled split (:mod:`rpnet_pl.stages.calibration`).
 """
 from __future__ import annotations
 
@@ -16,12 +20,16 @@ from typing import Any, Iterable
 import yaml
 
 from rpnet_pl.errors import ConfigError
-from rpnet_pl.steps import TRAIN_STEPS
+from rpnet_pl.steps import EVAL_CAM, IR_LABELS_STEP, PSEUDO_MASKS, TRAIN_STEPS
 
 #: The dataset of an experiment whose ``dataset`` block names none.
 DEFAULT_DATASET = "voc"
 #: Its root (``dataset.root``; ``--data`` / ``DATA=`` override it).
 DEFAULT_ROOT = "data/voc"
+#: ``thresholds:``: each step's own numbers (VOC's), or chosen on a labelled split.
+THRESHOLD_MODES = ("fixed", "calibrated")
+#: The steps whose ``calibration_split`` ``thresholds: calibrated`` sets.
+CALIBRATED_STEPS = (IR_LABELS_STEP.name, PSEUDO_MASKS.name)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -69,6 +77,7 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), _seen: tupl
     if not _seen:
         merged.setdefault("name", path.stem.replace("_", "-"))
         propagate_dataset(merged)
+        expand_thresholds(merged)
     return merged
 
 
@@ -96,6 +105,30 @@ def propagate_dataset(cfg: dict) -> None:
                 data["dataset"] = ds["name"]
             if "root" in ds:
                 data["root"] = str(ds["root"])
+
+
+def calibration_split(cfg: dict) -> str:
+    """The split ``thresholds: calibrated`` calibrates on: ``calibration.split``, default the split
+    ``eval_cam`` scores (``train`` for VOC), as the papers choose their thresholds."""
+    calibration, scored = cfg.get("calibration"), cfg.get(EVAL_CAM.name)
+    if isinstance(calibration, dict) and calibration.get("split"):
+        return str(calibration["split"])
+    if isinstance(scored, dict) and scored.get("split"):
+        return str(scored["split"])
+    return EVAL_CAM.default_split
+
+
+def expand_thresholds(cfg: dict) -> None:
+    """``thresholds: calibrated``: set ``calibration_split`` (:func:`calibration_split`) in each section
+    of :data:`CALIBRATED_STEPS` the experiment has, unless the section sets its own. ``fixed`` (or no
+    key) changes nothing; another value is :func:`rpnet_pl.validate.check_tree`'s error."""
+    if cfg.get("thresholds") != "calibrated":
+        return
+    split = calibration_split(cfg)
+    for step in CALIBRATED_STEPS:
+        if step in cfg and (cfg[step] is None or isinstance(cfg[step], dict)):
+            cfg[step] = {**(cfg[step] or {})}
+            cfg[step].setdefault("calibration_split", split)
 
 
 def section(cfg: dict, name: str) -> dict[str, Any]:

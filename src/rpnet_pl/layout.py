@@ -7,9 +7,10 @@ next step, ``rpnet report`` and the ablation sweeps read.
       classifier/   config.yaml, checkpoints/last.ckpt, log.txt, .done
       cam/cams/     ID.npy CAM records (rpnet cam)
       eval_cam/     metrics.json
-      ir_labels/labels/     ID.png IR labels
+      ir_labels/labels/     ID.png IR labels (+ calibration.json, with ir_labels.calibration_split)
       refine/       config.yaml, checkpoints/last.ckpt (stage 2, IRN boundary refinement)
-      pseudo_masks/masks/   ID.png pseudo masks (+ scores/ID.npz: the walk's scores, with --save-scores)
+      pseudo_masks/masks/   ID.png pseudo masks (+ scores/ID.npz: the walk's scores, with --save-scores;
+                            + calibration.json, with pseudo_masks.calibration_split)
       eval_pseudo_masks/    metrics.json
       segmenter/    config.yaml, checkpoints/last.ckpt
       eval_seg/     metrics.json (+ pred/, pred_crf/)
@@ -35,6 +36,8 @@ LABELS = "labels"
 MASKS = "masks"
 #: The walk's class scores kept beside the pseudo masks (``rpnet pseudo-masks --save-scores``).
 SCORES = "scores"
+#: The thresholds a calibrated step chose on a labelled split, beside its outputs (``calibration_split``).
+CALIBRATION = "calibration.json"
 
 
 def step_dir(run: str | Path, step: str) -> Path:
@@ -46,6 +49,12 @@ def walk_scores_dir(masks_dir: str | Path) -> Path:
     """Where ``rpnet pseudo-masks --save-scores`` keeps the walk's scores of a folder of pseudo masks
     (and where ``rpnet eval-pseudo-masks`` looks for them): ``<masks>/scores``."""
     return Path(masks_dir) / SCORES
+
+
+def calibration_path(out_dir: str | Path) -> Path:
+    """Where a calibrated per-image step (``ir_labels``, ``pseudo_masks`` with ``calibration_split``)
+    records its sweep and the thresholds it used: ``<out>/calibration.json``, beside its outputs."""
+    return Path(out_dir) / CALIBRATION
 
 
 def step_checkpoint(folder: Path) -> Path:

@@ -2,7 +2,8 @@
 
 Each run folder (``RUNS_DIR/<name>/``) contributes the metrics its steps wrote:
 ``eval_cam/metrics.json`` (seeds), ``eval_pseudo_masks/metrics.json`` (pseudo masks, "+ BR") and
-``eval_seg/metrics.json`` (segmenter, with and without denseCRF).
+``eval_seg/metrics.json`` (segmenter, with and without denseCRF); a run whose thresholds were calibrated
+(``calibration.json`` of ``ir_labels`` / ``pseudo_masks``) adds a row to the calibrated-thresholds table.
 
 Figures (PNG, matplotlib's Agg renderer) are written next to ``report.md`` and linked from it: the
 mIoU curve of every ``ablation-*`` sweep with numbers, the per-class seed IoU of every run with an
@@ -27,7 +28,7 @@ from rpnet_pl.errors import ConfigError
 from rpnet_pl.io import atomic_path
 from rpnet_pl.seeds import Stat, as_float, format_pct
 from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
-from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, PSEUDO_MASKS, output_path
+from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, IR_LABELS_STEP, PSEUDO_MASKS, output_path
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,35 @@ def sweep_table(run: Path, label: str | None = None) -> str | None:
         note += (f"; their best threshold is the sweep's {'largest' if edge == 'high' else 'smallest'}, the optimum "
                  "may lie beyond it")
     return "\n".join(lines + ["", note])
+
+
+def calibration_table(run_dirs: Sequence[Path], runs_dir: Path) -> str | None:
+    """Markdown: the thresholds each run (each seed of a multi-seed run) calibrated, from the
+    ``calibration.json`` of its ``ir_labels`` and ``pseudo_masks`` outputs: the seeds' best threshold t*,
+    the IR labels' fg / bg, the walk's b*, and where a best lies at its sweep's edge. None when no run
+    calibrated."""
+    from rpnet_pl.seeds import seed_folders
+
+    def edge(record: dict[str, Any] | None) -> str:
+        return "-" if record is None else record.get("best_at_edge") or "no"
+
+    lines: list[str] = []
+    for run in run_dirs:
+        for one in seed_folders(run) or [run]:
+            ir = read_json(layout.calibration_path(output_path(one, IR_LABELS_STEP.name)))
+            walk = read_json(layout.calibration_path(output_path(one, PSEUDO_MASKS.name)))
+            if ir is None and walk is None:
+                continue
+            split = (ir or walk or {}).get("split", "?")
+            t_star = "-" if ir is None else f"{ir['best_threshold']:g}"
+            fg_bg = "-" if ir is None else f"{ir['used']['fg_threshold']:g} / {ir['used']['bg_threshold']:g}"
+            b_star = "-" if walk is None else f"{walk['used']['bg_threshold']:g}"
+            lines.append(f"| {one.relative_to(runs_dir).as_posix()} | {split} | {t_star} | {fg_bg} | {edge(ir)} | "
+                         f"{b_star} | {edge(walk)} |")
+    if not lines:
+        return None
+    return "\n".join(["| run | split | seeds t* | IR labels fg / bg | t* at edge | walk b* | b* at edge |",
+                      "|---|---|---:|---:|---|---:|---|", *lines])
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -453,6 +483,12 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     if mixed:
         text += ("\n**Runs whose steps were made by different code versions** (their numbers may not belong "
                  "together; `--force STEP` re-runs a step and those after it):\n\n" + "\n".join(mixed) + "\n")
+    calibrated = calibration_table(run_dirs, Path(runs_dir))
+    if calibrated:
+        text += ("\n## Calibrated thresholds\n\nThresholds chosen on a labelled split (`thresholds: calibrated`): "
+                 "IR labels fg = 2 t*, bg = t* / 3 from the seeds' best threshold t*; the walk's background b*. An "
+                 "edge (low / high) says the best lies at the sweep's end, the optimum may lie beyond it.\n\n"
+                 + calibrated + "\n")
     for dataset, table in (("voc", "VIII"), ("coco", "X")):
         seg = segmentation_table(runs, dataset)
         if seg:

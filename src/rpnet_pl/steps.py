@@ -117,6 +117,11 @@ class IRLabelsOptions(DataOptions):
                                  "kept (confident background)", valid=FRACTION)
     crf: bool = option(True, "denseCRF on each thresholded map (--no-crf: threshold only)")
     workers: int | None = option(None, "CPU processes (default: all cores; 0 = inline)", valid=NON_NEGATIVE)
+    calibration_split: str | None = option(None, "labelled split whose CAM seeds choose the two thresholds instead: "
+                                           "eval-cam's sweep over its images gives the best background threshold "
+                                           "t*, and fg_threshold = 2 t*, bg_threshold = t* / 3 (VOC: 0.15 -> "
+                                           "0.30 / 0.05); recorded in OUT/calibration.json. Its images need CAM "
+                                           "files (the cam step's split must include it)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +147,10 @@ class PseudoMasksOptions(DataOptions, DeviceOptions, WalkOptions):
                                "from which `rpnet eval-pseudo-masks` sweeps the background threshold without "
                                "walking again; the masks are then made from those scores. Costs disk: about 2 bytes "
                                "per class and stride-4 pixel, some 40 KB a VOC image, GBs for COCO's train set")
+    calibration_split: str | None = option(None, "labelled split whose walk scores choose bg_threshold instead: the "
+                                           "scores are kept (as --save-scores), eval-pseudo-masks' sweep over this "
+                                           "split's images gives the best threshold b*, and every mask is made at "
+                                           "b*; recorded in OUT/calibration.json. Its images must be in --split")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,7 +330,7 @@ REFINE = StepSpec(
     reads=(("data.label_dir", "ir_labels"),), output=CHECKPOINT)
 PSEUDO_MASKS = StepSpec(
     "pseudo_masks", "per_image", "pseudo masks: boundary map -> random walk on the CAM seeds",
-    command="pseudo-masks", options=PseudoMasksOptions, run="rpnet_pl.stages.refine:pseudo_masks_step",
+    command="pseudo-masks", options=PseudoMasksOptions, run="rpnet_pl.stages.pseudo_masks:pseudo_masks_step",
     reads=(("ckpt", "refine"), ("cams", "cam")), output=layout.MASKS, devices=True)
 EVAL_PSEUDO_MASKS = StepSpec(
     "eval_pseudo_masks", "evaluate", "mIoU of label PNGs (pseudo masks, predictions) against the ground truth",

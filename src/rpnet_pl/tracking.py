@@ -166,8 +166,9 @@ def step_scalars(step: str, folder: Path) -> tuple[dict[str, Any], list[dict[str
     evaluation's mIoU (``eval_seg``: ``without_crf/miou``, ``with_crf/miou``; ``eval_cam``: ``best_miou``,
     ``best_threshold``; ``eval_pseudo_masks``: ``miou``, and ``best_miou``, ``best_threshold`` when it
     swept the walk's saved scores) and per-class IoU (``iou/<class>``); a background-threshold sweep
-    (the seeds', the pseudo masks') as history rows (``threshold``, ``sweep/miou``). What W&B, CSV and
-    TensorBoard are given alike."""
+    (the seeds', the pseudo masks') as history rows (``threshold``, ``sweep/miou``); a calibrated step's
+    (``calibration.json``) best threshold, its mIoU and the thresholds it used (``calibration/...``). What
+    W&B, CSV and TensorBoard are given alike."""
     spec = STEPS[step]
     seconds = _done(folder).get("seconds")
     summary: dict[str, Any] = {"seconds": seconds}
@@ -178,6 +179,12 @@ def step_scalars(step: str, folder: Path) -> tuple[dict[str, Any], list[dict[str
         summary["images"] = n
         if seconds:
             summary["images_per_s"] = n / max(float(seconds), 1e-9)
+    calibration = layout.calibration_path(output) if output is not None else None
+    if calibration is not None and calibration.is_file():  # a calibrated step: its sweep's best and its thresholds
+        record = json.loads(calibration.read_text())
+        summary["calibration/best_threshold"] = record.get("best_threshold")
+        summary["calibration/best_miou"] = record.get("best_miou")
+        summary.update({f"calibration/{k}": v for k, v in (record.get("used") or {}).items()})
     path = folder / layout.METRICS
     metrics = json.loads(path.read_text()) if path.is_file() else None
     if not metrics:

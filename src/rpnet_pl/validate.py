@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rpnet_pl import ranges
-from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT
+from rpnet_pl.config import CALIBRATED_STEPS, DEFAULT_DATASET, DEFAULT_ROOT, THRESHOLD_MODES
 from rpnet_pl.errors import ConfigError, DatasetError
 from rpnet_pl.signatures import GROUPS, default, default_of, parse_type, snapshot
 from rpnet_pl.steps import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_types
@@ -33,8 +33,9 @@ from rpnet_pl.steps import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_ty
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
 #: The class-signature groups of a training section.
 CLASS_GROUPS = GROUPS
-TOP_KEYS = ("name", "dataset", *STEPS)
+TOP_KEYS = ("name", "dataset", "thresholds", "calibration", *STEPS)
 DATASET_KEYS = ("name", "root")
+CALIBRATION_KEYS = ("split",)
 
 
 def _parser() -> Any:
@@ -115,12 +116,12 @@ def check_key_path(parts: Sequence[str], where: str = "") -> None:
     top = parts[0]
     if top not in TOP_KEYS:
         raise ConfigError(f"{prefix}unknown section '{top}'{_suggest(top, TOP_KEYS)}")
-    if len(parts) < 2 or top == "name":
+    if len(parts) < 2 or top in ("name", "thresholds"):
         return
     key = parts[1]
     spec = STEPS.get(top)
-    known: Iterable[str] = (DATASET_KEYS if spec is None else FIT_KEYS if spec.trains
-                            else _keys(options_parser(top)))
+    known: Iterable[str] = (CALIBRATION_KEYS if top == "calibration" else DATASET_KEYS if spec is None
+                            else FIT_KEYS if spec.trains else _keys(options_parser(top)))
     if key not in known:
         raise ConfigError(f"{prefix}unknown key '{top}.{key}'{_suggest(key, known)}")
     if spec is not None and spec.trains and key in CLASS_GROUPS and len(parts) >= 3:
@@ -170,6 +171,11 @@ def _check_tree(cfg: dict) -> None:
             if not isinstance(section, str):
                 raise ConfigError(f"name: expected a string, got {_describe(section)}")
             continue
+        if top == "thresholds":
+            if section not in THRESHOLD_MODES:
+                raise ConfigError(f"thresholds: expected {' or '.join(THRESHOLD_MODES)}, got {_describe(section)} "
+                                  "(calibrated: ir_labels and pseudo_masks choose theirs on calibration.split)")
+            continue
         if section is None:
             continue
         if not isinstance(section, dict):
@@ -177,7 +183,9 @@ def _check_tree(cfg: dict) -> None:
         for key in section:
             check_key_path([top, key])
         spec = STEPS.get(top)
-        if spec is None:  # dataset
+        if top == "calibration":
+            _check_calibration(cfg, section)
+        elif spec is None:  # dataset
             if section.get("name", DEFAULT_DATASET) not in ("voc", "coco"):
                 raise ConfigError(f"dataset.name: expected voc or coco, got {section['name']!r}")
         elif not spec.trains:
@@ -205,6 +213,16 @@ def _check_tree(cfg: dict) -> None:
             _check_backbone(top, groups.get("model") or {})
             _check_crop_and_radius(top, groups)
             _check_class_lists(top, groups.get("data") or {})
+
+
+def _check_calibration(cfg: dict, calibration: dict) -> None:
+    """``calibration.split`` is a split name, and says something only with ``thresholds: calibrated``."""
+    split = calibration.get("split")
+    if split is not None and not isinstance(split, str):
+        raise ConfigError(f"calibration.split: expected a split name, got {_describe(split)}")
+    if cfg.get("thresholds") != "calibrated":
+        raise ConfigError(f"calibration: set, but thresholds is {cfg.get('thresholds', 'fixed')!r}; set thresholds: "
+                          f"calibrated to calibrate {' and '.join(CALIBRATED_STEPS)} on it, or drop calibration")
 
 
 def _check_options_together(step: str, options: dict) -> None:
@@ -267,6 +285,24 @@ def check_dataset(cfg: dict, splits: Iterable[str]) -> None:
             if not folder.is_dir():
                 raise DatasetError(f"{folder}: image folder of split {split!r} not found (not a COCO tree? "
                                    "see README 'Real data')")
+
+
+def check_calibration_splits(cfg: dict, steps: Sequence[Any]) -> None:
+    """Each planned step's ``calibration_split`` exists in the dataset (its list, VOC; its image folder,
+    COCO): one line naming the key, before any work."""
+    from rpnet_pl.data.splits import split_path
+
+    ds = cfg.get("dataset") or {}
+    dataset, root = str(ds.get("name", DEFAULT_DATASET)), str(ds.get("root", DEFAULT_ROOT))
+    for step in steps:
+        split = (step.config or {}).get("calibration_split") if not step.trains else None
+        if split is None:
+            continue
+        path = split_path(dataset, root, str(split))
+        if not path.exists():
+            key = "calibration.split" if cfg.get("thresholds") == "calibrated" else f"{step.name}.calibration_split"
+            raise DatasetError(f"{key}: no split {split!r} in {root} ({path} not found); calibrate on a labelled "
+                               "split of the dataset")
 
 
 def check_batches(cfg: dict, steps: Sequence[Any]) -> None:
@@ -462,6 +498,7 @@ def check_environment(cfg: dict, steps: Sequence[Any], run_dir: str | Path,
     if not steps:
         return
     check_dataset(cfg, used_splits(cfg, steps))
+    check_calibration_splits(cfg, steps)
     check_batches(cfg, steps)
     check_sync_batchnorm(steps)
     check_files(steps, Path(run_dir), {s.name for s in steps})

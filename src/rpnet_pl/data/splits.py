@@ -73,14 +73,15 @@ def absent_split_reason(dataset: str, root: str | Path, split: str, step: str = 
 
 def step_splits(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """split -> the steps of the experiment ``cfg`` that read it (training steps: ``data.split`` and
-    ``data.val_split``; the others: their ``split``)."""
+    ``data.val_split``; the others: their ``split`` and ``calibration_split``)."""
     out: dict[str, list[str]] = {}
     for step in STEPS:
         sec = cfg.get(step)
         if not isinstance(sec, dict):
             continue
         data = sec.get("data") if isinstance(sec.get("data"), dict) else None
-        splits = [data.get("split"), data.get("val_split")] if data is not None else [sec.get("split")]
+        splits = ([data.get("split"), data.get("val_split")] if data is not None
+                  else [sec.get("split"), sec.get("calibration_split")])
         for split in splits:
             if split:
                 out.setdefault(str(split), []).append(step)

@@ -124,6 +124,21 @@ def cam_to_ir_label(
     return out.astype(np.uint8)
 
 
+def ir_label_thresholds(seed_threshold: float) -> tuple[float, float]:
+    """(``fg_threshold``, ``bg_threshold``) of the IR labels from the seeds' best background
+    threshold t*: ``(2 t*, t* / 3)``, rounded to 6 decimals.
+
+    The rule gives back IRN's VOC thresholds, 0.30 / 0.05, from VOC's best seed threshold 0.15:
+    confident foreground needs a background score twice the seeds' cut, confident background a
+    third of it. It scales them for CAMs that peak elsewhere. A t* of 0.5 or more gives
+    ``fg_threshold`` >= 1, above every max-normalised CAM: no confident foreground.
+    """
+    t = float(seed_threshold)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"seed threshold must lie in [0, 1], got {seed_threshold}")
+    return round(2.0 * t, 6), round(t / 3.0, 6)
+
+
 class ThresholdSweep:
     """Accumulate one confusion matrix per background threshold (spec "Eval: report the
     sweep"). ``update`` takes what a CAM file holds: normalised (K, H, W) CAMs, keys (K,) and

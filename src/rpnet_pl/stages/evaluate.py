@@ -216,18 +216,18 @@ def evaluate_masks(
     return result
 
 
-def sweep_walk_scores(sweep: ThresholdSweep, path: Path, mask: np.ndarray, gt: np.ndarray) -> float:
+def sweep_walk_scores(sweep: ThresholdSweep, path: Path, mask: np.ndarray | None, gt: np.ndarray) -> float:
     """Add one image's saved walk scores to ``sweep``: its mask at every threshold, made as the
     ``pseudo_masks`` step makes it (:func:`~rpnet_pl.ops.random_walk.walk_scores_at_image_size` once,
     then :func:`~rpnet_pl.ops.random_walk.labels_from_scores`). ``mask`` (the PNG) must be what the
-    scores give at the step's threshold (DatasetError otherwise: scores of another run); returns
-    that threshold."""
+    scores give at the step's threshold (DatasetError otherwise: scores of another run); None: the
+    scores alone (the calibrated step's sweep, made before it writes its masks). Returns that threshold."""
     record = read_walk_scores(path)
     if image_size(record) != gt.shape:
         raise DatasetError(f"{path}: image size {image_size(record)} differs from the ground truth {gt.shape}")
     scores = walk_scores_at_image_size(scores_tensor(record), image_size(record))  # (K, H, W), once
     bg = float(record["bg_threshold"])
-    if not np.array_equal(labels_from_scores(scores, record["keys"], bg), mask):
+    if mask is not None and not np.array_equal(labels_from_scores(scores, record["keys"], bg), mask):
         raise DatasetError(f"{path}: these scores at threshold {bg:g} do not give the mask beside them (left by "
                            f"another run? delete {path.parent} or re-run `rpnet pseudo-masks --save-scores`)")
     for t in sweep.thresholds:
