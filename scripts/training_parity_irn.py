@@ -1,11 +1,15 @@
-"""Write the ``train_irn`` training-parity cases: IRN's own ``step/train_irn.py`` run for K steps.
+"""Write the ``train_irn`` / ``train_irn_rpnet`` training-parity cases: the reference's own
+``step/train_irn.py`` run for K steps.
 
     python scripts/training_parity_irn.py REF_DIR [--out src/rpnet_pl/parity_cases] [--cases 2]
-        [--seeds 5 25] [--steps 10] [--size 96] [--batch 2] [--max-unstable 5e-6]
+        [--seeds ...] [--steps ...] [--size 96] [--batch 2] [--max-unstable ...]
 
-``REF_DIR``: a clone of jiwoon-ahn/irn as published (e.g. ``build/ref/irn``). Its ``train_irn.run(args)``
-runs unchanged on a fixed batch; its modules are imported from ``REF_DIR``, nothing of it is copied.
-Run-time patches (its files are not changed):
+``REF_DIR``: a clone of jiwoon-ahn/irn as published (e.g. ``build/ref/irn``: group ``train_irn``), or of
+the public RPNet code (e.g. ``build/ref/rpnet``: group ``train_irn_rpnet``), whose copy of IRN adds
+non-local blocks (``NONLocalBlock2D``, ``self_atten3..5`` applied, ``self_atten1..5`` in a third optimiser
+group at ``2 lr``); the group follows from whether its ``net/resnet50_irn.py`` has them. Its
+``train_irn.run(args)`` runs unchanged on a fixed batch; its modules are imported from ``REF_DIR``,
+nothing of it is copied. Run-time patches (its files are not changed):
 
 * without CUDA, ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return their object unchanged
   (``train_irn`` moves its model and batches with ``.cuda()``);
@@ -16,7 +20,8 @@ Run-time patches (its files are not changed):
   class of ``net.resnet50_irn``, then fills its tensors from
   :func:`rpnet_pl.parity_training.seeded_state` of the case's seed under the reference's own names
   (the canonical ones, which :func:`map_reference_state_dict` maps to ours; not the aliases, path
-  indices or the mean shift, which keep their constructor values);
+  indices, the mean shift or RPNet's never-called ``self_atten1/2``, which keep their constructor
+  values);
 * ``voc12.dataloader.VOC12AffinityDataset`` / ``VOC12ImageDataset``: the case's images (normalised as
   ``TorchvisionNormalize``) and, for the first, what its ``__getitem__`` does after the crop: the
   label reduced by ``misc.imutils.pil_rescale(label, 0.25, 0)``, then the pair labels of the real
@@ -25,21 +30,25 @@ Run-time patches (its files are not changed):
 * ``train_irn.DataLoader``: no shuffling and no worker processes (the fixed batch in its order;
   the loss is a sum over the batch);
 * ``misc.pyutils.AverageMeter`` records every ``add`` (the four loss terms of each step) and
-  ``misc.torchutils.PolyOptimizer.step`` the learning rate of each group at each step;
+  ``misc.torchutils.PolyOptimizer.step`` the learning rate of each group at each step, and the number of
+  tensors of each group that the step updates (those with a gradient: RPNet's third group also holds
+  ``self_atten1/2``, which its forward never calls, so SGD never touches them);
 * ``imageio`` (imported by ``voc12/dataloader.py``, never called here) is a stub when not installed;
   ``voc12/cls_labels.npy`` is read with ``REF_DIR`` as the working directory.
 
 Stable trajectories only: each candidate seed is run nine times more: with its weights channels-last
 (other convolution kernels), with its normalised images times ``1 +- 1e-7`` and, six times, times
 ``1 + 1e-7 N(0, 1)`` per value (about a float32 rounding); a seed
-whose per-step losses or final maps then move by more than ``--max-unstable`` (relative) is skipped.
+whose per-step losses or final maps then move by more than ``--max-unstable`` (relative; default the
+group's :data:`MAX_UNSTABLE`, 5e-6 for ``train_irn``, 5e-5 for ``train_irn_rpnet``) is skipped.
 At these learning rates (0.1, and 1.0 for the displacement branch) a ReLU, a boundary maximum along a
 path or a displacement ``|x|`` can sit at a tie within rounding; past such a step two float32
 implementations part by 1e-4 to 1e-1, whatever their agreement before (most seeds: see the log).
-The written cases are ``train_irn_0.npz``, ``train_irn_1.npz``, ... in the order of the seeds kept.
+The written cases are ``<group>_0.npz``, ``<group>_1.npz``, ... in the order of the seeds kept.
 
 ``args`` are ``run_sample.py``'s defaults (``irn_learning_rate`` 0.1, ``irn_weight_decay`` 1e-4)
-except the crop (the images' size), the batch and ``irn_num_epoches`` = K (one batch per epoch, so
+except the crop (the images' size), the batch and ``irn_num_epoches`` = K (10 for ``train_irn``, 5 for
+``train_irn_rpnet``: :data:`STEPS`; one batch per epoch, so
 ``max_step`` = K: the learning rate decays visibly). The saved state dict (``irn_weights_name``, a
 temporary file) gives the final weights and the mean shift.
 """
@@ -68,9 +77,19 @@ from rpnet_pl.parity_training.irn import normalised_images, reference_names_to_o
 REFERENCE_PACKAGES = ("net", "misc", "step", "voc12")
 BLOCKS = (1, 1, 1, 1)
 RUN_SAMPLE_LR, RUN_SAMPLE_WD = 0.1, 1e-4  # run_sample.py: --irn_learning_rate, --irn_weight_decay
-#: the shipped cases' seeds: of 0-25, the two that the stability test keeps (most of the others part
-#: by 1e-5 to 0.5 under a rounding; seeds 5 and 25 move by 3.4e-6 and 2.2e-6)
-SHIPPED_SEEDS = (5, 25)
+#: the shipped cases' seeds per group. ``train_irn``: of 0-25, the two that the stability test keeps
+#: (most of the others part by 1e-5 to 0.5 under a rounding; seeds 5 and 25 move by 3.4e-6 and 2.2e-6)
+#: ``train_irn_rpnet``: of 0-12 at 5 steps, the first two kept under its bound (5e-5; they move by 5.0e-5
+#: and 1.1e-5)
+SHIPPED_SEEDS = {"train_irn": (5, 25), "train_irn_rpnet": (0, 2)}
+#: how far (relative) a kept seed's trajectory may move under the stability test, and how many steps a
+#: case runs, per group. RPNet's copy is more fragile: its blocks change the displacement branch's input
+#: at every step; over 10 steps no seed of 0-40 stays under ``train_irn``'s 5e-6 (most move by 1e-4 to
+#: 0.8, mostly the displacement weights and the final displacement, past a tie near step 6), and ours
+#: parts from a kept one (2.2e-4) by 1e-2 by step 9. Over 5 steps (the poly decay over 5) two of the
+#: first four seeds hold under 5e-5, below the checks' tolerances (losses 1e-4, final maps 1e-3).
+MAX_UNSTABLE = {"train_irn": 5e-6, "train_irn_rpnet": 5e-5}
+STEPS = {"train_irn": 10, "train_irn_rpnet": 5}
 #: relative input change of the stability test (:func:`unstable_by`)
 PERTURBATION = 1e-7
 #: how many random directions of that size the stability test tries (besides scaling the input)
@@ -120,7 +139,7 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
 def reference_modules(ref: Path) -> Iterator[dict[str, types.ModuleType]]:
     """Import the reference's modules from ``ref`` (its working directory while importing)."""
     if not (ref / "step" / "train_irn.py").is_file():
-        raise SystemExit(f"error: {ref}: not a clone of jiwoon-ahn/irn (no step/train_irn.py)")
+        raise SystemExit(f"error: {ref}: not a clone of jiwoon-ahn/irn or of the RPNet code (no step/train_irn.py)")
     for name in list(sys.modules):
         if name.split(".")[0] in REFERENCE_PACKAGES:
             del sys.modules[name]
@@ -138,6 +157,12 @@ def reference_modules(ref: Path) -> Iterator[dict[str, types.ModuleType]]:
     finally:
         os.chdir(cwd)
         sys.path.remove(str(ref))
+
+
+def reference_group(ref: Path) -> str:
+    """``train_irn_rpnet`` when the reference's IRN has RPNet's non-local blocks, else ``train_irn``."""
+    with reference_modules(ref) as m:
+        return "train_irn_rpnet" if hasattr(m["net.resnet50_irn"], "NONLocalBlock2D") else "train_irn"
 
 
 def seeded_names(state: dict[str, torch.Tensor]) -> list[str]:
@@ -212,7 +237,7 @@ def run_reference(ref: Path, seed: int, images: np.ndarray, labels: np.ndarray, 
             poly_step(self, closure)
             record["lr"].append([g["lr"] for g in self.param_groups])
             if record["groups"] is None:
-                record["groups"] = {"sizes": [len(g["params"]) for g in self.param_groups],
+                record["groups"] = {"sizes": [sum(p.grad is not None for p in g["params"]) for g in self.param_groups],
                                     "momentum": [g["momentum"] for g in self.param_groups],
                                     "weight_decay": [g["weight_decay"] for g in self.param_groups],
                                     "max_step": self.max_step, "power": self.momentum}
@@ -315,36 +340,42 @@ def make_case(ref: Path, seed: int, steps: int, size: int, batch: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("ref", type=Path, help="a clone of jiwoon-ahn/irn")
+    p.add_argument("ref", type=Path, help="a clone of jiwoon-ahn/irn or of the public RPNet code")
     p.add_argument("--out", type=Path, default=ROOT / "src" / "rpnet_pl" / "parity_cases")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SHIPPED_SEEDS),
-                   help="candidate seeds, tried in order until --cases stable ones are written")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="candidate seeds, tried in order until --cases stable ones are written (default: the "
+                        "shipped cases' seeds of the reference's group)")
     p.add_argument("--cases", type=int, default=2)
-    p.add_argument("--max-unstable", type=float, default=5e-6,
-                   help="skip a seed whose losses move by more than this (relative) under a 1e-7 input change")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--max-unstable", type=float, default=None,
+                   help="skip a seed whose losses move by more than this (relative) under a 1e-7 input change "
+                        "(default: the group's MAX_UNSTABLE)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps K (default: the group's STEPS)")
     p.add_argument("--size", type=int, default=96, help="image side; its stride-4 side must exceed 2 x 9 (radius 10)")
     p.add_argument("--batch", type=int, default=2)
     args = p.parse_args(argv)
     if (args.size + 3) // 4 <= 18:
         p.error(f"--size {args.size}: the stride-4 map must be wider than 18 pixels for radius 10")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    group = reference_group(args.ref.resolve())
+    seeds = args.seeds if args.seeds is not None else list(SHIPPED_SEEDS[group])
+    max_unstable = args.max_unstable if args.max_unstable is not None else MAX_UNSTABLE[group]
+    steps = args.steps if args.steps is not None else STEPS[group]
     args.out.mkdir(parents=True, exist_ok=True)
     written = 0
-    for seed in args.seeds:
+    for seed in seeds:
         if written == args.cases:
             break
-        case = make_case(args.ref.resolve(), seed, args.steps, args.size, args.batch, args.max_unstable)
+        case = make_case(args.ref.resolve(), seed, steps, args.size, args.batch, max_unstable)
         if case is None:
             continue
-        path = args.out / f"train_irn_{written}.npz"
+        path = args.out / f"{group}_{written}.npz"
         written += 1
         np.savez_compressed(path, **case)
-        print(f"{path}: seed {seed}, {args.steps} steps, total loss {case['total_loss'][0]:.4f} -> "
+        print(f"{path}: seed {seed}, {steps} steps, total loss {case['total_loss'][0]:.4f} -> "
               f"{case['total_loss'][-1]:.4f}, lr {case['group_lr'][0].tolist()} -> {case['group_lr'][-1].tolist()}, "
               f"{path.stat().st_size // 1024} KB")
     if written < args.cases:
-        print(f"error: only {written} of the seeds {args.seeds} gave a stable trajectory", file=sys.stderr)
+        print(f"error: only {written} of the seeds {seeds} gave a stable trajectory", file=sys.stderr)
         return 1
     return 0
 

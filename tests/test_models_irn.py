@@ -96,7 +96,8 @@ def test_backbone_frozen_and_always_eval() -> None:
     (out["edge_logits"].sigmoid().mean() + fg + bg).backward()
     assert all(p.grad is None for p in m.backbone.parameters())
     assert all(torch.equal(b.running_mean, r) for b, r in zip(bn, before))  # statistics untouched
-    edge, dp = m.param_groups()
+    edge, dp, attention = m.param_groups()
+    assert attention == []  # IRN's own network: no non-local blocks
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in edge)
     assert all(p.grad is not None for p in dp)
     assert m.dp_out[-1].weight.grad.abs().sum() > 0
@@ -104,7 +105,7 @@ def test_backbone_frozen_and_always_eval() -> None:
 
 def test_trainable_parameters_partition() -> None:
     m = fresh()
-    edge, dp = m.param_groups()
+    edge, dp, _ = m.param_groups()
     ids_edge, ids_dp = {id(p) for p in edge}, {id(p) for p in dp}
     assert not ids_edge & ids_dp
     trainable = {id(p) for p in m.parameters() if p.requires_grad}
@@ -120,6 +121,61 @@ def test_accepts_a_built_backbone_and_freezes_it() -> None:
     assert m.backbone is b and not any(p.requires_grad for p in b.parameters())
     m.train()
     assert not any(mod.training for mod in b.modules())
+
+
+# -- RPNet's copy of IRN: non-local blocks on levels 3-5 -------------------------------------------
+def test_self_attention_blocks_start_as_the_identity() -> None:
+    """The blocks' output BatchNorm starts at zero scale and shift: with the same branch weights the
+    network is IRN's own, in training and in eval mode."""
+    plain = fresh()
+    torch.manual_seed(0)
+    attended = IRNet("resnet18", self_attention=True)
+    attended.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(attended.attention) == ["3", "4", "5"]
+    x = torch.randn(2, 3, 48, 64)
+    for mode in (True, False):
+        plain.train(mode), attended.train(mode)
+        with torch.no_grad():
+            a, b = plain(x), attended(x)
+        torch.testing.assert_close(a["edge_logits"], b["edge_logits"])
+        torch.testing.assert_close(a["displacement"], b["displacement"])
+
+
+def test_self_attention_acts_on_levels_3_to_5_with_their_own_group() -> None:
+    torch.manual_seed(0)
+    m = IRNet("resnet18", self_attention=True)
+    channels = list(m.backbone.channels)
+    assert [m.attention[str(level)].theta.in_channels for level in (3, 4, 5)] == channels[2:]
+    edge, dp, attention = m.param_groups()
+    assert {id(p) for p in attention} == {id(p) for p in m.attention.parameters()}
+    assert len(m.trainable_parameters()) == len(edge) + len(dp) + len(attention)
+    assert not {id(p) for p in attention} & {id(p) for p in edge + dp}
+    for block in m.attention.values():  # a non-zero projection: the blocks now change the features
+        torch.nn.init.ones_(block.out[1].weight)
+    seen: list[int] = []
+    for level, block in m.attention.items():
+        block.register_forward_hook(lambda mod, inp, out, level=level: seen.append(int(level)))
+    out = m(torch.randn(2, 3, 48, 64))
+    assert seen == [3, 4, 5]
+    out["edge_logits"].sum().backward()
+    assert all(p.grad is not None for p in attention)
+    assert all(p.grad is None for p in m.backbone.parameters())
+
+
+def test_self_attention_batchnorm_follows_train_and_eval() -> None:
+    """RPNet's IRN ``Net.train()`` calls ``super().train(mode)``: the blocks' BatchNorm normalises with
+    the batch in training (running statistics updated) and with the running statistics in eval."""
+    torch.manual_seed(0)
+    m = IRNet("resnet18", self_attention=True)
+    bn = m.attention["5"].out[1]
+    m.train()
+    assert bn.training and not m.backbone.training
+    m(torch.randn(2, 3, 48, 64))
+    assert int(bn.num_batches_tracked) == 1
+    m.eval()
+    before = bn.running_mean.clone()
+    m(torch.randn(2, 3, 48, 64))
+    assert not bn.training and torch.equal(bn.running_mean, before)
 
 
 # -- boundary (EdgeDisplacement) -------------------------------------------------------------------

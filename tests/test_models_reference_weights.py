@@ -135,27 +135,44 @@ def test_irn_cam_baseline_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(model.cam(x), F.relu(F.conv2d(b4, state["classifier.weight"])))
 
 
+def reference_irn_state(model: IRNet, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """What ``torch.save(AffinityDisplacementLoss().state_dict())`` holds for ``model``'s layout: IRN's
+    fc_edge1..6 / fc_dp7 (with its MeanShift) and, for a ``self_attention`` model, RPNet's copy's
+    ``self_atten1..5`` (1 and 2 built but unused) with their ``new_layers`` aliases."""
+    rename = {f"fc_edge{i + 1}.": f"edge_levels.{i}." for i in range(5)}
+    rename.update({"fc_edge6.": "edge_out.", **{f"fc_dp{i + 1}.": f"dp_levels.{i}." for i in range(5)},
+                   "fc_dp6.": "dp_fuse_deep.", "fc_dp7.4.": "mean_shift.", "fc_dp7.": "dp_out."})
+    rename.update({f"self_atten{level}.": f"attention.{level}." for level in (3, 4, 5)})
+    inverse = {v: k for k, v in rename.items()}
+    state = _backbone_keys(gen)
+    for key, value in model.state_dict().items():
+        if key.startswith("backbone.") or key == "mean_shift.running_var":
+            continue
+        prefix = next(p for p in inverse if key.startswith(p))
+        ref_key = (inverse[prefix] + key[len(prefix):]).replace(".out.", ".W.")
+        state[ref_key] = torch.randn(value.shape, generator=gen) if value.is_floating_point() else value
+    if model.attention:
+        channels = list(model.backbone.channels)
+        for level in (1, 2):  # NONLocalBlock2D(C) for the first two levels, never called
+            c, inter = channels[level - 1], channels[level - 1] // 2
+            for name, shape in {"g.weight": (inter, c, 1, 1), "theta.weight": (inter, c, 1, 1),
+                                "phi.weight": (inter, c, 1, 1), "W.0.weight": (c, inter, 1, 1),
+                                "W.1.weight": (c,), "W.1.running_var": (c,)}.items():
+                state[f"self_atten{level}.{name}"] = torch.rand(shape, generator=gen)
+        for i, level in enumerate((1, 2, 3, 4, 5)):  # new_layers: the same modules a second time
+            state.update({f"new_layers.{i}." + k[len(f"self_atten{level}."):]: v for k, v in list(state.items())
+                          if k.startswith(f"self_atten{level}.")})
+    state["path_indices0"] = torch.zeros(2, 2, 5, dtype=torch.long)
+    state["ind_from"] = torch.zeros(1, 5, dtype=torch.long)
+    return state
+
+
 def test_irn_boundary_checkpoint_mapping(tmp_path: Path) -> None:
     """IRN's AffinityDisplacementLoss state dict: fc_edge1..6 / fc_dp1..7 (+ its MeanShift) by name;
     its path-index parameters are rebuilt here, not loaded."""
     gen = torch.Generator().manual_seed(2)
-    irn = IRNet(backbone="resnet18")
-    ours = irn.state_dict()
-    state = _backbone_keys(gen)
-    rename = {f"fc_edge{i + 1}.": f"edge_levels.{i}." for i in range(5)}
-    rename.update({"fc_edge6.": "edge_out.", **{f"fc_dp{i + 1}.": f"dp_levels.{i}." for i in range(5)},
-                   "fc_dp6.": "dp_fuse_deep.", "fc_dp7.4.": "mean_shift."})
-    inverse = {v: k for k, v in rename.items()}
-    for key, value in ours.items():
-        if key.startswith("backbone."):
-            continue
-        ref_key = next((inverse[p] + key[len(p):] for p in inverse if key.startswith(p)), None)
-        if ref_key is None and key.startswith("dp_out."):
-            ref_key = "fc_dp7." + key[len("dp_out."):]
-        assert ref_key is not None, key
-        state[ref_key] = torch.randn(value.shape, generator=gen) if value.is_floating_point() else value
-    state["path_indices0"] = torch.zeros(2, 2, 5, dtype=torch.long)
-    state["ind_from"] = torch.zeros(1, 5, dtype=torch.long)
+    state = reference_irn_state(IRNet(backbone="resnet18"), gen)
+    assert not any(k.startswith("self_atten") for k in state)
     path = tmp_path / "res50_irn.pth"
     torch.save(state, path)
     mapping = map_reference_state_dict(state)
@@ -168,6 +185,36 @@ def test_irn_boundary_checkpoint_mapping(tmp_path: Path) -> None:
         from rpnet_pl.stages.classifier import reference_classifier_args
 
         reference_classifier_args(path)
+
+
+def test_rpnet_irn_checkpoint_loads_its_non_local_blocks(tmp_path: Path) -> None:
+    """RPNet's copy of IRN: ``self_atten3..5`` (W.0 / W.1 = projection conv / BatchNorm) load into the
+    blocks of levels 3-5; ``self_atten1/2`` (never called) and the ``new_layers`` aliases are dropped."""
+    gen = torch.Generator().manual_seed(3)
+    state = reference_irn_state(IRNet(backbone="resnet18", self_attention=True), gen)
+    path = tmp_path / "res50_irn.pth"
+    torch.save(state, path)
+    mapping = map_reference_state_dict(state)
+    assert not mapping.unmatched
+    assert {"self_atten1.W.1.weight", "self_atten2.g.weight", "new_layers.4.W.1.running_var"} <= set(mapping.ignored)
+    assert mapping.state["attention.4.out.1.running_mean"] is state["self_atten4.W.1.running_mean"]
+    loaded = IRNet(backbone="resnet18", weights=str(path), self_attention=True)
+    torch.testing.assert_close(loaded.attention["3"].theta.weight, state["self_atten3.theta.weight"])
+    torch.testing.assert_close(loaded.attention["5"].out[0].bias, state["self_atten5.W.0.bias"])
+    torch.testing.assert_close(loaded.attention["4"].out[1].running_var, state["self_atten4.W.1.running_var"])
+    torch.testing.assert_close(loaded.edge_out.weight, state["fc_edge6.weight"])
+
+
+def test_irn_checkpoint_into_the_other_network_fails_clearly(tmp_path: Path) -> None:
+    """A checkpoint with non-local blocks into IRN's own network, and one without into RPNet's copy:
+    one error that names the switch to set."""
+    gen = torch.Generator().manual_seed(4)
+    rpnet_irn = reference_irn_state(IRNet(backbone="resnet18", self_attention=True), gen)
+    with pytest.raises(ConfigError, match=r"no place in this model.*set refine\.model\.self_attention: true"):
+        load_reference_checkpoint(IRNet(backbone="resnet18"), rpnet_irn)
+    irn = reference_irn_state(IRNet(backbone="resnet18"), gen)
+    with pytest.raises(ConfigError, match=r"not in the file.*set refine\.model\.self_attention: false"):
+        load_reference_checkpoint(IRNet(backbone="resnet18", self_attention=True), irn)
 
 
 def test_reference_classifier_args_and_backbone_signatures(tmp_path: Path) -> None:

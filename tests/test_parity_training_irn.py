@@ -1,5 +1,6 @@
-"""Training parity of the refiner (``train_irn``): the shipped cases (IRN's ``train_irn.run``, 10 steps)
-pass with our RefineStage, and each kind of training difference fails its own check."""
+"""Training parity of the refiner: the shipped cases (``train_irn``: IRN's ``train_irn.run``, 10 steps;
+``train_irn_rpnet``: the same script of RPNet's copy of IRN, with its non-local blocks) pass with our
+RefineStage, and each kind of training difference fails its own check."""
 from __future__ import annotations
 
 import inspect
@@ -12,6 +13,7 @@ from torch import nn
 
 from rpnet_pl import parity
 from rpnet_pl.models.backbones import Backbone
+from rpnet_pl.models import irn as irn_model
 from rpnet_pl.models.irn import IRNet
 from rpnet_pl.models.reference_weights import load_reference_checkpoint, map_reference_state_dict
 from rpnet_pl.parity_training import irn as train_irn
@@ -19,12 +21,18 @@ from rpnet_pl.parity_training import seeded_state
 from rpnet_pl.stages import refine
 from rpnet_pl.stages.refine import RefineStage
 
-CASES = sorted(parity.default_cases_dir().glob("train_irn_*.npz"))
+CASES = sorted(parity.default_cases_dir().glob("train_irn_[0-9]*.npz"))
+RPNET_CASES = sorted(parity.default_cases_dir().glob("train_irn_rpnet_[0-9]*.npz"))
 
 
 @pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
     return parity.load_case(CASES[0])[1]
+
+
+@pytest.fixture(scope="module")
+def rpnet_case() -> dict[str, np.ndarray]:
+    return parity.load_case(RPNET_CASES[0])[1]
 
 
 def _failed(checks: list) -> set[str]:
@@ -79,12 +87,12 @@ def test_trainable_stem_fails(case: dict, monkeypatch: pytest.MonkeyPatch) -> No
     """The stem convolution and its BatchNorm in the boundary branch's optimiser group."""
     param_groups = IRNet.param_groups
 
-    def with_stem(self: IRNet) -> tuple[list, list]:
-        edge, dp = param_groups(self)
+    def with_stem(self: IRNet) -> tuple[list, list, list]:
+        edge, dp, attention = param_groups(self)
         stem = [p for name, p in self.backbone.body.named_parameters() if name.startswith(("conv1.", "bn1."))]
         for p in stem:
             p.requires_grad_(True)
-        return edge + stem, dp
+        return edge + stem, dp, attention
 
     monkeypatch.setattr(IRNet, "param_groups", with_stem)
     assert "group_sizes" in _failed(train_irn.check_train_irn(case))
@@ -159,3 +167,55 @@ def test_a_reference_irn_state_dict_loads(case: dict) -> None:
     load_reference_checkpoint(model, state, kind="irn")
     torch.testing.assert_close(model.mean_shift.running_mean, shift)
     torch.testing.assert_close(model.edge_out.weight, state["fc_edge6.weight"])
+
+
+# -- RPNet's copy of IRN (train_irn_rpnet) ---------------------------------------------------------
+def test_rpnet_cases_are_shipped_and_registered() -> None:
+    assert len(RPNET_CASES) >= 2 and all(p.stat().st_size < 300_000 for p in RPNET_CASES)
+    assert parity.GROUPS["train_irn_rpnet"][1] is train_irn.check_train_irn_rpnet
+    assert parity.load_case(RPNET_CASES[0])[0] == "train_irn_rpnet"
+    seeds = {int(parity.load_case(p)[1]["seed"]) for p in RPNET_CASES}
+    assert len(seeds) == len(RPNET_CASES)
+
+
+@pytest.mark.parametrize("path", RPNET_CASES, ids=lambda p: p.name)
+def test_shipped_rpnet_case_passes(path: Path) -> None:
+    result = parity.run_case(path)
+    assert result.passed, [(c.name, c.abs_err, c.rel_err) for c in result.checks if not c.passed]
+    assert {"group_lr", "group_sizes", "total_loss", "weights.attention", "weights.edge",
+            "final_displacement", "mean_shift"} <= {c.name for c in result.checks}
+    case = parity.load_case(path)[1]
+    lr = case["group_lr"]  # edge 1x, displacement 10x, non-local blocks 2x
+    assert lr.shape == (int(case["steps"]), 3)
+    assert np.allclose(lr[:, 1], 10 * lr[:, 0]) and np.allclose(lr[:, 2], 2 * lr[:, 0])
+    assert any(str(n).startswith("self_atten5.") for n in case["init_names"])
+
+
+def test_rpnet_attention_group_at_the_base_lr_fails(rpnet_case: dict) -> None:
+    """The non-local blocks trained at ``lr`` instead of RPNet's ``2 lr``."""
+    failed = _failed(train_irn.check_train_irn_rpnet(rpnet_case, attention_lr_mult=1.0))
+    assert {"group_lr", "weights.attention"} <= failed
+    assert "weights.backbone" not in failed
+
+
+def test_rpnet_case_without_the_blocks_fails(rpnet_case: dict) -> None:
+    """IRN's own network against RPNet's copy: two optimiser groups, other losses from the first step."""
+    failed = _failed(train_irn.check_train_irn_rpnet(rpnet_case, self_attention=False))
+    assert {"group_sizes", "group_lr", "checksum_names", "pos_aff_loss", "total_loss"} <= failed
+
+
+def test_irn_case_with_the_blocks_fails(case: dict) -> None:
+    """RPNet's copy against jiwoon-ahn/irn's network: a third optimiser group and the blocks' tensors."""
+    failed = _failed(train_irn.check_train_irn(case, self_attention=True))
+    assert {"group_sizes", "group_lr", "checksum_names"} <= failed
+
+
+def test_rpnet_blocks_with_batch_statistics_in_eval_fail(rpnet_case: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RPNet's IRN ``Net.train()`` calls ``super().train(mode)``: its non-local BatchNorms use their running
+    statistics in eval mode. Blocks that always normalise with the pass's statistics (``norm="batch"``, the
+    RPNet classifier's semantics) train identically but give other maps after training."""
+    block = irn_model.NonLocalBlock
+    monkeypatch.setattr(irn_model, "NonLocalBlock", lambda channels, **kw: block(channels, **{**kw, "norm": "batch"}))
+    failed = _failed(train_irn.check_train_irn_rpnet(rpnet_case))
+    assert {"final_edge_logits", "final_displacement"} <= failed
+    assert not failed & {"total_loss", "weights.edge", "weights.displacement", "weights.attention"}

@@ -219,3 +219,19 @@ def test_stride4_labels_cv2_reduction_is_irn_masters() -> None:
     assert stride4_labels(label, (2, 2), "pil")[0].tolist() == [[18, 22], [50, 54]]  # pixel 4i + 2
     with pytest.raises(ValueError):
         stride4_labels(label, (2, 2), "other")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_optimiser_groups_and_the_non_local_blocks(self_attention: bool) -> None:
+    """Edge branch at lr, displacement at 10 lr and (RPNet's copy of IRN) the non-local blocks of levels
+    3-5 at 2 lr, every group with the stage's weight decay and momentum."""
+    stage = RefineStage(backbone="resnet18", pretrained=False, lr=0.05, weight_decay=3e-4, momentum=1e-4,
+                        self_attention=self_attention)
+    opt, _ = stage.make_optimizer(max_steps=10)
+    expected = [0.05, 0.5] + ([0.1] if self_attention else [])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(expected)
+    assert {g["weight_decay"] for g in opt.param_groups} == {3e-4}
+    assert {g["momentum"] for g in opt.param_groups} == {1e-4}
+    assert sorted(stage.model.attention) == (["3", "4", "5"] if self_attention else [])
+    if self_attention:
+        assert {id(p) for p in opt.param_groups[2]["params"]} == {id(p) for p in stage.model.attention.parameters()}

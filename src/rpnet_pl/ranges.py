@@ -60,6 +60,7 @@ TRAINING: Mapping[str, Mapping[str, Range]] = {
         "boundary_radius": POSITIVE, "rw_radius": POSITIVE, "rw_beta": POSITIVE, "rw_exp_times": NON_NEGATIVE,
         "bg_threshold": FRACTION, "seed_monitor_threshold": FRACTION, "checkpoint_every_n_steps": POSITIVE,
         "progress_every_n_steps": POSITIVE, "new_layer_lr_mult": POSITIVE, "displacement_lr_mult": POSITIVE,
+        "attention_lr_mult": POSITIVE,
     },
     "data": {
         "batch_size": POSITIVE, "crop_size": POSITIVE, "group_size": Range(1, 8), "long_side": POSITIVE,

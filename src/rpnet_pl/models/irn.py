@@ -16,6 +16,11 @@ Architecture (IRN's ``net/resnet50_irn.py``, channel counts read from ``backbone
   stride (8) and cropped; levels 3-5 are fused (768 -> 256, GN 16), upsampled to stride 4 and
   cropped; fused with levels 1-2 (448 -> 256, GN 16, ReLU), then a 1x1 conv (no bias) to two
   channels ``(dy, dx)`` in stride-4 pixels, then the mean shift (:class:`MeanShift`).
+* ``self_attention`` (RPNet's copy of IRN; off in IRN's own): a non-local block
+  (:class:`~rpnet_pl.models.rpnet.NonLocalBlock`, dot-product attention divided by N, zero-initialised
+  conv + BatchNorm projection, residual) on each of the detached levels 3, 4 and 5 before both
+  branches. Its BatchNorm follows ``train()`` (batch statistics in training, running ones in eval:
+  RPNet's IRN ``Net.train()`` calls ``super().train(mode)``), so the blocks use ``norm="running"``.
 
 The affinity (edge) losses are in :mod:`rpnet_pl.ops.affinity`; this module holds the
 displacement losses (:func:`pair_displacement`, :func:`displacement_losses`), which follow
@@ -33,6 +38,7 @@ from torch import Tensor, nn
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.models.backbones import Backbone, build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
+from rpnet_pl.models.rpnet import NonLocalBlock
 from rpnet_pl.ops.affinity import affinity_labels
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.ops.path_index import search_directions, source_window
@@ -43,6 +49,8 @@ DISPLACEMENT_EPS = 1e-5
 DP_CHANNELS = (64, 128, 256, 256, 256)
 #: Channels of the displacement branch's two fusion convs (IRN ``fc_dp6``, ``fc_dp7``).
 DP_FUSED = 256
+#: Backbone levels (1-based) that RPNet's copy of IRN passes through a non-local block (``self_atten3..5``).
+ATTENTION_LEVELS = (3, 4, 5)
 #: Channels of each edge-branch level (IRN ``fc_edge1..5``).
 EDGE_CHANNELS = 32
 #: IRN's ``EdgeDisplacement(crop_size=512)``: inference images are zero-padded to this size.
@@ -119,6 +127,8 @@ class IRNet(nn.Module):
         pretrained, weights, output_stride, dilated: passed to :func:`build_backbone` when
             ``backbone`` is a name. IRN: ResNet-50, output stride 16, no dilation.
         mean_shift_momentum: momentum of :class:`MeanShift`'s running mean.
+        self_attention: a non-local block on each of the levels :data:`ATTENTION_LEVELS` before both
+            branches (RPNet's copy of IRN); off: IRN's own network.
     """
 
     def __init__(
@@ -129,6 +139,7 @@ class IRNet(nn.Module):
         output_stride: int = 16,
         dilated: bool = False,
         mean_shift_momentum: float = 0.1,
+        self_attention: bool = False,
     ) -> None:
         super().__init__()
         whole_model = weights is not None and is_reference_checkpoint(weights)  # IRN's own res50_irn.pth
@@ -144,6 +155,11 @@ class IRNet(nn.Module):
         if st[1] != st[0] or st[3] % st[2] or st[4] % st[2] or st[2] % st[0]:
             raise ValueError(f"IRNet expects strides like [4, 4, 8, 16, 16], got {st}")
         self.stride = st[0]  # output stride of both branches (4)
+
+        # RPNet's non-local blocks (self_atten3..5), keyed by level; empty in IRN's own network
+        self.attention = nn.ModuleDict(
+            {str(level): NonLocalBlock(ch[level - 1], norm="running") for level in ATTENTION_LEVELS}
+            if self_attention else {})
 
         # edge branch (IRN fc_edge1..6)
         self.edge_levels = nn.ModuleList(
@@ -191,6 +207,8 @@ class IRNet(nn.Module):
         """images (B, 3, H, W) -> (edge logits (B, 1, h4, w4), raw displacement (B, 2, h4, w4))."""
         with torch.no_grad():
             feats = [f.detach() for f in self.backbone(images)]  # 5 x (B, C_i, H/s_i, W/s_i)
+        for level, block in self.attention.items():  # RPNet: self_atten3..5 on the detached levels
+            feats[int(level) - 1] = block(feats[int(level) - 1])
         size4 = tuple(feats[1].shape[-2:])  # stride-4 map (h4, w4)
         size8 = tuple(feats[2].shape[-2:])  # stride-8 map (h8, w8)
 
@@ -255,18 +273,19 @@ class IRNet(nn.Module):
         self.mean_shift.running_mean.copy_(mean.to(self.mean_shift.running_mean.device))
 
     # -- optimisation ---------------------------------------------------------------------------
-    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(edge-branch parameters, displacement-branch parameters), IRN's
-        ``trainable_parameters()``: its ``train_irn.py`` gives the edge group ``lr`` and the
-        displacement group ``10 * lr``."""
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+        """(edge-branch, displacement-branch, non-local block parameters), the reference's
+        ``trainable_parameters()``: its ``train_irn.py`` gives the edge group ``lr``, the displacement
+        group ``10 * lr`` and (RPNet's copy) the blocks ``2 * lr``. The third list is empty without
+        ``self_attention``."""
         edge = [p for m in (self.edge_levels, self.edge_out) for p in m.parameters()]
         dp = [p for m in (self.dp_levels, self.dp_fuse_deep, self.dp_out) for p in m.parameters()]
-        return edge, dp
+        return edge, dp, list(self.attention.parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every trainable parameter (edge then displacement branch); the backbone has none."""
-        edge, dp = self.param_groups()
-        return edge + dp
+        """Every trainable parameter (edge branch, displacement branch, non-local blocks); the
+        backbone has none."""
+        return [p for group in self.param_groups() for p in group]
 
 
 # -- displacement losses (IRN AffinityDisplacementLoss + train_irn.py) ----------------------------
@@ -347,6 +366,7 @@ def displacement_losses(
 
 
 __all__ = [
-    "IRN_INFER_PAD", "IRNet", "MeanShift", "displacement_bg_loss", "displacement_fg_loss", "displacement_losses",
+    "ATTENTION_LEVELS", "IRN_INFER_PAD", "IRNet", "MeanShift", "displacement_bg_loss", "displacement_fg_loss",
+    "displacement_losses",
     "displacement_target", "pair_displacement",
 ]

@@ -2,11 +2,12 @@
 
 The public RPNet code saves ``model.module.state_dict()`` of its ``Net_CAM`` (``net/resnet50_cam.py``,
 e.g. ``sess/res50_cam.pth``); IRN saves its CAM ``Net`` (``net/resnet50_cam.py``) and its
-``AffinityDisplacementLoss`` (``net/resnet50_irn.py``). Their backbone lives under ``resnet50.``
+``AffinityDisplacementLoss`` (``net/resnet50_irn.py``; RPNet's copy adds the non-local blocks
+``self_atten1..5``, of which its forward uses 3-5). Their backbone lives under ``resnet50.``
 with torchvision's names, and every module appears a second time under the aliases the code
 builds around it (``stage1.0.weight`` is ``resnet50.conv1.weight``; ``backbone.*``,
-``newly_added.*``, ``edge_layers.*``, ``dp_layers.*``). :func:`map_reference_state_dict` renames the
-canonical keys to ours, drops the aliases and the modules the reference builds but never uses in
+``newly_added.*``, ``edge_layers.*``, ``dp_layers.*``, ``new_layers.*``). :func:`map_reference_state_dict`
+renames the canonical keys to ours, drops the aliases and the modules the reference builds but never uses in
 its forward, and reports what is left; :func:`load_reference_checkpoint` loads the result and
 fails with the list of keys that matched nothing.
 """
@@ -27,10 +28,14 @@ log = logging.getLogger(__name__)
 
 #: Aliases of modules that the reference registers twice (same tensors under a second name).
 ALIAS_PREFIXES = ("stage1.", "stage2.", "stage3.", "stage4.", "stage5.", "backbone.", "newly_added.",
-                  "edge_layers.", "dp_layers.")
+                  "edge_layers.", "dp_layers.", "new_layers.")
 #: Modules the public RPNet ``Net`` builds but never calls in ``forward`` (its checkpoints hold them),
 #: and its ``gauss.weight`` buffer, the fixed Gaussian kernel that ours rebuilds (``gaussian_kernel``).
 RPNET_UNUSED_PREFIXES = ("mask_t.", "mask.", "cross_atten.", "pre_x.", "pre_y.", "gauss.")
+#: Non-local blocks of RPNet's copy of IRN that its ``forward`` never calls (it applies ``self_atten3..5``).
+RPNET_IRN_UNUSED_PREFIXES = ("self_atten1.", "self_atten2.")
+#: Our IRNet's non-local blocks (``self_attention``), which only RPNet's copy of IRN has.
+IRN_ATTENTION_PREFIX = "attention."
 #: IRN's ``AffinityDisplacement`` stores its pair indices as parameters and its ``disp_target`` (the
 #: search directions) as a buffer: we rebuild them. Its ``mean_shift.*`` is an alias of ``fc_dp7.4.*``.
 IRN_INDEX_KEYS = re.compile(r"^(path_indices\d+|ind_from|ind_to|disp_target|mean_shift\..+)$")
@@ -74,6 +79,9 @@ def _nonlocal_key(rest: str) -> str:
 
 
 def _irn_key(key: str) -> str | None:
+    m = re.match(r"^self_atten([345])\.(.*)$", key)  # RPNet's copy of IRN: levels 3-5
+    if m:
+        return f"{IRN_ATTENTION_PREFIX}{m.group(1)}.{_nonlocal_key(m.group(2))}"
     m = re.match(r"^fc_edge(\d)\.(.*)$", key)
     if m:
         i = int(m.group(1))
@@ -136,7 +144,7 @@ def map_reference_state_dict(state: dict[str, Tensor], kind: str | None = None) 
             if key.startswith("classifier."):
                 target = key
         elif kind == "irn":
-            if IRN_INDEX_KEYS.match(key):
+            if IRN_INDEX_KEYS.match(key) or key.startswith(RPNET_IRN_UNUSED_PREFIXES):
                 out.ignored.append(raw)
                 continue
             target = _irn_key(key)
@@ -236,6 +244,12 @@ def load_reference_checkpoint(model: nn.Module, source: str | Path | dict[str, T
         problems.append(f"{len(missing)} tensors of the model are not in the file: {missing[:8]}")
     if mismatched:
         problems.append(f"{len(mismatched)} shapes differ: {mismatched[:4]}")
+    if any(k.startswith(IRN_ATTENTION_PREFIX) for k in extra):
+        problems.append("the file is RPNet's copy of IRN, with non-local blocks (self_atten3..5): "
+                        "set refine.model.self_attention: true")
+    elif any(k.startswith(IRN_ATTENTION_PREFIX) for k in missing):
+        problems.append("the file is IRN without non-local blocks (jiwoon-ahn/irn): "
+                        "set refine.model.self_attention: false")
     if problems:
         raise ConfigError(f"{where}: cannot load this reference checkpoint into {type(model).__name__}: "
                           + "; ".join(problems))

@@ -28,7 +28,6 @@ from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
 from rpnet_pl.stages.walk_scores import mask_from_walk_scores, walk_scores_path, walk_scores_record, write_walk_scores
-from rpnet_pl.steps import PseudoMasksOptions
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +107,11 @@ class RefineStage(StageModule):
     Two radii, two names: ``boundary_radius`` is the pixel-pair radius of the affinity and
     displacement losses (IRN: 10 at stride 4); ``rw_radius`` is the random walk's transition radius
     at inference (IRN: 5), set from the ``pseudo_masks`` section.
+
+    ``self_attention``: RPNet's copy of IRN, with a non-local block on backbone levels 3-5 (see
+    :class:`IRNet`), trained at ``lr * attention_lr_mult`` (RPNet: 2x); ``experiments/base.yaml`` turns
+    it on, the CAM baselines (IRN's own network) leave it off. Off by default, so that a checkpoint
+    saved without the switch loads as the network it was.
     """
 
     predict_what = "pseudo masks"
@@ -125,6 +129,8 @@ class RefineStage(StageModule):
         displacement_loss: bool = True,
         label_reduction: LabelReduction = "pil",
         displacement_lr_mult: float = 10.0,
+        self_attention: bool = False,
+        attention_lr_mult: float = 2.0,
         rw_radius: int = RANDOM_WALK.radius,
         rw_beta: float = RANDOM_WALK.beta,
         rw_exp_times: int = RANDOM_WALK.exp_times,
@@ -140,7 +146,7 @@ class RefineStage(StageModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights)
+        self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights, self_attention=self_attention)
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """IRN's objective (:func:`irn_losses`) on ``image`` (B, 3, H, W) and IR ``label`` (B, H, W)."""
@@ -169,9 +175,13 @@ class RefineStage(StageModule):
         log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "IR label", "boundary"])
 
     def optimizer_groups(self) -> list[tuple[Any, float]]:
-        """The boundary branch at ``lr``, the displacement branch at ``lr * displacement_lr_mult`` (IRN: 10x)."""
-        edge_params, dp_params = self.model.param_groups()
-        return [(edge_params, self.hparams.lr), (dp_params, self.hparams.lr * self.hparams.displacement_lr_mult)]
+        """The boundary branch at ``lr``, the displacement branch at ``lr * displacement_lr_mult`` (IRN:
+        10x) and, with ``self_attention``, the non-local blocks at ``lr * attention_lr_mult`` (RPNet: 2x);
+        every group with the stage's weight decay and momentum."""
+        hp = self.hparams
+        edge_params, dp_params, attention_params = self.model.param_groups()
+        return [(edge_params, hp.lr), (dp_params, hp.lr * hp.displacement_lr_mult),
+                (attention_params, hp.lr * hp.attention_lr_mult)]  # empty: dropped by poly_sgd
 
     # -- pseudo masks ------------------------------------------------------------------------
     def walk(self, image: torch.Tensor, cam_record: dict[str, Any]) -> torch.Tensor:
@@ -242,13 +252,3 @@ def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, r
                             done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
     return todo
 
-
-def pseudo_masks_step(o: PseudoMasksOptions) -> int:
-    """The ``pseudo_masks`` step (`rpnet pseudo-masks`): :func:`make_pseudo_masks` with the step's options."""
-    n = make_pseudo_masks(o.ckpt, o.cams, o.out, root=o.root, dataset=o.dataset, split=o.split, radius=o.radius,
-                          beta=o.beta, exp_times=o.exp_times, bg_threshold=o.bg_threshold, pad_to=o.pad_to or None,
-                          save_scores=o.save_scores, devices=o.lightning_devices, num_nodes=o.num_nodes,
-                          accelerator=o.accelerator)
-    print(f"wrote {n} pseudo mask(s) to {o.out}" + (f" (scores in {layout.walk_scores_dir(o.out)})"
-                                                     if o.save_scores else ""))
-    return 0
