@@ -129,7 +129,7 @@ table-11: $(STAMP)  ## Table XI: per-class VOC val IoU (ResNet-50, ResNeXt-101)
 # The CPU profile always; the GPU profile (ResNeXt-50 / ResNet-50, the paper's batches) too when torch sees CUDA.
 BENCH_OUT ?= docs/benchmarks.md
 .PHONY: bench
-bench: $(STAMP)  ## throughput and peak memory per stage (train + inference) -> a section appended to docs/benchmarks.md
+bench: $(STAMP)  ## throughput and peak memory per stage (train + inference) -> its section of docs/benchmarks.md
 	$(RPNET) bench --profile cpu --out $(BENCH_OUT)
 	@if [ "$$($(PY) -c 'import torch; print(torch.cuda.is_available())')" = "True" ]; then \
 		echo "$(RPNET) bench --profile gpu --out $(BENCH_OUT)"; $(RPNET) bench --profile gpu --out $(BENCH_OUT); \

@@ -3,7 +3,6 @@ one section a run and names the machine. No speed is asserted."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 from pathlib import Path
 
@@ -88,26 +87,26 @@ def _fake_result(stage: str = "IRN", ips: float = 12.5) -> bench.BenchResult:
                              precision="fp32", memory_method="peak RSS")
 
 
-def test_markdown_appends_sections_and_names_the_machine(tmp_path: Path) -> None:
+def test_markdown_section_replaces_its_profile_s_and_names_the_machine(tmp_path: Path) -> None:
     out = tmp_path / "docs" / "benchmarks.md"
     machine = bench.machine_info()
     assert machine.cpu and machine.cores >= 1 and machine.torch == torch.__version__
-    prof = bench.PROFILES["cpu"]
-    first = bench.format_section([_fake_result("IRN", 12.5)], prof, "rpnet bench --profile cpu", machine,
-                                 dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.timezone.utc))
-    bench.append_section(out, first)
+    cpu, gpu = bench.PROFILES["cpu"], bench.PROFILES["gpu"]
+    bench.write_section(out, bench.format_section([_fake_result("IRN", 12.5)], cpu, "rpnet bench --profile cpu", machine))
     text1 = out.read_text()
     assert text1.startswith("# Benchmarks") and "pending" in text1
-    second = bench.format_section([_fake_result("DeepLab", 7.25)], prof, "rpnet bench --profile cpu", machine,
-                                  dt.datetime(2025, 1, 3, 3, 4, tzinfo=dt.timezone.utc))
-    bench.append_section(out, second)
+    assert "\n## `make bench`: profile `cpu` on cpu\n" in text1 and "UTC" not in text1
+    assert machine.cpu in text1 and f"torch {torch.__version__}" in text1
+    assert "| IRN | train | resnet18 | crop 512 | 2 | 12.5 | 321 |" in text1
+    assert "`rpnet bench --profile cpu`" in text1
+    # another profile is appended after it; the same profile again replaces its own section in place
+    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 3.5)], gpu, "rpnet bench --profile gpu", machine))
+    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 7.25)], cpu, "rpnet bench --profile cpu", machine))
     text2 = out.read_text()
-    assert text2.startswith(text1.rstrip("\n"))  # the first run is preserved as it was
     assert text2.count("\n## ") == 2 and text2.count("# Benchmarks") == 1
-    assert "2025-01-02 03:04 UTC" in text2 and "2025-01-03 03:04 UTC" in text2
-    assert machine.cpu in text2 and f"torch {torch.__version__}" in text2
-    assert "| IRN | train | resnet18 | crop 512 | 2 | 12.5 | 321 |" in text2
-    assert "`rpnet bench --profile cpu`" in text2
+    assert text2.index("profile `cpu`") < text2.index("profile `gpu`")  # kept its place
+    assert "| DeepLab | train | resnet18 | crop 512 | 2 | 7.25 | 321 |" in text2 and "12.5" not in text2
+    assert "| DeepLab | train | resnet18 | crop 512 | 2 | 3.5 | 321 |" in text2
     assert not list(out.parent.glob("*.tmp"))  # the atomic write left nothing behind
 
 

@@ -43,7 +43,6 @@ Weights are random (``pretrained=False``): throughput does not depend on them.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import os
 import platform
@@ -828,22 +827,25 @@ Run: `make bench` (the CPU profile, then the GPU profile when `torch.cuda.is_ava
 `rpnet bench --profile cpu|gpu [--device cpu|cuda] [--iters N] [--bf16] [--out docs/benchmarks.md]`.
 Speeds depend on the machine and its load; compare numbers only within one section.
 
-GPU numbers are pending a run on a GPU machine (`make bench` there appends them below).
+GPU numbers are pending a run on a GPU machine (`make bench` there writes them below).
 """
 
 
+def section_heading(profile: Profile, device: str) -> str:
+    """The heading of a profile's section (one per profile and device: a new run replaces it)."""
+    return f"## `make bench`: profile `{profile.name}` on {device}"
+
+
 def format_section(results: Sequence[BenchResult], profile: Profile, command: str,
-                   machine: MachineInfo | None = None, when: _dt.datetime | None = None,
-                   allocator: str | None = None) -> str:
-    """A dated markdown section: machine, command, settings (``allocator``: how the host allocator
+                   machine: MachineInfo | None = None, allocator: str | None = None) -> str:
+    """A markdown section: machine, command, settings (``allocator``: how the host allocator
     treated freed memory, see :mod:`rpnet_pl.host_memory`) and the table."""
     machine = machine or machine_info()
-    when = when or _dt.datetime.now(_dt.timezone.utc)
     device = results[0].device if results else "?"
     precision = " / ".join(dict.fromkeys(r.precision for r in results)) if results else "fp32"
     memory = results[0].memory_method if results else "?"
     lines = [
-        f"## {when.strftime('%Y-%m-%d %H:%M UTC')}: profile `{profile.name}` on {device}",
+        section_heading(profile, device),
         "",
         f"- Machine: {machine.describe()}",
         f"- Command: `{command}`",
@@ -859,23 +861,33 @@ def format_section(results: Sequence[BenchResult], profile: Profile, command: st
     return "\n".join(lines)
 
 
-def append_section(path: str | os.PathLike, section: str, header: str = BENCH_HEADER) -> Path:
-    """Append ``section`` to the markdown file at ``path`` (created with ``header`` when missing),
-    atomically: the old text is read, the new text written to a temporary file and renamed."""
+def write_section(path: str | os.PathLike, section: str, header: str = BENCH_HEADER) -> Path:
+    """Put ``section`` into the markdown file at ``path`` (created with ``header`` when missing): it
+    replaces the section with the same ``## `` heading, up to the next ``## `` heading, or is appended
+    when there is none (the file holds the current figures, git the earlier ones). Atomic: the new
+    text is written to a temporary file and renamed."""
     from rpnet_pl.io import atomic_path
 
     path = Path(path)
     old = path.read_text() if path.is_file() else header
-    text = old.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    heading = section.split("\n", 1)[0]
+    lines = old.rstrip("\n").split("\n")
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        before, after = "\n".join(lines[:start]), "\n".join(lines[end:])
+        text = before.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + ("\n" + after + "\n" if after else "")
+    else:
+        text = old.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
 
 
 __all__ = [
-    "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile", "append_section",
+    "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile",
     "blocky_labels", "cam_inference", "cam_step", "classifier_step", "classifier_train", "deeplab_infer_step",
     "deeplab_inference", "deeplab_train", "deeplab_train_step", "format_section", "get_profile", "irn_step",
     "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "pseudo_mask_step",
-    "resolve_device", "run_case", "run_profile", "time_alternately",
+    "resolve_device", "run_case", "run_profile", "section_heading", "time_alternately", "write_section",
 ]

@@ -309,14 +309,14 @@ def _bench(args: argparse.Namespace) -> int:
                                                      f"{'channels_last' if layout else 'contiguous'}):"))
             print("\n" + breakdowns[-1])
     if args.out:
-        from rpnet_pl.bench import append_section
+        from rpnet_pl.bench import write_section
 
         allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.host_memory`)"
                      if getattr(args, "kept_freed_memory", False) else "the C library's default")
         section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])),
                                  allocator=allocator)
         section = "\n\n".join([section.rstrip("\n"), *breakdowns]) + "\n"
-        print(f"\nappended to {append_section(args.out, section)}")
+        print(f"\nwritten to {write_section(args.out, section)}")
     return 0
 
 
@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "
-                       "-> a dated section appended to docs/benchmarks.md")
+                       "-> its section of docs/benchmarks.md (replaced by the next run of the same profile and device)")
     p.add_argument("--profile", choices=("cpu", "gpu", "auto"), default="auto",
                    help="cpu: ResNet-18, paper crops, small batches; gpu: the paper's backbones and batch sizes; "
                    "auto: gpu when CUDA is available")
@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", help="only these cases", choices=(
         "classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer"))
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is appended to")
+    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is written to")
     out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
     p.set_defaults(func=_bench)
 
