@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rpnet_pl.host_memory import keep_freed_memory  # noqa: E402
+from rpnet_pl.utils.host_memory import keep_freed_memory  # noqa: E402
 from rpnet_pl.models.backbones import build_backbone, max_pool_3x3_s2  # noqa: E402
 
 args = [a for a in sys.argv[1:] if a not in ("--profile", "--system-malloc")]

@@ -52,7 +52,7 @@ if os.environ.get("CONV_RATES_CHILD") != "1":  # run the pass in a child with on
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
-from rpnet_pl.host_memory import keep_freed_memory  # noqa: E402
+from rpnet_pl.utils.host_memory import keep_freed_memory  # noqa: E402
 from rpnet_pl.models.backbones import build_backbone  # noqa: E402
 
 keep_freed_memory()  # as the rpnet command does: no page faults inside the timed primitives

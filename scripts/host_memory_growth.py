@@ -1,5 +1,5 @@
 """Resident memory and time of a CAM-inference loop over images of varying size, with freed host
-memory kept for reuse (``rpnet_pl.host_memory``, what the ``rpnet`` command does) or with the C
+memory kept for reuse (``rpnet_pl.utils.host_memory``, what the ``rpnet`` command does) or with the C
 library's default: how much memory the faster allocator setting costs where sizes vary.
 
     python scripts/host_memory_growth.py [IMAGES] [--system-malloc]   # default 200 images
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rpnet_pl.host_memory import keep_freed_memory, proc_status_kib  # noqa: E402
+from rpnet_pl.utils.host_memory import keep_freed_memory, proc_status_kib  # noqa: E402
 from rpnet_pl.models import build_classifier  # noqa: E402
 
 args = [a for a in sys.argv[1:] if a != "--system-malloc"]

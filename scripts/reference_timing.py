@@ -52,7 +52,7 @@ No file is read or written by either side: the per-image rows time the computati
 is the recipes' (crop 512, 500x375 images); ``--size tiny`` with ``--ours-backbone resnet18`` is
 for the test that runs this script on a stand-in of the reference's interfaces.
 ``--allocator rpnet`` runs both sides with the host-memory setting the ``rpnet`` command applies
-(``rpnet_pl.host_memory.keep_freed_memory``); the default is the C library's, as a plain script of
+(``rpnet_pl.utils.host_memory.keep_freed_memory``); the default is the C library's, as a plain script of
 the reference gets.
 """
 from __future__ import annotations
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     sizes = replace(SIZES[args.size], ours_backbone=args.ours_backbone, pairs=args.pairs)
     if args.allocator == "rpnet":
-        from rpnet_pl.host_memory import keep_freed_memory
+        from rpnet_pl.utils.host_memory import keep_freed_memory
 
         keep_freed_memory()
     rows: list[Row] = []

@@ -392,7 +392,7 @@ def score(data: Path, cams: Path, ir_labels: Path, masks: Path) -> dict[str, flo
 def cams_with_class_ids(reference: Path, out: Path) -> Path:
     """The reference's CAM files (``make_cam.py``: ``keys`` the 0-based foreground indices, torch
     tensors) as ours (``keys`` the class ids 1..C-1, numpy) in ``out``; the maps unchanged."""
-    from rpnet_pl.io import load_npy, save_npy
+    from rpnet_pl.utils.io import load_npy, save_npy
 
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(reference.glob("*.npy")):

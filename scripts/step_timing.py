@@ -9,7 +9,7 @@ ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). LAYOUT: ``
 times; the best of the last two is kept. Then one profiled RPNet step (the last layout) prints its
 phases, the operators with the most own CPU time, and the share of the convolutions.
 
-As the ``rpnet`` command does, freed host memory is kept for reuse (``rpnet_pl.host_memory``) when the
+As the ``rpnet`` command does, freed host memory is kept for reuse (``rpnet_pl.utils.host_memory``) when the
 source tree has that module; ``--system-malloc`` keeps the C library's default, as ``rpnet
 --system-malloc`` does.
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, src)
 kept = False
 if not system_malloc:
     try:
-        from rpnet_pl.host_memory import keep_freed_memory
+        from rpnet_pl.utils.host_memory import keep_freed_memory
     except ImportError:  # an older checkout: the C library's default
         keep_freed_memory = None
     kept = bool(keep_freed_memory and keep_freed_memory())

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from rpnet_pl import layout
 from rpnet_pl.data.datasets import build_reader
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.stages.cam_inference import write_cam
 from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_masks

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
-from rpnet_pl.io import write_image, write_label_png
+from rpnet_pl.utils.io import write_image, write_label_png
 
 
 def write_xml(path: Path, image_id: str, size: tuple[int, int], classes: list[int]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from rpnet_pl.ablations import get_sweep, run_name, sweeps, table
 from rpnet_pl.cli import main
 from rpnet_pl.config import load_experiment
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

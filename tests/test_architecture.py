@@ -111,7 +111,7 @@ def test_the_run_layout_and_step_options_import_nothing_heavy() -> None:
     they import no other rpnet_pl module but each other."""
     for module in ("rpnet_pl.layout", "rpnet_pl.ops.params", "rpnet_pl.steps"):
         assert _graph()[module] <= {"rpnet_pl.ops.params", "rpnet_pl.ops", "rpnet_pl.layout", "rpnet_pl",
-                                    "rpnet_pl.ranges", "rpnet_pl.errors"}, module
+                                    "rpnet_pl.ranges", "rpnet_pl.utils.errors"}, module
 
 
 def test_run_folder_names_are_written_only_in_layout() -> None:

@@ -15,8 +15,8 @@ import yaml
 from rpnet_pl import layout
 from rpnet_pl.config import dump_yaml, load_experiment
 from rpnet_pl.data.datasets import build_reader
-from rpnet_pl.errors import ConfigError, DatasetError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import ConfigError, DatasetError
+from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.cam import ir_label_thresholds
 from rpnet_pl.pipeline import check_complete_steps, identities, plan
 from rpnet_pl.stages.cam_inference import cam_path, write_cam

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rpnet_pl.config import apply_override, deep_merge, load_experiment
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 
 
 def test_deep_merge_overrides_leaves_and_replaces_lists() -> None:

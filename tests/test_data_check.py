@@ -7,7 +7,7 @@ import numpy as np
 
 from rpnet_pl.cli import main
 from rpnet_pl.data.check import check_voc
-from rpnet_pl.io import write_label_png
+from rpnet_pl.utils.io import write_label_png
 
 
 def test_summary_counts(tiny_voc: Path) -> None:
@@ -106,7 +106,7 @@ def test_tree_without_segmentation_class_aug_says_labels_come_from_xml(tmp_path:
 
 def test_coco_without_val_fails_only_when_needed(tmp_path: Path) -> None:
     from rpnet_pl.data.check import check_coco
-    from rpnet_pl.io import write_image
+    from rpnet_pl.utils.io import write_image
 
     write_image(tmp_path / "train2014" / "COCO_train2014_000000000001.jpg", np.zeros((8, 8, 3), np.uint8))
     mask = np.zeros((8, 8), np.uint8)

@@ -9,8 +9,8 @@ import pytest
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX
 from rpnet_pl.data.coco import COCOReader, category_to_label, instances_to_label, write_coco_masks
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_label_png, write_image
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_label_png, write_image
 
 
 def test_category_mapping_is_dense() -> None:

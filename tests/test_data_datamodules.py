@@ -8,7 +8,7 @@ import torch
 
 from rpnet_pl.data.datamodules import GroupDataModule, InferenceDataModule, LabelledDataModule
 from rpnet_pl.data.classes import voc_palette
-from rpnet_pl.io import write_label_png
+from rpnet_pl.utils.io import write_label_png
 
 
 def test_group_batches(tiny_voc: Path) -> None:
@@ -56,8 +56,8 @@ def test_labelled_batches_follow_label_dir(tiny_voc: Path, tmp_path: Path) -> No
 
 def test_folder_of_images_for_prediction(tmp_path: Path) -> None:
     from rpnet_pl.cli import main
-    from rpnet_pl.errors import DatasetError
-    from rpnet_pl.io import write_image
+    from rpnet_pl.utils.errors import DatasetError
+    from rpnet_pl.utils.io import write_image
 
     folder = tmp_path / "imgs"
     write_image(folder / "b.jpg", np.zeros((10, 12, 3), np.uint8))

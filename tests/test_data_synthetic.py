@@ -15,8 +15,8 @@ from rpnet_pl.data.check import check_voc
 from rpnet_pl.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from rpnet_pl.data.synthetic import class_styles, generate_synthetic_voc, ignore_band, make_splits, render_image
 from rpnet_pl.data.voc import VOCReader, labels_from_mask, labels_from_xml, read_split
-from rpnet_pl.errors import ConfigError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.io import read_label_png
 
 N, SIZE, C, TEST = 12, 48, 6, 3
 SPLITS = ("train", "train_aug", "val", "test")

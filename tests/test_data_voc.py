@@ -9,8 +9,8 @@ import pytest
 
 from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
 from rpnet_pl.data.voc import VOCReader, load_cls_labels, resolve_voc_root
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import write_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import write_label_png
 from tests.conftest import make_voc_tree
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from rpnet_pl.cli import main, one_line
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.utils.errors import DatasetError
 
 
 @pytest.mark.slow
@@ -31,6 +31,6 @@ def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(tmp_path: Path, t
 def test_one_line_unwraps_a_worker_traceback() -> None:
     wrapped = DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                            "call last):\n  File \"x.py\", line 3, in f\n    raise DatasetError(msg)\n"
-                           "rpnet_pl.errors.DatasetError: /d/a.jpg: unreadable image (OSError: truncated)\n")
+                           "rpnet_pl.utils.errors.DatasetError: /d/a.jpg: unreadable image (OSError: truncated)\n")
     assert one_line(wrapped) == "/d/a.jpg: unreadable image (OSError: truncated)"
     assert one_line(DatasetError("/d/b.png: mask not found")) == "/d/b.png: mask not found"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 PROBE = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from rpnet_pl.host_memory import keep_freed_memory, proc_status_kib, release_freed_memory
+    from rpnet_pl.utils.host_memory import keep_freed_memory, proc_status_kib, release_freed_memory
 
     def rss_mib():
         return proc_status_kib("VmRSS") / 1024

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rpnet_pl.config import dump_yaml
-from rpnet_pl.io import atomic_path, process_umask, save_npy, write_image, write_label_png
-from rpnet_pl.io import write_json
+from rpnet_pl.utils.io import atomic_path, process_umask, save_npy, write_image, write_label_png
+from rpnet_pl.utils.io import write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
@@ -42,7 +42,7 @@ def test_a_16_bit_greyscale_image_is_read_scaled_not_clipped(tmp_path: Path) -> 
     """PIL's convert("RGB") clips a 16-bit grey image to 255 (a blank white image)."""
     from PIL import Image
 
-    from rpnet_pl.io import read_image
+    from rpnet_pl.utils.io import read_image
 
     Image.fromarray(np.array([[0, 65535], [257 * 100, 257 * 200 + 100]], dtype=np.uint16)).save(tmp_path / "a.png")
     with Image.open(tmp_path / "a.png") as im:

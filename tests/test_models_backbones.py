@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import backbones as bb
 from rpnet_pl.models.backbones import BACKBONES, PretrainedWeightsError, build_backbone, load_backbone_weights
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.deeplab import DeepLab, DeepLabLargeFOV, DeepLabV2ASPP, build_deeplab
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.cam_net import CAMNet
 from rpnet_pl.models.irn import IRNet
 from rpnet_pl.models.reference_weights import (detect_kind, infer_backbone, is_reference_checkpoint,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from scipy import ndimage
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.cam_net import CAMNet, build_classifier
 from rpnet_pl.models.rpnet import (
     NonLocalBlock, RPNet, confidence_mask, cosine_map, enhance_features, foreground_map, gaussian_kernel,

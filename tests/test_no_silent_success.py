@@ -18,7 +18,7 @@ import yaml
 from rpnet_pl.cli import main
 from rpnet_pl.data.synthetic import generate_synthetic_voc
 from rpnet_pl.data.voc import read_split, split_line_id
-from rpnet_pl.errors import ConfigError, IncompleteStepError
+from rpnet_pl.utils.errors import ConfigError, IncompleteStepError
 from rpnet_pl.ranges import FRACTION, POSITIVE, STEPS_LIMIT, Range
 from rpnet_pl.validate import check_tree
 
@@ -206,7 +206,7 @@ def test_data_check_says_which_mask_folder_each_split_is_read_from(tiny_voc: Pat
 # -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------------
 def test_a_stopped_command_says_where_and_how_to_resume(monkeypatch, capsys) -> None:
     import rpnet_pl.cli as cli
-    from rpnet_pl.errors import Stopped
+    from rpnet_pl.utils.errors import Stopped
 
     def interrupted(args):
         raise Stopped(signal.SIGINT, "step 'cam' (log: runs/x/cam/log.txt)")
@@ -223,7 +223,7 @@ def test_ctrl_c_before_a_resume_point_says_the_step_restarts(tmp_path: Path, mon
     """A training step stopped before it wrote checkpoints/last.ckpt has nothing to resume from: the
     line says so (with a checkpoint, the command's usual resume line stands)."""
     from rpnet_pl.cli import _stopped_line
-    from rpnet_pl.errors import Stopped
+    from rpnet_pl.utils.errors import Stopped
     from rpnet_pl.pipeline import PlannedStep, run_steps
 
     def handler(signum, frame):  # as the rpnet command's

@@ -159,7 +159,7 @@ def test_class_lists_dir_reaches_the_sampler(tmp_path: Path, tiny_voc: Path) -> 
                                       class_lists_dir=str(lists))
     dm2.setup()
     assert dm2.sampler.lists == {first: [0]}
-    from rpnet_pl.errors import ConfigError
+    from rpnet_pl.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"class_lists_dir .* and data\.data_volume 0\.5: give one"):
         datamodules.GroupDataModule(root=str(tiny_voc), data_volume=0.5, class_lists_dir=str(lists),

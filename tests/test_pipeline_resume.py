@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from rpnet_pl.config import load_experiment
-from rpnet_pl.io import process_umask
+from rpnet_pl.utils.io import process_umask
 from rpnet_pl.pipeline import plan, run_steps
 from tests.test_pipeline_end_to_end import tiny_experiment
 

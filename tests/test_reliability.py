@@ -14,8 +14,8 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.check import check_voc
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.voc import VOCReader, resolve_voc_root
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_image, write_image, write_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_image, write_image, write_label_png
 
 IDS = ["2007_000001", "2007_000002", "2007_000003", "2007_000004"]
 LABELS = {"2007_000001": [1], "2007_000002": [1, 2], "2007_000003": [2], "2007_000004": [15]}

@@ -53,7 +53,7 @@ def _figure_run(root: Path, data: Path, ids: list[str]) -> Path:
     import numpy as np
 
     from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
-    from rpnet_pl.io import write_label_png
+    from rpnet_pl.utils.io import write_label_png
     from rpnet_pl.stages.cam_inference import write_cam
 
     run = root / "voc-rpnet"
@@ -258,7 +258,7 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
     import numpy as np
 
     from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
-    from rpnet_pl.io import read_image, read_label_png
+    from rpnet_pl.utils.io import read_image, read_label_png
     from rpnet_pl.report import _step_split, legend_entries, overlay_rows
     from rpnet_pl.stages.visuals import overlay_labels
     from tests.conftest import make_voc_tree

@@ -15,7 +15,7 @@ import yaml
 
 from rpnet_pl.cli import main
 from rpnet_pl.config import load_experiment
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.pipeline import PlannedStep, identities, plan, run_steps
 from rpnet_pl.provenance import differences, downstream, flatten, identity, settings
 from rpnet_pl.run_lock import RunLocked, run_lock

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from rpnet_pl import bench
-from rpnet_pl.errors import CheckpointError, DatasetError
+from rpnet_pl.utils.errors import CheckpointError, DatasetError
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.inference import run_per_image

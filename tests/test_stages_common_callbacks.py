@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rpnet_pl.progress import CountProgress, format_eta
+from rpnet_pl.utils.progress import CountProgress, format_eta
 from rpnet_pl.stages.common import LastCheckpoint, images_in_batch, training_callbacks
 
 BATCHES, EPOCHS = 3, 2
@@ -184,7 +184,7 @@ class _Predict(_Tiny):
 @pytest.mark.parametrize("quiet_s", [0.0, 3600.0])
 def test_prediction_runs_log_done_over_total(caplog, monkeypatch, quiet_s: float) -> None:
     """Not quiet: a line per image; quiet for an hour (a quick run): none, not even the final one."""
-    from rpnet_pl import progress
+    from rpnet_pl.utils import progress
     from rpnet_pl.stages.common import inference_trainer
 
     monkeypatch.setattr(progress, "QUIET_SECONDS", quiet_s)
@@ -230,7 +230,7 @@ def test_nan_loss_stops_training_with_a_one_line_error(tmp_path: Path) -> None:
     naming the stage and the step, and the NaN never reaches the weights."""
     from torch import nn
 
-    from rpnet_pl.errors import TrainingDivergedError
+    from rpnet_pl.utils.errors import TrainingDivergedError
     from rpnet_pl.stages.common import StageModule
 
     class Diverging(StageModule):

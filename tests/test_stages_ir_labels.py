@@ -9,8 +9,8 @@ import pytest
 
 from rpnet_pl.cli import main
 from rpnet_pl.data.datasets import build_reader
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.stages.cam_inference import cam_path, write_cam
 from rpnet_pl.stages.ir_labels import make_ir_labels
 
@@ -72,7 +72,7 @@ def test_resume_and_corrupt(tiny_voc: Path, tmp_path: Path) -> None:
     assert make_ir_labels(tmp_path / "cams", ir, tiny_voc, crf=False, workers=0) == 1
     np.testing.assert_array_equal(read_label_png(ir / f"{A}.png"), expected[A])
     # A PNG of the wrong size is redone too; a done image no longer needs its CAM.
-    from rpnet_pl.io import write_label_png
+    from rpnet_pl.utils.io import write_label_png
 
     write_label_png(ir / f"{B}.png", np.zeros((4, 4), np.uint8))
     cam_path(tmp_path / "cams", A).unlink()

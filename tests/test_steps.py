@@ -10,7 +10,7 @@ import pytest
 
 from rpnet_pl import layout
 from rpnet_pl.cli import build_parser, main
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.pipeline import _flags
 from rpnet_pl.steps import (COMMANDS, STEP_ORDER, STEPS, CamOptions, PseudoMasksOptions, add_options,
                             from_namespace, option_fields, output_path)

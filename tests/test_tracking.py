@@ -45,7 +45,7 @@ def _tiny_run(runs: Path, voc_root: Path) -> Path:
     (mIoU 1), a seed sweep, a classifier config."""
     from rpnet_pl.data.datasets import build_reader
     from rpnet_pl.data.classes import voc_palette
-    from rpnet_pl.io import write_label_png
+    from rpnet_pl.utils.io import write_label_png
 
     run = runs / "voc-rpnet"
     (run / "classifier").mkdir(parents=True)

@@ -9,7 +9,7 @@ import yaml
 
 from rpnet_pl.cli import main
 from rpnet_pl.config import load_experiment
-from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.utils.errors import ConfigError, DatasetError
 from rpnet_pl.pipeline import plan
 from rpnet_pl.validate import check_environment, check_pretrained, check_tree
 

@@ -12,8 +12,8 @@ import torch
 
 from rpnet_pl import layout
 from rpnet_pl.data.datasets import build_reader
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.random_walk import labels_from_scores, sem_seg_from_rw, walk_scores_at_image_size
 from rpnet_pl.stages.cam_inference import write_cam
 from rpnet_pl.stages.evaluate import evaluate_masks, format_report
@@ -108,7 +108,7 @@ def _hand_written(tiny_voc: Path, tmp_path: Path) -> Path:
     masks = tmp_path / "masks"
     reader = build_reader("voc", str(tiny_voc), "train")
     from rpnet_pl.data.classes import voc_palette
-    from rpnet_pl.io import write_label_png
+    from rpnet_pl.utils.io import write_label_png
 
     for image_id in reader.ids:
         keys = np.array(reader.labels(image_id))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.seeds import Stat, format_pct
 from rpnet_pl.steps import EVAL_CAM, STEP_ORDER
 

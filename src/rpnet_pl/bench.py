@@ -55,8 +55,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rpnet_pl.errors import ConfigError
-from rpnet_pl.host_memory import proc_status_kib, release_freed_memory
+from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.host_memory import proc_status_kib, release_freed_memory
 from rpnet_pl.ops.params import CAM_INFERENCE, RANDOM_WALK
 from rpnet_pl.stages.common import StageModule
 
@@ -839,7 +839,7 @@ def section_heading(profile: Profile, device: str) -> str:
 def format_section(results: Sequence[BenchResult], profile: Profile, command: str,
                    machine: MachineInfo | None = None, allocator: str | None = None) -> str:
     """A markdown section: machine, command, settings (``allocator``: how the host allocator
-    treated freed memory, see :mod:`rpnet_pl.host_memory`) and the table."""
+    treated freed memory, see :mod:`rpnet_pl.utils.host_memory`) and the table."""
     machine = machine or machine_info()
     device = results[0].device if results else "?"
     precision = " / ".join(dict.fromkeys(r.precision for r in results)) if results else "fp32"
@@ -866,7 +866,7 @@ def write_section(path: str | os.PathLike, section: str, header: str = BENCH_HEA
     replaces the section with the same ``## `` heading, up to the next ``## `` heading, or is appended
     when there is none (the file holds the current figures, git the earlier ones). Atomic: the new
     text is written to a temporary file and renamed."""
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
 
     path = Path(path)
     old = path.read_text() if path.is_file() else header

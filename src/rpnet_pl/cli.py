@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 
 from rpnet_pl.steps import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
                             unknown_steps)
-from rpnet_pl.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
+from rpnet_pl.utils.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
                              TrainingDivergedError)
-from rpnet_pl.host_memory import keep_freed_memory
+from rpnet_pl.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger("rpnet")
 
@@ -37,7 +37,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
         return 0
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
 
     path = Path(args.out) / "synth_summary.json"
     with atomic_path(path) as tmp:
@@ -149,7 +149,7 @@ def _report(args: argparse.Namespace) -> int:
 def _ablation(args: argparse.Namespace) -> int:
     from rpnet_pl.ablations import collect, get_sweep, run_name, table
     from rpnet_pl.config import load_experiment
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
     from rpnet_pl.pipeline import StepFailed, run_steps
     from rpnet_pl.validate import check_overrides
 
@@ -311,7 +311,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.out:
         from rpnet_pl.bench import write_section
 
-        allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.host_memory`)"
+        allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.utils.host_memory`)"
                      if getattr(args, "kept_freed_memory", False) else "the C library's default")
         section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])),
                                  allocator=allocator)
@@ -372,7 +372,7 @@ def _branch_seeds(args: argparse.Namespace) -> int:
 
     from rpnet_pl.data.datasets import InferenceDataset, build_reader
     from rpnet_pl.data.transforms import eval_transform
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
     from rpnet_pl.stages.seed_monitor import branch_seed_scores
 
     if args.size < 16:
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default treatment of freed memory; by default freed host memory is "
                              "kept for reuse, which saves the page faults of large CPU tensors, for more peak "
-                             "resident memory (rpnet_pl.host_memory; the numbers: docs/benchmarks.md)")
+                             "resident memory (rpnet_pl.utils.host_memory; the numbers: docs/benchmarks.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = sub.add_parser("data", help="dataset tools: synth, check, coco-masks")

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.steps import EVAL_CAM, IR_LABELS_STEP, PSEUDO_MASKS, TRAIN_STEPS
 
 #: The dataset of an experiment whose ``dataset`` block names none.
@@ -141,7 +141,7 @@ def section(cfg: dict, name: str) -> dict[str, Any]:
 
 def dump_yaml(data: dict, path: str | Path) -> Path:
     """Write ``data`` as YAML atomically."""
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.utils.errors import DatasetError
 
 RTOL, ATOL = 1e-4, 1e-5
 RW_RTOL = 1e-4

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from rpnet_pl import layout, provenance
 from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
-from rpnet_pl.errors import CheckpointError, ConfigError, Stopped
+from rpnet_pl.utils.errors import CheckpointError, ConfigError, Stopped
 from rpnet_pl.seeds import seed_dir_name
 from rpnet_pl.steps import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
 

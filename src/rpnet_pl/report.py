@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rpnet_pl import layout
-from rpnet_pl.errors import ConfigError
-from rpnet_pl.io import atomic_path
+from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.io import atomic_path
 from rpnet_pl.seeds import Stat, as_float, format_pct
 from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
 from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, IR_LABELS_STEP, PSEUDO_MASKS, output_path
@@ -314,7 +314,7 @@ def _dataset_root(run: Path) -> Path | None:
     import yaml
 
     from rpnet_pl.data.voc import resolve_voc_root
-    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.utils.errors import DatasetError
 
     cfg = layout.config_path(run, CLASSIFIER.name)
     try:
@@ -334,8 +334,8 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
     run (sorted ids with both a CAM file and a pseudo mask; the ground truth is None where the image has
     no mask); empty when the images cannot be found."""
     from rpnet_pl.data.classes import voc_palette
-    from rpnet_pl.errors import DatasetError
-    from rpnet_pl.io import read_image, read_label_png
+    from rpnet_pl.utils.errors import DatasetError
+    from rpnet_pl.utils.io import read_image, read_label_png
     from rpnet_pl.stages.cam_inference import read_cam
     from rpnet_pl.stages.visuals import overlay_labels
 
@@ -367,8 +367,8 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
 
 def _row_labels(run: Path, ids: Sequence[str], threshold: float) -> list[np.ndarray]:
     """The label maps shown in the overlay rows (ground truth, seeds, pseudo masks), for the legend."""
-    from rpnet_pl.errors import DatasetError
-    from rpnet_pl.io import read_label_png
+    from rpnet_pl.utils.errors import DatasetError
+    from rpnet_pl.utils.io import read_label_png
     from rpnet_pl.stages.cam_inference import read_cam
 
     voc, out = _dataset_root(run), []

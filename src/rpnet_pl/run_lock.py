@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -255,7 +255,7 @@ def _samples(run: Any, step: str, folder: Path, argv: Sequence[str]) -> None:
     import wandb
 
     from rpnet_pl.data.datasets import build_reader
-    from rpnet_pl.io import read_label_png
+    from rpnet_pl.utils.io import read_label_png
 
     root, dataset, split = (_argv_value(argv, f) for f in ("--root", "--dataset", "--split"))
     if root is None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rpnet_pl import ranges
 from rpnet_pl.config import CALIBRATED_STEPS, DEFAULT_DATASET, DEFAULT_ROOT, THRESHOLD_MODES
-from rpnet_pl.errors import ConfigError, DatasetError
+from rpnet_pl.utils.errors import ConfigError, DatasetError
 from rpnet_pl.signatures import GROUPS, default, default_of, parse_type, snapshot
 from rpnet_pl.steps import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_types
 

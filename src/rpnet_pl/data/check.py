@@ -17,8 +17,8 @@ from PIL import Image
 from rpnet_pl.data.classes import COCO_CLASSES, VOC_CLASSES
 from rpnet_pl.data.splits import SPLIT_USES, TRAIN_AUG_SIZE, needed_splits, split_path
 from rpnet_pl.data.voc import SPLITS, check_mask, labels_from_mask, labels_from_xml, read_split, resolve_voc_root
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_label_png
 
 
 @dataclass

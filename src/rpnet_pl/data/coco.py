@@ -19,8 +19,8 @@ import numpy as np
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, IGNORE_INDEX
 from rpnet_pl.data.voc import check_mask, labels_from_mask
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_image, read_label_png, write_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_image, read_label_png, write_label_png
 
 log = logging.getLogger(__name__)
 _SPLIT_DIRS = {"train": "train2014", "val": "val2014"}

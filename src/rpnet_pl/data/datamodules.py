@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from rpnet_pl.config import DEFAULT_ROOT
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)
 from rpnet_pl.data.sampler import GroupSampler, ShardSampler, data_volume_lists, kept_images, read_class_lists

@@ -13,7 +13,7 @@ from rpnet_pl.data.coco import COCOReader
 from rpnet_pl.data.sampler import Group
 from rpnet_pl.data.transforms import to_chw
 from rpnet_pl.data.voc import VOCReader, check_mask
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.io import read_label_png
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -52,7 +52,7 @@ class FolderReader:
     IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
     def __init__(self, folder: str | Path, num_classes: int = 21) -> None:
-        from rpnet_pl.errors import DatasetError
+        from rpnet_pl.utils.errors import DatasetError
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -72,7 +72,7 @@ class FolderReader:
         return self._paths[image_id]
 
     def image(self, image_id: str) -> np.ndarray:
-        from rpnet_pl.io import read_image
+        from rpnet_pl.utils.io import read_image
 
         return read_image(self._paths[image_id])
 

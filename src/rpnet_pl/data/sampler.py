@@ -37,7 +37,7 @@ def read_class_lists(folder: str | Path, ids: Sequence[str]) -> dict[int, list[i
     """Per-class lists from ``folder/<c>.txt`` (one image id a line, ``c`` = 1, 2, ...), as indices
     into ``ids``: e.g. the public RPNet code's ``voc12/list/full``, which leaves out 903 of the 16458
     (image, class) entries of train_aug. Ids not in ``ids`` are dropped."""
-    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.utils.errors import DatasetError
 
     folder = Path(folder)
     files = sorted(folder.glob("*.txt"), key=lambda f: (len(f.stem), f.stem))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.steps import PREDICT_SEG, STEPS
 
 #: What each split is used for, in the order `data check` lists them.

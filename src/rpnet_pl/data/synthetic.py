@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
-from rpnet_pl.errors import ConfigError
-from rpnet_pl.io import atomic_path, write_image, write_label_png
+from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.io import atomic_path, write_image, write_label_png
 
 log = logging.getLogger(__name__)
 

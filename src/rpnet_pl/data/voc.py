@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX, VOC_CLASSES
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import load_npy, read_image, read_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import load_npy, read_image, read_label_png
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rpnet_pl.backbone_names import BACKBONES, PACKAGED_WEIGHTS
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Literal, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.backbones import Backbone, build_backbone
 
 #: DeepLab-LargeFOV's fc6 dilation and fc6/fc7 width.

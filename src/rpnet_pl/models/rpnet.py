@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
 from rpnet_pl.ops.params import CAM_INFERENCE

@@ -29,10 +29,10 @@ import numpy as np
 from rpnet_pl import layout
 from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
 from rpnet_pl.data.datasets import DatasetName, build_reader
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import write_json, write_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import write_json, write_label_png
 from rpnet_pl.ops.cam import ThresholdSweep, ir_label_thresholds
-from rpnet_pl.progress import CountProgress
+from rpnet_pl.utils.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path
 from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, sweep_json, sweep_walk_scores
 from rpnet_pl.stages.walk_scores import mask_from_walk_scores, read_walk_scores, walk_scores_path, write_walk_scores

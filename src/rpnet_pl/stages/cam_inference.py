@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.io import load_npy, save_npy
+from rpnet_pl.utils.io import load_npy, save_npy
 from rpnet_pl.ops.cam import max_normalise
 from rpnet_pl.ops.params import CAM_INFERENCE
 
@@ -107,7 +107,7 @@ def cam_is_complete(path: Path) -> bool:
 def write_cam(out_dir: str | Path, image_id: str, record: dict[str, np.ndarray]) -> Path:
     """Write one CAM file atomically; a full disk is a one-line DatasetError naming the file (the
     partial temporary file is removed, the CAM files written before stay complete)."""
-    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.utils.errors import DatasetError
 
     path = cam_path(out_dir, image_id)
     try:
@@ -121,7 +121,7 @@ def write_cam(out_dir: str | Path, image_id: str, record: dict[str, np.ndarray])
 
 
 def read_cam(out_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
-    from rpnet_pl.errors import DatasetError
+    from rpnet_pl.utils.errors import DatasetError
 
     rec = load_npy(cam_path(out_dir, image_id))
     if not isinstance(rec, dict) or not {"keys", "cam", "high_res"} <= set(rec):

@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rpnet_pl.errors import CheckpointError
+from rpnet_pl.utils.errors import CheckpointError
 from rpnet_pl.steps import STEPS, TRAIN_STEPS, load
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def slim_checkpoint(path: str | Path) -> int:
     step again would restart its optimiser."""
     import torch
 
-    from rpnet_pl.io import atomic_path
+    from rpnet_pl.utils.io import atomic_path
 
     path = Path(path)
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)

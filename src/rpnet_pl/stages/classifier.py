@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from rpnet_pl.data.classes import class_names
-from rpnet_pl.errors import ConfigError
+from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
 from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam

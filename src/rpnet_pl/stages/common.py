@@ -15,9 +15,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from rpnet_pl.errors import IncompleteStepError, TrainingDivergedError
+from rpnet_pl.utils.errors import IncompleteStepError, TrainingDivergedError
 from rpnet_pl.layout import CHECKPOINTS, LAST_CKPT
-from rpnet_pl.progress import CountProgress, format_eta, progress_log
+from rpnet_pl.utils.progress import CountProgress, format_eta, progress_log
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.sanity_checking or trainer.global_step == self._saved_step:
             return
         if trainer.is_global_zero:
-            from rpnet_pl.io import atomic_path
+            from rpnet_pl.utils.io import atomic_path
 
             try:
                 with atomic_path(self.path) as tmp:

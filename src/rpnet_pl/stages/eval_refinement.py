@@ -133,7 +133,7 @@ __all__ = ["BOUNDARY_SOURCES", "eval_refinement", "format_breakdown", "refinemen
 
 def eval_refinement_step(o: EvalRefinementOptions) -> int:
     """`rpnet eval-refinement`: :func:`eval_refinement`, printed and written to ``o.out``."""
-    from rpnet_pl.io import write_json
+    from rpnet_pl.utils.io import write_json
 
     result = eval_refinement(o.ckpt, o.cams, o.root, dataset=o.dataset, split=o.split, exp_times=o.exp_times,
                              boundary_source=o.boundary.replace("-", "_"), radius=o.radius, beta=o.beta,

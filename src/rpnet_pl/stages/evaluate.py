@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from rpnet_pl import layout
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.data.datasets import DatasetName, build_reader
-from rpnet_pl.errors import DatasetError
-from rpnet_pl.io import read_label_png
+from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
 from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
-from rpnet_pl.progress import CountProgress, progress_log
+from rpnet_pl.utils.progress import CountProgress, progress_log
 from rpnet_pl.seeds import format_pct
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 from rpnet_pl.stages.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
@@ -331,7 +331,7 @@ def seg_result_line(metrics: dict[str, Any]) -> str:
 
 def eval_cam_step(o: EvalCamOptions) -> int:
     """The ``eval_cam`` step (`rpnet eval-cam`): :func:`evaluate_cams`, printed and written to ``o.out``."""
-    from rpnet_pl.io import write_json
+    from rpnet_pl.utils.io import write_json
 
     result = evaluate_cams(o.cams, o.root, dataset=o.dataset, split=o.split,
                            thresholds=o.thresholds or DEFAULT_THRESHOLDS, use_high_res=not o.strided)
@@ -345,7 +345,7 @@ def eval_cam_step(o: EvalCamOptions) -> int:
 def eval_masks_step(o: EvalMasksOptions) -> int:
     """The ``eval_pseudo_masks`` step (`rpnet eval-pseudo-masks`): :func:`evaluate_masks` of any folder
     of label PNGs, printed and written to ``o.out``."""
-    from rpnet_pl.io import write_json
+    from rpnet_pl.utils.io import write_json
 
     result = evaluate_masks(o.masks, o.root, dataset=o.dataset, split=o.split, ignore_pred=o.ignore_pred,
                             weak=not o.all_images, thresholds=o.thresholds or DEFAULT_THRESHOLDS)

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import pytorch_lightning as pl
 
-from rpnet_pl.errors import CheckpointError, IncompleteStepError
+from rpnet_pl.utils.errors import CheckpointError, IncompleteStepError
 
 S = TypeVar("S", bound=pl.LightningModule)
 

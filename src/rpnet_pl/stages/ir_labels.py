@@ -25,12 +25,12 @@ import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
 from rpnet_pl.data.datasets import DatasetName, Reader, build_reader
-from rpnet_pl.errors import DatasetError, IncompleteStepError
-from rpnet_pl.io import read_label_png, write_label_png
+from rpnet_pl.utils.errors import DatasetError, IncompleteStepError
+from rpnet_pl.utils.io import read_label_png, write_label_png
 from rpnet_pl.ops.cam import cam_to_ir_label
 from rpnet_pl.ops.crf import crf_inference_label
 from rpnet_pl.ops.params import IR_LABELS
-from rpnet_pl.progress import CountProgress, progress_log
+from rpnet_pl.utils.progress import CountProgress, progress_log
 from rpnet_pl.stages.calibration import calibrate_ir_labels, calibration_line, write_calibration
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 from rpnet_pl.steps import IRLabelsOptions

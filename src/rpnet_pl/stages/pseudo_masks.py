@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rpnet_pl import layout
 from rpnet_pl.data.datasets import build_reader
-from rpnet_pl.progress import progress_log
+from rpnet_pl.utils.progress import progress_log
 from rpnet_pl.stages.calibration import (calibrate_walk, calibration_line, check_calibration_inside, remake_masks,
                                          write_calibration)
 from rpnet_pl.stages.inference import is_global_zero

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from rpnet_pl import layout
 from rpnet_pl.data.classes import voc_palette
-from rpnet_pl.io import write_label_png
+from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.ops.params import RANDOM_WALK

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, class_names, voc_palette
-from rpnet_pl.io import write_label_png
+from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
@@ -201,8 +201,8 @@ def eval_seg_step(o: EvalSegOptions) -> int:
     """The ``eval_seg`` step (`rpnet eval-seg`): predictions of ``o.split`` in ``OUT/pred`` (and
     ``OUT/pred_crf``), scored against the ground truth into ``OUT/metrics.json``."""
     from rpnet_pl.layout import METRICS
-    from rpnet_pl.io import write_json
-    from rpnet_pl.progress import progress_log
+    from rpnet_pl.utils.io import write_json
+    from rpnet_pl.utils.progress import progress_log
     from rpnet_pl.stages.evaluate import evaluate_masks, format_report, seg_result_line
 
     out = Path(o.out)
@@ -226,7 +226,7 @@ def eval_seg_step(o: EvalSegOptions) -> int:
 def predict_seg_step(o: PredictSegOptions) -> int:
     """The ``predict_seg`` step (`rpnet predict-seg`): the benchmark's files of ``o.split`` (VOC's
     server layout, COCO's ``results/``), or predictions of any folder of images (``o.images``)."""
-    from rpnet_pl.errors import ConfigError
+    from rpnet_pl.utils.errors import ConfigError
 
     if not (o.images or o.root):
         raise ConfigError("predict-seg needs --root (a dataset) or --images (a folder of images)")

@@ -138,7 +138,7 @@ def log_images(logger: Any, key: str, images: Sequence[np.ndarray], step: int,
     if folder is None:
         log.debug("logger %s has no folder; images %s not logged", type(logger).__name__, key)
         return None
-    from rpnet_pl.io import write_image
+    from rpnet_pl.utils.io import write_image
 
     path = folder / "images" / f"{_file_key(key)}_{step}.png"
     write_image(path, row)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rpnet_pl.io import load_npz, save_npz
+from rpnet_pl.utils.io import load_npz, save_npz
 from rpnet_pl.ops.random_walk import sem_seg_from_rw
 
 

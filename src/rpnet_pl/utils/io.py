@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from rpnet_pl.errors import DatasetError
+from rpnet_pl.utils.errors import DatasetError
 
 PathLike = str | os.PathLike
 

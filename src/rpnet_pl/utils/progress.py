@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 #: Progress lines of long steps; the pipeline echoes this logger's lines to the terminal.
-progress_log = logging.getLogger("rpnet_pl.progress")
+progress_log = logging.getLogger("rpnet_pl.progress")  # the name `rpnet pipeline` looks for in a step's output
 
 
 def format_eta(seconds: float) -> str:
