@@ -368,7 +368,7 @@ def run_our_chain(data: Path, work: Path, init: dict[str, Path], recipe: Recipe,
             "--runs", str(work / "runs"), "--logger", "none", "--seeds", str(seed), "--steps", *OUR_STEPS]
     print("ours seed", seed, ":", " ".join(argv), flush=True)
     subprocess.run(argv, env=env, check=True)
-    from rpnet_pl.seeds import seed_dir_name
+    from rpnet_pl.pipeline.seeds import seed_dir_name
 
     return work / "runs" / "ours" / seed_dir_name(seed)
 
@@ -470,7 +470,7 @@ def one_seed(ref: Path, data: Path, out: Path, recipe: Recipe, seed: int, sides:
             raise SystemExit(f"error: {ref_work / 'init'}: no initial weights of seed {seed}; run the reference "
                              "side of this seed first (--sides reference ours)")
         run = run_our_chain(data, out / "ours" / f"seed{seed}", init, recipe, seed)
-        from rpnet_pl.steps import output_path
+        from rpnet_pl.pipeline.registry import output_path
 
         found["ours"] = {**common, "scores": score(data, output_path(run, "cam"), output_path(run, "ir_labels"),
                                                     output_path(run, "pseudo_masks"))}

@@ -16,8 +16,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from rpnet_pl import layout
-from rpnet_pl.seeds import format_pct, mean_std
+from rpnet_pl.pipeline import layout
+from rpnet_pl.pipeline.seeds import format_pct, mean_std
 
 
 def ms(values: list[float]) -> str:

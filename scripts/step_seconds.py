@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rpnet_pl.provenance import read_marker
-from rpnet_pl.steps import STEP_ORDER
+from rpnet_pl.pipeline.provenance import read_marker
+from rpnet_pl.pipeline.registry import STEP_ORDER
 
 
 def step_seconds(run: Path) -> dict[str, float]:

@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.params import RANDOM_WALK

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl.ablations import get_sweep, run_name, sweeps, table
+from rpnet_pl.results.ablations import get_sweep, run_name, sweeps, table
 from rpnet_pl.cli import main
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.errors import ConfigError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -52,7 +52,7 @@ def test_dry_run_lists_each_variant(capsys, tmp_path: Path) -> None:
 
 def test_table_iii_rows_are_registered_backbones() -> None:
     """The backbone sweep's rows name backbones of the one registry (models.backbones.BACKBONES)."""
-    from rpnet_pl.ablations import TABLE_III_BACKBONES
+    from rpnet_pl.results.ablations import TABLE_III_BACKBONES
     from rpnet_pl.models.backbones import BACKBONES
 
     assert set(TABLE_III_BACKBONES) <= set(BACKBONES)

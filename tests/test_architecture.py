@@ -79,7 +79,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_function_level_imports() -> None:
     """``report`` imports ``stages.cam_inference`` only inside functions; the graph must still hold it."""
-    assert "rpnet_pl.stages.cam_inference" in _graph()["rpnet_pl.report"]
+    assert "rpnet_pl.stages.cam_inference" in _graph()["rpnet_pl.results.report"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -109,17 +109,17 @@ def test_models_do_not_import_stages() -> None:
 def test_the_run_layout_and_step_options_import_nothing_heavy() -> None:
     """``layout``, ``ops.params`` and the step registry are read by the CLI's parser and by every layer:
     they import no other rpnet_pl module but each other."""
-    for module in ("rpnet_pl.layout", "rpnet_pl.ops.params", "rpnet_pl.steps"):
-        assert _graph()[module] <= {"rpnet_pl.ops.params", "rpnet_pl.ops", "rpnet_pl.layout", "rpnet_pl",
-                                    "rpnet_pl.ranges", "rpnet_pl.utils.errors"}, module
+    for module in ("rpnet_pl.pipeline.layout", "rpnet_pl.ops.params", "rpnet_pl.pipeline.registry"):
+        assert _graph()[module] <= {"rpnet_pl.ops.params", "rpnet_pl.ops", "rpnet_pl.pipeline.layout", "rpnet_pl",
+                                    "rpnet_pl.pipeline.ranges", "rpnet_pl.utils.errors"}, module
 
 
 def test_run_folder_names_are_written_only_in_layout() -> None:
-    """The run-folder file names are string constants of :mod:`rpnet_pl.layout` alone (the pipeline,
+    """The run-folder file names are string constants of :mod:`rpnet_pl.pipeline.layout` alone (the pipeline,
     report, ablations and stages build their paths with it)."""
     names = {"metrics.json", "last.ckpt", "checkpoints", "config.yaml", ".done", "cams", "labels", "masks"}
     found = []
-    readers = ("rpnet_pl.pipeline", "rpnet_pl.report", "rpnet_pl.summary", "rpnet_pl.ablations", "rpnet_pl.cli",
+    readers = ("rpnet_pl.pipeline.runner", "rpnet_pl.results.report", "rpnet_pl.results.summary", "rpnet_pl.results.ablations", "rpnet_pl.cli",
                "rpnet_pl.stages")
     for module, path in MODULES.items():
         if not module.startswith(readers):

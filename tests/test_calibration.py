@@ -12,21 +12,21 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from rpnet_pl import layout
-from rpnet_pl.config import dump_yaml, load_experiment
+from rpnet_pl.pipeline import layout
+from rpnet_pl.pipeline.config import dump_yaml, load_experiment
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.errors import ConfigError, DatasetError
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.cam import ir_label_thresholds
-from rpnet_pl.pipeline import check_complete_steps, identities, plan
+from rpnet_pl.pipeline.runner import check_complete_steps, identities, plan
 from rpnet_pl.stages.cam_inference import cam_path, write_cam
 from rpnet_pl.stages.evaluate import evaluate_masks
 from rpnet_pl.stages.ir_labels import ir_labels_step, make_ir_labels
 from rpnet_pl.stages.pseudo_masks import pseudo_masks_step
 from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.stages.walk_scores import read_walk_scores, walk_scores_path
-from rpnet_pl.steps import IRLabelsOptions, PseudoMasksOptions
-from rpnet_pl.validate import check_environment, check_tree
+from rpnet_pl.pipeline.registry import IRLabelsOptions, PseudoMasksOptions
+from rpnet_pl.pipeline.validate import check_environment, check_tree
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -175,7 +175,7 @@ def test_thresholds_calibrated_sets_both_steps_calibration_split(tmp_path: Path)
     # a section the experiment lacks is not added (it would add a step)
     cfg = load_experiment(EXPERIMENTS / "demo.yaml", ["thresholds=calibrated"])
     del cfg["pseudo_masks"]
-    from rpnet_pl.config import expand_thresholds
+    from rpnet_pl.pipeline.config import expand_thresholds
 
     expand_thresholds(cfg)
     assert "pseudo_masks" not in cfg

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl.config import apply_override, deep_merge, load_experiment
+from rpnet_pl.pipeline.config import apply_override, deep_merge, load_experiment
 from rpnet_pl.utils.errors import ConfigError
 
 

@@ -122,7 +122,7 @@ def test_coco_without_val_fails_only_when_needed(tmp_path: Path) -> None:
 
 
 def test_needed_splits_of_the_experiments() -> None:
-    from rpnet_pl.config import load_experiment
+    from rpnet_pl.pipeline.config import load_experiment
     from rpnet_pl.data.splits import needed_splits, step_splits
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"

@@ -11,7 +11,7 @@ import pytest
 
 from rpnet_pl.cli import build_parser
 from rpnet_pl.ops.params import IR_LABELS, LABEL_CRF, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES
-from rpnet_pl.steps import COMMANDS, from_namespace
+from rpnet_pl.pipeline.registry import COMMANDS, from_namespace
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rpnet_pl"
 

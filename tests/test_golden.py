@@ -31,7 +31,7 @@ RTOL, ATOL = 1e-4, 1e-6  # float32 kernels differ across CPUs by far less; a cha
 
 
 def _model_args(step: str, **overrides: Any) -> dict[str, Any]:
-    from rpnet_pl.config import load_experiment, section
+    from rpnet_pl.pipeline.config import load_experiment, section
 
     args = dict(section(load_experiment(ROOT / "experiments" / "demo.yaml"), step).get("model") or {})
     args.update(weights=None, pretrained=False, **overrides)

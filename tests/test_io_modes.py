@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rpnet_pl.config import dump_yaml
+from rpnet_pl.pipeline.config import dump_yaml
 from rpnet_pl.utils.io import atomic_path, process_umask, save_npy, write_image, write_label_png
 from rpnet_pl.utils.io import write_json
 

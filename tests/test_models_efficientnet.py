@@ -222,7 +222,7 @@ def test_demo_pretrained_puts_every_stage_on_imagenet_lite0_with_the_base_policy
     """experiments/demo_pretrained*.yaml: the classifier fine-tunes with base.yaml's policy (frozen early
     levels, 10x new layers, base momentum and lr), IRN and DeepLab start from the packaged ImageNet weights
     (no classifier checkpoint); regime (b) keeps the scratch demo's classifier section unchanged."""
-    from rpnet_pl.config import load_experiment
+    from rpnet_pl.pipeline.config import load_experiment
 
     repo = Path(__file__).resolve().parents[1] / "experiments"
     base = load_experiment(repo / "base.yaml")

@@ -19,8 +19,8 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.synthetic import generate_synthetic_voc
 from rpnet_pl.data.voc import read_split, split_line_id
 from rpnet_pl.utils.errors import ConfigError, IncompleteStepError
-from rpnet_pl.ranges import FRACTION, POSITIVE, STEPS_LIMIT, Range
-from rpnet_pl.validate import check_tree
+from rpnet_pl.pipeline.ranges import FRACTION, POSITIVE, STEPS_LIMIT, Range
+from rpnet_pl.pipeline.validate import check_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"
@@ -224,7 +224,7 @@ def test_ctrl_c_before_a_resume_point_says_the_step_restarts(tmp_path: Path, mon
     line says so (with a checkpoint, the command's usual resume line stands)."""
     from rpnet_pl.cli import _stopped_line
     from rpnet_pl.utils.errors import Stopped
-    from rpnet_pl.pipeline import PlannedStep, run_steps
+    from rpnet_pl.pipeline.runner import PlannedStep, run_steps
 
     def handler(signum, frame):  # as the rpnet command's
         raise Stopped(signum)
@@ -268,7 +268,7 @@ def test_sigterm_to_the_pipeline_stops_its_step_and_marks_nothing_done(small_syn
 
 
 def test_sync_batchnorm_on_cpus_is_named_before_the_fit() -> None:
-    from rpnet_pl.validate import check_sync_batchnorm
+    from rpnet_pl.pipeline.validate import check_sync_batchnorm
 
     step = SimpleNamespace(name="classifier", trains=True, config={"trainer": {"sync_batchnorm": True,
                                                                                "accelerator": "cpu"}})

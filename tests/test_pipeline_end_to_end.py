@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.synthetic import generate_synthetic_voc
-from rpnet_pl.pipeline import plan, run_steps
-from rpnet_pl.steps import STEP_ORDER
-from rpnet_pl.report import write_report
+from rpnet_pl.pipeline.runner import plan, run_steps
+from rpnet_pl.pipeline.registry import STEP_ORDER
+from rpnet_pl.results.report import write_report
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.io import process_umask
-from rpnet_pl.pipeline import plan, run_steps
+from rpnet_pl.pipeline.runner import plan, run_steps
 from tests.test_pipeline_end_to_end import tiny_experiment
 
 EPOCHS = 3

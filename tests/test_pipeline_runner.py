@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.errors import CheckpointError
-from rpnet_pl.pipeline import PlannedStep, StepFailed, plan, run_steps
-from rpnet_pl.steps import STEP_ORDER
+from rpnet_pl.pipeline.runner import PlannedStep, StepFailed, plan, run_steps
+from rpnet_pl.pipeline.registry import STEP_ORDER
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -110,7 +110,7 @@ def test_a_failed_step_shows_its_cause_not_only_its_log(tmp_path: Path) -> None:
 
 
 def test_progress_lines_of_a_step_reach_the_terminal_and_the_log(tmp_path: Path, caplog) -> None:
-    code = ("import sys; print('INFO rpnet_pl.utils.progress: epoch 1/2 step 5/10 loss 0.5 ETA 0:00:09', file=sys.stderr);"
+    code = ("import sys; print('INFO rpnet_pl.progress: epoch 1/2 step 5/10 loss 0.5 ETA 0:00:09', file=sys.stderr);"
             " print('INFO other: chatter', file=sys.stderr)")
     with caplog.at_level("INFO", logger="rpnet_pl.pipeline"):
         run_steps([_py_step(tmp_path, "a", code)])
@@ -122,7 +122,7 @@ def test_progress_lines_of_a_step_reach_the_terminal_and_the_log(tmp_path: Path,
 
 
 def test_failure_cause_of_a_killed_step_names_the_signal() -> None:
-    from rpnet_pl.pipeline import failure_cause
+    from rpnet_pl.pipeline.runner import failure_cause
 
     progress = ["INFO rpnet_pl.progress: epoch 1/5 step 10/50 loss 0.3"]
     assert failure_cause(progress, -9).startswith("killed by SIGKILL (out of memory?")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl.ablations import get_sweep, run_name, sweeps
-from rpnet_pl.config import load_experiment
-from rpnet_pl.pipeline import plan
+from rpnet_pl.results.ablations import get_sweep, run_name, sweeps
+from rpnet_pl.pipeline.config import load_experiment
+from rpnet_pl.pipeline.runner import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "plans.json"

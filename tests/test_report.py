@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from rpnet_pl.cli import main
-from rpnet_pl.report import write_report
-from rpnet_pl.summary import find_runs, summarise_run
+from rpnet_pl.results.report import write_report
+from rpnet_pl.results.summary import find_runs, summarise_run
 
 
 def _fake_run(root: Path, name: str, method: str, seeds: float, pseudo: float | None) -> None:
@@ -76,7 +76,7 @@ def _figure_run(root: Path, data: Path, ids: list[str]) -> Path:
 
 
 def test_report_figures(tmp_path: Path) -> None:
-    from rpnet_pl.ablations import get_sweep, run_name
+    from rpnet_pl.results.ablations import get_sweep, run_name
     from tests.conftest import make_voc_tree
 
     ids = [f"2007_00000{i}" for i in range(1, 7)]
@@ -107,7 +107,7 @@ def test_report_figures(tmp_path: Path) -> None:
 
 
 def test_report_overlays_need_the_dataset(tmp_path: Path) -> None:
-    from rpnet_pl.report import overlay_rows, seed_labels
+    from rpnet_pl.results.report import overlay_rows, seed_labels
 
     run = _figure_run(tmp_path / "runs", tmp_path / "missing-data", ["2007_000001"])
     assert overlay_rows(run, 0.15) == []
@@ -158,8 +158,8 @@ def test_report_segmentation_and_per_class_tables(tmp_path: Path) -> None:
 def test_per_class_table_keeps_a_class_any_run_has() -> None:
     """Run b predicts bicycle where there is none (IoU 0): bicycle stays a column, "-" for run a;
     bird is in no run and is left out, with the other 17 absent classes."""
-    from rpnet_pl.report import per_class_table
-    from rpnet_pl.summary import RunSummary
+    from rpnet_pl.results.report import per_class_table
+    from rpnet_pl.results.summary import RunSummary
 
     a = RunSummary("a", method="rpnet", backbone="resnet50", val_per_class={"background": 0.8, "aeroplane": 0.4})
     b = RunSummary("b", method="cam", backbone="resnet50",
@@ -181,7 +181,7 @@ def test_per_class_figure_title_fits_the_figure() -> None:
     """Drawn, the (wrapped) title lies inside the figure, for 6 classes (a narrow figure, 15 absent
     classes named in the title) and for all 21."""
     from rpnet_pl.data.classes import VOC_CLASSES
-    from rpnet_pl.report import per_class_figure
+    from rpnet_pl.results.report import per_class_figure
 
     title = "run a-longer-experiment-name/seed0: seed IoU per class, split train_aug, mIoU 49.8, threshold 0.16"
     for n in (6, 21):
@@ -198,7 +198,7 @@ def test_per_class_figure_title_fits_the_figure() -> None:
 
 
 def test_seed_iou_figure_draws_only_the_classes_of_the_data() -> None:
-    from rpnet_pl.report import present_classes
+    from rpnet_pl.results.report import present_classes
 
     per_class = {"background": 0.9, "aeroplane": 0.25, "bicycle": None, "bird": 0.0, "boat": None}
     names, values, absent = present_classes(per_class)
@@ -241,7 +241,7 @@ def test_report_seed_runs_as_mean_and_std(tmp_path: Path) -> None:
 
 def test_ablation_table_over_seeds(tmp_path: Path) -> None:
     """A sweep variant run with two seeds is one cell: (41 + 45) / 2 = 43.0, sample std 2.8 (n=2)."""
-    from rpnet_pl.ablations import collect, get_sweep, run_name, table
+    from rpnet_pl.results.ablations import collect, get_sweep, run_name, table
 
     sweep = get_sweep("beta")
     v01, v05 = sweep.variants[0], sweep.variants[2]
@@ -259,7 +259,7 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
 
     from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
     from rpnet_pl.utils.io import read_image, read_label_png
-    from rpnet_pl.report import _step_split, legend_entries, overlay_rows
+    from rpnet_pl.results.report import _step_split, legend_entries, overlay_rows
     from rpnet_pl.stages.visuals import overlay_labels
     from tests.conftest import make_voc_tree
 
@@ -284,8 +284,8 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
 
 
 def test_calibrated_thresholds_get_a_table_per_run_and_seed(tmp_path: Path) -> None:
-    from rpnet_pl import layout
-    from rpnet_pl.report import calibration_table
+    from rpnet_pl.pipeline import layout
+    from rpnet_pl.results.report import calibration_table
     from rpnet_pl.stages.calibration import write_calibration
 
     _fake_run(tmp_path, "fixed", "rpnet", 0.5, 0.6)

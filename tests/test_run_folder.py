@@ -1,5 +1,5 @@
-"""A run folder that cannot lie: one writer at a time (rpnet_pl.run_lock), results tied to the
-settings and inputs that made them (rpnet_pl.provenance), and --force that starts afresh."""
+"""A run folder that cannot lie: one writer at a time (rpnet_pl.pipeline.run_lock), results tied to the
+settings and inputs that made them (rpnet_pl.pipeline.provenance), and --force that starts afresh."""
 from __future__ import annotations
 
 import logging
@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from rpnet_pl.cli import main
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.pipeline import PlannedStep, identities, plan, run_steps
-from rpnet_pl.provenance import differences, downstream, flatten, identity, settings
-from rpnet_pl.run_lock import RunLocked, run_lock
+from rpnet_pl.pipeline.runner import PlannedStep, identities, plan, run_steps
+from rpnet_pl.pipeline.provenance import differences, downstream, flatten, identity, settings
+from rpnet_pl.pipeline.run_lock import RunLocked, run_lock
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -56,7 +56,7 @@ def test_differences_and_downstream() -> None:
 _HOLDS = """
 import sys, time
 from pathlib import Path
-from rpnet_pl.run_lock import run_lock
+from rpnet_pl.pipeline.run_lock import run_lock
 with run_lock(Path(sys.argv[1]), command="rpnet pipeline exp.yaml"):
     print("held", flush=True)
     time.sleep(120)
@@ -189,7 +189,7 @@ def test_force_retrains_a_finished_training_step_from_scratch(tmp_path: Path) ->
 
 def test_force_outside_steps_is_added_to_them(tmp_path: Path, monkeypatch) -> None:
     """`--steps eval_cam --force cam` runs cam, then eval_cam."""
-    import rpnet_pl.pipeline as pipeline
+    import rpnet_pl.pipeline.runner as pipeline
 
     got: list[list[str]] = []
     monkeypatch.setattr(pipeline, "run_steps", lambda steps, **kw: got.append([s.name for s in steps]) or [])
@@ -233,8 +233,8 @@ def test_a_listed_image_that_is_missing_stops_the_pipeline_before_work(tmp_path:
 
 
 def test_the_report_marks_a_run_made_by_two_code_versions(tmp_path: Path) -> None:
-    from rpnet_pl.provenance import code_version
-    from rpnet_pl.report import write_report
+    from rpnet_pl.pipeline.provenance import code_version
+    from rpnet_pl.results.report import write_report
 
     run = tmp_path / "runs" / "demo"
     for step, code in (("classifier", "0.1.0+gaaaaaaa"), ("cam", "0.1.0+gbbbbbbb"), ("eval_cam", None)):
@@ -253,7 +253,7 @@ def test_a_command_run_by_hand_into_a_run_takes_its_lock(tmp_path: Path, monkeyp
     """`rpnet eval-cam --out runs/demo/eval_cam/metrics.json` while a pipeline holds runs/demo: one line
     naming the holder; the pipeline's own step processes (RPNET_RUN_LOCK) and outputs outside any run
     pass."""
-    from rpnet_pl.run_lock import HELD, output_lock, run_of
+    from rpnet_pl.pipeline.run_lock import HELD, output_lock, run_of
 
     run = tmp_path / "runs" / "demo"
     out = run / "eval_cam" / "metrics.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl.seeds import Stat, format_pct, mean_std, seed_dir_name, seed_folders
+from rpnet_pl.pipeline.seeds import Stat, format_pct, mean_std, seed_dir_name, seed_folders
 
 
 def test_mean_std_hand_computed() -> None:

@@ -1,4 +1,4 @@
-"""The torch-free snapshot of the training signatures that validation reads (rpnet_pl.signatures)."""
+"""The torch-free snapshot of the training signatures that validation reads (rpnet_pl.pipeline.signatures)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,12 +9,12 @@ from typing import Literal, Optional, Union
 import pytest
 from jsonargparse.typing import PositiveInt
 
-from rpnet_pl.signatures import class_signature, live, parse_type, snapshot, type_text
+from rpnet_pl.pipeline.signatures import class_signature, live, parse_type, snapshot, type_text
 
 
 def test_the_stored_snapshot_is_the_classes_signatures() -> None:
-    """Fails after a stage, datamodule or Lightning signature changed: run `python -m rpnet_pl.signatures`."""
-    assert snapshot() == live(), "signatures.json is stale: run `python -m rpnet_pl.signatures`"
+    """Fails after a stage, datamodule or Lightning signature changed: run `python -m rpnet_pl.pipeline.signatures`."""
+    assert snapshot() == live(), "signatures.json is stale: run `python -m rpnet_pl.pipeline.signatures`"
 
 
 @pytest.mark.parametrize("hint, text", [
@@ -45,7 +45,7 @@ def test_class_signature_records_types_and_plain_defaults() -> None:
 
 def test_validating_an_experiment_imports_no_torch() -> None:
     exp = Path(__file__).resolve().parents[1] / "experiments" / "voc_resnext50.yaml"
-    code = ("import sys; from rpnet_pl.config import load_experiment; from rpnet_pl.validate import check_tree; "
+    code = ("import sys; from rpnet_pl.pipeline.config import load_experiment; from rpnet_pl.pipeline.validate import check_tree; "
             f"check_tree(load_experiment({str(exp)!r})); "
             "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

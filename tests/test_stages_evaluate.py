@@ -287,7 +287,7 @@ def test_eval_seg_step_logs_its_result_line(tiny_voc: Path, tmp_path: Path, monk
     background IoU 1120 / 1200 (every labelled pixel called background), classes 1, 2 and 15 IoU 0
     -> mIoU 0.9333 / 4 = 23.3%."""
     from rpnet_pl.stages import segmenter
-    from rpnet_pl.steps import EvalSegOptions
+    from rpnet_pl.pipeline.registry import EvalSegOptions
 
     def fake_predict(ckpt, pred_dir, root, dataset, split, crf_dir=None, **kw):
         reader = build_reader("voc", root, split, weak=False)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.cli import build_parser, main
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.pipeline import _flags
-from rpnet_pl.steps import (COMMANDS, STEP_ORDER, STEPS, CamOptions, PseudoMasksOptions, add_options,
+from rpnet_pl.pipeline.runner import _flags
+from rpnet_pl.pipeline.registry import (COMMANDS, STEP_ORDER, STEPS, CamOptions, PseudoMasksOptions, add_options,
                             from_namespace, option_fields, output_path)
-from rpnet_pl.validate import check_tree
+from rpnet_pl.pipeline.validate import check_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rpnet_pl"
 
@@ -86,7 +86,7 @@ def test_each_step_name_is_a_literal_in_at_most_two_files() -> None:
         if name in ("cam", "classifier"):
             continue
         holders = sorted(str(p.relative_to(SRC)) for p, consts in files.items() if name in consts)
-        assert "steps.py" in holders and len(holders) <= 2, (name, holders)
+        assert "pipeline/registry.py" in holders and len(holders) <= 2, (name, holders)
 
 
 def test_rpnet_steps_lists_the_registry_for_scripts(capsys) -> None:

@@ -1,4 +1,4 @@
-"""W&B runs of the steps' results and of the report's tables (rpnet_pl.tracking), read back from the
+"""W&B runs of the steps' results and of the report's tables (rpnet_pl.pipeline.tracking), read back from the
 offline record files."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rpnet_pl.cli import main
-from rpnet_pl.tracking import confusion_rows, log_step, log_tables, markdown_tables, per_class_rows
+from rpnet_pl.pipeline.tracking import confusion_rows, log_step, log_tables, markdown_tables, per_class_rows
 from tests.wandb_records import offline_runs
 
 A, B, C, D = "2007_000001", "2007_000002", "2007_000003", "2007_000004"
@@ -102,7 +102,7 @@ def test_report_relogs_every_step_and_its_tables(tiny_voc: Path, tmp_path: Path,
 def test_a_wandb_failure_is_one_warning_and_the_step_stays_done(tmp_path: Path, monkeypatch, caplog) -> None:
     import wandb
 
-    from rpnet_pl.pipeline import PlannedStep, run_steps
+    from rpnet_pl.pipeline.runner import PlannedStep, run_steps
 
     def broken(**kwargs):
         raise OSError(28, "No space left on device")
@@ -125,7 +125,7 @@ def test_a_step_not_done_is_not_logged(tmp_path: Path) -> None:
 
 
 def test_step_scalars_are_what_every_logger_gets(tiny_voc: Path, tmp_path: Path) -> None:
-    from rpnet_pl.tracking import log_scalars, step_scalars
+    from rpnet_pl.pipeline.tracking import log_scalars, step_scalars
 
     run = _tiny_run(tmp_path / "runs", tiny_voc)
     summary, history = step_scalars("eval_cam", run / "eval_cam")
@@ -149,7 +149,7 @@ def test_step_scalars_are_what_every_logger_gets(tiny_voc: Path, tmp_path: Path)
 
 
 def test_progress_lines_become_history(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
-    from rpnet_pl.tracking import progress_row
+    from rpnet_pl.pipeline.tracking import progress_row
 
     assert progress_row("pseudo masks: 40/180 images, 11 images/s, ETA 0:00:12") == \
         {"images_done": 40, "images_total": 180, "images_per_s": 11.0}
@@ -184,8 +184,8 @@ sys.exit(9)
 def test_progress_reaches_wandb_while_the_step_runs(tmp_path: Path, monkeypatch, exit_code: int) -> None:
     """A running per-image step's progress is logged as it comes, not once the step ends; a
     step that fails leaves its W&B run closed as failed (and the failure is the step's)."""
-    from rpnet_pl.pipeline import PlannedStep, StepFailed, run_steps
-    from rpnet_pl.tracking import StepRun
+    from rpnet_pl.pipeline.runner import PlannedStep, StepFailed, run_steps
+    from rpnet_pl.pipeline.tracking import StepRun
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     flag = tmp_path / "logged"
@@ -226,8 +226,8 @@ run.log({"train/loss": 1.5})
 def test_a_step_s_wandb_run_is_on_disk_when_the_step_ends(tmp_path: Path, monkeypatch) -> None:
     """The pipeline process has a W&B service (a per-image step's run started it); a step process must
     not share it: there, a run closed at exit stays a 7-byte header until the pipeline ends."""
-    from rpnet_pl.pipeline import PlannedStep, run_steps
-    from rpnet_pl.tracking import finish_run, start_run
+    from rpnet_pl.pipeline.runner import PlannedStep, run_steps
+    from rpnet_pl.pipeline.tracking import finish_run, start_run
     from tests.wandb_records import records
 
     monkeypatch.setenv("WANDB_MODE", "offline")

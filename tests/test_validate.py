@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from rpnet_pl.cli import main
-from rpnet_pl.config import load_experiment
+from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.errors import ConfigError, DatasetError
-from rpnet_pl.pipeline import plan
-from rpnet_pl.validate import check_environment, check_pretrained, check_tree
+from rpnet_pl.pipeline.runner import plan
+from rpnet_pl.pipeline.validate import check_environment, check_pretrained, check_tree
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -184,7 +184,7 @@ def test_an_unknown_backbone_is_named_before_any_step(tmp_path: Path) -> None:
 
 
 def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None:
-    from rpnet_pl.validate import check_dataset
+    from rpnet_pl.pipeline.validate import check_dataset
 
     (tmp_path / "train2014").mkdir()
     cfg = {"dataset": {"name": "coco", "root": str(tmp_path)}}
@@ -194,7 +194,7 @@ def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None
 
 
 def test_network_probe_respects_offline_mode(monkeypatch) -> None:
-    from rpnet_pl.validate import network_reachable
+    from rpnet_pl.pipeline.validate import network_reachable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert network_reachable() is False

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import pytest
 import torch
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import read_label_png
@@ -149,8 +149,8 @@ def test_eval_pseudo_masks_writes_the_sweep_as_eval_cam_does(tiny_voc: Path, tmp
 
 
 def test_report_and_trackers_show_the_pseudo_mask_sweep_beside_the_seeds(tmp_path: Path) -> None:
-    from rpnet_pl.report import sweep_table, write_report
-    from rpnet_pl.tracking import step_scalars
+    from rpnet_pl.results.report import sweep_table, write_report
+    from rpnet_pl.pipeline.tracking import step_scalars
 
     run = tmp_path / "runs" / "run"
     for step, metrics in (("eval_cam", {"thresholds": {"0.1": {"miou": 0.4}, "0.2": {"miou": 0.5}},

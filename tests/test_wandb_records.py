@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rpnet_pl.tracking import finish_run, start_run
+from rpnet_pl.pipeline.tracking import finish_run, start_run
 from tests.wandb_records import read_run, records
 
 

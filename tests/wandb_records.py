@@ -1,5 +1,5 @@
 """Read back what W&B wrote offline: the records of a ``run-*.wandb`` file (wandb 0.31 writes no
-``wandb-summary.json`` offline), for the tests of rpnet_pl.tracking.
+``wandb-summary.json`` offline), for the tests of rpnet_pl.pipeline.tracking.
 
 The file is W&B's LevelDB-style log: a 7-byte header (``:W&B``, magic 0xBEE1, version), then 32 KiB
 blocks of chunks, each ``crc32 (4) | length (2, little-endian) | type (1: full, 2: first, 3: middle,

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rpnet_pl.steps import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
+from rpnet_pl.pipeline.registry import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
                             unknown_steps)
 from rpnet_pl.utils.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
                              TrainingDivergedError)
@@ -52,7 +52,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
     needs, dataset = None, args.dataset
     if args.experiment:
-        from rpnet_pl.config import load_experiment
+        from rpnet_pl.pipeline.config import load_experiment
         from rpnet_pl.data.splits import needed_splits
 
         cfg = load_experiment(args.experiment)
@@ -76,11 +76,11 @@ def _fit(args: argparse.Namespace) -> int:
     """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
     from pytorch_lightning.cli import LightningCLI
 
-    from rpnet_pl.ranges import check_training
+    from rpnet_pl.pipeline.ranges import check_training
     from rpnet_pl.stages.common import check_trained
 
     class CheckedCLI(LightningCLI):
-        def before_instantiate_classes(self) -> None:  # the ranges the types do not say (rpnet_pl.ranges)
+        def before_instantiate_classes(self) -> None:  # the ranges the types do not say (rpnet_pl.pipeline.ranges)
             fit = self.config["fit"]
             check_training({g: fit[g].as_dict() for g in ("model", "data", "trainer") if fit.get(g) is not None},
                            f"{args.stage}.")
@@ -99,7 +99,7 @@ def _image_step(spec: StepSpec) -> Command:
     function (imported only now: building the parser stays torch-free)."""
 
     def run(args: argparse.Namespace) -> int:
-        from rpnet_pl.run_lock import output_lock
+        from rpnet_pl.pipeline.run_lock import output_lock
 
         options = from_namespace(spec.options, args)
         out = getattr(options, "out", None)
@@ -126,14 +126,14 @@ def _steps(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rpnet_pl.report import write_report
+    from rpnet_pl.results.report import write_report
 
     path, text = write_report(args.runs_dir, args.out)
     print(text)
     print(f"wrote {path}")
     if args.wandb:
-        from rpnet_pl.summary import find_runs
-        from rpnet_pl.tracking import mode, relog_runs
+        from rpnet_pl.results.summary import find_runs
+        from rpnet_pl.pipeline.tracking import mode, relog_runs
 
         if mode() == "disabled":
             print("W&B: WANDB_MODE=disabled, nothing logged")
@@ -147,11 +147,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ablation(args: argparse.Namespace) -> int:
-    from rpnet_pl.ablations import collect, get_sweep, run_name, table
-    from rpnet_pl.config import load_experiment
+    from rpnet_pl.results.ablations import collect, get_sweep, run_name, table
+    from rpnet_pl.pipeline.config import load_experiment
     from rpnet_pl.utils.io import atomic_path
-    from rpnet_pl.pipeline import StepFailed, run_steps
-    from rpnet_pl.validate import check_overrides
+    from rpnet_pl.pipeline.runner import StepFailed, run_steps
+    from rpnet_pl.pipeline.validate import check_overrides
 
     check_overrides(args.set or [])
     sweep = get_sweep(args.name, args.backbone)
@@ -179,7 +179,7 @@ def _ablation(args: argparse.Namespace) -> int:
             tmp.write_text(text)
         print(f"wrote {out}")
         if args.logger == "wandb":
-            from rpnet_pl.tracking import log_tables
+            from rpnet_pl.pipeline.tracking import log_tables
 
             log_tables(out.parent, text, group=f"ablation-{args.name}", name=f"ablation-{args.name}/table",
                        job_type="ablation")
@@ -202,9 +202,9 @@ def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
     weights files and network stop a real run and are warnings in a dry run (printing the commands
     needs no data). Each problem is one line, in seconds, before any step starts. A step whose optional
     split is absent (the test export without a test split) is left out: `run_steps` skips it."""
-    from rpnet_pl.pipeline import absent_split, forced_steps, plan
-    from rpnet_pl.seeds import seed_dir_name
-    from rpnet_pl.validate import check_environment, check_tree
+    from rpnet_pl.pipeline.runner import absent_split, forced_steps, plan
+    from rpnet_pl.pipeline.seeds import seed_dir_name
+    from rpnet_pl.pipeline.validate import check_environment, check_tree
 
     steps = plan(cfg, **plan_kwargs)
     check_tree(cfg, where=str(args.experiment))  # every section, the steps not run included, dry run or not
@@ -224,9 +224,9 @@ def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from rpnet_pl.config import load_experiment
-    from rpnet_pl.pipeline import StepFailed, run_steps
-    from rpnet_pl.validate import check_overrides
+    from rpnet_pl.pipeline.config import load_experiment
+    from rpnet_pl.pipeline.runner import StepFailed, run_steps
+    from rpnet_pl.pipeline.validate import check_overrides
 
     overrides = list(args.set or [])
     check_overrides(overrides)

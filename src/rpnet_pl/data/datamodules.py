@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from rpnet_pl.config import DEFAULT_ROOT
+from rpnet_pl.pipeline.config import DEFAULT_ROOT
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)

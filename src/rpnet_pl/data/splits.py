@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rpnet_pl.utils.errors import DatasetError
-from rpnet_pl.steps import PREDICT_SEG, STEPS
+from rpnet_pl.pipeline.registry import PREDICT_SEG, STEPS
 
 #: What each split is used for, in the order `data check` lists them.
 SPLIT_USES: dict[str, dict[str, str]] = {

@@ -126,8 +126,8 @@ def part_keep_layout(draws: list[Tensor]) -> np.ndarray:
 def experiment_classifier(method: str) -> dict[str, Any]:
     """The ``classifier.model`` section of the experiment of ``method`` (:data:`EXPERIMENTS`); the
     stage's own defaults (with the baseline's ResNet-50) when the package runs without the repository."""
-    from rpnet_pl.config import load_experiment, section
-    from rpnet_pl.steps import CLASSIFIER
+    from rpnet_pl.pipeline.config import load_experiment, section
+    from rpnet_pl.pipeline.registry import CLASSIFIER
 
     path = Path(__file__).resolve().parents[3] / "experiments" / EXPERIMENTS[method]
     if not path.is_file():

@@ -97,8 +97,8 @@ def segmenter_config() -> dict[str, Any]:
     path = Path(__file__).resolve().parents[3] / "experiments" / "base.yaml"
     if not path.is_file():
         return {}
-    from rpnet_pl.config import load_experiment
-    from rpnet_pl.steps import SEGMENTER
+    from rpnet_pl.pipeline.config import load_experiment
+    from rpnet_pl.pipeline.registry import SEGMENTER
 
     return dict(load_experiment(path).get(SEGMENTER.name, {}).get("model", {}))
 

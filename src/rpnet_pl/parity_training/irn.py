@@ -115,8 +115,8 @@ def reference_names_to_ours(names: Any) -> dict[str, str]:
 def default_refine_model() -> dict[str, Any]:
     """The ``refine.model`` section of the repository's ``experiments/base.yaml`` (and the files it
     extends); ``{}`` (the stage's own defaults) when the package runs without the repository."""
-    from rpnet_pl.config import load_experiment, section
-    from rpnet_pl.steps import REFINE
+    from rpnet_pl.pipeline.config import load_experiment, section
+    from rpnet_pl.pipeline.registry import REFINE
 
     base = Path(__file__).resolve().parents[3] / "experiments" / "base.yaml"
     if not base.is_file():

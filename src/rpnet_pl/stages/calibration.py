@@ -14,7 +14,7 @@ steps run:
   threshold b*, and every mask is made at b* from its scores
   (:func:`~rpnet_pl.stages.walk_scores.mask_from_walk_scores`, the masks the step makes at b*).
 
-Each writes ``calibration.json`` beside its outputs (:func:`rpnet_pl.layout.calibration_path`), once
+Each writes ``calibration.json`` beside its outputs (:func:`rpnet_pl.pipeline.layout.calibration_path`), once
 its outputs are complete: the split, the sweep (threshold -> mIoU), the best threshold and whether it
 lies at the sweep's edge, and the thresholds used (:func:`calibration_record`).
 """
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
 from rpnet_pl.data.datasets import DatasetName, build_reader
 from rpnet_pl.utils.errors import DatasetError
@@ -36,7 +36,7 @@ from rpnet_pl.utils.progress import CountProgress
 from rpnet_pl.stages.cam_inference import cam_path
 from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, sweep_json, sweep_walk_scores
 from rpnet_pl.stages.walk_scores import mask_from_walk_scores, read_walk_scores, walk_scores_path, write_walk_scores
-from rpnet_pl.steps import IR_LABELS_STEP, PSEUDO_MASKS
+from rpnet_pl.pipeline.registry import IR_LABELS_STEP, PSEUDO_MASKS
 
 log = logging.getLogger(__name__)
 

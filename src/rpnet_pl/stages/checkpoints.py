@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rpnet_pl.utils.errors import CheckpointError
-from rpnet_pl.steps import STEPS, TRAIN_STEPS, load
+from rpnet_pl.pipeline.registry import STEPS, TRAIN_STEPS, load
 
 T = TypeVar("T")
 

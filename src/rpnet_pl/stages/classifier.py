@@ -22,7 +22,7 @@ from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record,
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
-from rpnet_pl.steps import CamOptions
+from rpnet_pl.pipeline.registry import CamOptions
 from rpnet_pl.ops.params import CAM_INFERENCE
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from rpnet_pl.utils.errors import IncompleteStepError, TrainingDivergedError
-from rpnet_pl.layout import CHECKPOINTS, LAST_CKPT
+from rpnet_pl.pipeline.layout import CHECKPOINTS, LAST_CKPT
 from rpnet_pl.utils.progress import CountProgress, format_eta, progress_log
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.stages.cam_inference import read_cam
 from rpnet_pl.stages.evaluate import json_number, per_class_json
 from rpnet_pl.stages.refine import RefineStage
-from rpnet_pl.steps import REFINE, EvalRefinementOptions
+from rpnet_pl.pipeline.registry import REFINE, EvalRefinementOptions
 
 
 def refinement_steps(cams: torch.Tensor, boundary: torch.Tensor, keys: torch.Tensor, image_size: tuple[int, int],

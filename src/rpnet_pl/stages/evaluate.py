@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.data.datasets import DatasetName, build_reader
 from rpnet_pl.utils.errors import DatasetError
@@ -33,10 +33,10 @@ from rpnet_pl.ops.cam import ThresholdSweep
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
 from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
 from rpnet_pl.utils.progress import CountProgress, progress_log
-from rpnet_pl.seeds import format_pct
+from rpnet_pl.pipeline.seeds import format_pct
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
 from rpnet_pl.stages.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
-from rpnet_pl.steps import EvalCamOptions, EvalMasksOptions
+from rpnet_pl.pipeline.registry import EvalCamOptions, EvalMasksOptions
 
 # 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
@@ -274,7 +274,7 @@ def format_report(result: dict[str, Any], title: str | None = None) -> str:
 
 
 def _pct(v: float | None) -> str:
-    """0.5234 -> '52.3%' (the report's :func:`~rpnet_pl.seeds.format_pct` with a sign); None -> '-'."""
+    """0.5234 -> '52.3%' (the report's :func:`~rpnet_pl.pipeline.seeds.format_pct` with a sign); None -> '-'."""
     return format_pct(v) + ("" if v is None else "%")
 
 

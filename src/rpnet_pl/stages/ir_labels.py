@@ -33,7 +33,7 @@ from rpnet_pl.ops.params import IR_LABELS
 from rpnet_pl.utils.progress import CountProgress, progress_log
 from rpnet_pl.stages.calibration import calibrate_ir_labels, calibration_line, write_calibration
 from rpnet_pl.stages.cam_inference import cam_path, read_cam
-from rpnet_pl.steps import IRLabelsOptions
+from rpnet_pl.pipeline.registry import IRLabelsOptions
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses

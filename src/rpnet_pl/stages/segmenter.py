@@ -22,7 +22,7 @@ from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
-from rpnet_pl.steps import EvalSegOptions, PredictSegOptions
+from rpnet_pl.pipeline.registry import EvalSegOptions, PredictSegOptions
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
 def eval_seg_step(o: EvalSegOptions) -> int:
     """The ``eval_seg`` step (`rpnet eval-seg`): predictions of ``o.split`` in ``OUT/pred`` (and
     ``OUT/pred_crf``), scored against the ground truth into ``OUT/metrics.json``."""
-    from rpnet_pl.layout import METRICS
+    from rpnet_pl.pipeline.layout import METRICS
     from rpnet_pl.utils.io import write_json
     from rpnet_pl.utils.progress import progress_log
     from rpnet_pl.stages.evaluate import evaluate_masks, format_report, seg_result_line

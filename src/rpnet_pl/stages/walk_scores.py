@@ -1,7 +1,7 @@
 """The random walk's class scores, kept by `rpnet pseudo-masks --save-scores` so that
 `rpnet eval-pseudo-masks` can sweep the background threshold without walking again.
 
-One file per image, ``<masks>/scores/ID.npz`` (:func:`rpnet_pl.layout.walk_scores_dir`), written
+One file per image, ``<masks>/scores/ID.npz`` (:func:`rpnet_pl.pipeline.layout.walk_scores_dir`), written
 atomically with ``np.savez_compressed``:
 
 * ``scores`` (K, h, w) float16: the walked scores at the walk's stride (4), divided by their max

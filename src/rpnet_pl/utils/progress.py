@@ -1,7 +1,7 @@
 """Progress lines a person can read in a terminal and in a step's ``log.txt``.
 
 Every line goes through the ``rpnet_pl.progress`` logger; ``rpnet pipeline`` echoes that logger's
-lines from a step's output to the terminal (see :mod:`rpnet_pl.pipeline`). No torch here, so
+lines from a step's output to the terminal (see :mod:`rpnet_pl.pipeline.runner`). No torch here, so
 per-image workers stay light.
 """
 from __future__ import annotations

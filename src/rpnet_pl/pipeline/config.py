@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.steps import EVAL_CAM, IR_LABELS_STEP, PSEUDO_MASKS, TRAIN_STEPS
+from rpnet_pl.pipeline.registry import EVAL_CAM, IR_LABELS_STEP, PSEUDO_MASKS, TRAIN_STEPS
 
 #: The dataset of an experiment whose ``dataset`` block names none.
 DEFAULT_DATASET = "voc"
@@ -121,7 +121,7 @@ def calibration_split(cfg: dict) -> str:
 def expand_thresholds(cfg: dict) -> None:
     """``thresholds: calibrated``: set ``calibration_split`` (:func:`calibration_split`) in each section
     of :data:`CALIBRATED_STEPS` the experiment has, unless the section sets its own. ``fixed`` (or no
-    key) changes nothing; another value is :func:`rpnet_pl.validate.check_tree`'s error."""
+    key) changes nothing; another value is :func:`rpnet_pl.pipeline.validate.check_tree`'s error."""
     if cfg.get("thresholds") != "calibrated":
         return
     split = calibration_split(cfg)

@@ -1,5 +1,5 @@
 """What a run folder holds, read back: the headline numbers of each run (or the mean ± std over its
-``seed<k>/`` runs) from the metrics files its steps wrote (:mod:`rpnet_pl.layout`). Read by
+``seed<k>/`` runs) from the metrics files its steps wrote (:mod:`rpnet_pl.pipeline.layout`). Read by
 ``rpnet report`` and by the ablation sweeps' tables."""
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rpnet_pl import layout
-from rpnet_pl.seeds import Stat, as_float, mean_std, seed_folders
-from rpnet_pl.steps import CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, PREDICT_SEG
+from rpnet_pl.pipeline import layout
+from rpnet_pl.pipeline.seeds import Stat, as_float, mean_std, seed_folders
+from rpnet_pl.pipeline.registry import CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, PREDICT_SEG
 
 
 @dataclass
 class RunSummary:
     """The headline numbers of one run (mIoU in [0, 1]; None where the step has not run); over
-    several seeds each number is a :class:`~rpnet_pl.seeds.Stat` and the per-class IoUs are means."""
+    several seeds each number is a :class:`~rpnet_pl.pipeline.seeds.Stat` and the per-class IoUs are means."""
 
     name: str
     method: str | None = None

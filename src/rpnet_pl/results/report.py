@@ -12,7 +12,7 @@ colours) of up to four images of every run whose CAMs, pseudo masks and VOC imag
 Every figure is labelled with its run, split and threshold.
 
 A folder of ``seed<k>/`` runs (``rpnet pipeline --seeds``) is one row: each number is the mean ± std
-over the seeds that have it, with n (:mod:`rpnet_pl.seeds`); its figures are those of its first seed.
+over the seeds that have it, with n (:mod:`rpnet_pl.pipeline.seeds`); its figures are those of its first seed.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.utils.io import atomic_path
-from rpnet_pl.seeds import Stat, as_float, format_pct
-from rpnet_pl.summary import RunSummary, figure_run, find_runs, read_json, summarise
-from rpnet_pl.steps import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, IR_LABELS_STEP, PSEUDO_MASKS, output_path
+from rpnet_pl.pipeline.seeds import Stat, as_float, format_pct
+from rpnet_pl.results.summary import RunSummary, figure_run, find_runs, read_json, summarise
+from rpnet_pl.pipeline.registry import CAM, CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, IR_LABELS_STEP, PSEUDO_MASKS, output_path
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def calibration_table(run_dirs: Sequence[Path], runs_dir: Path) -> str | None:
     ``calibration.json`` of its ``ir_labels`` and ``pseudo_masks`` outputs: the seeds' best threshold t*,
     the IR labels' fg / bg, the walk's b*, and where a best lies at its sweep's edge. None when no run
     calibrated."""
-    from rpnet_pl.seeds import seed_folders
+    from rpnet_pl.pipeline.seeds import seed_folders
 
     def edge(record: dict[str, Any] | None) -> str:
         return "-" if record is None else record.get("best_at_edge") or "no"
@@ -425,7 +425,7 @@ def _run_label(run: Path, runs_dir: Path) -> str:
 
 def ablation_figure(sweep_dir: Path, folder: Path) -> Path | None:
     """The mIoU curve of one ``ablation-NAME`` sweep folder, or None when it has no numbers."""
-    from rpnet_pl.ablations import collect, sweeps
+    from rpnet_pl.results.ablations import collect, sweeps
 
     name = sweep_dir.name[len("ablation-"):]
     sweep = sweeps().get(name)
@@ -448,10 +448,10 @@ def _link(caption: str, path: Path, folder: Path) -> str:
 
 def mixed_code_lines(run_dirs: Sequence[Path], runs_dir: Path) -> list[str]:
     """One markdown line per run (or seed folder) whose complete steps recorded more than one code
-    version (:func:`rpnet_pl.provenance.code_versions`)."""
-    from rpnet_pl.provenance import code_versions
-    from rpnet_pl.steps import STEP_ORDER
-    from rpnet_pl.summary import seed_folders
+    version (:func:`rpnet_pl.pipeline.provenance.code_versions`)."""
+    from rpnet_pl.pipeline.provenance import code_versions
+    from rpnet_pl.pipeline.registry import STEP_ORDER
+    from rpnet_pl.results.summary import seed_folders
 
     lines = []
     for run in run_dirs:

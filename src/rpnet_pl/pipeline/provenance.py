@@ -4,7 +4,7 @@ a complete step is never handed back for a configuration that did not make it.
 A step's *settings* are its resolved section (a training step's LightningCLI config, a per-image
 step's options) flattened to ``a.b.c: value``, with the dataset and its root, less the keys that say
 how it runs rather than what it computes (:data:`EXECUTION_KEYS`: logger, devices, workers, progress).
-Its *inputs* are the steps it reads (:data:`rpnet_pl.steps.STEPS` ``reads``), each by its own
+Its *inputs* are the steps it reads (:data:`rpnet_pl.pipeline.registry.STEPS` ``reads``), each by its own
 identity. The *identity* is a digest of both, so a changed setting upstream changes every identity
 downstream of it.
 
@@ -122,7 +122,7 @@ def code_version() -> str:
     import rpnet_pl
 
     version = rpnet_pl.__version__
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder (this module is in pipeline/)
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10)

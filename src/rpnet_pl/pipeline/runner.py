@@ -2,9 +2,9 @@
 
 ``runs/<experiment>/<step>/`` holds each step's outputs, its resolved ``config.yaml`` and its
 ``log.txt``. A step is complete when its ``.done`` marker exists (written last, atomically); the marker records
-what made the outputs (:mod:`rpnet_pl.provenance`), and a complete step planned with other settings
+what made the outputs (:mod:`rpnet_pl.pipeline.provenance`), and a complete step planned with other settings
 or inputs is an error before any work (``--force STEP`` re-runs it and every step after it from
-scratch). One pipeline writes into a run folder at a time (:mod:`rpnet_pl.run_lock`). A re-run skips
+scratch). One pipeline writes into a run folder at a time (:mod:`rpnet_pl.pipeline.run_lock`). A re-run skips
 complete steps, resumes an interrupted training step from ``checkpoints/last.ckpt``
 and an interrupted per-image step from the files it already wrote (corrupt ones are redone). A
 failure stops the chain with the step named, the cause (the last error line of its log) and the
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rpnet_pl import layout, provenance
-from rpnet_pl.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
+from rpnet_pl.pipeline import layout, provenance
+from rpnet_pl.pipeline.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
 from rpnet_pl.utils.errors import CheckpointError, ConfigError, Stopped
-from rpnet_pl.seeds import seed_dir_name
-from rpnet_pl.steps import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
+from rpnet_pl.pipeline.seeds import seed_dir_name
+from rpnet_pl.pipeline.registry import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rpnet_pl.pipeline")  # the name its lines have always had (the runner was rpnet_pl.pipeline)
 
 
 class StepFailed(RuntimeError):
@@ -56,11 +56,11 @@ class PlannedStep:
     optional_split: tuple[str, str, str] | None = None
     kind: StepKind = "per_image"
     #: ``--logger wandb``: the W&B run of a non-training step, open while it runs (its progress) and
-    #: given its results once done (:class:`rpnet_pl.tracking.StepRun` keyword arguments); None: none
+    #: given its results once done (:class:`rpnet_pl.pipeline.tracking.StepRun` keyword arguments); None: none
     wandb: dict[str, Any] | None = None
     #: ``--logger csv`` / ``tensorboard``: the same scalars to that log of a non-training step, once done
     scalars_logger: str | None = None
-    #: what makes its outputs (:func:`rpnet_pl.provenance.settings`), and the steps whose outputs it reads
+    #: what makes its outputs (:func:`rpnet_pl.pipeline.provenance.settings`), and the steps whose outputs it reads
     settings: dict[str, Any] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
 
@@ -250,8 +250,8 @@ WANDB_SERVICE = "WANDB_SERVICE"
 
 def _step_environment(env: dict[str, str] | None, run: Path) -> dict[str, str]:
     """A step process's environment: this one's with unbuffered output, without W&B's service address,
-    saying that this process holds ``run``'s lock (:data:`rpnet_pl.run_lock.HELD`)."""
-    from rpnet_pl.run_lock import HELD
+    saying that this process holds ``run``'s lock (:data:`rpnet_pl.pipeline.run_lock.HELD`)."""
+    from rpnet_pl.pipeline.run_lock import HELD
 
     out = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {}), HELD: str(Path(run).resolve())}
     out.pop(WANDB_SERVICE, None)
@@ -329,7 +329,7 @@ def forced_steps(force: Sequence[str]) -> set[str]:
 
 
 def identities(steps: Sequence[PlannedStep]) -> dict[str, str | None]:
-    """Each planned step's identity (:func:`rpnet_pl.provenance.identity`); a step read but not planned
+    """Each planned step's identity (:func:`rpnet_pl.pipeline.provenance.identity`); a step read but not planned
     counts by the identity its marker recorded (None: not run, or run before identities were kept)."""
     out: dict[str, str | None] = {}
     run = steps[0].folder.parent if steps else None
@@ -402,7 +402,7 @@ def run_steps(steps: Sequence[PlannedStep], dry_run: bool = False, force: Sequen
     check_complete_steps(steps, force)
     if dry_run or not steps:
         return _run_steps(steps, dry_run, force, env)
-    from rpnet_pl.run_lock import run_lock
+    from rpnet_pl.pipeline.run_lock import run_lock
 
     with run_lock(steps[0].folder.parent):
         return _run_steps(steps, dry_run, force, env)
@@ -441,7 +441,7 @@ def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str]
         first_task = os.environ.get("SLURM_PROCID", "0") == "0"  # one W&B run per step, not per task
         tracked = None
         if step.wandb and not step.trains and first_task:
-            from rpnet_pl.tracking import StepRun
+            from rpnet_pl.pipeline.tracking import StepRun
 
             tracked = StepRun(step.folder.parent, step.name, argv=argv, **step.wandb)
         with tracked or nullcontext():
@@ -456,7 +456,7 @@ def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str]
             if tracked is not None:
                 tracked.complete()
         if step.scalars_logger and first_task:
-            from rpnet_pl.tracking import log_scalars
+            from rpnet_pl.pipeline.tracking import log_scalars
 
             log_scalars(step.folder, step.name, step.scalars_logger)
         if step.trains and last.is_file():  # after .done: a complete step is never resumed

@@ -17,7 +17,7 @@ next step, ``rpnet report`` and the ablation sweeps read.
       predict_seg/  the benchmark's files
 
 The steps themselves (their order, commands, and which of these paths each reads and writes) are
-declared in :mod:`rpnet_pl.steps`.
+declared in :mod:`rpnet_pl.pipeline.registry`.
 
 Plain Python, no imports of the rest of the package: every layer may read it.
 """

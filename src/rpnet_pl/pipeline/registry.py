@@ -1,10 +1,10 @@
 """The pipeline's steps, each declared once: what it is, how it runs, what it reads and writes.
 
 A step is the unit a user thinks in (``classifier``, ``cam``, ... ``predict_seg``). Its name is the
-section of the experiment YAML that configures it and its folder in the run (:mod:`rpnet_pl.layout`).
+section of the experiment YAML that configures it and its folder in the run (:mod:`rpnet_pl.pipeline.layout`).
 Everything that needs to know the steps reads them from :data:`STEPS`: the ``rpnet`` subcommands
-(:func:`add_options`), the validation of an experiment (:mod:`rpnet_pl.validate`), the plan of a run
-(:func:`rpnet_pl.pipeline.plan`), the checkpoint guess (:mod:`rpnet_pl.stages.checkpoints`), and the
+(:func:`add_options`), the validation of an experiment (:mod:`rpnet_pl.pipeline.validate`), the plan of a run
+(:func:`rpnet_pl.pipeline.runner.plan`), the checkpoint guess (:mod:`rpnet_pl.stages.checkpoints`), and the
 shell scripts and Makefile (``rpnet steps``).
 
 Training steps name their LightningModule and datamodule as import strings; per-image steps a
@@ -24,9 +24,9 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from rpnet_pl import layout
+from rpnet_pl.pipeline import layout
 from rpnet_pl.ops.params import CAM_INFERENCE, IR_LABELS, PROB_CRF, RANDOM_WALK, REFINEMENT_EXP_TIMES, SEG_INFERENCE
-from rpnet_pl.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check
+from rpnet_pl.pipeline.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check
 
 StepKind = Literal["train", "per_image", "evaluate", "export"]
 

@@ -38,8 +38,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import yaml
 
-from rpnet_pl import layout
-from rpnet_pl.steps import CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, IR_LABELS_STEP, PSEUDO_MASKS, STEPS
+from rpnet_pl.pipeline import layout
+from rpnet_pl.pipeline.registry import CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, IR_LABELS_STEP, PSEUDO_MASKS, STEPS
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ def relog_runs(runs_dir: Path, run_dirs: Sequence[Path], text: str) -> tuple[int
     """``rpnet report RUNS --wandb``: every complete non-training step of every run that has no W&B
     run yet (a step run with ``--logger wandb`` has one: it is not logged twice), then the report's
     tables. Returns (W&B runs started, steps skipped as already logged)."""
-    from rpnet_pl.summary import seed_folders
+    from rpnet_pl.results.summary import seed_folders
 
     n = skipped = 0
     for run in run_dirs:

@@ -4,7 +4,7 @@ A value out of its range would fail later, deep inside a library (albumentations
 on ``crop_size: 0``), or worse, succeed with nothing done (``max_epochs: 0`` trains no step). The
 ranges of the training sections' ``model`` / ``data`` / ``trainer`` arguments are this module's
 :data:`TRAINING` table; a per-image option carries its own (``steps.option(..., range=)``).
-:mod:`rpnet_pl.validate` checks both before any step runs, and ``rpnet fit`` checks a training
+:mod:`rpnet_pl.pipeline.validate` checks both before any step runs, and ``rpnet fit`` checks a training
 section again when it starts (a stage run alone). Torch-free.
 """
 from __future__ import annotations

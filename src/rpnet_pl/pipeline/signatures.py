@@ -1,6 +1,6 @@
 """A torch-free snapshot of the training stages' signatures, for validation before any work.
 
-:mod:`rpnet_pl.validate` checks a training section's ``model`` / ``data`` / ``trainer`` keys and
+:mod:`rpnet_pl.pipeline.validate` checks a training section's ``model`` / ``data`` / ``trainer`` keys and
 types against the ``__init__`` signatures of its stage, datamodule and Lightning's ``Trainer``, as
 LightningCLI does when the step starts. Importing those classes costs the Lightning and torch import
 (seconds), so the check reads this snapshot instead, ``signatures.json`` beside this file: per
@@ -8,7 +8,7 @@ training step and group, each argument's type as text and its default where it i
 
 A type the snapshot cannot spell (a Lightning ``Callback``, a ``Strategy`` object) is written ``Any``:
 validation accepts any value there and LightningCLI checks it when the step starts. The snapshot is
-regenerated with ``python -m rpnet_pl.signatures`` after a signature changes; ``tests/test_signatures.py``
+regenerated with ``python -m rpnet_pl.pipeline.signatures`` after a signature changes; ``tests/test_signatures.py``
 fails while it is stale.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from rpnet_pl.steps import STEPS, load
+from rpnet_pl.pipeline.registry import STEPS, load
 
 PATH = Path(__file__).with_name("signatures.json")
 #: The class-signature groups of a training section, in the order of their classes.

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.seeds import Stat, format_pct
-from rpnet_pl.steps import EVAL_CAM, STEP_ORDER
+from rpnet_pl.pipeline.seeds import Stat, format_pct
+from rpnet_pl.pipeline.registry import EVAL_CAM, STEP_ORDER
 
 SEED_STEPS = STEP_ORDER[:STEP_ORDER.index(EVAL_CAM.name) + 1]
 #: Rows of Table III, in the paper's order (each a name of :data:`rpnet_pl.models.backbones.BACKBONES`).
@@ -111,7 +111,7 @@ def get_sweep(name: str, backbone: str | None = None) -> Sweep:
 def collect(sweep_name: str, sweep: Sweep, runs_dir: str | Path) -> dict[tuple[str, str], float | Stat | None]:
     """Read each variant's seed mIoU from its run folder (None where it has not run; mean ± std over
     its ``seed<k>/`` runs when it has some)."""
-    from rpnet_pl.summary import summarise
+    from rpnet_pl.results.summary import summarise
 
     out: dict[tuple[str, str], float | Stat | None] = {}
     for v in sweep.variants:

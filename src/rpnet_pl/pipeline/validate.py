@@ -4,11 +4,11 @@ A typo'd key or a wrong type would otherwise surface minutes later, under the us
 training step's log; a missing dataset after a weights download times out. The schema is the
 steps' own: a training section is checked by jsonargparse against the signatures of its stage,
 datamodule and Lightning's ``Trainer`` (what LightningCLI checks when the step starts), a per-image
-section against its step's options dataclass (:mod:`rpnet_pl.steps`). Each problem is raised as one
+section against its step's options dataclass (:mod:`rpnet_pl.pipeline.registry`). Each problem is raised as one
 line naming the key and what is wrong.
 
 Nothing here imports torch or Lightning: the training signatures are read from their snapshot
-(:mod:`rpnet_pl.signatures`), so the whole experiment, every section, is checked in about a second,
+(:mod:`rpnet_pl.pipeline.signatures`), so the whole experiment, every section, is checked in about a second,
 in a dry run too.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rpnet_pl import ranges
-from rpnet_pl.config import CALIBRATED_STEPS, DEFAULT_DATASET, DEFAULT_ROOT, THRESHOLD_MODES
+from rpnet_pl.pipeline import ranges
+from rpnet_pl.pipeline.config import CALIBRATED_STEPS, DEFAULT_DATASET, DEFAULT_ROOT, THRESHOLD_MODES
 from rpnet_pl.utils.errors import ConfigError, DatasetError
-from rpnet_pl.signatures import GROUPS, default, default_of, parse_type, snapshot
-from rpnet_pl.steps import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_types
+from rpnet_pl.pipeline.signatures import GROUPS, default, default_of, parse_type, snapshot
+from rpnet_pl.pipeline.registry import IR_LABELS_STEP, REFINE, STEPS, option_fields, yaml_types
 
 #: Keys of a training section besides model / data / trainer (LightningCLI's ``fit`` options).
 FIT_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "weights_only", "optimizer", "lr_scheduler")
@@ -48,7 +48,7 @@ def _parser() -> Any:
 def training_parser(step: str) -> Any:
     """A jsonargparse parser of a training section's ``model`` / ``data`` / ``trainer`` groups: the
     arguments and types of the stage's, the datamodule's and Lightning's ``Trainer``'s signatures,
-    read from their torch-free snapshot (:mod:`rpnet_pl.signatures`). Nothing is required: the
+    read from their torch-free snapshot (:mod:`rpnet_pl.pipeline.signatures`). Nothing is required: the
     pipeline sets some (``data.label_dir``) and a section is checked alone."""
     parser = _parser()
     for group, params in snapshot()[step].items():

@@ -1,0 +1,1 @@
+"""The pipeline: the step registry, experiment config, run-folder layout, validation, the runner, provenance and tracking."""

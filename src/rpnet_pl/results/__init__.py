@@ -1,0 +1,1 @@
+"""Results: a run folder's metrics (summary), the report, the ablation tables."""
