@@ -82,7 +82,7 @@ import torch.nn.functional as F  # noqa: E402
 from rpnet_pl import bench  # noqa: E402
 from rpnet_pl.models.rpnet import self_supervised_loss  # noqa: E402
 from rpnet_pl.ops.cam import max_normalise  # noqa: E402
-from rpnet_pl.stages.cam_inference import strided_size, strided_up_size  # noqa: E402
+from rpnet_pl.steps.cam_inference import strided_size, strided_up_size  # noqa: E402
 
 #: The reference repositories' top-level packages: dropped from ``sys.modules`` between repositories.
 REFERENCE_PACKAGES = ("net", "misc", "step", "voc12", "libs")

@@ -36,7 +36,7 @@ run-time patches only (its files are not changed):
 Ours: ``rpnet pipeline`` of an experiment written here, ``base.yaml`` (the recipe) with only the
 sizes, epochs and initial weights above, steps ``classifier cam ir_labels refine pseudo_masks``.
 
-Both sides' outputs are scored by the same code (``rpnet_pl.stages.evaluate``) on the ``train``
+Both sides' outputs are scored by the same code (``rpnet_pl.steps.evaluate``) on the ``train``
 split, the reference's ``chainer_eval_set``: its ``eval_cam.py`` and ``eval_sem_seg.py`` read VOC
 through chainercv, which is not installed here. The reference's CAM files number their classes from 0
 (``keys``), ours from 1: they are rewritten with our numbering before scoring. Per side and seed, ``OUT/<side>/seed<k>/result.json``
@@ -378,7 +378,7 @@ def score(data: Path, cams: Path, ir_labels: Path, masks: Path) -> dict[str, flo
     """The same scores for either side's outputs on the ``train`` split: the CAM seeds' best mIoU and
     its background threshold, the IR labels' confident-foreground precision and recall (pixels they
     leave out ignored), the pseudo masks' mIoU; percentages."""
-    from rpnet_pl.stages.evaluate import evaluate_cams, evaluate_masks, foreground_precision_recall
+    from rpnet_pl.steps.evaluate import evaluate_cams, evaluate_masks, foreground_precision_recall
 
     cam = evaluate_cams(cams, data, split=EVAL_SPLIT)
     ir = evaluate_masks(ir_labels, data, split=EVAL_SPLIT, ignore_pred=True)

@@ -29,8 +29,8 @@ from rpnet_pl.pipeline import layout
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.params import RANDOM_WALK
-from rpnet_pl.stages.cam_inference import write_cam
-from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_masks
+from rpnet_pl.steps.cam_inference import write_cam
+from rpnet_pl.steps.evaluate import DEFAULT_THRESHOLDS, evaluate_masks
 from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
 
 

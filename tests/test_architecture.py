@@ -78,8 +78,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_graph_sees_function_level_imports() -> None:
-    """``report`` imports ``stages.cam_inference`` only inside functions; the graph must still hold it."""
-    assert "rpnet_pl.stages.cam_inference" in _graph()["rpnet_pl.results.report"]
+    """``report`` imports ``steps.cam_inference`` only inside functions; the graph must still hold it."""
+    assert "rpnet_pl.steps.cam_inference" in _graph()["rpnet_pl.results.report"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

@@ -1,4 +1,4 @@
-"""Thresholds calibrated on a labelled split (rpnet_pl.stages.calibration): the rule, the IR labels'
+"""Thresholds calibrated on a labelled split (rpnet_pl.steps.calibration): the rule, the IR labels'
 and the walk's calibration on tiny hand-made data, the experiment's ``thresholds: calibrated``, its
 validation lines and the provenance of a calibrated step."""
 from __future__ import annotations
@@ -19,12 +19,12 @@ from rpnet_pl.utils.errors import ConfigError, DatasetError
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.cam import ir_label_thresholds
 from rpnet_pl.pipeline.runner import check_complete_steps, identities, plan
-from rpnet_pl.stages.cam_inference import cam_path, write_cam
-from rpnet_pl.stages.evaluate import evaluate_masks
-from rpnet_pl.stages.ir_labels import ir_labels_step, make_ir_labels
-from rpnet_pl.stages.pseudo_masks import pseudo_masks_step
+from rpnet_pl.steps.cam_inference import cam_path, write_cam
+from rpnet_pl.steps.evaluate import evaluate_masks
+from rpnet_pl.steps.ir_labels import ir_labels_step, make_ir_labels
+from rpnet_pl.steps.pseudo_masks import pseudo_masks_step
 from rpnet_pl.stages.refine import RefineStage
-from rpnet_pl.stages.walk_scores import read_walk_scores, walk_scores_path
+from rpnet_pl.steps.walk_scores import read_walk_scores, walk_scores_path
 from rpnet_pl.pipeline.registry import IRLabelsOptions, PseudoMasksOptions
 from rpnet_pl.pipeline.validate import check_environment, check_tree
 

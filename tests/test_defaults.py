@@ -130,7 +130,7 @@ def _signature_defaults(fn: Any) -> dict[str, Any]:
 def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     from rpnet_pl.models.irn import IRN_INFER_PAD
     from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw, transition_matrix_sparse
-    from rpnet_pl.stages.eval_refinement import eval_refinement, refinement_breakdown, refinement_steps
+    from rpnet_pl.steps.eval_refinement import eval_refinement, refinement_breakdown, refinement_steps
     from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
 
     op = _signature_defaults(propagate_cams)
@@ -162,7 +162,7 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
 
 def test_ir_label_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     from rpnet_pl.ops.cam import cam_to_ir_label
-    from rpnet_pl.stages.ir_labels import ir_label, make_ir_labels
+    from rpnet_pl.steps.ir_labels import ir_label, make_ir_labels
 
     cli = _parse("ir-labels", "--cams", "x", "--out", "o", "--root", "r")
     op = _signature_defaults(cam_to_ir_label)

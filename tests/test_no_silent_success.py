@@ -139,7 +139,7 @@ def test_rpnet_fit_that_trains_nothing_exits_non_zero(small_synth: Path, tmp_pat
 
 
 def test_ir_labels_that_wrote_nothing_fail(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
-    from rpnet_pl.stages import ir_labels
+    from rpnet_pl.steps import ir_labels
     from tests.test_stages_ir_labels import crafted_cams
 
     crafted_cams(tiny_voc, tmp_path / "cams")

@@ -96,7 +96,7 @@ def test_empty_split_file(tiny_voc: Path, capsys) -> None:
 
 def _cams(tiny_voc: Path, out: Path) -> None:
     """Exact CAM files of the four images (keys = their labels, size 16x20)."""
-    from rpnet_pl.stages.cam_inference import write_cam
+    from rpnet_pl.steps.cam_inference import write_cam
 
     for image_id, keys in LABELS.items():
         cam = np.zeros((len(keys), 16, 20), np.float16)
@@ -106,7 +106,7 @@ def _cams(tiny_voc: Path, out: Path) -> None:
 
 @pytest.mark.parametrize("wrong", ["classes", "size"])
 def test_cam_file_of_another_run_fed_to_ir_labels(tiny_voc: Path, tmp_path: Path, wrong: str, capsys) -> None:
-    from rpnet_pl.stages.cam_inference import write_cam
+    from rpnet_pl.steps.cam_inference import write_cam
 
     cams, out = tmp_path / "cams", tmp_path / "ir"
     _cams(tiny_voc, cams)
@@ -182,7 +182,7 @@ def test_data_root_one_folder_above_or_inside_the_tree(tmp_path: Path, capsys) -
 def test_disk_full_while_writing_cams(tiny_voc: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """The second CAM file hits ENOSPC halfway: one line naming it, the first file complete, no partial
     or temporary file; after space is freed the re-run writes only the missing ones."""
-    from rpnet_pl.stages.cam_inference import cam_is_complete
+    from rpnet_pl.steps.cam_inference import cam_is_complete
 
     # as `rpnet fit` (LightningCLI) saves it: with the _instantiator key, which is not an init argument
     ckpt = _save(_classifier(), tmp_path / "classifier.ckpt", _instantiator="pytorch_lightning.cli.instantiate_module")

@@ -54,7 +54,7 @@ def _figure_run(root: Path, data: Path, ids: list[str]) -> Path:
 
     from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
     from rpnet_pl.utils.io import write_label_png
-    from rpnet_pl.stages.cam_inference import write_cam
+    from rpnet_pl.steps.cam_inference import write_cam
 
     run = root / "voc-rpnet"
     (run / "classifier").mkdir(parents=True)
@@ -286,7 +286,7 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
 def test_calibrated_thresholds_get_a_table_per_run_and_seed(tmp_path: Path) -> None:
     from rpnet_pl.pipeline import layout
     from rpnet_pl.results.report import calibration_table
-    from rpnet_pl.stages.calibration import write_calibration
+    from rpnet_pl.steps.calibration import write_calibration
 
     _fake_run(tmp_path, "fixed", "rpnet", 0.5, 0.6)
     assert "Calibrated thresholds" not in write_report(tmp_path)[1]  # no calibration.json: no table

@@ -13,7 +13,7 @@ from rpnet_pl import bench
 from rpnet_pl.utils.errors import CheckpointError, DatasetError
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.inference import run_per_image
+from rpnet_pl.steps.inference import run_per_image
 from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.stages.segmenter import SegmenterStage
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.stages.cam_inference import (cam_is_complete, cam_record, multiscale_cam, read_cam, strided_size,
+from rpnet_pl.steps.cam_inference import (cam_is_complete, cam_record, multiscale_cam, read_cam, strided_size,
                                            strided_up_size, write_cam)
 
 

@@ -18,8 +18,8 @@ from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import write_label_png
-from rpnet_pl.stages.cam_inference import cam_path, write_cam
-from rpnet_pl.stages.evaluate import (DEFAULT_THRESHOLDS, cam_result_line, evaluate_cams, evaluate_masks,
+from rpnet_pl.steps.cam_inference import cam_path, write_cam
+from rpnet_pl.steps.evaluate import (DEFAULT_THRESHOLDS, cam_result_line, evaluate_cams, evaluate_masks,
                                       foreground_precision_recall, format_report, masks_result_line,
                                       seg_result_line, sweep_edge)
 

@@ -11,8 +11,8 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import read_label_png
-from rpnet_pl.stages.cam_inference import cam_path, write_cam
-from rpnet_pl.stages.ir_labels import make_ir_labels
+from rpnet_pl.steps.cam_inference import cam_path, write_cam
+from rpnet_pl.steps.ir_labels import make_ir_labels
 
 A, B = "2007_000001", "2007_000002"  # A: {1}; B: {1, 2}
 

@@ -13,9 +13,9 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.data.transforms import eval_transform, to_chw
 from rpnet_pl.ops.metrics import confusion_matrix, miou
-from rpnet_pl.stages.eval_refinement import refinement_breakdown, refinement_steps
+from rpnet_pl.steps.eval_refinement import refinement_breakdown, refinement_steps
 from rpnet_pl.stages.refine import RefineStage
-from rpnet_pl.stages.cam_inference import read_cam, write_cam
+from rpnet_pl.steps.cam_inference import read_cam, write_cam
 
 # x4 bilinear (align_corners=False) of a 1D step [1, 1, 0, 0]: output i samples source (i + 0.5) / 4 - 0.5
 STEP_UP = np.array([1, 1, 1, 1, 1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0, 0, 0, 0, 0])

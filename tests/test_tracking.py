@@ -134,7 +134,7 @@ def test_step_scalars_are_what_every_logger_gets(tiny_voc: Path, tmp_path: Path)
                        "iou/aeroplane": 1.0}
     summary, _ = step_scalars("pseudo_masks", run / "pseudo_masks")
     assert summary == {"seconds": 2.0, "images": 4, "images_per_s": 2.0}
-    from rpnet_pl.stages.calibration import write_calibration  # a calibrated step: its thresholds too
+    from rpnet_pl.steps.calibration import write_calibration  # a calibrated step: its thresholds too
 
     write_calibration(run / "pseudo_masks" / "masks", {"best_threshold": 0.4, "best_miou": 0.6,
                                                         "used": {"bg_threshold": 0.4}})

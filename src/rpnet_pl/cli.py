@@ -359,7 +359,7 @@ def _classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
     """A classifier stage from its checkpoint on the CPU (no pretrained download), with the one-line
     errors of :func:`load_for_inference`; with ``method``, another method's checkpoint is one too."""
     from rpnet_pl.stages.classifier import ClassifierStage
-    from rpnet_pl.stages.inference import load_for_inference
+    from rpnet_pl.steps.inference import load_for_inference
 
     stage = load_for_inference(ClassifierStage, ckpt, "classifier", {})
     if method and stage.hparams.method != method:

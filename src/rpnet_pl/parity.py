@@ -141,7 +141,7 @@ def check_ir_labels(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> lis
 def check_cam_postprocess(c: Mapping[str, np.ndarray], mode: ParityMode = FP32) -> list[Check]:
     """``make_cam`` after the network -> our :func:`combine_scales` + :func:`max_normalise`."""
     from rpnet_pl.ops.cam import max_normalise
-    from rpnet_pl.stages.cam_inference import combine_scales
+    from rpnet_pl.steps.cam_inference import combine_scales
 
     outputs = [_t(c[f"output_{j}"]) for j in range(len(c["scales"]))]
     size = tuple(int(v) for v in c["image_size"])

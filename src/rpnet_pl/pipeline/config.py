@@ -9,7 +9,7 @@ Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML)
 
 ``thresholds: calibrated`` (default ``fixed``) sets the ``calibration_split`` of the ``ir_labels`` and
 ``pseudo_masks`` sections to ``calibration.split`` (default: the split ``eval_cam`` scores), so that both
-steps choose their thresholds on that labelled split (:mod:`rpnet_pl.stages.calibration`).
+steps choose their thresholds on that labelled split (:mod:`rpnet_pl.steps.calibration`).
 """
 from __future__ import annotations
 

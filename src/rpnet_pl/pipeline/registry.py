@@ -318,11 +318,11 @@ CAM = StepSpec(
     reads=(("ckpt", "classifier"),), output=layout.CAMS, devices=True)
 EVAL_CAM = StepSpec(
     "eval_cam", "evaluate", "mIoU of CAM seeds against the ground truth, over a threshold sweep",
-    command="eval-cam", options=EvalCamOptions, run="rpnet_pl.stages.evaluate:eval_cam_step",
+    command="eval-cam", options=EvalCamOptions, run="rpnet_pl.steps.evaluate:eval_cam_step",
     reads=(("cams", "cam"),), output=layout.METRICS)
 IR_LABELS_STEP = StepSpec(
     "ir_labels", "per_image", "IR labels (confident fg / bg / 255) from high-res CAMs, with denseCRF",
-    command="ir-labels", options=IRLabelsOptions, run="rpnet_pl.stages.ir_labels:ir_labels_step",
+    command="ir-labels", options=IRLabelsOptions, run="rpnet_pl.steps.ir_labels:ir_labels_step",
     reads=(("cams", "cam"),), output=layout.LABELS)
 REFINE = StepSpec(
     "refine", "train", "stage 2: IRN's boundary network, trained on the IR labels",
@@ -330,11 +330,11 @@ REFINE = StepSpec(
     reads=(("data.label_dir", "ir_labels"),), output=CHECKPOINT)
 PSEUDO_MASKS = StepSpec(
     "pseudo_masks", "per_image", "pseudo masks: boundary map -> random walk on the CAM seeds",
-    command="pseudo-masks", options=PseudoMasksOptions, run="rpnet_pl.stages.pseudo_masks:pseudo_masks_step",
+    command="pseudo-masks", options=PseudoMasksOptions, run="rpnet_pl.steps.pseudo_masks:pseudo_masks_step",
     reads=(("ckpt", "refine"), ("cams", "cam")), output=layout.MASKS, devices=True)
 EVAL_PSEUDO_MASKS = StepSpec(
     "eval_pseudo_masks", "evaluate", "mIoU of label PNGs (pseudo masks, predictions) against the ground truth",
-    command="eval-pseudo-masks", options=EvalMasksOptions, run="rpnet_pl.stages.evaluate:eval_masks_step",
+    command="eval-pseudo-masks", options=EvalMasksOptions, run="rpnet_pl.steps.evaluate:eval_masks_step",
     reads=(("masks", "pseudo_masks"),), output=layout.METRICS)
 SEGMENTER = StepSpec(
     "segmenter", "train", "stage 3: DeepLab trained on the pseudo masks",
@@ -360,7 +360,7 @@ TRAIN_STEPS: tuple[str, ...] = tuple(s.name for s in STEPS.values() if s.trains)
 EVAL_REFINEMENT = StepSpec(
     "eval_refinement", "evaluate", "diagnose boundary refinement: pseudo-mask mIoU and foreground share after "
     "each step (CAMs alone, x (1 - boundary), random walks of 2^e steps)",
-    command="eval-refinement", options=EvalRefinementOptions, run="rpnet_pl.stages.eval_refinement:eval_refinement_step")
+    command="eval-refinement", options=EvalRefinementOptions, run="rpnet_pl.steps.eval_refinement:eval_refinement_step")
 COMMANDS: dict[str, StepSpec] = {s.command: s for s in (*STEPS.values(), EVAL_REFINEMENT) if s.command}
 
 

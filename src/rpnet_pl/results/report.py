@@ -336,7 +336,7 @@ def overlay_rows(run: Path, threshold: float, n: int = 4) -> list[tuple[str, lis
     from rpnet_pl.data.classes import voc_palette
     from rpnet_pl.utils.errors import DatasetError
     from rpnet_pl.utils.io import read_image, read_label_png
-    from rpnet_pl.stages.cam_inference import read_cam
+    from rpnet_pl.steps.cam_inference import read_cam
     from rpnet_pl.stages.visuals import overlay_labels
 
     cams, masks = output_path(run, CAM.name), output_path(run, PSEUDO_MASKS.name)
@@ -369,7 +369,7 @@ def _row_labels(run: Path, ids: Sequence[str], threshold: float) -> list[np.ndar
     """The label maps shown in the overlay rows (ground truth, seeds, pseudo masks), for the legend."""
     from rpnet_pl.utils.errors import DatasetError
     from rpnet_pl.utils.io import read_label_png
-    from rpnet_pl.stages.cam_inference import read_cam
+    from rpnet_pl.steps.cam_inference import read_cam
 
     voc, out = _dataset_root(run), []
     for image_id in ids:

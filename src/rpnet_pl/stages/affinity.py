@@ -1,5 +1,5 @@
 """Deprecated: stage 2 is :mod:`rpnet_pl.stages.refine` (``RefineStage``) and its diagnostic
-:mod:`rpnet_pl.stages.eval_refinement`. The old names still import from here for one release, each
+:mod:`rpnet_pl.steps.eval_refinement`. The old names still import from here for one release, each
 with a one-line warning naming the new one."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ MOVED = {
     "irn_objective": ("rpnet_pl.stages.refine", "irn_objective"),
     "stride4_labels": ("rpnet_pl.stages.refine", "stride4_labels"),
     "nearest_indices": ("rpnet_pl.stages.refine", "nearest_indices"),
-    "refinement_steps": ("rpnet_pl.stages.eval_refinement", "refinement_steps"),
-    "refinement_breakdown": ("rpnet_pl.stages.eval_refinement", "refinement_breakdown"),
-    "format_breakdown": ("rpnet_pl.stages.eval_refinement", "format_breakdown"),
-    "BOUNDARY_SOURCES": ("rpnet_pl.stages.eval_refinement", "BOUNDARY_SOURCES"),
+    "refinement_steps": ("rpnet_pl.steps.eval_refinement", "refinement_steps"),
+    "refinement_breakdown": ("rpnet_pl.steps.eval_refinement", "refinement_breakdown"),
+    "format_breakdown": ("rpnet_pl.steps.eval_refinement", "format_breakdown"),
+    "BOUNDARY_SOURCES": ("rpnet_pl.steps.eval_refinement", "BOUNDARY_SOURCES"),
 }
 
 

@@ -18,7 +18,7 @@ from rpnet_pl.data.classes import class_names
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
-from rpnet_pl.stages.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
+from rpnet_pl.steps.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
@@ -194,7 +194,7 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
     images were processed. Under DDP each rank writes a disjoint share of the images. ``ckpt`` is a
     Lightning checkpoint of ours or a state dict saved by the public RPNet / IRN code (``backbone``:
     its backbone, read from the tensor shapes when not given)."""
-    from rpnet_pl.stages.inference import run_per_image
+    from rpnet_pl.steps.inference import run_per_image
 
     overrides = {"cam_out": str(out), "cam_scales": tuple(scales), "cam_flip": flip}
 

@@ -3,7 +3,7 @@
 Training (`rpnet fit refine`) learns IRNet's boundary (and displacement) branches from IR labels;
 prediction (`rpnet pseudo-masks`) turns a boundary map into a transition matrix and random-walks the
 CAM seeds into pseudo masks, one palette PNG per image (with ``--save-scores`` also the walk's scores,
-:mod:`rpnet_pl.stages.walk_scores`), skipping images whose outputs are already complete. (The
+:mod:`rpnet_pl.steps.walk_scores`), skipping images whose outputs are already complete. (The
 pair-label math of the boundary loss is :mod:`rpnet_pl.ops.affinity`.)
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
-from rpnet_pl.stages.cam_inference import read_cam
+from rpnet_pl.steps.cam_inference import read_cam
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.ir_labels import label_is_complete
+from rpnet_pl.steps.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
-from rpnet_pl.stages.walk_scores import mask_from_walk_scores, walk_scores_path, walk_scores_record, write_walk_scores
+from rpnet_pl.steps.walk_scores import mask_from_walk_scores, walk_scores_path, walk_scores_record, write_walk_scores
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, r
                       devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
     """`rpnet pseudo-masks`: pseudo masks for every image of ``split`` without complete outputs (a PNG,
     and with ``save_scores`` the walk's scores in ``out/scores``); returns how many images were processed."""
-    from rpnet_pl.stages.inference import image_shape, run_per_image
+    from rpnet_pl.steps.inference import image_shape, run_per_image
 
     scores_dir = layout.walk_scores_dir(out) if save_scores else None
     overrides = {"cams_dir": str(cams_dir), "out_dir": str(out), "rw_radius": radius, "rw_beta": beta,

@@ -20,7 +20,7 @@ from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.ir_labels import label_is_complete
+from rpnet_pl.steps.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
 from rpnet_pl.pipeline.registry import EvalSegOptions, PredictSegOptions
 
@@ -184,7 +184,7 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
     Returns (images processed, whether this process is global rank 0). Under DDP every rank waits for
     the others before returning, so rank 0 may then read all the predictions.
     """
-    from rpnet_pl.stages.inference import image_shape, run_per_image
+    from rpnet_pl.steps.inference import image_shape, run_per_image
 
     def done(reader: Any, i: str) -> bool:
         shape = image_shape(reader, i)
@@ -203,7 +203,7 @@ def eval_seg_step(o: EvalSegOptions) -> int:
     from rpnet_pl.pipeline.layout import METRICS
     from rpnet_pl.utils.io import write_json
     from rpnet_pl.utils.progress import progress_log
-    from rpnet_pl.stages.evaluate import evaluate_masks, format_report, seg_result_line
+    from rpnet_pl.steps.evaluate import evaluate_masks, format_report, seg_result_line
 
     out = Path(o.out)
     crf_dir = out / "pred_crf" if o.crf else None

@@ -4,7 +4,7 @@ From each image's high-res CAMs: background at ``fg_threshold`` (0.30) -> argmax
 and the same at ``bg_threshold`` (0.05); confident foreground from the first map, confident
 background from the second, 255 elsewhere. One VOC-palette PNG per image, written atomically.
 With ``calibration_split`` the two thresholds are chosen on a labelled split instead
-(:mod:`rpnet_pl.stages.calibration`).
+(:mod:`rpnet_pl.steps.calibration`).
 
 The work is per image and CPU bound (the CRF), so it runs on a process pool. It resumes: an
 image whose PNG exists, decodes and has the image's size is skipped; a corrupted one is redone.
@@ -31,8 +31,8 @@ from rpnet_pl.ops.cam import cam_to_ir_label
 from rpnet_pl.ops.crf import crf_inference_label
 from rpnet_pl.ops.params import IR_LABELS
 from rpnet_pl.utils.progress import CountProgress, progress_log
-from rpnet_pl.stages.calibration import calibrate_ir_labels, calibration_line, write_calibration
-from rpnet_pl.stages.cam_inference import cam_path, read_cam
+from rpnet_pl.steps.calibration import calibrate_ir_labels, calibration_line, write_calibration
+from rpnet_pl.steps.cam_inference import cam_path, read_cam
 from rpnet_pl.pipeline.registry import IRLabelsOptions
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def make_ir_labels(
 def ir_labels_step(o: IRLabelsOptions) -> int:
     """The ``ir_labels`` step (`rpnet ir-labels`): :func:`make_ir_labels` with the step's options; with
     ``calibration_split``, at the thresholds chosen on that split
-    (:func:`rpnet_pl.stages.calibration.calibrate_ir_labels`), recorded in ``OUT/calibration.json``."""
+    (:func:`rpnet_pl.steps.calibration.calibrate_ir_labels`), recorded in ``OUT/calibration.json``."""
     fg, bg, record = o.fg_threshold, o.bg_threshold, None
     if o.calibration_split is not None:
         record = calibrate_ir_labels(o.cams, o.root, o.dataset, o.calibration_split)

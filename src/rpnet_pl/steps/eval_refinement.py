@@ -1,7 +1,7 @@
 """Where boundary refinement gains or loses (`rpnet eval-refinement`): the pseudo masks of a split
 with ground truth after each step of the refinement (CAMs alone, damped by the boundary, random walks
 of growing length), with IRN's learned boundary or the ideal one drawn from the masks. A diagnosis
-of the Table I "+ BR" gain, beside the other evaluations of :mod:`rpnet_pl.stages.evaluate`."""
+of the Table I "+ BR" gain, beside the other evaluations of :mod:`rpnet_pl.steps.evaluate`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +15,8 @@ from rpnet_pl.ops.affinity import mask_boundary
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
 from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
-from rpnet_pl.stages.cam_inference import read_cam
-from rpnet_pl.stages.evaluate import json_number, per_class_json
+from rpnet_pl.steps.cam_inference import read_cam
+from rpnet_pl.steps.evaluate import json_number, per_class_json
 from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.pipeline.registry import REFINE, EvalRefinementOptions
 
@@ -118,7 +118,7 @@ def eval_refinement(ckpt: str | Path, cams_dir: str | Path, root: str, dataset: 
                     pad_to: int | None = RANDOM_WALK.pad_to) -> dict[str, Any]:
     """`rpnet eval-refinement`: :func:`refinement_breakdown` of a refine checkpoint with these
     random-walk settings (on the GPU when there is one)."""
-    from rpnet_pl.stages.inference import load_for_inference
+    from rpnet_pl.steps.inference import load_for_inference
 
     stage = load_for_inference(RefineStage, ckpt, REFINE.name, {"rw_radius": radius, "rw_beta": beta,
                                                            "bg_threshold": bg_threshold, "rw_pad_to": pad_to or None})

@@ -7,12 +7,12 @@ A calibrated step chooses them on the labelled images of a split, with the sweep
 steps run:
 
 * ``ir_labels``: eval-cam's sweep over the split's CAM seeds
-  (:func:`~rpnet_pl.stages.evaluate.evaluate_cams`) gives the best background threshold t*, and
+  (:func:`~rpnet_pl.steps.evaluate.evaluate_cams`) gives the best background threshold t*, and
   :func:`~rpnet_pl.ops.cam.ir_label_thresholds` the IR labels' two thresholds (2 t*, t* / 3);
 * ``pseudo_masks``: the walk's scores are kept (as ``--save-scores``), eval-pseudo-masks' sweep over
-  the split's scores (:func:`~rpnet_pl.stages.evaluate.sweep_walk_scores`) gives the best background
+  the split's scores (:func:`~rpnet_pl.steps.evaluate.sweep_walk_scores`) gives the best background
   threshold b*, and every mask is made at b* from its scores
-  (:func:`~rpnet_pl.stages.walk_scores.mask_from_walk_scores`, the masks the step makes at b*).
+  (:func:`~rpnet_pl.steps.walk_scores.mask_from_walk_scores`, the masks the step makes at b*).
 
 Each writes ``calibration.json`` beside its outputs (:func:`rpnet_pl.pipeline.layout.calibration_path`), once
 its outputs are complete: the split, the sweep (threshold -> mIoU), the best threshold and whether it
@@ -33,9 +33,9 @@ from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import write_json, write_label_png
 from rpnet_pl.ops.cam import ThresholdSweep, ir_label_thresholds
 from rpnet_pl.utils.progress import CountProgress
-from rpnet_pl.stages.cam_inference import cam_path
-from rpnet_pl.stages.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, sweep_json, sweep_walk_scores
-from rpnet_pl.stages.walk_scores import mask_from_walk_scores, read_walk_scores, walk_scores_path, write_walk_scores
+from rpnet_pl.steps.cam_inference import cam_path
+from rpnet_pl.steps.evaluate import DEFAULT_THRESHOLDS, evaluate_cams, sweep_json, sweep_walk_scores
+from rpnet_pl.steps.walk_scores import mask_from_walk_scores, read_walk_scores, walk_scores_path, write_walk_scores
 from rpnet_pl.pipeline.registry import IR_LABELS_STEP, PSEUDO_MASKS
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def calibration_record(step: str, split: str, dataset: str, n_images: int, sweep: dict[str, Any],
                        used: dict[str, float]) -> dict[str, Any]:
     """What ``calibration.json`` holds: the ``step`` and the ``split`` it calibrated on, the ``sweep``
-    (threshold -> mIoU, from a :func:`~rpnet_pl.stages.evaluate.sweep_json`), its ``best_threshold``,
+    (threshold -> mIoU, from a :func:`~rpnet_pl.steps.evaluate.sweep_json`), its ``best_threshold``,
     ``best_miou`` and ``best_at_edge`` ("low" / "high" / None), and the thresholds ``used``."""
     return {"step": step, "split": split, "dataset": dataset, "n_images": n_images,
             "sweep": {t: v["miou"] for t, v in sweep["thresholds"].items()},
@@ -74,7 +74,7 @@ def calibration_line(record: dict[str, Any]) -> str:
 # -- ir_labels ------------------------------------------------------------------------------------
 def calibrate_ir_labels(cams_dir: str | Path, root: str | Path, dataset: DatasetName, split: str) -> dict[str, Any]:
     """The IR labels' thresholds chosen on ``split``: eval-cam's sweep over its labelled images' CAMs
-    (:func:`~rpnet_pl.stages.evaluate.evaluate_cams`, high-res CAMs, the default thresholds) gives t*,
+    (:func:`~rpnet_pl.steps.evaluate.evaluate_cams`, high-res CAMs, the default thresholds) gives t*,
     :func:`~rpnet_pl.ops.cam.ir_label_thresholds` the two thresholds. Returns the
     :func:`calibration_record` (``used``: ``fg_threshold``, ``bg_threshold``). An image of the split
     without a CAM file is a DatasetError before the sweep."""
@@ -110,7 +110,7 @@ def calibrate_walk(masks_dir: str | Path, root: str | Path, dataset: DatasetName
                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     """The walk's background threshold chosen on ``split``: eval-pseudo-masks' sweep over the saved
     scores (``<masks>/scores``) of its labelled images, each thresholded as the step does it
-    (:func:`~rpnet_pl.stages.evaluate.sweep_walk_scores`). Returns the :func:`calibration_record`
+    (:func:`~rpnet_pl.steps.evaluate.sweep_walk_scores`). Returns the :func:`calibration_record`
     (``used``: ``bg_threshold``, the best threshold b*)."""
     reader = build_reader(dataset, root, split, weak=True)
     scores_dir = layout.walk_scores_dir(masks_dir)
@@ -126,7 +126,7 @@ def calibrate_walk(masks_dir: str | Path, root: str | Path, dataset: DatasetName
 
 def remake_masks(masks_dir: str | Path, ids: Sequence[str], bg: float) -> int:
     """Make each image's pseudo mask at background threshold ``bg`` from its saved scores, as the step
-    makes it (:func:`~rpnet_pl.stages.walk_scores.mask_from_walk_scores`), and record ``bg`` in the scores
+    makes it (:func:`~rpnet_pl.steps.walk_scores.mask_from_walk_scores`), and record ``bg`` in the scores
     file (so that eval-pseudo-masks finds the mask its scores give). An image whose scores already say
     ``bg`` is left as it is: the mask is written before the scores, so an interrupted pass redoes only
     what it had not finished. Returns how many masks were written."""

@@ -1,6 +1,6 @@
 """Evaluate CAM seeds and label maps against the ground truth (IRN's eval_cam / eval_sem_seg; our
 steps eval_cam / eval_pseudo_masks / eval_seg). The refinement diagnostic lives beside it, in
-:mod:`rpnet_pl.stages.eval_refinement`.
+:mod:`rpnet_pl.steps.eval_refinement`.
 
 * :func:`evaluate_cams`: spec "CAM inference and evaluation": prepend a constant background
   channel (the threshold) to the normalised CAMs, argmax, one confusion matrix over the split
@@ -8,7 +8,7 @@ steps eval_cam / eval_pseudo_masks / eval_seg). The refinement diagnostic lives 
 * :func:`evaluate_masks`: label PNGs (pseudo masks, IR labels, DeepLab predictions) against the
   ground truth (the paper's Table I "+BR" pseudo-mask figure and the val/test mIoU); beside pseudo
   masks made with ``--save-scores``, also a background-threshold sweep over the walk's saved scores
-  (:mod:`rpnet_pl.stages.walk_scores`), laid out as the seeds' sweep.
+  (:mod:`rpnet_pl.steps.walk_scores`), laid out as the seeds' sweep.
 
 Both return plain JSON-ready dicts (nan -> None); :func:`format_report` renders one as text, and
 :func:`cam_result_line` / :func:`masks_result_line` / :func:`seg_result_line` the one line each
@@ -34,8 +34,8 @@ from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_co
 from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
 from rpnet_pl.utils.progress import CountProgress, progress_log
 from rpnet_pl.pipeline.seeds import format_pct
-from rpnet_pl.stages.cam_inference import cam_path, read_cam
-from rpnet_pl.stages.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
+from rpnet_pl.steps.cam_inference import cam_path, read_cam
+from rpnet_pl.steps.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
 from rpnet_pl.pipeline.registry import EvalCamOptions, EvalMasksOptions
 
 # 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
@@ -97,7 +97,7 @@ def evaluate_cams(
 ) -> dict[str, Any]:
     """mIoU of the CAM seeds of ``split`` for each background threshold (spec "Eval").
 
-    Reads ``cams_dir/ID.npy`` (see :func:`rpnet_pl.stages.cam_inference.read_cam`) for every
+    Reads ``cams_dir/ID.npy`` (see :func:`rpnet_pl.steps.cam_inference.read_cam`) for every
     labelled image of the split and its ground-truth mask. Returns ``{"split", "dataset",
     "n_images", "thresholds": {"0.15": {"miou", "per_class"}}, "best_threshold", "best_miou",
     "per_class_iou", "precision", "recall"}`` (the last three per class name, at the best

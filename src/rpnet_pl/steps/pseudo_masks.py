@@ -1,15 +1,15 @@
 """The ``pseudo_masks`` step (`rpnet pseudo-masks`): the random walk of :mod:`rpnet_pl.stages.refine` over
 a split, and with ``calibration_split`` its background threshold chosen on a labelled split
-(:mod:`rpnet_pl.stages.calibration`).
+(:mod:`rpnet_pl.steps.calibration`).
 """
 from __future__ import annotations
 
 from rpnet_pl.pipeline import layout
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.progress import progress_log
-from rpnet_pl.stages.calibration import (calibrate_walk, calibration_line, check_calibration_inside, remake_masks,
+from rpnet_pl.steps.calibration import (calibrate_walk, calibration_line, check_calibration_inside, remake_masks,
                                          write_calibration)
-from rpnet_pl.stages.inference import is_global_zero
+from rpnet_pl.steps.inference import is_global_zero
 from rpnet_pl.stages.refine import make_pseudo_masks
 from rpnet_pl.pipeline.registry import PseudoMasksOptions
 
