@@ -1,1 +1,1 @@
-"""One LightningModule per stage (classifier, refine, segmenter) and their per-image inference steps."""
+"""One LightningModule per training stage (classifier, refine, segmenter) on one base (common), their checkpoints and callbacks (seed_monitor, visuals)."""
