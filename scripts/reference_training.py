@@ -86,6 +86,9 @@ class Recipe:
     cam_epochs: int = 5
     irn_batch: int = 32
     irn_epochs: int = 3
+    #: SGD momentum of both optimisers; None: the reference's own (``PolyOptimizer`` passes its weight
+    #: decay, 1e-4, into SGD's momentum slot). 0.9 is a from-scratch switch, set on both sides.
+    momentum: float | None = None
 
     @property
     def long_side(self) -> tuple[int, int]:
@@ -168,7 +171,7 @@ def reference_on_cpu(ref: Path, work: Path, recipe: Recipe) -> Iterator[dict[str
     torch.cuda.device_count = lambda: 1
     try:
         modules = {n: importlib.import_module(n) for n in (
-            "net.resnext", "net.resnet50", "net.resnet50_cam", "net.resnet50_irn", "voc12.dataloader",
+            "net.resnext", "net.resnet50", "net.resnet50_cam", "net.resnet50_irn", "voc12.dataloader", "misc.torchutils",
             *(f"step.{s}" for s in REFERENCE_STEPS))}
         patch_reference(modules, recipe)
         yield modules
@@ -205,6 +208,16 @@ def patch_reference(m: dict[str, types.ModuleType], recipe: Recipe) -> None:
 
     voc.VOC12ClassificationDataset = scaled_classification
     m["step.make_sem_seg_labels"].DataLoader = size_as_one_tensor_loader
+    if recipe.momentum is not None:
+        poly = m["misc.torchutils"].PolyOptimizer
+        built = poly.__init__
+
+        def with_momentum(self: Any, *args: Any, **kwargs: Any) -> None:
+            built(self, *args, **kwargs)
+            for group in self.param_groups:
+                group["momentum"] = recipe.momentum
+
+        poly.__init__ = with_momentum
     no_device = types.SimpleNamespace(device=lambda index: contextlib.nullcontext())
     for step in REFERENCE_STEPS:
         module = m[f"step.{step}"]
@@ -337,8 +350,8 @@ if os.environ.get("RPNET_REFERENCE_BLOCKS"):
 
 
 def our_experiment(init: dict[str, Path], data: Path, recipe: Recipe) -> dict[str, Any]:
-    """``base.yaml`` with the run's sizes, epochs and initial weights, nothing else."""
-    return {
+    """``base.yaml`` with the run's sizes, epochs, initial weights (and momentum, when set), nothing else."""
+    experiment = {
         "extends": str(ROOT / "experiments" / "base.yaml"),
         "name": "ours",
         "dataset": {"root": str(data)},
@@ -351,6 +364,10 @@ def our_experiment(init: dict[str, Path], data: Path, recipe: Recipe) -> dict[st
                    "trainer": {"max_epochs": recipe.irn_epochs}},
         "pseudo_masks": {"pad_to": recipe.crop},
     }
+    if recipe.momentum is not None:
+        for stage in ("classifier", "refine"):
+            experiment[stage]["model"]["momentum"] = recipe.momentum
+    return experiment
 
 
 def run_our_chain(data: Path, work: Path, init: dict[str, Path], recipe: Recipe, seed: int) -> Path:
@@ -378,15 +395,27 @@ def score(data: Path, cams: Path, ir_labels: Path, masks: Path) -> dict[str, flo
     """The same scores for either side's outputs on the ``train`` split: the CAM seeds' best mIoU and
     its background threshold, the IR labels' confident-foreground precision and recall (pixels they
     leave out ignored), the pseudo masks' mIoU; percentages."""
+    from rpnet_pl.data.datasets import build_reader
     from rpnet_pl.steps.evaluate import evaluate_cams, evaluate_masks, foreground_precision_recall
 
     cam = evaluate_cams(cams, data, split=EVAL_SPLIT)
+    ids = build_reader("voc", data, EVAL_SPLIT).ids
     ir = evaluate_masks(ir_labels, data, split=EVAL_SPLIT, ignore_pred=True)
     precision, recall = foreground_precision_recall(ir["confusion"])
     pm = evaluate_masks(masks, data, split=EVAL_SPLIT)
     return {"cam_miou": 100 * cam["best_miou"], "cam_threshold": cam["best_threshold"],
             "ir_precision": 100 * precision, "ir_recall": 100 * recall, "pseudo_miou": 100 * pm["miou"],
-            "refinement_change": 100 * (pm["miou"] - cam["best_miou"])}
+            "refinement_change": 100 * (pm["miou"] - cam["best_miou"]),
+            "flat_cams": 100 * float(np.mean([flat_cams(cams / f"{i}.npy") for i in ids]))}
+
+
+def flat_cams(path: Path) -> bool:
+    """Whether an image's CAMs are flat: each class map zero everywhere or positive everywhere on the
+    stride-4 grid (a classifier that has not learnt where its classes are)."""
+    from rpnet_pl.utils.io import load_npy
+
+    cams = np.asarray(load_npy(path)["cam"], dtype=np.float32)
+    return bool(all((c > 0).all() or (c <= 0).all() for c in cams))
 
 
 def cams_with_class_ids(reference: Path, out: Path) -> Path:
@@ -405,7 +434,7 @@ def cams_with_class_ids(reference: Path, out: Path) -> Path:
 
 COLUMNS = (("cam_miou", "CAM seeds mIoU"), ("ir_precision", "IR labels fg precision"),
            ("ir_recall", "IR labels fg recall"), ("pseudo_miou", "pseudo masks mIoU"),
-           ("refinement_change", "pseudo masks - seeds"))
+           ("refinement_change", "pseudo masks - seeds"), ("flat_cams", "flat CAMs (% of images)"))
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -438,7 +467,9 @@ def reusable(path: Path, recipe: Recipe, data: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    same = stored.get("recipe") == json.loads(json.dumps(asdict(recipe))) and stored.get("data") == str(data.resolve())
+    made_with = {**asdict(Recipe()), **stored.get("recipe", {})}  # keys added since: their defaults
+    same = json.loads(json.dumps(made_with)) == json.loads(json.dumps(asdict(recipe))) and \
+        stored.get("data") == str(data.resolve())
     return stored if same else None
 
 
@@ -448,32 +479,45 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def side_scores(data: Path, out: Path, side: str, seed: int) -> dict[str, float]:
+    """:func:`score` of one side's outputs of one seed (the reference's CAM files renumbered first)."""
+    from rpnet_pl.pipeline.registry import output_path
+    from rpnet_pl.pipeline.seeds import seed_dir_name
+
+    if side == "reference":
+        res = out / "reference" / f"seed{seed}" / "result"
+        return score(data, cams_with_class_ids(res / "cam", res / "cam_class_ids"), res / "ir_label", res / "sem_seg")
+    run = out / "ours" / f"seed{seed}" / "runs" / "ours" / seed_dir_name(seed)
+    return score(data, output_path(run, "cam"), output_path(run, "ir_labels"), output_path(run, "pseudo_masks"))
+
+
 def one_seed(ref: Path, data: Path, out: Path, recipe: Recipe, seed: int, sides: Sequence[str]) -> dict[str, Any]:
-    """Both sides of one seed (the reference's in a child process of its own); their results."""
+    """Both sides of one seed (the reference's in a child process of its own); their results. A stored
+    result of the same recipe is reused, re-scored from its outputs when it lacks a column."""
     ref_work = out / "reference" / f"seed{seed}"
     found = {side: reusable(result_path(out, side, seed), recipe, data) for side in sides}
     init = {"classifier": ref_work / "init" / "classifier.pth", "irn": ref_work / "init" / "irn.pth"}
     common = {"seed": seed, "recipe": asdict(recipe), "data": str(data.resolve())}
+    for side in sides:
+        if found[side] is not None and not all(key in found[side]["scores"] for key, _ in COLUMNS):
+            found[side]["scores"] = side_scores(data, out, side, seed)
+            write_json(result_path(out, side, seed), found[side])
     if "reference" in sides and found["reference"] is None:
         ref_work.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, __file__, str(ref), str(data), "--out", str(out), "--seeds", str(seed),
                         "--crop", str(recipe.crop), "--blocks", *map(str, recipe.blocks),
                         "--cam-epochs", str(recipe.cam_epochs), "--irn-epochs", str(recipe.irn_epochs),
                         "--cam-batch", str(recipe.cam_batch), "--irn-batch", str(recipe.irn_batch),
+                        *(["--momentum", str(recipe.momentum)] if recipe.momentum is not None else []),
                         "--child-reference"], check=True)
-        res = ref_work / "result"
-        cams = cams_with_class_ids(res / "cam", res / "cam_class_ids")
-        found["reference"] = {**common, "scores": score(data, cams, res / "ir_label", res / "sem_seg")}
+        found["reference"] = {**common, "scores": side_scores(data, out, "reference", seed)}
         write_json(result_path(out, "reference", seed), found["reference"])
     if "ours" in sides and found["ours"] is None:
         if not all(p.is_file() for p in init.values()):
             raise SystemExit(f"error: {ref_work / 'init'}: no initial weights of seed {seed}; run the reference "
                              "side of this seed first (--sides reference ours)")
-        run = run_our_chain(data, out / "ours" / f"seed{seed}", init, recipe, seed)
-        from rpnet_pl.pipeline.registry import output_path
-
-        found["ours"] = {**common, "scores": score(data, output_path(run, "cam"), output_path(run, "ir_labels"),
-                                                    output_path(run, "pseudo_masks"))}
+        run_our_chain(data, out / "ours" / f"seed{seed}", init, recipe, seed)
+        found["ours"] = {**common, "scores": side_scores(data, out, "ours", seed)}
         write_json(result_path(out, "ours", seed), found["ours"])
     return found
 
@@ -491,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--irn-epochs", type=int, default=Recipe.irn_epochs)
     p.add_argument("--cam-batch", type=int, default=Recipe.cam_batch)
     p.add_argument("--irn-batch", type=int, default=Recipe.irn_batch)
+    p.add_argument("--momentum", type=float, help="SGD momentum of both sides' optimisers (default: the reference's)")
     p.add_argument("--markdown", type=Path, help="write the table here too")
     p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -500,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.data.is_dir()):
         raise SystemExit(f"error: {args.data}: no such dataset folder")
     recipe = Recipe(crop=args.crop, blocks=tuple(args.blocks), cam_batch=args.cam_batch, cam_epochs=args.cam_epochs,
-                    irn_batch=args.irn_batch, irn_epochs=args.irn_epochs)
+                    irn_batch=args.irn_batch, irn_epochs=args.irn_epochs, momentum=args.momentum)
     if args.child_reference:
         for seed in args.seeds:
             run_reference_chain(args.ref_dir.resolve(), args.data.resolve(), (args.out / "reference" / f"seed{seed}").resolve(),

@@ -122,7 +122,7 @@ def test_cli_bench_writes_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     printed = capsys.readouterr().out
     assert "| classifier (CAM baseline) | train |" in printed and "images/s" in printed
     text = out.read_text()
-    assert text.count("\n## ") == 2 and "profile `cpu` on cpu" in text
+    assert text.count("\n## ") == 1 and "profile `cpu` on cpu" in text  # the second run replaced the first
     assert "`rpnet bench --profile cpu --device cpu --iters 1 --warmup 0 --cases classifier-cam cam --out" in text
 
 

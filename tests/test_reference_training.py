@@ -86,6 +86,13 @@ class EdgeDisplacement(Net):
         super(EdgeDisplacement, self).__init__()
         self.crop_size = crop_size
 """,
+    "misc/torchutils.py": """
+import torch
+class PolyOptimizer(torch.optim.SGD):
+    def __init__(self, params, lr, weight_decay, max_step, momentum=0.9):
+        super().__init__(params, lr, weight_decay)
+        self.max_step = max_step
+""",
     "misc/indexing.py": """
 class PathIndex:
     def __init__(self, radius=5, default_size=(128, 128)):
@@ -112,14 +119,18 @@ class VOC12ClassificationDataset:
     "step/train_cam.py": """
 import importlib, json, torch
 import voc12.dataloader
+from misc import torchutils
 def run(args):
     model = getattr(importlib.import_module(args.cam_network), 'Net_CAM')()
+    optimizer = torchutils.PolyOptimizer([{'params': list(model.parameters()), 'lr': 0.1}], lr=0.1,
+                                         weight_decay=args.cam_weight_decay, max_step=10)
     data = voc12.dataloader.VOC12ClassificationDataset(args.train_list, voc12_root=args.voc12_root,
                                                        resize_long=(320, 640), hor_flip=True, crop_size=512,
                                                        crop_method='random')
     seen = {'classes': model.classifierx.out_channels, 'down': model.downsample.out_channels,
             'layers': model.resnet50.layers, 'resize_long': list(data.resize_long), 'crop': data.crop_size,
-            'images': len(data.names), 'init': float(model.classifierx.weight.abs().sum())}
+            'images': len(data.names), 'init': float(model.classifierx.weight.detach().abs().sum()),
+            'momentum': [g['momentum'] for g in optimizer.param_groups]}
     with open('seen_train_cam.json', 'w') as f:
         json.dump(seen, f)
     torch.save(model.state_dict(), args.cam_weights_name + '.pth')
@@ -237,16 +248,31 @@ def test_mean_std_and_table() -> None:
     text = rt.table({"reference": [{"seed": 0, "scores": scores(10.0)}, {"seed": 1, "scores": scores(14.0)}],
                      "ours": [{"seed": 0, "scores": scores(12.0)}]}, "synthetic-voc")
     rows = text.splitlines()
-    assert rows[2] == "| synthetic-voc | reference | 0, 1 | " + " | ".join(["12.0 ± 2.8"] * 5) + " |"
-    assert rows[3] == "| synthetic-voc | ours | 0 | " + " | ".join(["12.0"] * 5) + " |"
+    assert rows[2] == "| synthetic-voc | reference | 0, 1 | " + " | ".join(["12.0 ± 2.8"] * 6) + " |"
+    assert rows[3] == "| synthetic-voc | ours | 0 | " + " | ".join(["12.0"] * 6) + " |"
+
+
+def test_flat_cams(tmp_path: Path) -> None:
+    from rpnet_pl.utils.io import save_npy
+
+    def cams(*maps):
+        save_npy(tmp_path / "c.npy", {"keys": np.arange(1, len(maps) + 1), "cam": np.stack(maps).astype(np.float32),
+                                      "high_res": np.stack(maps)})
+        return rt.flat_cams(tmp_path / "c.npy")
+
+    zero, full, part = np.zeros((3, 4)), np.full((3, 4), 0.7), np.eye(3, 4)
+    assert cams(zero) and cams(full) and cams(zero, full)
+    assert not cams(part) and not cams(full, part)
 
 
 def test_ours_experiment_changes_only_sizes_epochs_and_weights(tmp_path: Path) -> None:
     init = {"classifier": tmp_path / "c.pth", "irn": tmp_path / "i.pth"}
-    exp = rt.our_experiment(init, tmp_path, rt.Recipe(crop=128, cam_epochs=7))
+    assert "momentum" not in rt.our_experiment(init, tmp_path, rt.Recipe())["refine"]["model"]
+    assert rt.our_experiment(init, tmp_path, rt.Recipe(momentum=0.9))["refine"]["model"]["momentum"] == 0.9
+    exp = rt.our_experiment(init, tmp_path, rt.Recipe(crop=128, cam_epochs=7, momentum=0.9))
     assert exp["classifier"]["data"]["long_side"] == [80, 160] and exp["classifier"]["data"]["crop_size"] == 128
     assert exp["classifier"]["trainer"] == {"max_epochs": 7}
-    assert exp["classifier"]["model"] == {"pretrained": False, "weights": str(init["classifier"])}
+    assert exp["classifier"]["model"] == {"pretrained": False, "weights": str(init["classifier"]), "momentum": 0.9}
     assert exp["refine"]["model"]["weights"] == str(init["irn"]) and exp["pseudo_masks"] == {"pad_to": 128}
     assert set(exp) == {"extends", "name", "dataset", "classifier", "refine", "pseudo_masks"}
 
@@ -274,8 +300,9 @@ def test_reference_side_on_the_stand_in(synth: Path, tmp_path: Path, capsys) -> 
     s = result["scores"]
     assert s["cam_miou"] == pytest.approx(100.0) and s["pseudo_miou"] == pytest.approx(100.0)
     assert s["ir_precision"] == pytest.approx(100.0) and s["ir_recall"] == pytest.approx(100.0)
-    assert s["refinement_change"] == pytest.approx(0.0)
-    assert "| reference | 0 | 100.0 | 100.0 | 100.0 | 100.0 | 0.0 |" in (tmp_path / "t.md").read_text()
+    assert s["refinement_change"] == pytest.approx(0.0) and s["flat_cams"] == 0.0
+    assert "| reference | 0 | 100.0 | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 |" in (tmp_path / "t.md").read_text()
+    assert seen["momentum"] == [1e-4]  # PolyOptimizer's quirk: its weight decay in SGD's momentum slot
 
     # the same recipe again: the stored result, nothing re-run; another recipe: run again
     (work / "seen_train_cam.json").unlink()
@@ -284,6 +311,17 @@ def test_reference_side_on_the_stand_in(synth: Path, tmp_path: Path, capsys) -> 
     assert rt.main(argv + ["--cam-epochs", "2"]) == 0
     assert (work / "seen_train_cam.json").exists()
     assert json.loads((work / "result.json").read_text())["recipe"]["cam_epochs"] == 2
+    # a result stored before a column existed is re-scored from its outputs, not re-run
+    stored = json.loads((work / "result.json").read_text())
+    del stored["scores"]["flat_cams"], stored["recipe"]["momentum"]  # as an older version wrote it
+    (work / "result.json").write_text(json.dumps(stored))
+    (work / "seen_train_cam.json").unlink()
+    assert rt.main(argv + ["--cam-epochs", "2"]) == 0
+    assert not (work / "seen_train_cam.json").exists()
+    assert json.loads((work / "result.json").read_text())["scores"]["flat_cams"] == 0.0
+    # the momentum switch reaches the reference's optimiser
+    assert rt.main(argv + ["--momentum", "0.9"]) == 0
+    assert json.loads((work / "seen_train_cam.json").read_text())["momentum"] == [0.9]
 
 
 def test_ours_without_the_reference_s_initial_weights_is_one_line(synth: Path, tmp_path: Path) -> None:
