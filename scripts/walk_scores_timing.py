@@ -7,7 +7,7 @@ re-running the pseudo-mask step once per threshold (and scoring each run), on a 
 The CAMs are made from the ground truth (each class's mask averaged over 4x4 cells, plus uniform noise)
 and the refine network is randomly initialised: neither changes what is timed (a boundary pass, the
 walk, the files), only the mIoU. Each step run goes through `rpnet pseudo-masks`'s own function
-(:func:`rpnet_pl.stages.refine.make_pseudo_masks`, Lightning and all) on the CPU. Prints one JSON object:
+(:func:`rpnet_pl.steps.pseudo_masks.make_pseudo_masks`, Lightning and all) on the CPU. Prints one JSON object:
 seconds of the step with and without ``save_scores``, of the sweep over the saved scores, of the
 re-runs (each a step run + ``evaluate_masks``), the speed-up, the bytes a scores file takes, and how
 far the sweep's mIoU lies from the re-runs' (the re-runs threshold float32 scores, the sweep float16).
@@ -31,7 +31,8 @@ from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.steps.cam_inference import write_cam
 from rpnet_pl.steps.evaluate import DEFAULT_THRESHOLDS, evaluate_masks
-from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
+from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
 
 
 def write_gt_cams(root: str, split: str, out: Path, seed: int = 0) -> None:

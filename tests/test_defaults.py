@@ -131,7 +131,8 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     from rpnet_pl.models.irn import IRN_INFER_PAD
     from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw, transition_matrix_sparse
     from rpnet_pl.steps.eval_refinement import eval_refinement, refinement_breakdown, refinement_steps
-    from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
+    from rpnet_pl.stages.refine import RefineStage
+    from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
 
     op = _signature_defaults(propagate_cams)
     assert (op["radius"], op["beta"], op["exp_times"]) == (RANDOM_WALK.radius, RANDOM_WALK.beta, RANDOM_WALK.exp_times)

@@ -286,7 +286,7 @@ def test_eval_seg_step_logs_its_result_line(tiny_voc: Path, tmp_path: Path, monk
     """Predictions equal to the ground truth, CRF predictions all background. With CRF, by hand:
     background IoU 1120 / 1200 (every labelled pixel called background), classes 1, 2 and 15 IoU 0
     -> mIoU 0.9333 / 4 = 23.3%."""
-    from rpnet_pl.stages import segmenter
+    from rpnet_pl.steps import segmentation
     from rpnet_pl.pipeline.registry import EvalSegOptions
 
     def fake_predict(ckpt, pred_dir, root, dataset, split, crf_dir=None, **kw):
@@ -297,8 +297,8 @@ def test_eval_seg_step_logs_its_result_line(tiny_voc: Path, tmp_path: Path, monk
             write_label_png(Path(crf_dir) / f"{i}.png", np.zeros_like(gt), voc_palette())
         return len(reader.ids), True
 
-    monkeypatch.setattr(segmenter, "predict_segmentation", fake_predict)
+    monkeypatch.setattr(segmentation, "predict_segmentation", fake_predict)
     with caplog.at_level(logging.INFO, logger="rpnet_pl.progress"):
-        assert segmenter.eval_seg_step(EvalSegOptions(ckpt="unused.ckpt", out=str(tmp_path / "seg"),
-                                                      root=str(tiny_voc), split="val")) == 0
+        assert segmentation.eval_seg_step(EvalSegOptions(ckpt="unused.ckpt", out=str(tmp_path / "seg"),
+                                                         root=str(tiny_voc), split="val")) == 0
     assert _result_lines(caplog) == ["segmenter mIoU 100.0% without CRF, 23.3% with CRF (4 images, split val)"]

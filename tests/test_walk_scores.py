@@ -17,7 +17,8 @@ from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.random_walk import labels_from_scores, sem_seg_from_rw, walk_scores_at_image_size
 from rpnet_pl.steps.cam_inference import write_cam
 from rpnet_pl.steps.evaluate import evaluate_masks, format_report
-from rpnet_pl.stages.refine import RefineStage, make_pseudo_masks
+from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
 from rpnet_pl.steps.walk_scores import (mask_from_walk_scores, read_walk_scores, walk_scores_path,
                                          walk_scores_record, write_walk_scores)
 

@@ -89,5 +89,9 @@ PROB_CRF = ProbCRFParams()
 CAM_INFERENCE = CAMInferenceParams()
 SEG_INFERENCE = SegInferenceParams()
 
+#: ``rpnet eval-cam``'s background-threshold sweep (also the calibration's and the seed monitor's):
+#: 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
+
 #: ``rpnet eval-refinement``: the walks of ``2 ** e`` steps it scores by default.
 REFINEMENT_EXP_TIMES: tuple[int, ...] = (0, 2, 8)

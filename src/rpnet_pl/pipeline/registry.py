@@ -314,7 +314,7 @@ CLASSIFIER = StepSpec(
     output=CHECKPOINT)
 CAM = StepSpec(
     "cam", "per_image", "multi-scale + flip CAM seeds of a split from a classifier checkpoint",
-    command="cam", options=CamOptions, run="rpnet_pl.stages.classifier:cam_step",
+    command="cam", options=CamOptions, run="rpnet_pl.steps.cam:cam_step",
     reads=(("ckpt", "classifier"),), output=layout.CAMS, devices=True)
 EVAL_CAM = StepSpec(
     "eval_cam", "evaluate", "mIoU of CAM seeds against the ground truth, over a threshold sweep",
@@ -342,11 +342,11 @@ SEGMENTER = StepSpec(
     reads=(("data.label_dir", "pseudo_masks"),), output=CHECKPOINT)
 EVAL_SEG = StepSpec(
     "eval_seg", "evaluate", "segmenter mIoU with and without denseCRF",
-    command="eval-seg", options=EvalSegOptions, run="rpnet_pl.stages.segmenter:eval_seg_step",
+    command="eval-seg", options=EvalSegOptions, run="rpnet_pl.steps.segmentation:eval_seg_step",
     reads=(("ckpt", "segmenter"),), devices=True)
 PREDICT_SEG = StepSpec(
     "predict_seg", "export", "segmenter predictions for the benchmark",
-    command="predict-seg", options=PredictSegOptions, run="rpnet_pl.stages.segmenter:predict_seg_step",
+    command="predict-seg", options=PredictSegOptions, run="rpnet_pl.steps.segmentation:predict_seg_step",
     reads=(("ckpt", "segmenter"),), devices=True, optional_split=True)
 
 #: Every step, in the order of a run.

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 #: old name -> (new module, new name)
 MOVED = {
     "AffinityStage": ("rpnet_pl.stages.refine", "RefineStage"),
-    "make_sem_seg_labels": ("rpnet_pl.stages.refine", "make_pseudo_masks"),
+    "make_sem_seg_labels": ("rpnet_pl.steps.pseudo_masks", "make_pseudo_masks"),
     "irn_losses": ("rpnet_pl.stages.refine", "irn_losses"),
     "irn_objective": ("rpnet_pl.stages.refine", "irn_objective"),
     "stride4_labels": ("rpnet_pl.stages.refine", "stride4_labels"),

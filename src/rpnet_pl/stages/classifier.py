@@ -17,12 +17,11 @@ import torch
 from rpnet_pl.data.classes import class_names
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import build_classifier
-from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, is_reference_checkpoint, read_state_dict
+from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, read_state_dict
 from rpnet_pl.steps.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
-from rpnet_pl.pipeline.registry import CamOptions
 from rpnet_pl.ops.params import CAM_INFERENCE
 
 log = logging.getLogger(__name__)
@@ -186,31 +185,3 @@ def reference_classifier_args(ckpt: str | Path, backbone: str | None = None) -> 
         args["num_classes"] = int(names["classifier.weight"].shape[0])
     return args
 
-
-def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc", split: str = "train_aug",
-              scales: tuple[float, ...] = CAM_INFERENCE.scales, flip: bool = True, devices: int | str = "auto",
-              num_nodes: int = 1, accelerator: str = "auto", backbone: str | None = None) -> int:
-    """`rpnet cam`: write the CAM file of every image of ``split`` that has none yet; returns how many
-    images were processed. Under DDP each rank writes a disjoint share of the images. ``ckpt`` is a
-    Lightning checkpoint of ours or a state dict saved by the public RPNet / IRN code (``backbone``:
-    its backbone, read from the tensor shapes when not given)."""
-    from rpnet_pl.steps.inference import run_per_image
-
-    overrides = {"cam_out": str(out), "cam_scales": tuple(scales), "cam_flip": flip}
-
-    def from_reference() -> ClassifierStage:  # sess/res50_cam.pth of the public RPNet / IRN code
-        return ClassifierStage(**reference_classifier_args(ckpt, backbone), **overrides)
-
-    build = from_reference if Path(ckpt).is_file() and is_reference_checkpoint(ckpt) else None
-    todo, _ = run_per_image(ClassifierStage, ckpt, "classifier", overrides, root=root, dataset=dataset, split=split,
-                            done=lambda reader, i: cam_is_complete(cam_path(out, i)), devices=devices,
-                            num_nodes=num_nodes, accelerator=accelerator, build=build)
-    return todo
-
-
-def cam_step(o: CamOptions) -> int:
-    """The ``cam`` step (`rpnet cam`): :func:`make_cams` with the step's options."""
-    n = make_cams(o.ckpt, o.out, root=o.root, dataset=o.dataset, split=o.split, scales=o.scales, flip=o.flip,
-                  devices=o.lightning_devices, num_nodes=o.num_nodes, accelerator=o.accelerator, backbone=o.backbone)
-    print(f"wrote {n} CAM file(s) to {o.out}")
-    return 0

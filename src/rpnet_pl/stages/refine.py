@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.pipeline import layout
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
@@ -228,27 +227,4 @@ class RefineStage(StageModule):
             label = mask_from_walk_scores(record, hp.bg_threshold)
         write_label_png(path, label.astype(np.uint8), voc_palette())
         return image_id
-
-
-def make_pseudo_masks(ckpt: str | Path, cams_dir: str | Path, out: str | Path, root: str, dataset: str = "voc",
-                      split: str = "train_aug", radius: int = RANDOM_WALK.radius, beta: float = RANDOM_WALK.beta,
-                      exp_times: int = RANDOM_WALK.exp_times, bg_threshold: float = RANDOM_WALK.bg_threshold,
-                      pad_to: int | None = IRN_INFER_PAD, save_scores: bool = False,
-                      devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto") -> int:
-    """`rpnet pseudo-masks`: pseudo masks for every image of ``split`` without complete outputs (a PNG,
-    and with ``save_scores`` the walk's scores in ``out/scores``); returns how many images were processed."""
-    from rpnet_pl.steps.inference import image_shape, run_per_image
-
-    scores_dir = layout.walk_scores_dir(out) if save_scores else None
-    overrides = {"cams_dir": str(cams_dir), "out_dir": str(out), "rw_radius": radius, "rw_beta": beta,
-                 "rw_exp_times": exp_times, "bg_threshold": bg_threshold, "rw_pad_to": pad_to,
-                 "scores_dir": str(scores_dir) if scores_dir else None}
-
-    def done(reader: Any, i: str) -> bool:
-        return label_is_complete(Path(out) / f"{i}.png", image_shape(reader, i)) and (
-            scores_dir is None or walk_scores_path(scores_dir, i).is_file())
-
-    todo, _ = run_per_image(RefineStage, ckpt, "refine", overrides, root=root, dataset=dataset, split=split,
-                            done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
-    return todo
 

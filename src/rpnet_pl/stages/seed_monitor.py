@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from rpnet_pl.ops.cam import cam_to_label, max_normalise
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
+from rpnet_pl.ops.params import DEFAULT_THRESHOLDS
 from rpnet_pl.steps.cam_inference import cam_record, multiscale_cam
-from rpnet_pl.steps.evaluate import DEFAULT_THRESHOLDS
 
 log = logging.getLogger(__name__)
 

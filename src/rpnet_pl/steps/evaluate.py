@@ -30,6 +30,7 @@ from rpnet_pl.data.datasets import DatasetName, build_reader
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.cam import ThresholdSweep
+from rpnet_pl.ops.params import DEFAULT_THRESHOLDS  # eval-cam's sweep, declared with the method's numbers
 from rpnet_pl.ops.metrics import confusion_matrix, format_iou_table, iou_from_confusion, miou, precision_recall
 from rpnet_pl.ops.random_walk import labels_from_scores, walk_scores_at_image_size
 from rpnet_pl.utils.progress import CountProgress, progress_log
@@ -37,9 +38,6 @@ from rpnet_pl.pipeline.seeds import format_pct
 from rpnet_pl.steps.cam_inference import cam_path, read_cam
 from rpnet_pl.steps.walk_scores import image_size, read_walk_scores, scores_tensor, walk_scores_path
 from rpnet_pl.pipeline.registry import EvalCamOptions, EvalMasksOptions
-
-# 0.05 .. 0.60 in steps of 0.05, plus IRN's 0.16 (0.15 is on the grid).
-DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(sorted({round(0.05 * i, 2) for i in range(1, 13)} | {0.16}))
 
 
 def json_number(v: float) -> float | None:
