@@ -438,9 +438,14 @@ COLUMNS = (("cam_miou", "CAM seeds mIoU"), ("ir_precision", "IR labels fg precis
 
 
 def mean_std(values: Sequence[float]) -> str:
-    """``m ± s`` (sample standard deviation; a single value alone)."""
+    """``m ± s`` (sample standard deviation; a single value alone). A seed without a value (NaN: e.g. a
+    precision of IR labels with no confident foreground) is left out and the count said."""
     v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+    kept = v[np.isfinite(v)]
+    if len(kept) == 0:
+        return "-"
+    text = f"{kept.mean():.1f}" if len(kept) == 1 else f"{kept.mean():.1f} ± {kept.std(ddof=1):.1f}"
+    return text if len(kept) == len(v) else f"{text} (n={len(kept)})"
 
 
 def table(results: dict[str, list[dict[str, Any]]], dataset: str) -> str:

@@ -244,6 +244,7 @@ def test_recipe_scales_the_long_side_with_the_crop() -> None:
 def test_mean_std_and_table() -> None:
     assert rt.mean_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"
     assert rt.mean_std([4.25]) == "4.2"
+    assert rt.mean_std([1.0, float("nan"), 3.0]) == "2.0 ± 1.4 (n=2)" and rt.mean_std([float("nan")]) == "-"
     scores = lambda v: {k: v for k, _ in rt.COLUMNS}  # noqa: E731
     text = rt.table({"reference": [{"seed": 0, "scores": scores(10.0)}, {"seed": 1, "scores": scores(14.0)}],
                      "ours": [{"seed": 0, "scores": scores(12.0)}]}, "synthetic-voc")
