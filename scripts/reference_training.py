@@ -39,7 +39,7 @@ sizes, epochs and initial weights above, steps ``classifier cam ir_labels refine
 Both sides' outputs are scored by the same code (``rpnet_pl.steps.evaluate``) on the ``train``
 split, the reference's ``chainer_eval_set``: its ``eval_cam.py`` and ``eval_sem_seg.py`` read VOC
 through chainercv, which is not installed here. The reference's CAM files number their classes from 0
-(``keys``), ours from 1: they are rewritten with our numbering before scoring. Per side and seed, ``OUT/<side>/seed<k>/result.json``
+(``keys``, torch tensors), ours from 1: ``read_cam`` reads them as ours. Per side and seed, ``OUT/<side>/seed<k>/result.json``
 holds the recipe and the scores; a result is reused only for the same recipe. The table: mean ± std
 over the seeds of the CAM seeds' best mIoU, the IR labels' confident-foreground precision and recall,
 the pseudo masks' mIoU, and the refinement's change (pseudo masks minus CAM seeds).
@@ -418,20 +418,6 @@ def flat_cams(path: Path) -> bool:
     return bool(all((c > 0).all() or (c <= 0).all() for c in cams))
 
 
-def cams_with_class_ids(reference: Path, out: Path) -> Path:
-    """The reference's CAM files (``make_cam.py``: ``keys`` the 0-based foreground indices, torch
-    tensors) as ours (``keys`` the class ids 1..C-1, numpy) in ``out``; the maps unchanged."""
-    from rpnet_pl.utils.io import load_npy, save_npy
-
-    out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(reference.glob("*.npy")):
-        rec = load_npy(path)
-        save_npy(out / path.name, {"keys": np.asarray(rec["keys"], dtype=np.int64) + 1,
-                                   "cam": np.asarray(rec["cam"], dtype=np.float32),
-                                   "high_res": np.asarray(rec["high_res"], dtype=np.float32)})
-    return out
-
-
 COLUMNS = (("cam_miou", "CAM seeds mIoU"), ("ir_precision", "IR labels fg precision"),
            ("ir_recall", "IR labels fg recall"), ("pseudo_miou", "pseudo masks mIoU"),
            ("refinement_change", "pseudo masks - seeds"), ("flat_cams", "flat CAMs (% of images)"))
@@ -491,7 +477,7 @@ def side_scores(data: Path, out: Path, side: str, seed: int) -> dict[str, float]
 
     if side == "reference":
         res = out / "reference" / f"seed{seed}" / "result"
-        return score(data, cams_with_class_ids(res / "cam", res / "cam_class_ids"), res / "ir_label", res / "sem_seg")
+        return score(data, res / "cam", res / "ir_label", res / "sem_seg")  # read_cam renumbers its CAM keys
     run = out / "ours" / f"seed{seed}" / "runs" / "ours" / seed_dir_name(seed)
     return score(data, output_path(run, "cam"), output_path(run, "ir_labels"), output_path(run, "pseudo_masks"))
 

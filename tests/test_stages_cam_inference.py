@@ -53,3 +53,17 @@ def test_record_roundtrip(tmp_path: Path) -> None:
     assert read_cam(tmp_path, "x")["keys"].tolist() == [1, 3]
     path.write_bytes(b"truncated")
     assert not cam_is_complete(path)
+
+
+def test_a_cam_file_of_the_public_code_reads_as_ours(tmp_path: Path) -> None:
+    # step/make_cam.py's record: keys = torch.nonzero(label)[:, 0] (0-based), cam a tensor, high_res numpy
+    from rpnet_pl.utils.io import save_npy
+
+    strided = torch.tensor([[[0.5, 1.0]], [[1.0, 0.0]]])
+    save_npy(tmp_path / "2007_000032.npy", {"keys": torch.tensor([0, 14]), "cam": strided,
+                                            "high_res": strided.numpy().repeat(4, axis=2)})
+    rec = read_cam(tmp_path, "2007_000032")
+    assert rec["keys"].tolist() == [1, 15]  # aeroplane and person: class ids, as ours numbers them
+    assert isinstance(rec["cam"], np.ndarray) and rec["cam"].dtype == np.float32
+    np.testing.assert_array_equal(rec["cam"], strided.numpy())
+    assert rec["high_res"].shape == (2, 1, 8)

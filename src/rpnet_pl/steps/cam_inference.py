@@ -121,9 +121,16 @@ def write_cam(out_dir: str | Path, image_id: str, record: dict[str, np.ndarray])
 
 
 def read_cam(out_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
+    """One image's CAM record (:func:`cam_record`'s keys). A record of the public RPNet / IRN code
+    (``step/make_cam.py``: ``keys`` a torch tensor of 0-based foreground indices, ``cam`` a torch
+    tensor) is read as ours: class ids ``keys + 1``, numpy arrays; ours never stores a tensor."""
     from rpnet_pl.utils.errors import DatasetError
 
     rec = load_npy(cam_path(out_dir, image_id))
     if not isinstance(rec, dict) or not {"keys", "cam", "high_res"} <= set(rec):
         raise DatasetError(f"{cam_path(out_dir, image_id)}: not a CAM record (keys, cam, high_res)")
+    if isinstance(rec["keys"], torch.Tensor):  # the public code's numbering: channel c is class c + 1
+        rec = {**rec, "keys": rec["keys"].numpy().astype(np.int64) + 1,
+               **{k: np.asarray(rec[k].numpy() if isinstance(rec[k], torch.Tensor) else rec[k], dtype=np.float32)
+                  for k in ("cam", "high_res")}}
     return rec
