@@ -112,9 +112,9 @@ def write_reference_lists(work: Path, data: Path) -> dict[str, Any]:
     candidates). Returns the class count and the id lists."""
     from rpnet_pl.data.datasets import build_reader
 
+    readers = {split: build_reader("voc", data, split) for split in ("train_aug", EVAL_SPLIT)}
     voc12 = work / "voc12"
     (voc12 / "list" / "full").mkdir(parents=True, exist_ok=True)
-    readers = {split: build_reader("voc", data, split) for split in ("train_aug", EVAL_SPLIT)}
     classes = readers["train_aug"].num_classes - 1
     labels = {}
     for split, reader in readers.items():
@@ -537,17 +537,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {args.data}: no such dataset folder")
     recipe = Recipe(crop=args.crop, blocks=tuple(args.blocks), cam_batch=args.cam_batch, cam_epochs=args.cam_epochs,
                     irn_batch=args.irn_batch, irn_epochs=args.irn_epochs, momentum=args.momentum)
-    if args.child_reference:
+    from rpnet_pl.utils.errors import ConfigError, DatasetError
+
+    try:
+        write_reference_lists(args.out.resolve() / "lists", args.data.resolve())  # the dataset checked before any work
+        if args.child_reference:
+            for seed in args.seeds:
+                run_reference_chain(args.ref_dir.resolve(), args.data.resolve(),
+                                    (args.out / "reference" / f"seed{seed}").resolve(), recipe, seed)
+            return 0
+        results: dict[str, list[dict[str, Any]]] = {}
         for seed in args.seeds:
-            run_reference_chain(args.ref_dir.resolve(), args.data.resolve(), (args.out / "reference" / f"seed{seed}").resolve(),
-                                recipe, seed)
-        return 0
-    results: dict[str, list[dict[str, Any]]] = {}
-    for seed in args.seeds:
-        for side, found in one_seed(args.ref_dir.resolve(), args.data.resolve(), args.out.resolve(), recipe, seed,
-                                    args.sides).items():
-            results.setdefault(side, []).append(found)
-            print(f"{side} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in found["scores"].items()), flush=True)
+            for side, found in one_seed(args.ref_dir.resolve(), args.data.resolve(), args.out.resolve(), recipe, seed,
+                                        args.sides).items():
+                results.setdefault(side, []).append(found)
+                print(f"{side} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in found["scores"].items()),
+                      flush=True)
+    except (ConfigError, DatasetError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except subprocess.CalledProcessError as exc:
+        side = "the reference side" if "--child-reference" in exc.cmd else "our pipeline"
+        raise SystemExit(f"error: {side} failed (exit {exc.returncode}); its output is above") from None
     text = table(results, args.data.name)
     print(text)
     if args.markdown:

@@ -51,3 +51,36 @@ def tiny_voc(tmp_path: Path) -> Path:
     items = {"2007_000001": [1], "2007_000002": [1, 2], "2007_000003": [2], "2007_000004": [15]}
     make_voc_tree(tmp_path, items)
     return tmp_path
+
+
+def tiny_refine_stage():
+    """A seeded ResNet-18 RefineStage with radius-2 affinities (eval mode): the refiner of the tiny tests."""
+    import torch
+
+    from rpnet_pl.stages.refine import RefineStage
+
+    torch.manual_seed(0)
+    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
+
+
+def save_stage_checkpoint(stage, path: Path) -> Path:
+    """``stage`` as a Lightning checkpoint file (state dict, hyper-parameters, version) at ``path``."""
+    import pytorch_lightning as pl
+    import torch
+
+    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def write_uniform_cams(root: Path, cams_dir: Path) -> None:
+    """A CAM record for each labelled ``train`` image of ``root``: stride-4 maps (4 x 5) uniform in [0, 1)
+    from a seeded generator, zero high-res maps (16 x 20)."""
+    from rpnet_pl.data.datasets import build_reader
+    from rpnet_pl.steps.cam_inference import write_cam
+
+    reader, rng = build_reader("voc", str(root), "train"), np.random.default_rng(0)
+    for image_id in reader.ids:
+        keys = np.array(reader.labels(image_id), dtype=np.int64)
+        write_cam(cams_dir, image_id, {"keys": keys, "cam": rng.uniform(0, 1, (len(keys), 4, 5)).astype(np.float32),
+                                       "high_res": np.zeros((len(keys), 16, 20), np.float16)})

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-import torch
 import yaml
 
 from rpnet_pl.pipeline import layout
@@ -23,10 +21,10 @@ from rpnet_pl.steps.cam_inference import cam_path, write_cam
 from rpnet_pl.steps.evaluate import evaluate_masks
 from rpnet_pl.steps.ir_labels import ir_labels_step, make_ir_labels
 from rpnet_pl.steps.pseudo_masks import pseudo_masks_step
-from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.steps.walk_scores import read_walk_scores, walk_scores_path
 from rpnet_pl.pipeline.registry import IRLabelsOptions, PseudoMasksOptions
 from rpnet_pl.pipeline.validate import check_environment, check_tree
+from tests.conftest import save_stage_checkpoint, tiny_refine_stage
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -95,11 +93,7 @@ def test_a_calibration_split_without_cams_is_one_line_before_work(tiny_voc: Path
 
 # -- pseudo_masks ----------------------------------------------------------------------------------
 def _checkpoint_and_cams(root: Path, tmp_path: Path) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    stage = RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
-    ckpt = tmp_path / "irn.ckpt"
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": pl.__version__}, ckpt)
+    ckpt = save_stage_checkpoint(tiny_refine_stage(), tmp_path / "irn.ckpt")
     cams, rng = tmp_path / "cams", np.random.default_rng(0)
     for image_id in (reader := build_reader("voc", str(root), "train")).ids:
         keys = np.array(reader.labels(image_id), dtype=np.int64)

@@ -39,11 +39,14 @@ def _failed(checks: list) -> set[str]:
     return {c.name for c in checks if not c.passed}
 
 
-def test_cases_are_shipped_and_registered() -> None:
-    assert len(CASES) >= 2 and all(p.stat().st_size < 300_000 for p in CASES)
-    assert parity.GROUPS["train_irn"][1] is train_irn.check_train_irn
-    seeds = {int(parity.load_case(p)[1]["seed"]) for p in CASES}
-    assert len(seeds) == len(CASES)
+@pytest.mark.parametrize("group, cases, checker", [("train_irn", CASES, train_irn.check_train_irn),
+                                                    ("train_irn_rpnet", RPNET_CASES, train_irn.check_train_irn_rpnet)])
+def test_cases_are_shipped_and_registered(group: str, cases: list[Path], checker) -> None:
+    assert len(cases) >= 2 and all(p.stat().st_size < 300_000 for p in cases)
+    assert parity.GROUPS[group][1] is checker
+    assert {parity.load_case(p)[0] for p in cases} == {group}
+    seeds = {int(parity.load_case(p)[1]["seed"]) for p in cases}
+    assert len(seeds) == len(cases)
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
@@ -170,14 +173,6 @@ def test_a_reference_irn_state_dict_loads(case: dict) -> None:
 
 
 # -- RPNet's copy of IRN (train_irn_rpnet) ---------------------------------------------------------
-def test_rpnet_cases_are_shipped_and_registered() -> None:
-    assert len(RPNET_CASES) >= 2 and all(p.stat().st_size < 300_000 for p in RPNET_CASES)
-    assert parity.GROUPS["train_irn_rpnet"][1] is train_irn.check_train_irn_rpnet
-    assert parity.load_case(RPNET_CASES[0])[0] == "train_irn_rpnet"
-    seeds = {int(parity.load_case(p)[1]["seed"]) for p in RPNET_CASES}
-    assert len(seeds) == len(RPNET_CASES)
-
-
 @pytest.mark.parametrize("path", RPNET_CASES, ids=lambda p: p.name)
 def test_shipped_rpnet_case_passes(path: Path) -> None:
     result = parity.run_case(path)

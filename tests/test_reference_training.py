@@ -93,6 +93,14 @@ class PolyOptimizer(torch.optim.SGD):
         super().__init__(params, lr, weight_decay)
         self.max_step = max_step
 """,
+    "misc/ground_truth.py": """
+import os, shutil
+import voc12.dataloader
+def copy_masks(names, voc12_root, out_dir):
+    for n in names:
+        name = voc12.dataloader.decode_int_filename(n)
+        shutil.copy(os.path.join(voc12_root, 'SegmentationClassAug', name + '.png'), os.path.join(out_dir, name + '.png'))
+""",
     "misc/indexing.py": """
 class PathIndex:
     def __init__(self, radius=5, default_size=(128, 128)):
@@ -157,14 +165,11 @@ def run(args):
     multiprocessing.spawn(_work, nprocs=torch.cuda.device_count(), args=(names, args), join=True)
 """,
     "step/cam_to_ir_label.py": """
-import os, shutil
 from torch import multiprocessing
 import voc12.dataloader
+from misc.ground_truth import copy_masks
 def _work(process_id, names, args):
-    for n in names:
-        name = voc12.dataloader.decode_int_filename(n)
-        shutil.copy(os.path.join(args.voc12_root, 'SegmentationClassAug', name + '.png'),
-                    os.path.join(args.ir_label_out_dir, name + '.png'))
+    copy_masks(names, args.voc12_root, args.ir_label_out_dir)
 def run(args):
     names = voc12.dataloader.load_img_name_list(args.train_list)
     multiprocessing.spawn(_work, nprocs=args.num_workers, args=(names, args), join=True)
@@ -180,15 +185,13 @@ def run(args):
     torch.save(model.state_dict(), args.irn_weights_name)
 """,
     "step/make_sem_seg_labels.py": """
-import importlib, json, os, shutil
+import importlib, json
 from torch import multiprocessing, cuda
 from torch.utils.data import DataLoader
 import voc12.dataloader
+from misc.ground_truth import copy_masks
 def _work(process_id, names, args):
-    for n in names:
-        name = voc12.dataloader.decode_int_filename(n)
-        shutil.copy(os.path.join(args.voc12_root, 'SegmentationClassAug', name + '.png'),
-                    os.path.join(args.sem_seg_out_dir, name + '.png'))
+    copy_masks(names, args.voc12_root, args.sem_seg_out_dir)
 def run(args):
     model = getattr(importlib.import_module(args.irn_network), 'EdgeDisplacement')()
     with open('seen_make_sem_seg.json', 'w') as f:
@@ -334,3 +337,24 @@ def test_ours_without_the_reference_s_initial_weights_is_one_line(synth: Path, t
 def test_not_a_clone_is_one_line(synth: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a clone of the public RPNet code"):
         rt.main([str(tmp_path), str(synth), "--out", str(tmp_path / "out")])
+
+
+def test_a_dataset_without_train_aug_is_one_line_before_any_work(synth: Path, tmp_path: Path) -> None:
+    ref = write_standin(tmp_path / "ref")
+    data = tmp_path / "data"
+    voc = data / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    for sub in ("JPEGImages", "Annotations", "SegmentationClassAug", "ImageSets"):
+        (voc / sub).symlink_to(synth / "VOCdevkit" / "VOC2012" / sub, target_is_directory=True) if sub != "ImageSets" \
+            else (voc / sub / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2099_000000\n")
+    with pytest.raises(SystemExit, match=r"^error: .*train_aug.*") as info:
+        rt.main([str(ref), str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "--sides", "reference"])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_a_failing_reference_step_is_one_line(synth: Path, tmp_path: Path) -> None:
+    ref = write_standin(tmp_path / "ref")
+    (ref / "step" / "train_irn.py").write_text("def run(args):\n    raise RuntimeError('broken')\n")
+    with pytest.raises(SystemExit, match=r"^error: the reference side failed \(exit 1\); its output is above$"):
+        rt.main([str(ref), str(synth), "--out", str(tmp_path / "out"), "--seeds", "0", "--sides", "reference"])

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
 import torch
 
@@ -15,7 +14,8 @@ from rpnet_pl.data.transforms import eval_transform, to_chw
 from rpnet_pl.ops.metrics import confusion_matrix, miou
 from rpnet_pl.steps.eval_refinement import refinement_breakdown, refinement_steps
 from rpnet_pl.stages.refine import RefineStage
-from rpnet_pl.steps.cam_inference import read_cam, write_cam
+from rpnet_pl.steps.cam_inference import read_cam
+from tests.conftest import save_stage_checkpoint, tiny_refine_stage, write_uniform_cams
 
 # x4 bilinear (align_corners=False) of a 1D step [1, 1, 0, 0]: output i samples source (i + 0.5) / 4 - 0.5
 STEP_UP = np.array([1, 1, 1, 1, 1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0, 0, 0, 0, 0])
@@ -51,23 +51,9 @@ def test_a_long_walk_without_boundaries_floods_the_map() -> None:
     assert (steps["walk 2^0"] == 3).sum() > (steps["cam"] == 3).sum()  # one step already spreads
 
 
-def _stage() -> RefineStage:
-    torch.manual_seed(0)
-    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
-
-
-def _write_cams(tiny_voc: Path, cams_dir: Path) -> None:
-    reader = build_reader("voc", str(tiny_voc), "train")
-    rng = np.random.default_rng(0)
-    for image_id in reader.ids:
-        keys = np.array(reader.labels(image_id), dtype=np.int64)
-        write_cam(cams_dir, image_id, {"keys": keys, "cam": rng.uniform(0, 1, (len(keys), 4, 5)).astype(np.float32),
-                                       "high_res": np.zeros((len(keys), 16, 20), np.float16)})
-
-
 def test_breakdown_sums_every_image(tiny_voc: Path, tmp_path: Path) -> None:
-    stage, cams = _stage(), tmp_path / "cams"
-    _write_cams(tiny_voc, cams)
+    stage, cams = tiny_refine_stage(), tmp_path / "cams"
+    write_uniform_cams(tiny_voc, cams)
     result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(1,))
     assert result["n_images"] == 4 and list(result["steps"]) == ["cam", "cam x (1-B)", "walk 2^1"]
     assert 0.0 < result["mean_boundary"] < 1.0
@@ -90,8 +76,8 @@ def test_breakdown_sums_every_image(tiny_voc: Path, tmp_path: Path) -> None:
 def test_ground_truth_boundary_replaces_the_learned_one(tiny_voc: Path, tmp_path: Path) -> None:
     from rpnet_pl.ops.affinity import mask_boundary
 
-    stage, cams = _stage(), tmp_path / "cams"
-    _write_cams(tiny_voc, cams)
+    stage, cams = tiny_refine_stage(), tmp_path / "cams"
+    write_uniform_cams(tiny_voc, cams)
     result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(8,),
                                   boundary_source="ground_truth")
     assert result["boundary_source"] == "ground_truth"
@@ -113,11 +99,9 @@ def test_ground_truth_boundary_replaces_the_learned_one(tiny_voc: Path, tmp_path
 
 
 def test_cli_prints_the_table_and_writes_json(tiny_voc: Path, tmp_path: Path, capsys) -> None:
-    stage, cams = _stage(), tmp_path / "cams"
-    _write_cams(tiny_voc, cams)
-    ckpt = tmp_path / "irn.ckpt"
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": pl.__version__}, ckpt)
+    stage, cams = tiny_refine_stage(), tmp_path / "cams"
+    write_uniform_cams(tiny_voc, cams)
+    ckpt = save_stage_checkpoint(stage, tmp_path / "irn.ckpt")
     out = tmp_path / "breakdown.json"
     assert main(["eval-refinement", "--ckpt", str(ckpt), "--cams", str(cams), "--root", str(tiny_voc),
                  "--exp-times", "0", "--radius", "2", "--out", str(out)]) == 0
@@ -159,9 +143,9 @@ def test_irn_losses_hand_computed() -> None:
 
 @pytest.mark.parametrize("pad_to", [None, 64])
 def test_breakdown_pads_as_configured(tiny_voc: Path, tmp_path: Path, pad_to: int | None) -> None:
-    stage, cams = _stage(), tmp_path / "cams"
+    stage, cams = tiny_refine_stage(), tmp_path / "cams"
     stage.hparams.rw_pad_to = pad_to
-    _write_cams(tiny_voc, cams)
+    write_uniform_cams(tiny_voc, cams)
     result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=())
     reader = build_reader("voc", str(tiny_voc), "train")
     means = []

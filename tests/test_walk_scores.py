@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
 import torch
 
@@ -15,12 +14,11 @@ from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.random_walk import labels_from_scores, sem_seg_from_rw, walk_scores_at_image_size
-from rpnet_pl.steps.cam_inference import write_cam
 from rpnet_pl.steps.evaluate import evaluate_masks, format_report
-from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
 from rpnet_pl.steps.walk_scores import (mask_from_walk_scores, read_walk_scores, walk_scores_path,
                                          walk_scores_record, write_walk_scores)
+from tests.conftest import save_stage_checkpoint, tiny_refine_stage, write_uniform_cams
 
 
 def test_a_tie_with_the_background_threshold_is_background() -> None:
@@ -56,18 +54,8 @@ def test_a_record_keeps_float16_scores_over_their_max_and_gives_the_mask(tmp_pat
 
 # -- the step and the sweep on a tiny VOC set -------------------------------------------------------
 def _checkpoint_and_cams(tiny_voc: Path, tmp_path: Path) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    stage = RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
-    ckpt = tmp_path / "irn.ckpt"
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": pl.__version__}, ckpt)
-    cams, rng = tmp_path / "cams", np.random.default_rng(0)
-    reader = build_reader("voc", str(tiny_voc), "train")
-    for image_id in reader.ids:
-        keys = np.array(reader.labels(image_id), dtype=np.int64)
-        write_cam(cams, image_id, {"keys": keys, "cam": rng.uniform(0, 1, (len(keys), 4, 5)).astype(np.float32),
-                                   "high_res": np.zeros((len(keys), 16, 20), np.float16)})
-    return ckpt, cams
+    write_uniform_cams(tiny_voc, tmp_path / "cams")
+    return save_stage_checkpoint(tiny_refine_stage(), tmp_path / "irn.ckpt"), tmp_path / "cams"
 
 
 def _step(ckpt: Path, cams: Path, out: Path, root: Path, bg: float, save_scores: bool) -> int:
