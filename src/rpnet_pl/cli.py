@@ -21,6 +21,7 @@ from rpnet_pl.pipeline.registry import (COMMANDS, STEPS, TRAIN_STEPS, DataOption
                             unknown_steps)
 from rpnet_pl.utils.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
                              TrainingDivergedError)
+from rpnet_pl.utils.cpus import limit_threads
 from rpnet_pl.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger("rpnet")
@@ -644,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         quiet_library_noise()
     args.kept_freed_memory = False if args.system_malloc else keep_freed_memory()
+    limit_threads()  # before torch is imported: a container's CPU quota, not the host's cores
     func: Command | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

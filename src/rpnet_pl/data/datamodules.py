@@ -6,7 +6,6 @@ across DDP ranks themselves (see :class:`GroupSampler` and :class:`ShardSampler`
 """
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from rpnet_pl.pipeline.config import DEFAULT_ROOT
+from rpnet_pl.utils.cpus import usable_cpus
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.data.datasets import (GroupDataset, InferenceDataset, LabelledDataset, Reader, build_reader,
                                     collate_groups, collate_single)
@@ -23,7 +23,7 @@ from rpnet_pl.data.transforms import PadPosition, Resample, ScaleMode, eval_tran
 
 def default_workers() -> int:
     """Loader workers: one per CPU core, at most 8, leaving the main process one core."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return max(0, min(8, usable_cpus() - 1))
 
 
 def _loader_kwargs(num_workers: int) -> dict:

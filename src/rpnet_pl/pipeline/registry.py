@@ -116,7 +116,7 @@ class IRLabelsOptions(DataOptions):
     bg_threshold: float = option(IR_LABELS.bg_threshold, "background score of the map whose background is "
                                  "kept (confident background)", valid=FRACTION)
     crf: bool = option(True, "denseCRF on each thresholded map (--no-crf: threshold only)")
-    workers: int | None = option(None, "CPU processes (default: all cores; 0 = inline)", valid=NON_NEGATIVE)
+    workers: int | None = option(None, "CPU processes (default: the usable cores; 0 = inline)", valid=NON_NEGATIVE)
     calibration_split: str | None = option(None, "labelled split whose CAM seeds choose the two thresholds instead: "
                                            "eval-cam's sweep over its images gives the best background threshold "
                                            "t*, and fg_threshold = 2 t*, bg_threshold = t* / 3 (VOC: 0.15 -> "

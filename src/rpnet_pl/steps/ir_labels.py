@@ -25,6 +25,7 @@ import numpy as np
 
 from rpnet_pl.data.classes import IGNORE_INDEX, voc_palette
 from rpnet_pl.data.datasets import DatasetName, Reader, build_reader
+from rpnet_pl.utils.cpus import usable_cpus
 from rpnet_pl.utils.errors import DatasetError, IncompleteStepError
 from rpnet_pl.utils.io import read_label_png, write_label_png
 from rpnet_pl.ops.cam import cam_to_ir_label
@@ -133,7 +134,7 @@ def make_ir_labels(
     ``crf=False`` skips the denseCRF (exact thresholding; for tests and ablations);
     ``crf_kwargs`` go to :func:`rpnet_pl.ops.crf.crf_inference_label` (``t``, ``gt_prob``,
     ``gauss_sxy``, ``gauss_compat``, ``bi_sxy``, ``bi_srgb``, ``bi_compat``). ``workers``:
-    processes (default ``os.cpu_count()``; 0 or 1 runs in this process). Resumable: complete
+    processes (default: the usable cores, :func:`~rpnet_pl.utils.cpus.usable_cpus`; 0 or 1 runs in this process). Resumable: complete
     PNGs are skipped. Returns the number of PNGs written.
     """
     if not 0.0 <= bg_threshold <= fg_threshold:
@@ -155,7 +156,7 @@ def make_ir_labels(
                            f"missing (first: {missing[0]})")
     crf_fn = functools.partial(crf_inference_label, **crf_kwargs) if crf else None
     init_args = (reader, str(cams_dir), str(out_dir), float(fg_threshold), float(bg_threshold), crf_fn)
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = usable_cpus() if workers is None else int(workers)
     workers = min(workers, len(ids))
     written = 0
     progress = CountProgress("IR labels", len(ids))
