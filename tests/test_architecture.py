@@ -81,8 +81,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_graph_sees_function_level_imports() -> None:
-    """``report`` imports ``steps.cam_inference`` only inside functions; the graph must still hold it."""
-    assert "rpnet_pl.steps.cam_inference" in _graph()["rpnet_pl.results.report"]
+    """``figures`` imports ``steps.cam_inference`` only inside functions; the graph must still hold it."""
+    assert "rpnet_pl.steps.cam_inference" in _graph()["rpnet_pl.results.figures"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -209,7 +209,7 @@ def test_run_folder_names_are_written_only_in_layout() -> None:
     pipeline's runner, the results, the cli, the stages and the per-image steps build their paths with it)."""
     names = {"metrics.json", "last.ckpt", "checkpoints", "config.yaml", ".done", "cams", "labels", "masks"}
     found = []
-    readers = (f"{P}.pipeline.runner", f"{P}.results.report", f"{P}.results.summary", f"{P}.results.ablations",
+    readers = (f"{P}.pipeline.runner", f"{P}.results",
                f"{P}.cli", f"{P}.stages", f"{P}.steps")
     for module, path in MODULES.items():
         if not module.startswith(readers):

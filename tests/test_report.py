@@ -107,7 +107,7 @@ def test_report_figures(tmp_path: Path) -> None:
 
 
 def test_report_overlays_need_the_dataset(tmp_path: Path) -> None:
-    from rpnet_pl.results.report import overlay_rows, seed_labels
+    from rpnet_pl.results.figures import overlay_rows, seed_labels
 
     run = _figure_run(tmp_path / "runs", tmp_path / "missing-data", ["2007_000001"])
     assert overlay_rows(run, 0.15) == []
@@ -181,7 +181,7 @@ def test_per_class_figure_title_fits_the_figure() -> None:
     """Drawn, the (wrapped) title lies inside the figure, for 6 classes (a narrow figure, 15 absent
     classes named in the title) and for all 21."""
     from rpnet_pl.data.classes import VOC_CLASSES
-    from rpnet_pl.results.report import per_class_figure
+    from rpnet_pl.results.figures import per_class_figure
 
     title = "run a-longer-experiment-name/seed0: seed IoU per class, split train_aug, mIoU 49.8, threshold 0.16"
     for n in (6, 21):
@@ -198,7 +198,7 @@ def test_per_class_figure_title_fits_the_figure() -> None:
 
 
 def test_seed_iou_figure_draws_only_the_classes_of_the_data() -> None:
-    from rpnet_pl.results.report import present_classes
+    from rpnet_pl.results.figures import present_classes
 
     per_class = {"background": 0.9, "aeroplane": 0.25, "bicycle": None, "bird": 0.0, "boat": None}
     names, values, absent = present_classes(per_class)
@@ -259,7 +259,7 @@ def test_overlays_have_a_ground_truth_column_and_a_legend(tmp_path: Path) -> Non
 
     from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
     from rpnet_pl.utils.io import read_image, read_label_png
-    from rpnet_pl.results.report import _step_split, legend_entries, overlay_rows
+    from rpnet_pl.results.figures import _step_split, legend_entries, overlay_rows
     from rpnet_pl.stages.visuals import overlay_labels
     from tests.conftest import make_voc_tree
 

@@ -11,7 +11,8 @@ from rpnet_pl.cli import main
 from rpnet_pl.pipeline.config import load_experiment
 from rpnet_pl.utils.errors import ConfigError, DatasetError
 from rpnet_pl.pipeline.runner import plan
-from rpnet_pl.pipeline.validate import check_environment, check_pretrained, check_tree
+from rpnet_pl.pipeline.validate import check_environment, check_tree
+from rpnet_pl.pipeline.weights_check import check_pretrained
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -194,7 +195,7 @@ def test_coco_tree_needs_the_image_folders_of_its_splits(tmp_path: Path) -> None
 
 
 def test_network_probe_respects_offline_mode(monkeypatch) -> None:
-    from rpnet_pl.pipeline.validate import network_reachable
+    from rpnet_pl.pipeline.weights_check import network_reachable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert network_reachable() is False
