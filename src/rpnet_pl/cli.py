@@ -253,73 +253,6 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    """Throughput and peak memory per stage; prints the table and appends a section to ``--out``."""
-    import torch
-
-    from rpnet_pl.bench import (BenchResult, format_breakdown, format_section, get_profile, markdown_table,
-                                ratio_lines, resolve_device, run_profile, step_breakdown)
-
-    name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
-    profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
-    requested = profile.device if args.device == "auto" else args.device
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"profile {name!r} on CUDA, but torch sees no CUDA device (--profile cpu or --device cpu)")
-    device = resolve_device(requested)
-    command = ["rpnet", *(["--system-malloc"] if args.system_malloc else []), "bench", "--profile", name,
-               "--device", device.type, "--iters", str(profile.iters), "--warmup", str(profile.warmup)]
-    if args.backbone:
-        command += ["--backbone", args.backbone]
-    if args.bf16:
-        command.append("--bf16")
-    if args.channels_last:
-        command.append("--channels-last")
-    if args.cudnn_benchmark:
-        command.append("--cudnn-benchmark")
-    if args.cases:
-        command += ["--cases", *args.cases]
-    command += ["--out", str(args.out)] if args.out else ["--no-write"]
-    print(f"bench: profile {name} on {device}: {', '.join(args.cases) if args.cases else 'every case'}", flush=True)
-
-    def progress(r: BenchResult) -> None:
-        print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
-              f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
-
-    cudnn_before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)  # Lightning's default (Trainer(benchmark=None)): off
-    try:
-        results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
-                              channels_last=args.channels_last)
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_before
-    print()
-    print(markdown_table(results))
-    for line in ratio_lines(results):
-        print("\n" + line.replace("**", ""))
-    breakdowns = []
-    if args.breakdown:
-        layout = args.channels_last or profile.pair_layouts[-1]  # the profile's last (CPU: channels-last)
-        for method in ("rpnet", "cam"):
-            rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
-                                  profile.classifier_batch, profile.group_size, device, args.bf16,
-                                  channels_last=layout)
-            breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
-                                                     f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
-                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}, "
-                                                     f"{'channels_last' if layout else 'contiguous'}):"))
-            print("\n" + breakdowns[-1])
-    if args.out:
-        from rpnet_pl.bench import write_section
-
-        allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.utils.host_memory`)"
-                     if getattr(args, "kept_freed_memory", False) else "the C library's default")
-        section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])),
-                                 allocator=allocator)
-        section = "\n\n".join([section.rstrip("\n"), *breakdowns]) + "\n"
-        print(f"\nwritten to {write_section(args.out, section)}")
-    return 0
-
-
 def _backbones(args: argparse.Namespace) -> int:
     import textwrap
 
@@ -555,31 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="also log every complete step of every run that "
                    "has no W&B run yet, and the report's tables, to W&B (offline without a key; see README 'W&B')")
     p.set_defaults(func=_report)
-
-    p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "
-                       "-> its section of docs/benchmarks.md (replaced by the next run of the same profile and device)")
-    p.add_argument("--profile", choices=("cpu", "gpu", "auto"), default="auto",
-                   help="cpu: ResNet-18, paper crops, small batches; gpu: the paper's backbones and batch sizes; "
-                   "auto: gpu when CUDA is available")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: the profile's device")
-    p.add_argument("--iters", type=int, default=None, help="timed steps per case (default: the profile's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the profile's)")
-    p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
-                   "bf16-mixed does)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does) for "
-                   "every case (default: contiguous; the cpu profile times the classifier pair in both layouts)")
-    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms for each "
-                   "convolution shape (torch.backends.cudnn.benchmark; Lightning's Trainer(benchmark=True)); off by "
-                   "default, as in training")
-    p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
-                   "step (torch.profiler) and print where the time goes")
-    p.add_argument("--cases", nargs="+", help="only these cases", choices=(
-        "classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer"))
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is written to")
-    out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
-    p.set_defaults(func=_bench)
 
     p = sub.add_parser("fit", help=f"train a stage ({', '.join(TRAIN_STEPS)}) with LightningCLI; pass --config "
                        f"FILE and LightningCLI overrides (see `rpnet fit {TRAIN_STEPS[0]} --help`)", add_help=False)
