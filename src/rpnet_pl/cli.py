@@ -46,7 +46,9 @@ def _data_check(a: argparse.Namespace) -> int:
 def _data_coco_masks(a: argparse.Namespace) -> int:
     from rpnet_pl.data.coco import write_coco_masks
 
-    return _print("\n".join(f"{s}: wrote {write_coco_masks(a.root, s, limit=a.limit)} label PNG(s)" for s in a.split))
+    for split in a.split:
+        print(f"{split}: wrote {write_coco_masks(a.root, split, limit=a.limit)} label PNG(s)")
+    return 0
 
 
 def _fit(a: argparse.Namespace) -> int:
