@@ -126,13 +126,14 @@ table-11: $(STAMP)  ## Table XI: per-class VOC val IoU (ResNet-50, ResNeXt-101)
 	$(call run_targets,voc-resnet50 voc-resnext101,DATA='$(VOC_DATA)')
 	$(MAKE) --no-print-directory report
 
-# The CPU profile always; the GPU profile (ResNeXt-50 / ResNet-50, the paper's batches) too when torch sees CUDA.
+# tools/bench.py (a developer tool, not installed): the CPU profile always; the GPU profile (ResNeXt-50 /
+# ResNet-50, the paper's batches) too when torch sees CUDA.
 BENCH_OUT ?= docs/benchmarks.md
 .PHONY: bench
 bench: $(STAMP)  ## throughput and peak memory per stage (train + inference) -> its section of docs/benchmarks.md
-	$(RPNET) bench --profile cpu --out $(BENCH_OUT)
+	$(PY) tools/bench.py --profile cpu --out $(BENCH_OUT)
 	@if [ "$$($(PY) -c 'import torch; print(torch.cuda.is_available())')" = "True" ]; then \
-		echo "$(RPNET) bench --profile gpu --out $(BENCH_OUT)"; $(RPNET) bench --profile gpu --out $(BENCH_OUT); \
+		echo "$(PY) tools/bench.py --profile gpu --out $(BENCH_OUT)"; $(PY) tools/bench.py --profile gpu --out $(BENCH_OUT); \
 	else echo "no CUDA device: GPU profile skipped"; fi
 
 clean-venv:  ## remove the virtual environment

@@ -16,6 +16,7 @@ pack() { kill "${smi:-0}" 2>/dev/null; tar czf "$dest/gpu_check.tgz" -C "$out" .
 trap pack EXIT
 py=${PYTHON:-python3}
 rp() { "$py" -m rpnet_pl.cli "$@"; }
+bench=$(dirname "$0")/../tools/bench.py
 data=${GPU_CHECK_DATA:-/tmp/gpu-synth}
 runs=/tmp/gpu-runs
 run=$runs/voc-resnext50
@@ -52,7 +53,7 @@ stage segmenter || true
 cp -r "$run"/*/csv "$out/" 2>/dev/null || true
 
 t=$(date +%s)
-timeout "${BENCH_TIMEOUT:-200}" "$py" -m rpnet_pl.cli bench --profile gpu --out "$out/bench.md" > "$out/bench.log" 2>&1 \
+timeout "${BENCH_TIMEOUT:-200}" "$py" "$bench" --profile gpu --out "$out/bench.md" > "$out/bench.log" 2>&1 \
     || echo "bench: exit $? (see bench.log)" | tee -a "$out/times.txt"
 echo "bench: $(( $(date +%s) - t )) s" | tee -a "$out/times.txt"
 
@@ -68,7 +69,7 @@ if [ "${GPU_CHECK_MODES:-0}" = 1 ]; then
     for flags in "" "--bf16" "--channels-last" "--bf16 --channels-last" "--bf16 --channels-last --cudnn-benchmark" \
                  "--cudnn-benchmark"; do
         echo "== bench deeplab-infer $flags" >> "$out/modes.txt"
-        timeout 120 "$py" -m rpnet_pl.cli bench --profile gpu --cases deeplab-infer --no-write $flags 2>&1 \
+        timeout 120 "$py" "$bench" --profile gpu --cases deeplab-infer --no-write $flags 2>&1 \
             | grep -E "images/s|error" >> "$out/modes.txt"
     done
     if [ -n "${REF_DIR:-}" ]; then

@@ -23,7 +23,7 @@ Run-time patches, so that the reference runs on a CPU and offline (its files are
   them).
 
 Each row times a reference step and ours on the same inputs, alternating in this one process
-(reference, ours, then ours, reference, ...: ``rpnet_pl.bench.time_alternately``), after ``warmup``
+(reference, ours, then ours, reference, ...: ``tools/bench.py``'s ``time_alternately``), after ``warmup``
 untimed calls each; min and median seconds
 over ``runs`` calls, and the ratio reference median / ours median (> 1: ours is faster):
 
@@ -72,14 +72,15 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+for folder in ("src", "tools"):  # the package of this checkout, and the bench beside it
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rpnet_pl import bench  # noqa: E402
+import bench  # noqa: E402
 from rpnet_pl.models.rpnet import self_supervised_loss  # noqa: E402
 from rpnet_pl.ops.cam import max_normalise  # noqa: E402
 from rpnet_pl.steps.cam_inference import strided_size, strided_up_size  # noqa: E402

@@ -4,7 +4,7 @@ baseline, for the source tree given (so an old checkout can be measured the same
     python scripts/step_timing.py [SRC_DIR] [THREADS] [LAYOUT] [--system-malloc]   # SRC_DIR default: this checkout's src/
 
 ResNet-18, crop 512, 2 groups of 2 (the CPU bench's classifier case). LAYOUT: ``contiguous``,
-``channels_last`` (the weights in NHWC, what ``model.channels_last`` and ``rpnet bench
+``channels_last`` (the weights in NHWC, what ``model.channels_last`` and ``tools/bench.py
 --channels-last`` do) or ``both`` (default). Per layout, the two steps are timed in turn, three
 times; the best of the last two is kept. Then one profiled RPNet step (the last layout) prints its
 phases, the operators with the most own CPU time, and the share of the convolutions.

@@ -1,6 +1,8 @@
-"""Shared fixtures: a tiny hand-built VOC tree whose labels are known exactly."""
+"""Shared fixtures: a tiny hand-built VOC tree whose labels are known exactly. The developer tools of
+tools/ (not installed) are importable by name (``import bench``)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,10 @@ import pytest
 
 from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
 from rpnet_pl.utils.io import write_image, write_label_png
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
 
 
 def write_xml(path: Path, image_id: str, size: tuple[int, int], classes: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""`rpnet bench`: every case runs at tiny sizes and reports sane numbers; the markdown file grows by
+"""`python tools/bench.py`: every case runs at tiny sizes and reports sane numbers; the markdown file grows by
 one section a run and names the machine. No speed is asserted."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpnet_pl import bench
-from rpnet_pl.cli import build_parser, main
+import bench
+from bench import build_parser, main
 
 TINY = dict(iters=1, warmup=0, device="cpu")
 
@@ -76,8 +76,7 @@ def test_profiles_follow_the_paper() -> None:
 
 
 def test_cli_case_choices_match_the_library() -> None:
-    sub = next(a for a in build_parser()._subparsers._group_actions)  # the COMMAND sub-parsers
-    cases = next(a for a in sub.choices["bench"]._actions if a.dest == "cases")
+    cases = next(a for a in build_parser()._actions if a.dest == "cases")
     assert tuple(cases.choices) == bench.CASES
 
 
@@ -92,16 +91,16 @@ def test_markdown_section_replaces_its_profile_s_and_names_the_machine(tmp_path:
     machine = bench.machine_info()
     assert machine.cpu and machine.cores >= 1 and machine.torch == torch.__version__
     cpu, gpu = bench.PROFILES["cpu"], bench.PROFILES["gpu"]
-    bench.write_section(out, bench.format_section([_fake_result("IRN", 12.5)], cpu, "rpnet bench --profile cpu", machine))
+    bench.write_section(out, bench.format_section([_fake_result("IRN", 12.5)], cpu, "python tools/bench.py --profile cpu", machine))
     text1 = out.read_text()
     assert text1.startswith("# Benchmarks") and "pending" in text1
     assert "\n## `make bench`: profile `cpu` on cpu\n" in text1 and "UTC" not in text1
     assert machine.cpu in text1 and f"torch {torch.__version__}" in text1
     assert "| IRN | train | resnet18 | crop 512 | 2 | 12.5 | 321 |" in text1
-    assert "`rpnet bench --profile cpu`" in text1
+    assert "`python tools/bench.py --profile cpu`" in text1
     # another profile is appended after it; the same profile again replaces its own section in place
-    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 3.5)], gpu, "rpnet bench --profile gpu", machine))
-    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 7.25)], cpu, "rpnet bench --profile cpu", machine))
+    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 3.5)], gpu, "python tools/bench.py --profile gpu", machine))
+    bench.write_section(out, bench.format_section([_fake_result("DeepLab", 7.25)], cpu, "python tools/bench.py --profile cpu", machine))
     text2 = out.read_text()
     assert text2.count("\n## ") == 2 and text2.count("# Benchmarks") == 1
     assert text2.index("profile `cpu`") < text2.index("profile `gpu`")  # kept its place
@@ -115,7 +114,7 @@ def test_cli_bench_writes_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                cam_scales=(1.0,))
     monkeypatch.setitem(bench.PROFILES, "cpu", tiny)
     out = tmp_path / "bench.md"
-    args = ["bench", "--profile", "cpu", "--iters", "1", "--warmup", "0", "--cases", "classifier-cam", "cam",
+    args = ["--profile", "cpu", "--iters", "1", "--warmup", "0", "--cases", "classifier-cam", "cam",
             "--out", str(out)]
     assert main(args) == 0
     assert main(args) == 0
@@ -123,12 +122,12 @@ def test_cli_bench_writes_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "| classifier (CAM baseline) | train |" in printed and "images/s" in printed
     text = out.read_text()
     assert text.count("\n## ") == 1 and "profile `cpu` on cpu" in text  # the second run replaced the first
-    assert "`rpnet bench --profile cpu --device cpu --iters 1 --warmup 0 --cases classifier-cam cam --out" in text
+    assert "`python tools/bench.py --profile cpu --device cpu --iters 1 --warmup 0 --cases classifier-cam cam --out" in text
 
 
 def test_cli_bench_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["bench", "--profile", "gpu", "--no-write"]) == 2
+    assert main(["--profile", "gpu", "--no-write"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
@@ -142,13 +141,13 @@ def test_step_ratio_and_its_line_in_the_section() -> None:
     results = [_result("classifier (RPNet)", 3.0), _result("classifier (CAM baseline)", 0.75)]
     assert bench.step_ratio(results) == 4.0
     assert bench.step_ratio(results[:1]) is None
-    section = bench.format_section(results, bench.PROFILES["cpu"], "rpnet bench")
+    section = bench.format_section(results, bench.PROFILES["cpu"], "python tools/bench.py")
     assert "RPNet / CAM-baseline training step (same run, same batch): **4.0x**" in section
     # two layouts: one line each, labelled, and the table says which row is which
     cl = [dataclasses.replace(r, precision="fp32, channels_last") for r in
           (_result("classifier (RPNet)", 2.0), _result("classifier (CAM baseline)", 1.0))]
     assert bench.step_ratios(results + cl) == {"fp32": 4.0, "fp32, channels_last": 2.0}
-    section = bench.format_section(results + cl, bench.PROFILES["cpu"], "rpnet bench")
+    section = bench.format_section(results + cl, bench.PROFILES["cpu"], "python tools/bench.py")
     assert "(same run, same batch, fp32): **4.0x**" in section
     assert "(same run, same batch, fp32, channels_last): **2.0x**" in section
     assert "- Precision: fp32 / fp32, channels_last;" in section and "(fp32, channels_last) |" in section
@@ -199,8 +198,8 @@ def test_cli_bench_cudnn_benchmark_is_set_for_the_run_only(monkeypatch: pytest.M
 
     monkeypatch.setattr(bench, "run_profile", fake_run_profile)
     before = torch.backends.cudnn.benchmark
-    assert main(["bench", "--profile", "cpu", "--no-write", "--cudnn-benchmark"]) == 0
-    assert main(["bench", "--profile", "cpu", "--no-write"]) == 0
+    assert main(["--profile", "cpu", "--no-write", "--cudnn-benchmark"]) == 0
+    assert main(["--profile", "cpu", "--no-write"]) == 0
     assert seen == [True, False] and torch.backends.cudnn.benchmark == before
 
 

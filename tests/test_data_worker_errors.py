@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rpnet_pl.cli import main, one_line
+from rpnet_pl.cli import main
+from rpnet_pl.utils.terminal import one_line
 from rpnet_pl.utils.errors import DatasetError
 
 

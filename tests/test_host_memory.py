@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from rpnet_pl.bench import format_section, get_profile
+from bench import format_section, get_profile
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the setting exists for glibc only")
@@ -58,9 +58,9 @@ def test_freed_memory_is_reused_without_page_faults_and_released_on_request() ->
 
 
 def test_bench_section_names_the_allocator() -> None:
-    section = format_section([], get_profile("cpu"), "rpnet bench", allocator="freed memory kept for reuse")
+    section = format_section([], get_profile("cpu"), "python tools/bench.py", allocator="freed memory kept for reuse")
     assert "- Host allocator: freed memory kept for reuse" in section
-    assert "Host allocator" not in format_section([], get_profile("cpu"), "rpnet bench")
+    assert "Host allocator" not in format_section([], get_profile("cpu"), "python tools/bench.py")
 
 
 def test_rpnet_command_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

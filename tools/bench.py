@@ -1,4 +1,5 @@
-"""`rpnet bench`: throughput (images/s) and peak memory of every stage, training and inference.
+"""`python tools/bench.py` (`make bench`): throughput (images/s) and peak memory of every stage, training
+and inference. A developer tool beside the package, not installed with it.
 
 One measurement function per (stage, phase), each on synthetic random tensors (no dataset); the
 step each one times is built by a public ``*_step`` function (:func:`classifier_step`, :func:`cam_step`,
@@ -43,6 +44,7 @@ Weights are random (``pretrained=False``): throughput does not depend on them.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import platform
@@ -55,6 +57,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rpnet_pl.utils.cpus import usable_cpus
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.utils.host_memory import proc_status_kib, release_freed_memory
 from rpnet_pl.ops.params import CAM_INFERENCE, RANDOM_WALK
@@ -772,10 +775,7 @@ def _ram_gib() -> float:
 
 def machine_info() -> MachineInfo:
     """CPU model (``/proc/cpuinfo``), cores, RAM, CUDA GPUs (name and memory), torch version."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
+    usable = usable_cpus()
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -800,7 +800,7 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
 
 BENCH_HEADER = """# Benchmarks
 
-`make bench` (or `rpnet bench`) measures every stage of the pipeline, training and inference, on
+`make bench` (or `python tools/bench.py`) measures every stage of the pipeline, training and inference, on
 synthetic random tensors (no dataset, random weights), and appends one dated section per run here.
 
 * **Cases.** Classifier training step (RPNet and the IRN CAM baseline; a step is `batch` groups of
@@ -824,7 +824,7 @@ synthetic random tensors (no dataset, random weights), and appends one dated sec
   0.3 s per case. `--bf16` runs the networks under bfloat16 autocast.
 
 Run: `make bench` (the CPU profile, then the GPU profile when `torch.cuda.is_available()`), or
-`rpnet bench --profile cpu|gpu [--device cpu|cuda] [--iters N] [--bf16] [--out docs/benchmarks.md]`.
+`python tools/bench.py --profile cpu|gpu [--device cpu|cuda] [--iters N] [--bf16] [--out docs/benchmarks.md]`.
 Speeds depend on the machine and its load; compare numbers only within one section.
 
 GPU numbers are pending a run on a GPU machine (`make bench` there writes them below).
@@ -884,10 +884,118 @@ def write_section(path: str | os.PathLike, section: str, header: str = BENCH_HEA
     return path
 
 
+# =================================================================================================
+# Command line
+# =================================================================================================
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python tools/bench.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="throughput (images/s) and peak memory per stage, training and inference "
+                                "-> its section of docs/benchmarks.md (replaced by the next run of the same profile "
+                                "and device)")
+    p.add_argument("--system-malloc", action="store_true", help="keep glibc's default treatment of freed memory "
+                   "(rpnet_pl.utils.host_memory; by default freed host memory is kept for reuse, as `rpnet` does)")
+    p.add_argument("--profile", choices=("cpu", "gpu", "auto"), default="auto",
+                   help="cpu: ResNet-18, paper crops, small batches; gpu: the paper's backbones and batch sizes; "
+                   "auto: gpu when CUDA is available")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: the profile's device")
+    p.add_argument("--iters", type=int, default=None, help="timed steps per case (default: the profile's)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the profile's)")
+    p.add_argument("--backbone", help="one backbone for every stage instead of the profile's")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what the trainers' precision: "
+                   "bf16-mixed does)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights (what model.channels_last does) for "
+                   "every case (default: contiguous; the cpu profile times the classifier pair in both layouts)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms for each "
+                   "convolution shape (torch.backends.cudnn.benchmark; Lightning's Trainer(benchmark=True)); off by "
+                   "default, as in training")
+    p.add_argument("--breakdown", action="store_true", help="also profile one RPNet and one baseline training "
+                   "step (torch.profiler) and print where the time goes")
+    p.add_argument("--cases", nargs="+", choices=CASES, help="only these cases")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default="docs/benchmarks.md", help="markdown file the section is written to")
+    out.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    return p
+
+
+def bench(args: argparse.Namespace, kept_freed_memory: bool = False) -> None:
+    """Run the profile of the parsed command line: prints the table and writes its section to ``args.out``."""
+    name = args.profile if args.profile != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    profile = get_profile(name, iters=args.iters, warmup=args.warmup, backbone=args.backbone)
+    requested = profile.device if args.device == "auto" else args.device
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"profile {name!r} on CUDA, but torch sees no CUDA device (--profile cpu or --device cpu)")
+    device = resolve_device(requested)
+    command = ["python", "tools/bench.py", *(["--system-malloc"] if args.system_malloc else []), "--profile", name,
+               "--device", device.type, "--iters", str(profile.iters), "--warmup", str(profile.warmup)]
+    if args.backbone:
+        command += ["--backbone", args.backbone]
+    command += [flag for flag, on in (("--bf16", args.bf16), ("--channels-last", args.channels_last),
+                                      ("--cudnn-benchmark", args.cudnn_benchmark)) if on]
+    if args.cases:
+        command += ["--cases", *args.cases]
+    command += ["--out", str(args.out)] if args.out else ["--no-write"]
+    print(f"bench: profile {name} on {device}: {', '.join(args.cases) if args.cases else 'every case'}", flush=True)
+
+    def progress(r: BenchResult) -> None:
+        print(f"  {r.stage} / {r.phase}: {r.images_per_s:.3g} images/s, {r.peak_mib:.0f} MiB peak "
+              f"({r.iters} timed step(s), {r.seconds_per_iter:.3g} s each)", flush=True)
+
+    cudnn_before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)  # Lightning's default (Trainer(benchmark=None)): off
+    try:
+        results = run_profile(profile, device, bf16=args.bf16, cases=args.cases, on_result=progress,
+                              channels_last=args.channels_last)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before
+    print()
+    print(markdown_table(results))
+    for line in ratio_lines(results):
+        print("\n" + line.replace("**", ""))
+    breakdowns = []
+    if args.breakdown:
+        layout = args.channels_last or profile.pair_layouts[-1]  # the profile's last (CPU: channels-last)
+        for method in ("rpnet", "cam"):
+            rows = step_breakdown(method, profile.classifier_backbone, profile.classifier_crop,
+                                  profile.classifier_batch, profile.group_size, device, args.bf16,
+                                  channels_last=layout)
+            breakdowns.append(format_breakdown(rows, f"Profile of one {method} training step "
+                                                     f"({profile.classifier_backbone}, crop {profile.classifier_crop}, "
+                                                     f"{profile.classifier_batch} group(s) of {profile.group_size}, "
+                                                     f"{'channels_last' if layout else 'contiguous'}):"))
+            print("\n" + breakdowns[-1])
+    if args.out:
+        allocator = ("freed memory kept for reuse (glibc mallopt, `rpnet_pl.utils.host_memory`)"
+                     if kept_freed_memory else "the C library's default")
+        section = format_section(results, profile, " ".join(command + (["--breakdown"] if args.breakdown else [])),
+                                 allocator=allocator)
+        section = "\n\n".join([section.rstrip("\n"), *breakdowns]) + "\n"
+        print(f"\nwritten to {write_section(args.out, section)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: exit 0, or 2 with one line on a setting this machine cannot run."""
+    from rpnet_pl.utils.host_memory import keep_freed_memory
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    kept = False if args.system_malloc else keep_freed_memory()
+    try:
+        bench(args, kept_freed_memory=kept)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 __all__ = [
     "BENCH_HEADER", "BenchResult", "CASES", "MachineInfo", "PROFILES", "PeakMemory", "Profile",
     "blocky_labels", "cam_inference", "cam_step", "classifier_step", "classifier_train", "deeplab_infer_step",
     "deeplab_inference", "deeplab_train", "deeplab_train_step", "format_section", "get_profile", "irn_step",
     "irn_train", "machine_info", "markdown_table", "measure", "pseudo_mask_inference", "pseudo_mask_step",
     "resolve_device", "run_case", "run_profile", "section_heading", "time_alternately", "write_section",
+    "build_parser", "bench", "main",
 ]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
