@@ -3,9 +3,13 @@
 # and RPNet over SEEDS on the demo's synthetic set and its VOC-like variant, every chain to the
 # segmenter's val mIoU. Each set gets a labelled list held out from the scored one: `calib` (every
 # third image of `train`, 20) and `scored` (the other 40); eval_cam and eval_pseudo_masks score
-# `scored`, the calibrated runs choose their thresholds on `calib`. Both modes keep the walk's scores,
-# so the scored split's own pseudo-mask sweep is there too. A calibrated run starts from its fixed
-# twin's classifier and CAMs (same settings, so the pipeline takes them as complete).
+# `scored`, the calibrated runs choose their thresholds on `calib`. MODES (default: all three):
+#   fixed       the spec's thresholds (IR labels 0.30 / 0.05, walk background 0.25);
+#   calibrated  `thresholds: calibrated`: IR labels by the rule fg = 2 t*, bg = t* / 3, walk at b*;
+#   walk        the walk's b* only, the IR labels at the spec's (ir_labels.calibration_split: null).
+# Every mode keeps the walk's scores, so the scored split's own pseudo-mask sweep is there too. A
+# calibrated run starts from its fixed twin's classifier and CAMs (same settings, so the pipeline
+# takes them as complete).
 # Summarise with `python scripts/calibration_study_table.py OUT`.
 #
 #   bash scripts/calibration_study.sh OUT [SETS...]     SETS: default voclike (default: both)
@@ -13,6 +17,7 @@ set -euo pipefail
 out=${1:?usage: calibration_study.sh OUT [SETS...]}; shift
 sets=${*:-default voclike}
 seeds=${SEEDS:-0 1 2}
+modes=${MODES:-fixed calibrated walk}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$out" && cd "$out" && pwd)
 rp() { "${PYTHON:-python3}" -m rpnet_pl.cli "$@"; }
@@ -30,7 +35,8 @@ for set in $sets; do
         awk 'NR % 3 != 1' "$lists/train.txt" > "$lists/scored.txt"
     fi
     for method in demo_cam demo; do
-        for mode in fixed calibrated; do
+        fixed=$out/$set/fixed-${method//_/-}
+        for mode in fixed ${modes//fixed/}; do
             exp=$out/$set-$mode-$method.yaml
             {
                 echo "extends: $repo/experiments/$method.yaml"
@@ -39,15 +45,17 @@ for set in $sets; do
                 echo "eval_pseudo_masks: {split: scored}"
                 echo "pseudo_masks: {save_scores: true}"
                 [ "$mode" = fixed ] || printf 'thresholds: calibrated\ncalibration: {split: calib}\n'
+                [ "$mode" != walk ] || echo "ir_labels: {calibration_split: null}"
             } > "$exp"
+            run=$out/$set/$mode-${method//_/-}
+            if [ "$mode" != fixed ]; then
+                for s in $seeds; do   # the classifier and CAMs: the fixed twin's
+                    for step in classifier cam; do
+                        [ -e "$run/seed$s/$step" ] || { mkdir -p "$run/seed$s"; cp -a "$fixed/seed$s/$step" "$run/seed$s/"; }
+                    done
+                done
+            fi
+            rp pipeline "$exp" --data "$data" --runs "$out/$set" --logger csv --seeds $seeds
         done
-        fixed=$out/$set/fixed-${method//_/-}; calibrated=$out/$set/calibrated-${method//_/-}
-        rp pipeline "$out/$set-fixed-$method.yaml" --data "$data" --runs "$out/$set" --logger csv --seeds $seeds
-        for s in $seeds; do   # the calibrated twin's classifier and CAMs: the fixed run's
-            for step in classifier cam; do
-                [ -e "$calibrated/seed$s/$step" ] || { mkdir -p "$calibrated/seed$s"; cp -a "$fixed/seed$s/$step" "$calibrated/seed$s/"; }
-            done
-        done
-        rp pipeline "$out/$set-calibrated-$method.yaml" --data "$data" --runs "$out/$set" --logger csv --seeds $seeds
     done
 done

@@ -1,11 +1,13 @@
 """Table of the thresholds study (scripts/calibration_study.sh): per set and method, fixed against
-calibrated thresholds, each number mean ± std over seeds on the scored split (segmentation: val).
+calibrated thresholds ("b* only": the walk's background calibrated, the IR labels at the spec's), each
+number mean ± std over seeds on the scored split (segmentation: val).
 
 Columns:
 - seeds @0.15 / @t* / best: the CAM seeds' mIoU at VOC's threshold, at the threshold chosen on the
   calibration list (t*, ``ir_labels/labels/calibration.json``), and at the scored split's own best
   (the bound a calibration can reach);
-- t*, b*: the thresholds chosen on the calibration list (seeds; walk background);
+- t*, b*: the thresholds chosen on the calibration list (seeds, hence the IR labels' fg = 2 t* and
+  bg = t* / 3; walk background), one per seed;
 - pseudo masks: mIoU of the masks the run wrote (fixed: bg 0.25; calibrated: b*), and the scored
   split's own best over the walk's saved scores;
 - segmentation: the segmenter's val mIoU without / with CRF.
@@ -23,6 +25,7 @@ from rpnet_pl.pipeline.seeds import format_pct, mean_std, seed_folders
 
 METHODS = {"demo-cam": "CAM baseline", "demo": "RPNet"}
 SETS = {"default": "default", "voclike": "VOC-like"}
+MODES = {"fixed": "fixed", "calibrated": "calibrated", "walk": "b* only"}
 FIXED_SEED_THRESHOLD = "0.15"
 
 
@@ -72,13 +75,13 @@ def table(out: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for set_name, set_label in SETS.items():
         for method, method_label in METHODS.items():
-            for mode in ("fixed", "calibrated"):
+            for mode, mode_label in MODES.items():
                 folder = out / set_name / f"{mode}-{method}"
                 rows = [seed_row(f) for f in seed_folders(folder)]
                 if not rows:
                     continue
                 lines.append(" | ".join([
-                    f"| {set_label}", method_label, mode, cell(rows, "seeds_fixed"),
+                    f"| {set_label}", method_label, mode_label, cell(rows, "seeds_fixed"),
                     cell(rows, "seeds_calibrated"), cell(rows, "seeds_best"), cell(rows, "t_star", False),
                     cell(rows, "b_star", False), cell(rows, "masks"), cell(rows, "masks_best"),
                     cell(rows, "seg"), cell(rows, "seg_crf")]) + " |")
