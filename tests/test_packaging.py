@@ -35,6 +35,8 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
     for must in ("rpnet_pl/data/__init__.py", "rpnet_pl/data/voc.py", "rpnet_pl/stages/__init__.py",
                  "rpnet_pl/stages/classifier.py", "rpnet_pl/parity_cases/rpnet_head_0.npz", "rpnet_pl/parity.py"):
         assert must in names, must
+    # developer tools and study scripts stay beside the package
+    assert not [n for n in names if n.startswith(("tools/", "scripts/")) or n.endswith("bench.py")]
 
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path).returncode == 0
