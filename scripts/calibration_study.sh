@@ -5,8 +5,9 @@
 # third image of `train`, 20) and `scored` (the other 40); eval_cam and eval_pseudo_masks score
 # `scored`, the calibrated runs choose their thresholds on `calib`. MODES (default: all three):
 #   fixed       the spec's thresholds (IR labels 0.30 / 0.05, walk background 0.25);
-#   calibrated  `thresholds: calibrated`: IR labels by the rule fg = 2 t*, bg = t* / 3, walk at b*;
-#   walk        the walk's b* only, the IR labels at the spec's (ir_labels.calibration_split: null).
+#   calibrated  the walk at b* and the IR labels by the rule fg = 2 t*, bg = t* / 3
+#               (`thresholds: calibrated` with ir_labels.calibration_split set);
+#   walk        the walk's b* only, the IR labels at the spec's (`thresholds: calibrated` as it is).
 # Every mode keeps the walk's scores, so the scored split's own pseudo-mask sweep is there too. A
 # calibrated run starts from its fixed twin's classifier and CAMs (same settings, so the pipeline
 # takes them as complete).
@@ -45,6 +46,7 @@ for set in $sets; do
                 echo "eval_pseudo_masks: {split: scored}"
                 echo "pseudo_masks: {save_scores: true}"
                 [ "$mode" = fixed ] || printf 'thresholds: calibrated\ncalibration: {split: calib}\n'
+                [ "$mode" != calibrated ] || echo "ir_labels: {calibration_split: calib}"
                 [ "$mode" != walk ] || echo "ir_labels: {calibration_split: null}"
             } > "$exp"
             run=$out/$set/$mode-${method//_/-}

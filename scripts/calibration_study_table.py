@@ -1,6 +1,6 @@
 """Table of the thresholds study (scripts/calibration_study.sh): per set and method, fixed against
-calibrated thresholds ("b* only": the walk's background calibrated, the IR labels at the spec's), each
-number mean ± std over seeds on the scored split (segmentation: val).
+calibrated thresholds (the walk's background b*, as `thresholds: calibrated` does; and b* with the IR
+labels' rule), each number mean ± std over seeds on the scored split (segmentation: val).
 
 Columns:
 - seeds @0.15 / @t* / best: the CAM seeds' mIoU at VOC's threshold, at the threshold chosen on the
@@ -25,7 +25,7 @@ from rpnet_pl.pipeline.seeds import format_pct, mean_std, seed_folders
 
 METHODS = {"demo-cam": "CAM baseline", "demo": "RPNet"}
 SETS = {"default": "default", "voclike": "VOC-like"}
-MODES = {"fixed": "fixed", "calibrated": "calibrated", "walk": "b* only"}
+MODES = {"fixed": "fixed", "walk": "b* (`calibrated`)", "calibrated": "b* + IR rule"}
 FIXED_SEED_THRESHOLD = "0.15"
 
 

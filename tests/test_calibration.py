@@ -150,15 +150,17 @@ def _experiment(tmp_path: Path, **top) -> Path:
     return path
 
 
-def test_thresholds_calibrated_sets_both_steps_calibration_split(tmp_path: Path) -> None:
+def test_thresholds_calibrated_sets_the_walks_calibration_split_and_ir_labels_opt_in(tmp_path: Path) -> None:
     fixed = load_experiment(EXPERIMENTS / "demo.yaml")
     assert "calibration_split" not in fixed["ir_labels"] and "calibration_split" not in fixed["pseudo_masks"]
     cfg = load_experiment(_experiment(tmp_path, thresholds="calibrated"))  # default: the split eval_cam scores
-    assert cfg["ir_labels"]["calibration_split"] == cfg["pseudo_masks"]["calibration_split"] == "train"
+    assert cfg["pseudo_masks"]["calibration_split"] == "train"
+    assert "calibration_split" not in cfg["ir_labels"]                     # the IR labels keep the spec's
     cfg = load_experiment(_experiment(tmp_path, thresholds="calibrated", calibration={"split": "val"},
-                                      pseudo_masks={"calibration_split": "held_out"}))
-    assert cfg["ir_labels"]["calibration_split"] == "val" and cfg["pseudo_masks"]["calibration_split"] == "held_out"
-    cfg = load_experiment(EXPERIMENTS / "demo.yaml", ["thresholds=calibrated", "calibration.split=val"])
+                                      ir_labels={"calibration_split": "held_out"}))   # the rule, opted in
+    assert cfg["pseudo_masks"]["calibration_split"] == "val" and cfg["ir_labels"]["calibration_split"] == "held_out"
+    cfg = load_experiment(EXPERIMENTS / "demo.yaml", ["thresholds=calibrated", "calibration.split=val",
+                                                      "ir_labels.calibration_split=val"])
     check_tree(cfg)
     steps = {s.name: s for s in plan(cfg, runs_dir=tmp_path / "runs")}
     for name in ("ir_labels", "pseudo_masks"):
@@ -166,6 +168,9 @@ def test_thresholds_calibrated_sets_both_steps_calibration_split(tmp_path: Path)
         assert argv[argv.index("--calibration-split") + 1] == "val"
         assert steps[name].settings["calibration_split"] == "val"
     assert "--calibration-split" not in steps["cam"].argv and "calibration_split" not in steps["refine"].settings
+    steps = {s.name: s for s in plan(load_experiment(EXPERIMENTS / "demo.yaml", ["thresholds=calibrated"]),
+                                     runs_dir=tmp_path / "runs")}
+    assert "--calibration-split" not in steps["ir_labels"].argv and "--calibration-split" in steps["pseudo_masks"].argv
     # a section the experiment lacks is not added (it would add a step)
     cfg = load_experiment(EXPERIMENTS / "demo.yaml", ["thresholds=calibrated"])
     del cfg["pseudo_masks"]
@@ -195,21 +200,21 @@ def test_a_calibration_split_absent_from_the_dataset_is_one_line_before_work(tin
         check_environment(cfg, steps, tmp_path / "runs" / "demo", network=lambda: True, make_run_dir=False)
     from rpnet_pl.data.splits import needed_splits
 
-    assert needed_splits(cfg, "voc")["held_out"] == ["ir_labels", "pseudo_masks"]  # `rpnet data check` asks for it
+    assert needed_splits(cfg, "voc")["held_out"] == ["pseudo_masks"]  # `rpnet data check` asks for it
 
 
 def test_a_changed_calibration_split_makes_the_calibrated_step_stale(tmp_path: Path) -> None:
     def planned(*overrides: str):
         return plan(load_experiment(EXPERIMENTS / "demo.yaml", list(overrides)), runs_dir=tmp_path, steps=["ir_labels"])
 
-    made = planned("thresholds=calibrated")
+    made = planned("thresholds=calibrated", "ir_labels.calibration_split=train")
     step = made[0]
     step.folder.mkdir(parents=True)
     dump_yaml({"identity": identities(made)["ir_labels"], "inputs": {"cam": None}, "settings": step.settings},
               step.done_marker)
-    check_complete_steps(planned("thresholds=calibrated"))  # the same calibration: complete
+    check_complete_steps(planned("thresholds=calibrated", "ir_labels.calibration_split=train"))  # the same: complete
     with pytest.raises(ConfigError, match=r"step 'ir_labels' is complete but was made with other settings "
                                           r"calibration_split: train -> val"):
-        check_complete_steps(planned("thresholds=calibrated", "calibration.split=val"))
+        check_complete_steps(planned("thresholds=calibrated", "ir_labels.calibration_split=val"))
     with pytest.raises(ConfigError, match=r"calibration_split: train -> \(unset\)"):
         check_complete_steps(planned())

@@ -55,5 +55,5 @@ def test_table_has_a_row_per_set_method_and_mode_with_mean_and_std(tmp_path: Pat
     fixed, calibrated = lines[2].split(" | "), lines[3].split(" | ")
     assert fixed[:3] == ["| default", "RPNet", "fixed"] and fixed[4] == "-" and fixed[6:8] == ["-", "-"]
     assert fixed[8] == "15.0 ± 7.1 (n=2)"                           # pseudo masks 10 and 20
-    assert calibrated[2] == "calibrated" and calibrated[4] == "40.0 ± 0.0 (n=2)"   # seeds at t* = 0.3
+    assert calibrated[2] == "b* + IR rule" and calibrated[4] == "40.0 ± 0.0 (n=2)"   # seeds at t* = 0.3
     assert calibrated[6:8] == ["0.3/0.3", "0.1/1.1"]                 # t*, b* per seed

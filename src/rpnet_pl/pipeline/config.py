@@ -7,9 +7,11 @@ into every ``data`` section so the data root is said once (and ``DATA=`` overrid
 
 Overrides use dotted keys: ``classifier.model.beta=0.1`` (values parsed as YAML).
 
-``thresholds: calibrated`` (default ``fixed``) sets the ``calibration_split`` of the ``ir_labels`` and
-``pseudo_masks`` sections to ``calibration.split`` (default: the split ``eval_cam`` scores), so that both
-steps choose their thresholds on that labelled split (:mod:`rpnet_pl.steps.calibration`).
+``thresholds: calibrated`` (default ``fixed``) sets the ``calibration_split`` of the ``pseudo_masks``
+section to ``calibration.split`` (default: the split ``eval_cam`` scores), so that the walk's background
+threshold is chosen on that labelled split (:mod:`rpnet_pl.steps.calibration`). The IR labels keep the
+spec's thresholds unless ``ir_labels.calibration_split`` is set too (the rule fg = 2 t*, bg = t* / 3:
+docs/results.md, "Thresholds on a new dataset", says where it helped and where it failed).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any, Iterable
 import yaml
 
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.pipeline.registry import EVAL_CAM, IR_LABELS_STEP, PSEUDO_MASKS, TRAIN_STEPS
+from rpnet_pl.pipeline.registry import EVAL_CAM, PSEUDO_MASKS, TRAIN_STEPS
 
 #: The dataset of an experiment whose ``dataset`` block names none.
 DEFAULT_DATASET = "voc"
@@ -28,8 +30,9 @@ DEFAULT_DATASET = "voc"
 DEFAULT_ROOT = "data/voc"
 #: ``thresholds:``: each step's own numbers (VOC's), or chosen on a labelled split.
 THRESHOLD_MODES = ("fixed", "calibrated")
-#: The steps whose ``calibration_split`` ``thresholds: calibrated`` sets.
-CALIBRATED_STEPS = (IR_LABELS_STEP.name, PSEUDO_MASKS.name)
+#: The steps whose ``calibration_split`` ``thresholds: calibrated`` sets (``ir_labels`` only when its
+#: section sets one itself: its rule helped on one set and failed on another).
+CALIBRATED_STEPS = (PSEUDO_MASKS.name,)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
