@@ -23,10 +23,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$out" && cd "$out" && pwd)
 rp() { "${PYTHON:-python3}" -m rpnet_pl.cli "$@"; }
 
-source_of() { case $1 in default) echo "$repo/data/synthetic-voc" ;; voclike) echo "$repo/data/synth-voclike" ;; esac; }
+source_of() { case $1 in default) echo "$repo/data/synthetic-voc" ;; voclike) echo "$repo/data/synth-voclike" ;;
+               *) echo "calibration_study: unknown set '$1' (default, voclike)" >&2; exit 2 ;; esac; }
 
 for set in $sets; do
-    src=$(source_of "$set"); data=$out/data/$set
+    src=$(source_of "$set") || exit 2; data=$out/data/$set
     [ -f "$src/VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt" ] || {
         echo "calibration_study: $src has no dataset; run make synth / make demo-voclike first" >&2; exit 2; }
     if [ ! -d "$data" ]; then   # the set as symlinks, with the two held-out lists written

@@ -91,4 +91,7 @@ def table(out: Path) -> str:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: calibration_study_table.py OUT")
-    print(table(Path(sys.argv[1])))
+    text = table(Path(sys.argv[1]))
+    if len(text.splitlines()) == 2:
+        sys.exit(f"{sys.argv[1]}: no run of scripts/calibration_study.sh here (SET/MODE-METHOD/seedK folders)")
+    print(text)

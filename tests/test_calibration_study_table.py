@@ -1,19 +1,14 @@
 """scripts/calibration_study_table.py on hand-written run folders: each column read from the file it names."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts_module import load_script
 
 
 def _module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("calibration_study_table", ROOT / "scripts" / "calibration_study_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("calibration_study_table")
 
 
 def _json(path: Path, data: dict) -> None:
@@ -57,3 +52,13 @@ def test_table_has_a_row_per_set_method_and_mode_with_mean_and_std(tmp_path: Pat
     assert fixed[8] == "15.0 ± 7.1 (n=2)"                           # pseudo masks 10 and 20
     assert calibrated[2] == "b* + IR rule" and calibrated[4] == "40.0 ± 0.0 (n=2)"   # seeds at t* = 0.3
     assert calibrated[6:8] == ["0.3/0.3", "0.1/1.1"]                 # t*, b* per seed
+
+
+def test_a_folder_without_study_runs_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "calibration_study_table.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == f"{tmp_path}: no run of scripts/calibration_study.sh here (SET/MODE-METHOD/seedK folders)"

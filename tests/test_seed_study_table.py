@@ -1,19 +1,16 @@
 """scripts/seed_study_table.py, wide_sweep.sh and seed_study.sh: the loss-spike census, the wide-sweep column, bad folders and the study plan, on hand-written inputs."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
+
+from tests.scripts_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _table_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("seed_study_table", ROOT / "scripts" / "seed_study_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("seed_study_table")
 
 
 def _log(path: Path, values: list[str]) -> Path:
@@ -183,10 +180,7 @@ def test_ir_label_stats_hand_computed(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("ir_label_stats", ROOT / "scripts" / "ir_label_stats.py")
-    assert spec is not None and spec.loader is not None
-    stats = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stats)
+    stats = load_script("ir_label_stats")
     label = np.array([[1, 2, 0], [0, 255, 1]])
     gt = np.array([[1, 1, 1], [0, 0, 255]])
     assert stats.ir_label_counts(label, gt) == {"pixels": 5, "fg": 2, "fg_right": 1, "gt_fg": 3, "gt_fg_covered": 1,

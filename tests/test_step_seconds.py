@@ -1,19 +1,15 @@
 """scripts/step_seconds.py: per-step seconds from the .done markers, and each step's share."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts_module import load_script
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("step_seconds", REPO / "scripts" / "step_seconds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _script():  # type: ignore[no-untyped-def]
+    return load_script("step_seconds")
 
 
 def test_the_table_of_two_runs(tmp_path: Path, capsys) -> None:
