@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rpnet_pl.data.classes import VOC_CLASSES, voc_palette
+from rpnet_pl.ops.params import RandomWalkParams
 from rpnet_pl.utils.io import write_image, write_label_png
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -60,13 +61,18 @@ def tiny_voc(tmp_path: Path) -> Path:
 
 
 def tiny_refine_stage():
-    """A seeded ResNet-18 RefineStage with radius-2 affinities (eval mode): the refiner of the tiny tests."""
+    """A seeded ResNet-18 RefineStage with radius-2 affinities (eval mode): the refiner of the tiny
+    tests (its walk: :data:`TINY_WALK`)."""
     import torch
 
     from rpnet_pl.stages.refine import RefineStage
 
     torch.manual_seed(0)
-    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2, rw_radius=2).eval()
+    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2).eval()
+
+
+#: The tiny tests' random walk: radius 2, the other settings IRN's.
+TINY_WALK = RandomWalkParams(radius=2)
 
 
 def save_stage_checkpoint(stage, path: Path) -> Path:

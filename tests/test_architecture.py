@@ -122,16 +122,10 @@ MAY_IMPORT = {
     "pipeline": ("utils", "data", "ops", "models", "stages", "steps", "pipeline"),
     "results": ("utils", "data", "ops", "models", "stages", "steps", "pipeline", "results"),
 }
-#: Imports against the layering that the code still has, each named (the list may only shrink): a
-#: stage's ``predict_step`` writes its step's files with that step's helpers (``steps.cam_inference``,
-#: ``steps.walk_scores``, ``steps.ir_labels.label_is_complete``), and the seed monitor makes its CAMs
-#: with ``steps.cam_inference``. ``pipeline.tracking`` reads a finished step's numbers with
-#: ``results.summary``.
+#: Imports against the layering that the code still has, each named (the list may only shrink): the
+#: seed monitor makes its CAMs with ``steps.cam_inference``; ``pipeline.tracking`` reads a finished
+#: step's numbers with ``results.summary``.
 KNOWN_EXCEPTIONS = {
-    (f"{P}.stages.classifier", f"{P}.steps.cam_inference"),
-    (f"{P}.stages.refine", f"{P}.steps.cam_inference"), (f"{P}.stages.refine", f"{P}.steps.ir_labels"),
-    (f"{P}.stages.refine", f"{P}.steps.walk_scores"),
-    (f"{P}.stages.segmenter", f"{P}.steps.ir_labels"),
     (f"{P}.stages.seed_monitor", f"{P}.steps.cam_inference"),
     (f"{P}.pipeline.tracking", f"{P}.results.summary"),
 }

@@ -132,7 +132,7 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw, transition_matrix_sparse
     from rpnet_pl.steps.eval_refinement import eval_refinement, refinement_breakdown, refinement_steps
     from rpnet_pl.stages.refine import RefineStage
-    from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
+    from rpnet_pl.steps.pseudo_masks import WritePseudoMask, make_pseudo_masks
 
     op = _signature_defaults(propagate_cams)
     assert (op["radius"], op["beta"], op["exp_times"]) == (RANDOM_WALK.radius, RANDOM_WALK.beta, RANDOM_WALK.exp_times)
@@ -140,9 +140,10 @@ def test_random_walk_cli_defaults_equal_the_op_and_stage_defaults() -> None:
     assert _signature_defaults(sem_seg_from_rw)["bg"] == RANDOM_WALK.bg_threshold
     assert IRN_INFER_PAD == RANDOM_WALK.pad_to
 
-    stage = _signature_defaults(RefineStage.__init__)
-    assert (stage["rw_radius"], stage["rw_beta"], stage["rw_exp_times"], stage["bg_threshold"], stage["rw_pad_to"]) == (
+    walk = _signature_defaults(WritePseudoMask)["params"]
+    assert (walk.radius, walk.beta, walk.exp_times, walk.bg_threshold, walk.pad_to) == (
         op["radius"], op["beta"], op["exp_times"], RANDOM_WALK.bg_threshold, RANDOM_WALK.pad_to)
+    assert not {"rw_radius", "bg_threshold", "rw_pad_to"} & set(_signature_defaults(RefineStage.__init__))
 
     cli = _parse("pseudo-masks", "--ckpt", "c", "--cams", "x", "--out", "o", "--root", "r")
     fn = _signature_defaults(make_pseudo_masks)

@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 import torch
 
+from rpnet_pl.ops.params import CAM_INFERENCE
+from rpnet_pl.steps.cam_inference import multiscale_cam
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden.json"
 STAGES = ("classifier_rpnet", "classifier_cam", "refine", "segmenter")
@@ -97,7 +100,7 @@ def record(name: str) -> dict[str, Any]:
     with torch.no_grad():
         image = _images(1, 80, 4)
         if name.startswith("classifier"):
-            strided, high = stage.cams(image)
+            strided, high = multiscale_cam(stage.model.cam, image, CAM_INFERENCE.scales, CAM_INFERENCE.flip)
             out["inference"] = _checksum(strided) + _checksum(high)
         elif name == "refine":
             out["inference"] = _checksum(stage.model.boundary(image, pad_to=None))

@@ -15,6 +15,8 @@ from rpnet_pl.models import backbones as bb
 from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rpnet_pl.models.backbones import (PretrainedWeightsError, build_backbone, imagenet_efficientnet,
                                        map_efficientnet_pytorch, packaged_weights_file)
+from rpnet_pl.stages.segmenter import multiscale_probs
+from rpnet_pl.steps.cam_inference import multiscale_cam
 
 torch.set_num_threads(1)
 NAME = "efficientnet_lite0"
@@ -148,7 +150,7 @@ def test_classifier_fine_tunes_imagenet_weights(method: str) -> None:
 
     torch.manual_seed(0)
     stage = ClassifierStage(method=method, backbone=NAME, pretrained=True, num_classes=3, mid=16, output_stride=16,
-                            dilated=True, enhanced_scales=(1.0,), cam_scales=(1.0, 0.5), levels=(2, 4))
+                            dilated=True, enhanced_scales=(1.0,), levels=(2, 4))
     reference = build_backbone(NAME, pretrained=True).state_dict()
     for k, v in stage.model.backbone.state_dict().items():  # starts from ImageNet
         torch.testing.assert_close(v, reference[k], msg=k)
@@ -161,7 +163,7 @@ def test_classifier_fine_tunes_imagenet_weights(method: str) -> None:
              and not torch.equal(p, before[n])}
     assert moved and moved <= {"blocks_3", "blocks_4", "blocks_5", "blocks_6", "conv_head", "bn2"}  # frozen early
     stage.eval()
-    strided, high = stage.cams(torchvision_normalised(photo(64))[..., :48, :])
+    strided, high = multiscale_cam(stage.model.cam, torchvision_normalised(photo(64))[..., :48, :], (1.0, 0.5))
     assert strided.shape == (3, 12, 16) and high.shape == (3, 48, 64)
     assert torch.isfinite(high).all() and float(high.min()) >= 0 and float(high.max()) > 0
 
@@ -201,7 +203,7 @@ def test_deeplab_starts_from_imagenet_and_trains() -> None:
     before = _sgd_step(stage, loss)
     assert any(not torch.equal(p, before[n]) for n, p in stage.named_parameters() if "backbone.body.blocks_6" in n)
     stage.eval()
-    probs = stage.probs(torchvision_normalised(photo(64))[..., :48, :])
+    probs = multiscale_probs(stage.model, torchvision_normalised(photo(64))[..., :48, :])
     assert probs.shape == (4, 48, 64)
     torch.testing.assert_close(probs.sum(0), torch.ones(48, 64))
 

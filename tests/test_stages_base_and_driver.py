@@ -13,9 +13,12 @@ import bench
 from rpnet_pl.utils.errors import CheckpointError, DatasetError
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.steps.inference import run_per_image
+from rpnet_pl.steps.inference import PerImage, run_per_image
 from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.stages import segmenter
 from rpnet_pl.stages.segmenter import SegmenterStage
+from rpnet_pl.steps import cam_inference, pseudo_masks
+from rpnet_pl.steps.segmentation import WritePrediction
 
 TINY = dict(backbone="resnet18", pretrained=False)
 
@@ -54,15 +57,29 @@ def test_configure_optimizers_steps_the_schedule_per_step(tmp_path: Path) -> Non
     assert config["optimizer"].param_groups[1]["lr"] == pytest.approx(0.02 * stage.hparams.head_lr_mult)
 
 
-def test_the_prediction_progress_names_what_each_stage_writes() -> None:
-    assert (ClassifierStage.predict_what, RefineStage.predict_what, SegmenterStage.predict_what) == (
-        "CAMs", "pseudo masks", "predictions")
+def test_the_per_image_module_runs_the_steps_work_on_the_stage() -> None:
+    """What ``trainer.predict`` runs: the step's work on the stage (a submodule, so it moves and is
+    put in eval mode with it); ``what`` names the outputs in the progress lines."""
+    stage = SegmenterStage(**TINY)
+    seen: list[tuple[Any, str]] = []
+
+    def work(s: Any, batch: dict[str, Any]) -> str:
+        seen.append((s, batch["id"][0]))
+        return batch["id"][0]
+
+    module = PerImage(stage, work, "predictions")
+    assert module.predict_what == "predictions" and module.stage is stage
+    assert module.predict_step({"id": ["a"]}, 0) == "a" and seen == [(stage, "a")]
+    module.eval()
+    assert not stage.training and not stage.model.training
+    assert any(name.startswith("stage.model.") for name, _ in module.named_modules())
 
 
 def test_the_driver_checks_the_checkpoint_and_skips_done_images(tiny_voc: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"none.ckpt: refine checkpoint not found \(train it with `rpnet fit "
                                            r"refine`\)"):
-        run_per_image(RefineStage, tmp_path / "none.ckpt", "refine", {}, root=str(tiny_voc), done=lambda r, i: True)
+        run_per_image(RefineStage, tmp_path / "none.ckpt", "refine", lambda s, b: None, "pseudo masks",
+                      root=str(tiny_voc), done=lambda r, i: True)
     ckpt = tmp_path / "seg.ckpt"
     trainer = pl.Trainer(logger=False, enable_checkpointing=False)
     trainer.strategy.connect(SegmenterStage(**TINY))
@@ -73,29 +90,30 @@ def test_the_driver_checks_the_checkpoint_and_skips_done_images(tiny_voc: Path, 
         asked.append(image_id)
         return True
 
-    assert run_per_image(SegmenterStage, ckpt, "segmenter", {"pred_dir": str(tmp_path / "p")}, root=str(tiny_voc),
-                         split="train", done=done) == (0, True)
+    assert run_per_image(SegmenterStage, ckpt, "segmenter", WritePrediction(str(tmp_path / "p")), "predictions",
+                         root=str(tiny_voc), split="train", done=done) == (0, True)
     assert len(asked) == 4 and not (tmp_path / "p").exists()  # every image asked once, nothing predicted
 
 
 def test_bench_runs_the_stages_own_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each case calls the stage method the Trainer calls (so the benchmark cannot drift from it)."""
+    """Each training case calls the stage method the Trainer calls, each inference case the function
+    the per-image step calls (so the benchmark cannot drift from them)."""
     calls: dict[str, int] = {}
 
-    def counting(cls: type, name: str) -> None:
-        original = getattr(cls, name)
+    def counting(owner: Any, name: str, key: str) -> None:
+        original = getattr(owner, name)
 
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            key = f"{cls.__name__}.{name}"
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             calls[key] = calls.get(key, 0) + 1
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
 
-        monkeypatch.setattr(cls, name, wrapper)
+        monkeypatch.setattr(owner, name, wrapper)
 
-    for cls, name in ((ClassifierStage, "training_losses"), (ClassifierStage, "cams"),
-                      (RefineStage, "training_losses"), (RefineStage, "pseudo_mask"),
-                      (SegmenterStage, "training_losses"), (SegmenterStage, "probs")):
-        counting(cls, name)
+    for cls in (ClassifierStage, RefineStage, SegmenterStage):
+        counting(cls, "training_losses", f"{cls.__name__}.training_losses")
+    counting(cam_inference, "multiscale_cam", "multiscale_cam")
+    counting(pseudo_masks, "pseudo_mask", "pseudo_mask")
+    counting(segmenter, "multiscale_probs", "multiscale_probs")
     tiny = dict(iters=1, warmup=1, device="cpu")
     bench.classifier_train("cam", "resnet18", crop=48, batch=1, group_size=2, **tiny)
     bench.cam_inference("cam", "resnet18", image_size=(32, 40), scales=(1.0,), **tiny)
@@ -103,7 +121,7 @@ def test_bench_runs_the_stages_own_steps(monkeypatch: pytest.MonkeyPatch) -> Non
     bench.pseudo_mask_inference("resnet18", image_size=(32, 40), exp_times=1, **tiny)
     bench.deeplab_train("resnet18", crop=40, batch=1, **tiny)
     bench.deeplab_inference("resnet18", image_size=(32, 40), scales=(1.0,), **tiny)
-    assert calls == {k: 2 for k in ("ClassifierStage.training_losses", "ClassifierStage.cams",
-                                    "RefineStage.training_losses", "RefineStage.pseudo_mask",
-                                    "SegmenterStage.training_losses", "SegmenterStage.probs")}
+    assert calls == {k: 2 for k in ("ClassifierStage.training_losses", "multiscale_cam",
+                                    "RefineStage.training_losses", "pseudo_mask",
+                                    "SegmenterStage.training_losses", "multiscale_probs")}
     assert torch.is_grad_enabled()

@@ -12,10 +12,11 @@ from rpnet_pl.cli import main
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.data.transforms import eval_transform, to_chw
 from rpnet_pl.ops.metrics import confusion_matrix, miou
+from rpnet_pl.ops.params import RandomWalkParams
 from rpnet_pl.steps.eval_refinement import refinement_breakdown, refinement_steps
 from rpnet_pl.stages.refine import RefineStage
 from rpnet_pl.steps.cam_inference import read_cam
-from tests.conftest import save_stage_checkpoint, tiny_refine_stage, write_uniform_cams
+from tests.conftest import TINY_WALK, save_stage_checkpoint, tiny_refine_stage, write_uniform_cams
 
 # x4 bilinear (align_corners=False) of a 1D step [1, 1, 0, 0]: output i samples source (i + 0.5) / 4 - 0.5
 STEP_UP = np.array([1, 1, 1, 1, 1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0, 0, 0, 0, 0])
@@ -54,7 +55,7 @@ def test_a_long_walk_without_boundaries_floods_the_map() -> None:
 def test_breakdown_sums_every_image(tiny_voc: Path, tmp_path: Path) -> None:
     stage, cams = tiny_refine_stage(), tmp_path / "cams"
     write_uniform_cams(tiny_voc, cams)
-    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(1,))
+    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(1,), params=TINY_WALK)
     assert result["n_images"] == 4 and list(result["steps"]) == ["cam", "cam x (1-B)", "walk 2^1"]
     assert 0.0 < result["mean_boundary"] < 1.0
     # the same confusion matrix built image by image here
@@ -79,7 +80,7 @@ def test_ground_truth_boundary_replaces_the_learned_one(tiny_voc: Path, tmp_path
     stage, cams = tiny_refine_stage(), tmp_path / "cams"
     write_uniform_cams(tiny_voc, cams)
     result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(8,),
-                                  boundary_source="ground_truth")
+                                  boundary_source="ground_truth", params=TINY_WALK)
     assert result["boundary_source"] == "ground_truth"
     reader = build_reader("voc", str(tiny_voc), "train")
     conf = np.zeros((21, 21), dtype=np.int64)
@@ -144,9 +145,9 @@ def test_irn_losses_hand_computed() -> None:
 @pytest.mark.parametrize("pad_to", [None, 64])
 def test_breakdown_pads_as_configured(tiny_voc: Path, tmp_path: Path, pad_to: int | None) -> None:
     stage, cams = tiny_refine_stage(), tmp_path / "cams"
-    stage.hparams.rw_pad_to = pad_to
     write_uniform_cams(tiny_voc, cams)
-    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=())
+    result = refinement_breakdown(stage, cams, str(tiny_voc), split="train", exp_times=(),
+                                  params=RandomWalkParams(radius=2, pad_to=pad_to or 0))
     reader = build_reader("voc", str(tiny_voc), "train")
     means = []
     for image_id in reader.ids:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, voc_palette
-from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs, to_coco_ids
+from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs
+from rpnet_pl.steps.segmentation import WritePrediction, to_coco_ids, write_labels
 
 
 def _two_class_logits(x: torch.Tensor) -> torch.Tensor:
@@ -34,33 +35,30 @@ def test_coco_ids() -> None:
     assert out.tolist() == [[0, 1, 90], [COCO_CATEGORY_IDS[11], 255, 2]]
 
 
-def _stage(tmp_path: Path, fmt: str) -> SegmenterStage:
-    return SegmenterStage(head="aspp", backbone="resnet18", output_stride=16, pred_dir=str(tmp_path / "pred"),
-                          label_format=fmt, num_classes=21 if fmt == "voc" else 81)
-
-
 def test_export_voc_palette_and_coco_ids(tmp_path: Path) -> None:
     label = np.zeros((4, 5), dtype=np.uint8)
     label[1, 2], label[3, 4] = 15, 80
-    _stage(tmp_path, "voc")._write(str(tmp_path / "voc"), "2008_000001", np.minimum(label, 20))
+    write_labels(str(tmp_path / "voc"), "2008_000001", np.minimum(label, 20), "voc")
     with Image.open(tmp_path / "voc" / "2008_000001.png") as im:
         assert im.mode == "P"
         assert np.array_equal(np.array(im.getpalette()[:3 * 21]).reshape(21, 3), voc_palette()[:21])
         assert np.asarray(im)[1, 2] == 15 and np.asarray(im)[3, 4] == 20
-    _stage(tmp_path, "coco")._write(str(tmp_path / "coco"), "COCO_val2014_000000000042", label)
+    write_labels(str(tmp_path / "coco"), "COCO_val2014_000000000042", label, "coco")
     with Image.open(tmp_path / "coco" / "COCO_val2014_000000000042.png") as im:
         arr = np.asarray(im)
         assert arr[1, 2] == COCO_CATEGORY_IDS[14] and arr[3, 4] == 90 and arr[0, 0] == 0
 
 
-def test_predict_step_writes_each_image_once(tmp_path: Path) -> None:
-    stage = _stage(tmp_path, "voc").eval()
+def test_the_prediction_is_written_once_per_image(tmp_path: Path) -> None:
+    stage = SegmenterStage(head="aspp", backbone="resnet18", output_stride=16).eval()
+    write = WritePrediction(str(tmp_path / "pred"))
     batch = {"image": torch.randn(1, 3, 33, 41), "raw": torch.zeros(1, 33, 41, 3, dtype=torch.uint8),
              "id": ["2008_000002"]}
-    assert stage.predict_step(batch, 0) == "2008_000002"
+    with torch.no_grad():
+        assert write(stage, batch) == "2008_000002"
     with Image.open(tmp_path / "pred" / "2008_000002.png") as im:
         assert im.size == (41, 33)
-    assert stage.predict_step(batch, 0) is None  # complete: skipped
+    assert write(stage, batch) is None  # complete: skipped
 
 
 def test_training_step_ignores_255() -> None:

@@ -20,9 +20,9 @@ a training case builds the stage's LightningModule (:class:`~rpnet_pl.stages.com
 and times :meth:`~rpnet_pl.stages.common.StageModule.training_losses` (what ``training_step``
 minimises), the backward pass and a step of the optimiser and scheduler of
 :meth:`~rpnet_pl.stages.common.StageModule.make_optimizer` (the stage's own groups, momentum and
-weight decay; ``lr`` 1e-6 so random data stays finite); an inference case times the per-image
-method ``predict_step`` calls (``ClassifierStage.cams``, ``RefineStage.pseudo_mask``,
-``SegmenterStage.probs``) without the file write. ``bf16`` puts the whole step under autocast,
+weight decay; ``lr`` 1e-6 so random data stays finite); an inference case times what the per-image
+step runs on the trained network (``multiscale_cam`` of the ``cam`` step, ``pseudo_mask`` of the
+``pseudo_masks`` step, ``multiscale_probs`` of ``eval_seg``) without the file write. ``bf16`` puts the whole step under autocast,
 as ``trainer.precision: bf16-mixed`` does.
 
 Timing: ``warmup`` untimed calls, then at least ``iters`` timed calls (more, up to ``10 * iters``,
@@ -414,16 +414,16 @@ def cam_step(method: str, backbone: str, image_size: tuple[int, int], scales: Se
              bf16: bool = False, channels_last: bool = False, num_classes: int = 20) -> Step:
     """The multi-scale + flip CAMs of one random (H, W) image, as ``rpnet cam`` computes them."""
     from rpnet_pl.stages.classifier import ClassifierStage
+    from rpnet_pl.steps.cam_inference import multiscale_cam
 
     gen = torch.Generator().manual_seed(0)
     stage = _eval_stage(ClassifierStage(method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
-                                        num_classes=num_classes, cam_scales=tuple(scales), cam_flip=True,
-                                        channels_last=channels_last), dev)
+                                        num_classes=num_classes, channels_last=channels_last), dev)
     image = _images(1, *image_size, dev, gen)
 
     def step() -> None:
         with torch.no_grad(), _autocast(dev, bf16):
-            stage.cams(image)
+            multiscale_cam(stage.model.cam, image, tuple(scales), True)
 
     return step
 
@@ -473,20 +473,22 @@ def pseudo_mask_step(backbone: str, image_size: tuple[int, int], channels: int, 
                      exp_times: int, dev: torch.device, bf16: bool = False, channels_last: bool = False,
                      cams: torch.Tensor | None = None) -> Step:
     """The pseudo mask of one random (H, W) image from ``channels`` random stride-4 CAMs (or ``cams``)."""
+    from rpnet_pl.ops.params import RandomWalkParams
     from rpnet_pl.stages.refine import RefineStage
+    from rpnet_pl.steps.pseudo_masks import pseudo_mask
 
     h, w = image_size
     h4, w4 = (h - 1) // 4 + 1, (w - 1) // 4 + 1
     gen = torch.Generator().manual_seed(0)
-    stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, rw_radius=radius, rw_beta=beta,
-                                    rw_exp_times=exp_times, channels_last=channels_last), dev)
+    stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, channels_last=channels_last), dev)
+    params = RandomWalkParams(radius=radius, beta=beta, exp_times=exp_times)
     image = _images(1, h, w, dev, gen)
     cam = cams if cams is not None else torch.rand(channels, h4, w4, generator=gen)
     record = {"cam": cam.to(dev), "keys": torch.arange(1, cam.shape[0] + 1)}
 
     def step() -> None:
         with torch.no_grad(), _autocast(dev, bf16):
-            stage.pseudo_mask(image, record)
+            pseudo_mask(stage.model, image, record, params)
 
     return step
 
@@ -543,17 +545,17 @@ def deeplab_infer_step(backbone: str, image_size: tuple[int, int], scales: Seque
                        output_stride: int, dev: torch.device, bf16: bool = False, channels_last: bool = False,
                        num_classes: int = 21, flip: bool = True) -> Step:
     """Multi-scale (+ flip) softmax and argmax of one random (H, W) image (no CRF)."""
-    from rpnet_pl.stages.segmenter import SegmenterStage
+    from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs
 
     gen = torch.Generator().manual_seed(0)
     stage = _eval_stage(SegmenterStage(head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
                                        num_classes=num_classes, output_stride=output_stride,
-                                       eval_scales=tuple(scales), eval_flip=flip, channels_last=channels_last), dev)
+                                       channels_last=channels_last), dev)
     image = _images(1, *image_size, dev, gen)
 
     def step() -> None:
         with torch.no_grad(), _autocast(dev, bf16):
-            stage.probs(image).argmax(0)
+            multiscale_probs(stage.model, image, tuple(scales), flip).argmax(0)
 
     return step
 

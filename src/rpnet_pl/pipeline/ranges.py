@@ -56,9 +56,8 @@ TRAINING: Mapping[str, Mapping[str, Range]] = {
     "model": {
         "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": FRACTION, "poly_power": NON_NEGATIVE,
         "mid": POSITIVE, "sigma": POSITIVE, "gaussian_size": POSITIVE, "lam": NON_NEGATIVE,
-        "cam_scales": POSITIVE, "enhanced_scales": POSITIVE, "levels": POSITIVE,
-        "boundary_radius": POSITIVE, "rw_radius": POSITIVE, "rw_beta": POSITIVE, "rw_exp_times": NON_NEGATIVE,
-        "bg_threshold": FRACTION, "seed_monitor_threshold": FRACTION, "checkpoint_every_n_steps": POSITIVE,
+        "enhanced_scales": POSITIVE, "levels": POSITIVE, "boundary_radius": POSITIVE, "eval_scales": POSITIVE,
+        "seed_monitor_threshold": FRACTION, "checkpoint_every_n_steps": POSITIVE,
         "progress_every_n_steps": POSITIVE, "new_layer_lr_mult": POSITIVE, "displacement_lr_mult": POSITIVE,
         "attention_lr_mult": POSITIVE,
     },

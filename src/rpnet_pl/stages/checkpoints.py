@@ -21,9 +21,21 @@ def _init_names(cls: type) -> set[str]:
     return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
 
 
+#: Hyper-parameters that older checkpoints hold and the stages no longer take: the per-image steps'
+#: settings and output folders, now each step's options (``cam``: scales, flip, out; ``pseudo_masks``:
+#: the walk's radius, beta, exp_times, bg_threshold, pad_to, the CAM and output folders;
+#: ``eval_seg`` / ``predict_seg``: output folders, CRF, label format). Loading drops them.
+RETIRED_HPARAMS = frozenset({
+    "cam_scales", "cam_flip", "cam_out",
+    "rw_radius", "rw_beta", "rw_exp_times", "bg_threshold", "rw_pad_to", "cams_dir", "out_dir", "scores_dir",
+    "pred_dir", "crf_dir", "crf_params", "label_format",
+})
+
+
 def _own_keys(hparams: dict[str, Any]) -> set[str]:
-    """The stage's hyper-parameters, without the ones LightningCLI adds (``_instantiator``, ...)."""
-    return {k for k in hparams if not k.startswith("_")}
+    """The stage's hyper-parameters, without the ones LightningCLI adds (``_instantiator``, ...) and
+    the retired ones (:data:`RETIRED_HPARAMS`)."""
+    return {k for k in hparams if not k.startswith("_") and k not in RETIRED_HPARAMS}
 
 
 def _stage_class(name: str) -> type:
@@ -72,7 +84,7 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
                            f"{hparams.get('backbone', '?')!r} ({first[:160]})") from None
 
 
-__all__ = ["guess_stage", "load_stage_checkpoint"]
+__all__ = ["RETIRED_HPARAMS", "guess_stage", "load_stage_checkpoint"]
 
 
 #: What a finished training step's checkpoint no longer needs: the optimiser's state (momentum

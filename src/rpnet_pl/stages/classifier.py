@@ -1,12 +1,10 @@
 """Stage 1: the RPNet classifier (or the IRN CAM baseline) and its CAM seeds.
 
-Training: L = Lc + lambda * Ls (eq. 11-13, as the public code does it; see the spec). Prediction
-(``trainer.predict``) writes one CAM file per image with the plain branch only, multi-scale + flip,
-and skips images whose file is already complete, so an interrupted run resumes.
+Training: L = Lc + lambda * Ls (eq. 11-13, as the public code does it; see the spec). The CAM seeds
+are the ``cam`` step's (:mod:`rpnet_pl.steps.cam`), from the trained network's plain branch.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,13 +16,10 @@ from rpnet_pl.data.classes import class_names
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, read_state_dict
-from rpnet_pl.steps.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
                                     unit)
 from rpnet_pl.ops.params import CAM_INFERENCE
-
-log = logging.getLogger(__name__)
 
 
 class ClassifierStage(StageModule):
@@ -33,8 +28,6 @@ class ClassifierStage(StageModule):
     Every hyper-parameter is an argument here, so LightningCLI and the YAML files under
     ``experiments/`` set them. Defaults are the spec's (the public code's) choices.
     """
-
-    predict_what = "CAMs"
 
     def __init__(
         self,
@@ -71,9 +64,6 @@ class ClassifierStage(StageModule):
         weight_decay: float = 1e-4,
         momentum: float = 1e-4,
         poly_power: float = 0.9,
-        cam_scales: tuple[float, ...] = CAM_INFERENCE.scales,
-        cam_flip: bool = True,
-        cam_out: str | None = None,
         checkpoint_every_n_steps: int | None = None,
         progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
@@ -149,24 +139,6 @@ class ClassifierStage(StageModule):
             callbacks.append(SeedMonitor(self.hparams.seed_monitor_images, self.hparams.get("seed_monitor_split", "train"),
                                          self.hparams.get("seed_monitor_threshold", 0.25)))
         return callbacks
-
-    # -- CAM seeds ---------------------------------------------------------------------------
-    def cams(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multi-scale (``cam_scales``) + flip CAMs of one image (1, 3, H, W), plain branch only:
-        strided (C, ceil(H/4), ceil(W/4)) and high-res (C, H, W) (see :func:`multiscale_cam`)."""
-        return multiscale_cam(self.model.cam, image, self.hparams.cam_scales, self.hparams.cam_flip)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
-        """Write the CAM file of one image (plain branch only); skip it when already complete."""
-        if not self.hparams.cam_out:
-            raise ValueError("cam_out (the CAM output folder) must be set for prediction")
-        image_id = batch["id"][0]
-        if cam_is_complete(cam_path(self.hparams.cam_out, image_id)):
-            return None
-        strided, high = self.cams(batch["image"])
-        path = write_cam(self.hparams.cam_out, image_id, cam_record(strided, high, batch["labels"][0]))
-        log.debug("rank %d wrote %s", self.global_rank, path)
-        return image_id
 
 
 def reference_classifier_args(ckpt: str | Path, backbone: str | None = None) -> dict[str, Any]:

@@ -296,8 +296,6 @@ class StageModule(pl.LightningModule):
     """
 
     model: nn.Module
-    #: what ``predict_step`` writes, named in the prediction progress lines
-    predict_what: str = "predictions"
 
     def setup(self, stage: str) -> None:
         """Put the network's weights in channels-last layout when ``channels_last`` is set."""

@@ -1,34 +1,22 @@
 """Stage 2, ``refine``: IRN boundary refinement (Ahn et al. 2019, the paper's [4], "+ BR" in Table I).
 
-Training (`rpnet fit refine`) learns IRNet's boundary (and displacement) branches from IR labels;
-prediction (`rpnet pseudo-masks`) turns a boundary map into a transition matrix and random-walks the
-CAM seeds into pseudo masks, one palette PNG per image (with ``--save-scores`` also the walk's scores,
-:mod:`rpnet_pl.steps.walk_scores`), skipping images whose outputs are already complete. (The
+Training (`rpnet fit refine`) learns IRNet's boundary (and displacement) branches from IR labels.
+The ``pseudo_masks`` step (:mod:`rpnet_pl.steps.pseudo_masks`) then turns the trained network's
+boundary map into a transition matrix and random-walks the CAM seeds into pseudo masks. (The
 pair-label math of the boundary loss is :mod:`rpnet_pl.ops.affinity`.)
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rpnet_pl.data.classes import voc_palette
-from rpnet_pl.utils.io import write_label_png
-from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet, displacement_losses
+from rpnet_pl.models.irn import IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
-from rpnet_pl.ops.params import RANDOM_WALK
-from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
-from rpnet_pl.steps.cam_inference import read_cam
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.steps.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
-from rpnet_pl.steps.walk_scores import mask_from_walk_scores, walk_scores_path, walk_scores_record, write_walk_scores
-
-log = logging.getLogger(__name__)
 
 LabelReduction = Literal["pil", "cv2"]
 
@@ -103,17 +91,15 @@ class RefineStage(StageModule):
 
     Loss (spec): (pos_bg/2 + pos_fg/2 + neg)/2 + (displacement fg + bg)/2.
 
-    Two radii, two names: ``boundary_radius`` is the pixel-pair radius of the affinity and
-    displacement losses (IRN: 10 at stride 4); ``rw_radius`` is the random walk's transition radius
-    at inference (IRN: 5), set from the ``pseudo_masks`` section.
+    Two radii, two names: ``boundary_radius`` here is the pixel-pair radius of the affinity and
+    displacement losses (IRN: 10 at stride 4); the random walk's transition radius (IRN: 5) is the
+    ``pseudo_masks`` step's ``radius``.
 
     ``self_attention``: RPNet's copy of IRN, with a non-local block on backbone levels 3-5 (see
     :class:`IRNet`), trained at ``lr * attention_lr_mult`` (RPNet: 2x); ``experiments/base.yaml`` turns
     it on, the CAM baselines (IRN's own network) leave it off. Off by default, so that a checkpoint
     saved without the switch loads as the network it was.
     """
-
-    predict_what = "pseudo masks"
 
     def __init__(
         self,
@@ -130,14 +116,6 @@ class RefineStage(StageModule):
         displacement_lr_mult: float = 10.0,
         self_attention: bool = False,
         attention_lr_mult: float = 2.0,
-        rw_radius: int = RANDOM_WALK.radius,
-        rw_beta: float = RANDOM_WALK.beta,
-        rw_exp_times: int = RANDOM_WALK.exp_times,
-        bg_threshold: float = RANDOM_WALK.bg_threshold,
-        rw_pad_to: int | None = IRN_INFER_PAD,
-        cams_dir: str | None = None,
-        out_dir: str | None = None,
-        scores_dir: str | None = None,
         checkpoint_every_n_steps: int | None = None,
         progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
@@ -181,50 +159,3 @@ class RefineStage(StageModule):
         edge_params, dp_params, attention_params = self.model.param_groups()
         return [(edge_params, hp.lr), (dp_params, hp.lr * hp.displacement_lr_mult),
                 (attention_params, hp.lr * hp.attention_lr_mult)]  # empty: dropped by poly_sgd
-
-    # -- pseudo masks ------------------------------------------------------------------------
-    def walk(self, image: torch.Tensor, cam_record: dict[str, Any]) -> torch.Tensor:
-        """Random-walk one image's strided CAMs over its boundary map (spec "Pseudo masks").
-
-        image (1, 3, H, W) normalised; returns the walked scores (K, h4, w4), float32.
-        """
-        hp = self.hparams
-        boundary = self.model.boundary(image, pad_to=hp.rw_pad_to or None).float()  # (h4, w4), flip-averaged
-        cams = torch.as_tensor(cam_record["cam"], dtype=torch.float32, device=boundary.device)  # (K, h4, w4)
-        keys = torch.as_tensor(cam_record["keys"], dtype=torch.long)
-        h4, w4 = boundary.shape
-        cams = cams[:, :h4, :w4]
-        if cams.shape[-2:] != boundary.shape:
-            cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
-        return propagate_cams(cams, boundary, radius=hp.rw_radius, beta=hp.rw_beta, exp_times=hp.rw_exp_times)  # fp32
-
-    def pseudo_mask(self, image: torch.Tensor, cam_record: dict[str, Any]) -> "np.ndarray":
-        """The pseudo mask of one image: :meth:`walk`, thresholded at ``bg_threshold``.
-
-        image (1, 3, H, W) normalised; returns (H, W) int64 class ids (numpy).
-        """
-        rw = self.walk(image, cam_record)
-        return sem_seg_from_rw(rw, cam_record["keys"], tuple(image.shape[-2:]), bg=self.hparams.bg_threshold)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
-        hp = self.hparams
-        if not (hp.cams_dir and hp.out_dir):
-            raise ValueError("cams_dir and out_dir must be set for pseudo-mask prediction")
-        image_id = batch["id"][0]
-        path = Path(hp.out_dir) / f"{image_id}.png"
-        scores_dir = hp.get("scores_dir")
-        scores_path = walk_scores_path(scores_dir, image_id) if scores_dir else None
-        size = tuple(batch["image"].shape[-2:])
-        if label_is_complete(path, size) and (scores_path is None or scores_path.is_file()):
-            return None
-        cam_record = read_cam(hp.cams_dir, image_id)
-        if scores_path is None:
-            label = self.pseudo_mask(batch["image"], cam_record)
-        else:  # the mask is made from the saved (float16) scores, so that a sweep over them reproduces it
-            record = walk_scores_record(self.walk(batch["image"], cam_record), cam_record["keys"], size,
-                                        hp.bg_threshold)
-            write_walk_scores(scores_path, record)
-            label = mask_from_walk_scores(record, hp.bg_threshold)
-        write_label_png(path, label.astype(np.uint8), voc_palette())
-        return image_id
-

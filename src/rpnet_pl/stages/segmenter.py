@@ -1,30 +1,23 @@
-"""Stage 3: DeepLab (LargeFOV or v2 ASPP) trained on pseudo masks; evaluation with and without
-denseCRF; benchmark export.
+"""Stage 3: DeepLab (LargeFOV or v2 ASPP) trained on pseudo masks, with the one mIoU of
+:mod:`rpnet_pl.ops.metrics` on a validation split while it trains.
 
-Prediction writes palette PNGs (argmax of multi-scale + flip softmax, and the CRF-refined labels when
-asked); ``rpnet eval-seg`` scores those folders with the one mIoU of :mod:`rpnet_pl.ops.metrics`, so
-evaluation is resumable and shards across DDP ranks like every other per-image step (the steps
-``eval_seg`` and ``predict_seg``: :mod:`rpnet_pl.steps.segmentation`).
+The trained network's predictions (multi-scale + flip softmax, :func:`multiscale_probs`), with and
+without denseCRF, and the benchmark's files are the steps ``eval_seg`` and ``predict_seg``
+(:mod:`rpnet_pl.steps.segmentation`).
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, class_names, voc_palette
-from rpnet_pl.utils.io import write_label_png
+from rpnet_pl.data.classes import IGNORE_INDEX, class_names, voc_palette
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.steps.ir_labels import label_is_complete
 from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
-
-log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -44,16 +37,12 @@ def multiscale_probs(logits_fn, image: torch.Tensor, scales: Sequence[float] = (
     return total / n
 
 
-def to_coco_ids(label: np.ndarray) -> np.ndarray:
-    """Labels 1..80 -> COCO category ids (0 stays background, 255 stays ignore); uint8 fits (max id 90)."""
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[1:81] = COCO_CATEGORY_IDS
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut[label]
-
-
 class SegmenterStage(StageModule):
-    """DeepLab on label PNGs (pseudo masks from stage 2, or any method's masks); 255 is ignored."""
+    """DeepLab on label PNGs (pseudo masks from stage 2, or any method's masks); 255 is ignored.
+
+    ``eval_scales`` and ``eval_flip`` are the validation's (the val mIoU logged while it trains); the
+    ``eval_seg`` and ``predict_seg`` steps have their own.
+    """
 
     def __init__(
         self,
@@ -73,10 +62,6 @@ class SegmenterStage(StageModule):
         poly_power: float = 0.9,
         eval_scales: tuple[float, ...] = (1.0,),
         eval_flip: bool = True,
-        pred_dir: str | None = None,
-        crf_dir: str | None = None,
-        crf_params: dict[str, float] | None = None,
-        label_format: Literal["voc", "coco"] = "voc",
         checkpoint_every_n_steps: int | None = None,
         progress_every_n_steps: int | None = None,
         image_log_every_n_steps: int = 200,
@@ -146,29 +131,3 @@ class SegmenterStage(StageModule):
         biases = [p for p in head_params if p.ndim <= 1]
         return [(backbone_params, hp.lr), (weights, hp.lr * hp.head_lr_mult),
                 (biases, hp.lr * hp.head_bias_lr_mult, hp.head_bias_weight_decay)]
-
-    def _write(self, folder: str, image_id: str, label: np.ndarray) -> None:
-        if self.hparams.label_format == "coco":
-            write_label_png(Path(folder) / f"{image_id}.png", to_coco_ids(label))
-        else:
-            write_label_png(Path(folder) / f"{image_id}.png", label, voc_palette())
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str | None:
-        hp = self.hparams
-        if not hp.pred_dir:
-            raise ValueError("pred_dir must be set for prediction")
-        image_id = batch["id"][0]
-        size = tuple(batch["image"].shape[-2:])
-        done = label_is_complete(Path(hp.pred_dir) / f"{image_id}.png", size) and (
-            not hp.crf_dir or label_is_complete(Path(hp.crf_dir) / f"{image_id}.png", size))
-        if done:
-            return None
-        probs = self.probs(batch["image"])
-        self._write(hp.pred_dir, image_id, probs.argmax(0).cpu().numpy().astype(np.uint8))
-        if hp.crf_dir:
-            from rpnet_pl.ops.crf import crf_inference_prob
-
-            refined = crf_inference_prob(batch["raw"][0].cpu().numpy(), probs.cpu().numpy(), **(hp.crf_params or {}))
-            self._write(hp.crf_dir, image_id, refined.argmax(0).astype(np.uint8))
-        return image_id
-

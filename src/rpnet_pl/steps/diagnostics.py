@@ -16,7 +16,7 @@ def classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
     from rpnet_pl.stages.classifier import ClassifierStage
     from rpnet_pl.steps.inference import load_for_inference
 
-    stage = load_for_inference(ClassifierStage, ckpt, "classifier", {})
+    stage = load_for_inference(ClassifierStage, ckpt, "classifier")
     if method and stage.hparams.method != method:
         raise ConfigError(f"{ckpt}: a {stage.hparams.method} classifier, this command needs {method}")
     return stage

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from rpnet_pl.ops.affinity import mask_boundary
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
-from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES
+from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES, RandomWalkParams
 from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
 from rpnet_pl.steps.cam_inference import read_cam
 from rpnet_pl.steps.evaluate import json_number, per_class_json
@@ -45,14 +45,15 @@ BOUNDARY_SOURCES = ("learned", "ground_truth")
 
 def refinement_breakdown(stage: RefineStage, cams_dir: str | Path, root: str, dataset: str = "voc",
                          split: str = "train", exp_times: Sequence[int] = REFINEMENT_EXP_TIMES,
-                         boundary_source: str = "learned") -> dict[str, Any]:
+                         boundary_source: str = "learned", params: RandomWalkParams = RANDOM_WALK) -> dict[str, Any]:
     """mIoU and foreground share of the pseudo masks after each step of :func:`refinement_steps` over
     a split with ground truth (a diagnosis of the Table I "+ BR" gain; `rpnet eval-refinement`).
 
     ``boundary_source="ground_truth"`` walks over the ideal boundary map drawn from each ground-truth
     mask (:func:`mask_boundary`) instead of IRN's: what the walk can do with these seeds when the
     boundary is right, which splits a loss between the boundary network and the seeds.
-    Also reports the mean boundary probability. Uses the stage's random-walk settings. Returns
+    Also reports the mean boundary probability. The walk's radius, beta, background threshold and
+    padding are ``params``' (its ``exp_times`` is replaced by ``exp_times``). Returns
     ``{"split", "n_images", "boundary_source", "mean_boundary", "steps": {name: {"miou",
     "fg_fraction", "per_class_iou"}}}`` (nan -> None).
     """
@@ -60,7 +61,6 @@ def refinement_breakdown(stage: RefineStage, cams_dir: str | Path, root: str, da
         raise ValueError(f"boundary_source must be one of {BOUNDARY_SOURCES}, got {boundary_source!r}")
     from rpnet_pl.data.datamodules import InferenceDataModule
 
-    hp = stage.hparams
     dm = InferenceDataModule(root=root, dataset=dataset, split=split, with_mask=True, num_workers=0)  # type: ignore[arg-type]
     reader = dm.reader
     c = reader.num_classes
@@ -71,7 +71,7 @@ def refinement_breakdown(stage: RefineStage, cams_dir: str | Path, root: str, da
         for item in dm.dataset_:
             image, gt = item["image"][None].to(stage.device), item["mask"].numpy()
             if boundary_source == "learned":
-                boundary = stage.model.boundary(image, pad_to=hp.rw_pad_to or None)
+                boundary = stage.model.boundary(image, pad_to=params.pad_to or None)
             else:
                 size4 = tuple((s - 1) // stage.model.stride + 1 for s in gt.shape)
                 boundary = torch.as_tensor(mask_boundary(gt, size4, stage.model.stride), device=stage.device)
@@ -80,8 +80,8 @@ def refinement_breakdown(stage: RefineStage, cams_dir: str | Path, root: str, da
             keys = torch.as_tensor(record["keys"], dtype=torch.long)
             h4, w4 = boundary.shape
             cams = F.pad(cams[:, :h4, :w4], (0, max(0, w4 - cams.shape[-1]), 0, max(0, h4 - cams.shape[-2])))
-            steps = refinement_steps(cams, boundary, keys, gt.shape, exp_times, radius=hp.rw_radius,
-                                     beta=hp.rw_beta, bg=hp.bg_threshold)
+            steps = refinement_steps(cams, boundary, keys, gt.shape, exp_times, radius=params.radius,
+                                     beta=params.beta, bg=params.bg_threshold)
             for name, pred in steps.items():
                 conf.setdefault(name, np.zeros((c, c), dtype=np.int64))
                 conf[name] += confusion_matrix(pred, gt, c)
@@ -120,12 +120,12 @@ def eval_refinement(ckpt: str | Path, cams_dir: str | Path, root: str, dataset: 
     random-walk settings (on the GPU when there is one)."""
     from rpnet_pl.steps.inference import load_for_inference
 
-    stage = load_for_inference(RefineStage, ckpt, REFINE.name, {"rw_radius": radius, "rw_beta": beta,
-                                                           "bg_threshold": bg_threshold, "rw_pad_to": pad_to or None})
+    stage = load_for_inference(RefineStage, ckpt, REFINE.name)
     if torch.cuda.is_available():
         stage = stage.cuda()
+    params = RandomWalkParams(radius=radius, beta=beta, bg_threshold=bg_threshold, pad_to=pad_to or 0)
     return refinement_breakdown(stage, cams_dir, root, dataset=dataset, split=split, exp_times=exp_times,
-                                boundary_source=boundary_source)
+                                boundary_source=boundary_source, params=params)
 
 
 __all__ = ["BOUNDARY_SOURCES", "eval_refinement", "format_breakdown", "refinement_breakdown", "refinement_steps"]

@@ -1,24 +1,75 @@
 """The segmenter's per-image steps on the driver (:func:`~rpnet_pl.steps.inference.run_per_image`):
 ``eval_seg`` (`rpnet eval-seg`: predictions of a split, with and without denseCRF, scored against the
 ground truth) and ``predict_seg`` (`rpnet predict-seg`: the benchmark's files). The PNGs are written by
-:meth:`SegmenterStage.predict_step <rpnet_pl.stages.segmenter.SegmenterStage.predict_step>`.
+:class:`WritePrediction`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
+import numpy as np
+
+from rpnet_pl.data.classes import COCO_CATEGORY_IDS, IGNORE_INDEX, voc_palette
+from rpnet_pl.ops.params import SEG_INFERENCE
 from rpnet_pl.pipeline.layout import METRICS
 from rpnet_pl.pipeline.registry import EvalSegOptions, PredictSegOptions
-from rpnet_pl.stages.segmenter import SegmenterStage
+from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs
 from rpnet_pl.steps.evaluate import evaluate_masks, format_report, seg_result_line
 from rpnet_pl.steps.inference import image_shape, run_per_image
 from rpnet_pl.steps.ir_labels import label_is_complete
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.utils.io import write_json
+from rpnet_pl.utils.io import write_json, write_label_png
 from rpnet_pl.utils.progress import progress_log
 
 VOC_SERVER_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
+
+
+def to_coco_ids(label: np.ndarray) -> np.ndarray:
+    """Labels 1..80 -> COCO category ids (0 stays background, 255 stays ignore); uint8 fits (max id 90)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[1:81] = COCO_CATEGORY_IDS
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut[label]
+
+
+def write_labels(folder: str, image_id: str, label: np.ndarray, label_format: str = "voc") -> None:
+    """``folder/ID.png``: a VOC palette PNG, or (``label_format="coco"``) COCO category ids."""
+    if label_format == "coco":
+        write_label_png(Path(folder) / f"{image_id}.png", to_coco_ids(label))
+    else:
+        write_label_png(Path(folder) / f"{image_id}.png", label, voc_palette())
+
+
+@dataclass(frozen=True)
+class WritePrediction:
+    """One image's prediction in ``pred_dir`` (the argmax of the segmenter's softmax averaged over
+    ``scales`` and flips, :func:`multiscale_probs`) and, with ``crf_dir``, its denseCRF-refined labels
+    there (``crf_params``: :class:`~rpnet_pl.ops.params.ProbCRFParams`' names); an image whose
+    outputs are complete is skipped (returns None)."""
+
+    pred_dir: str
+    crf_dir: str | None = None
+    scales: tuple[float, ...] = SEG_INFERENCE.scales
+    flip: bool = SEG_INFERENCE.flip
+    crf_params: dict[str, float] | None = None
+    label_format: Literal["voc", "coco"] = "voc"
+
+    def __call__(self, stage: SegmenterStage, batch: dict[str, Any]) -> str | None:
+        image_id = batch["id"][0]
+        size = tuple(batch["image"].shape[-2:])
+        if label_is_complete(Path(self.pred_dir) / f"{image_id}.png", size) and (
+                not self.crf_dir or label_is_complete(Path(self.crf_dir) / f"{image_id}.png", size)):
+            return None
+        probs = multiscale_probs(stage.model, batch["image"], self.scales, self.flip)
+        write_labels(self.pred_dir, image_id, probs.argmax(0).cpu().numpy().astype(np.uint8), self.label_format)
+        if self.crf_dir:
+            from rpnet_pl.ops.crf import crf_inference_prob
+
+            refined = crf_inference_prob(batch["raw"][0].cpu().numpy(), probs.cpu().numpy(), **(self.crf_params or {}))
+            write_labels(self.crf_dir, image_id, refined.argmax(0).astype(np.uint8), self.label_format)
+        return image_id
 
 
 def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, dataset: str = "voc", split: str = "val",
@@ -35,9 +86,9 @@ def predict_segmentation(ckpt: str | Path, pred_dir: str | Path, root: str, data
         return label_is_complete(Path(pred_dir) / f"{i}.png", shape) and (
             crf_dir is None or label_is_complete(Path(crf_dir) / f"{i}.png", shape))
 
-    overrides = {"pred_dir": str(pred_dir), "crf_dir": str(crf_dir) if crf_dir else None, "eval_scales": tuple(scales),
-                 "eval_flip": flip, "crf_params": crf_params, "label_format": label_format}
-    return run_per_image(SegmenterStage, ckpt, "segmenter", overrides, root=root, dataset=dataset, split=split,
+    work = WritePrediction(str(pred_dir), str(crf_dir) if crf_dir else None, tuple(scales), flip, crf_params,
+                           label_format)  # type: ignore[arg-type]
+    return run_per_image(SegmenterStage, ckpt, "segmenter", work, "predictions", root=root, dataset=dataset, split=split,
                          done=done, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
 
 
