@@ -125,3 +125,31 @@ def test_bench_runs_the_stages_own_steps(monkeypatch: pytest.MonkeyPatch) -> Non
                                     "RefineStage.training_losses", "pseudo_mask",
                                     "SegmenterStage.training_losses", "multiscale_probs")}
     assert torch.is_grad_enabled()
+
+
+def test_the_base_training_step_logs_every_scalar_term_and_the_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One training_step for every stage: the loss in the progress bar, each other scalar term, no
+    tensor-valued term; the samples only when image logging is due."""
+
+    class Toy(StageModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"image_log_every_n_steps": 1})
+            self.samples: list[dict[str, Any]] = []
+
+        def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {"loss": torch.tensor(2.0), "part": torch.tensor(0.5), "map": torch.ones(2, 2)}
+
+        def log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+            self.samples.append(out)
+
+    toy, logged = Toy(), {}
+    monkeypatch.setattr(toy, "log", lambda key, value, **kw: logged.update({key: (float(value), kw)}))
+    batch = {"images": torch.zeros(3, 2, 3, 4, 4)}  # three groups of two
+    assert float(toy.training_step(batch, 0)) == 2.0
+    assert logged == {"train/loss": (2.0, {"prog_bar": True, "batch_size": 3}), "train/part": (0.5, {"batch_size": 3})}
+    assert toy.samples == []  # no trainer, no logger: no images
+    monkeypatch.setattr("rpnet_pl.stages.common.image_logging_due", lambda module, every: every == 1)
+    toy.training_step({"image": torch.zeros(5, 3, 4, 4)}, 0)
+    assert logged["train/loss"][1]["batch_size"] == 5 and len(toy.samples) == 1 and set(toy.samples[0]) == {
+        "loss", "part", "map"}

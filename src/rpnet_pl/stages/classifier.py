@@ -17,7 +17,7 @@ from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, read_state_dict
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.visuals import (denormalise, eval_mode, image_logging_due, log_images, overlay_cam, resize_map,
+from rpnet_pl.stages.visuals import (denormalise, eval_mode, log_images, overlay_cam, resize_map,
                                     unit)
 from rpnet_pl.ops.params import CAM_INFERENCE
 
@@ -91,22 +91,7 @@ class ClassifierStage(StageModule):
         """The network's losses on a batch of groups: ``images`` (B, k, 3, H, W), ``labels`` (B, k, C)."""
         return self.model.training_losses(batch["images"], batch["labels"])
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.training_losses(batch)
-        loss = out["loss"]
-        bs = batch["images"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
-        for key in ("loss_cls", "loss_ss"):
-            if key in out:
-                self.log(f"train/{key}", out[key], batch_size=bs)
-        for i, group in enumerate(self.optimizers().param_groups):
-            self.log(f"lr/group{i}", group["lr"], batch_size=bs)
-        if image_logging_due(self, self.hparams.image_log_every_n_steps):
-            self._log_samples(batch, out)
-        return loss
-
-    @torch.no_grad()
-    def _log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+    def log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
         """First image of the batch, the plain CAM of its first class and (RPNet) its foreground map."""
         images = batch["images"].reshape(-1, *batch["images"].shape[-3:])  # group-major, like the model
         labels = batch["labels"].reshape(images.shape[0], -1)

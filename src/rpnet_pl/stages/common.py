@@ -18,6 +18,7 @@ from torch import nn
 from rpnet_pl.utils.errors import IncompleteStepError, TrainingDivergedError
 from rpnet_pl.pipeline.layout import CHECKPOINTS, LAST_CKPT
 from rpnet_pl.utils.progress import CountProgress, format_eta, progress_log
+from rpnet_pl.stages.visuals import image_logging_due
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,11 @@ class StageModule(pl.LightningModule):
     A subclass builds ``self.model`` (an ``nn.Module``) in ``__init__``, calls
     ``save_hyperparameters()`` with its own hyper-parameters (at least ``lr``, ``weight_decay``,
     ``momentum``, ``poly_power``, ``checkpoint_every_n_steps``, ``progress_every_n_steps`` and
-    ``channels_last``), and defines :meth:`optimizer_groups` and :meth:`training_losses`; its
-    ``training_step`` logs the terms of :meth:`training_losses`. The base gives:
+    ``channels_last``), and defines :meth:`optimizer_groups`, :meth:`training_losses` and (for image
+    logging) :meth:`log_samples`. The base gives:
+
+    * ``training_step``: minimises the ``loss`` of :meth:`training_losses`, logs its terms and the
+      learning rates, and every ``image_log_every_n_steps`` steps :meth:`log_samples`;
 
     * ``setup``: ``channels_last`` puts the network's weights in NHWC, which speeds up convolutions
       on GPUs with tensor cores (pair it with ``trainer.precision: bf16-mixed``) and on CPUs
@@ -308,6 +312,28 @@ class StageModule(pl.LightningModule):
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The training objective on one batch: ``loss`` (what is minimised) and its named terms."""
         raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Minimise :meth:`training_losses`' ``loss``. Logged: ``train/loss`` (in the progress bar) and
+        every other scalar term as ``train/<term>``, each optimiser group's learning rate as
+        ``lr/group<i>``, and every ``image_log_every_n_steps`` steps the stage's :meth:`log_samples`."""
+        out = self.training_losses(batch)
+        size = len(batch["images"] if "images" in batch else batch["image"])  # groups, or images
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        for key, value in out.items():
+            if key != "loss" and torch.is_tensor(value) and value.ndim == 0:
+                self.log(f"train/{key}", value, batch_size=size)
+        if self._trainer is not None:
+            for i, group in enumerate(self.optimizers().param_groups):
+                self.log(f"lr/group{i}", group["lr"], batch_size=size)
+        if image_logging_due(self, self.hparams.get("image_log_every_n_steps")):
+            with torch.no_grad():
+                self.log_samples(batch, out)
+        return out["loss"]
+
+    def log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+        """Log a few images of ``batch`` with what the network made of them (``out``: the terms of
+        :meth:`training_losses`) to the image-capable loggers; nothing by default."""
 
     def make_optimizer(self, max_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """SGD over :meth:`optimizer_groups` with poly decay to ``max_steps`` (the stage's own

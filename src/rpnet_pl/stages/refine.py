@@ -16,7 +16,7 @@ from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.models.irn import IRNet, displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.visuals import denormalise, gray, image_logging_due, log_images, overlay_labels, resize_map
+from rpnet_pl.stages.visuals import denormalise, gray, log_images, overlay_labels, resize_map
 
 LabelReduction = Literal["pil", "cv2"]
 
@@ -131,23 +131,10 @@ class RefineStage(StageModule):
                           displacement=self.hparams.displacement_loss,
                           reduction=self.hparams.get("label_reduction", "pil"))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms = self.training_losses(batch)
-        bs = batch["image"].shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
-        for key in ("pos_bg_loss", "pos_fg_loss", "neg_loss", "dp_fg_loss", "dp_bg_loss"):
-            if key in terms:
-                self.log(f"train/{key}", terms[key], batch_size=bs)
-        edge, loss = terms["edge"], terms["loss"]
-        if image_logging_due(self, self.hparams.image_log_every_n_steps):
-            self._log_samples(batch, edge)
-        return loss
-
-    @torch.no_grad()
-    def _log_samples(self, batch: dict[str, Any], edge: torch.Tensor) -> None:
+    def log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
         """First image of the batch, its IR label and the predicted boundary probability."""
         image = denormalise(batch["image"][0])
-        boundary = resize_map(edge[0], tuple(batch["image"].shape[-2:]))
+        boundary = resize_map(out["edge"][0], tuple(batch["image"].shape[-2:]))
         tiles = [image, overlay_labels(image, batch["label"][0].cpu().numpy(), voc_palette()), gray(boundary)]
         log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "IR label", "boundary"])
 

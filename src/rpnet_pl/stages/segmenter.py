@@ -17,7 +17,7 @@ from rpnet_pl.data.classes import IGNORE_INDEX, class_names, voc_palette
 from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
-from rpnet_pl.stages.visuals import denormalise, image_logging_due, log_images, overlay_labels
+from rpnet_pl.stages.visuals import denormalise, log_images, overlay_labels
 
 
 @torch.no_grad()
@@ -81,19 +81,10 @@ class SegmenterStage(StageModule):
         logits = F.interpolate(logits, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
         return {"loss": F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX), "logits": logits}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.training_losses(batch)
-        loss = out["loss"]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        if image_logging_due(self, self.hparams.image_log_every_n_steps):
-            self._log_samples(batch, out["logits"])
-        return loss
-
-    @torch.no_grad()
-    def _log_samples(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+    def log_samples(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
         """First image of the batch, its pseudo mask and the current prediction."""
         image, palette = denormalise(batch["image"][0]), voc_palette()
-        pred = logits[0].argmax(0).cpu().numpy()
+        pred = out["logits"][0].argmax(0).cpu().numpy()
         tiles = [image, overlay_labels(image, batch["label"][0].cpu().numpy(), palette),
                  overlay_labels(image, pred, palette)]
         log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "pseudo mask", "prediction"])
