@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from rpnet_pl.utils.host_memory import keep_freed_memory, proc_status_kib  # noqa: E402
-from rpnet_pl.models import build_classifier  # noqa: E402
+from rpnet_pl.models import RPNet  # noqa: E402
 
 args = [a for a in sys.argv[1:] if a != "--system-malloc"]
 kept = False if "--system-malloc" in sys.argv[1:] else keep_freed_memory()
@@ -29,7 +29,7 @@ images = int(args[0]) if args else 200
 torch.set_num_threads(2)
 torch.manual_seed(0)
 rng = random.Random(0)
-model = build_classifier("rpnet", backbone="resnet18", pretrained=False, group_size=2).eval()
+model = RPNet(backbone="resnet18", pretrained=False, group_size=2).eval()
 
 
 print(f"{'freed memory kept' if kept else 'system malloc'}, {images} images", flush=True)

@@ -37,7 +37,7 @@ if not system_malloc:
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from rpnet_pl.models import build_classifier  # noqa: E402
+from rpnet_pl.models import CAMNet, RPNet  # noqa: E402
 
 torch.set_num_threads(threads)
 torch.manual_seed(0)
@@ -49,8 +49,8 @@ layouts = {"both": [False, True], "contiguous": [False], "channels_last": [True]
 
 
 def build(channels_last: bool) -> tuple[dict, dict]:
-    models = {m: build_classifier(m, backbone="resnet18", pretrained=False, group_size=k).train()
-              for m in ("rpnet", "cam")}
+    models = {"rpnet": RPNet(backbone="resnet18", pretrained=False, group_size=k).train(),
+              "cam": CAMNet(backbone="resnet18", pretrained=False).train()}
     if channels_last:
         for mod in models.values():
             mod.to(memory_format=torch.channels_last)

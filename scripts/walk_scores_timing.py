@@ -31,7 +31,7 @@ from rpnet_pl.utils.io import read_label_png
 from rpnet_pl.ops.params import RANDOM_WALK
 from rpnet_pl.steps.cam_inference import write_cam
 from rpnet_pl.steps.evaluate import DEFAULT_THRESHOLDS, evaluate_masks
-from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.stages.checkpoints import build_stage
 from rpnet_pl.steps.pseudo_masks import make_pseudo_masks
 
 
@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     torch.manual_seed(0)
-    stage = RefineStage(backbone=args.backbone, pretrained=False)
+    stage = build_stage("refine", backbone=args.backbone, pretrained=False)
     ckpt = work / "refine.ckpt"
     work.mkdir(parents=True)
     torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),

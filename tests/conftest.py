@@ -65,10 +65,10 @@ def tiny_refine_stage():
     tests (its walk: :data:`TINY_WALK`)."""
     import torch
 
-    from rpnet_pl.stages.refine import RefineStage
+    from rpnet_pl.stages.checkpoints import build_stage
 
     torch.manual_seed(0)
-    return RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2).eval()
+    return build_stage("refine", backbone="resnet18", pretrained=False, boundary_radius=2).eval()
 
 
 #: The tiny tests' random walk: radius 2, the other settings IRN's.

@@ -108,6 +108,7 @@ def _violations(layer: str, forbidden: tuple[str, ...]) -> list[str]:
 P = "rpnet_pl"
 #: Plain Python, no torch, importing only each other and utils/: every layer may read them.
 DECLARATIONS = {f"{P}.pipeline.registry", f"{P}.pipeline.layout", f"{P}.pipeline.ranges", f"{P}.pipeline.config",
+                f"{P}.pipeline.networks",
                 f"{P}.pipeline.seeds", f"{P}.ops.params", f"{P}.backbone_names"}
 #: Package __init__ files (docstrings, or models/'s re-exports), imported on the way to a submodule.
 PACKAGES = {P, f"{P}.utils", f"{P}.data", f"{P}.ops", f"{P}.pipeline", f"{P}.stages", f"{P}.steps", f"{P}.results"}

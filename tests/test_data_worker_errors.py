@@ -16,7 +16,8 @@ def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(tmp_path: Path, t
     images = sorted((tiny_voc / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))
     for p in images:
         p.write_bytes(b"not a jpeg")
-    cfg = {"model": {"backbone": "resnet18", "pretrained": False, "mid": 16, "enhanced_scales": [1.0, 0.5]},
+    cfg = {"model": {"net": {"class_path": "rpnet_pl.models.rpnet.RPNet", "init_args": {
+               "backbone": "resnet18", "pretrained": False, "mid": 16, "enhanced_scales": [1.0, 0.5]}}},
            "data": {"root": str(tiny_voc), "batch_size": 2, "crop_size": 16, "long_side": [16, 24],
                     "num_workers": 1},
            "trainer": {"max_steps": 1, "logger": False, "enable_progress_bar": False, "accelerator": "cpu",

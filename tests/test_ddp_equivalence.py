@@ -60,11 +60,6 @@ import torch
 
 HERE = Path(__file__).resolve()
 
-STAGES = {
-    "classifier": ("rpnet_pl.stages.classifier", "ClassifierStage"),
-    "refine": ("rpnet_pl.stages.refine", "RefineStage"),
-    "segmenter": ("rpnet_pl.stages.segmenter", "SegmenterStage"),
-}
 STEPS = 2
 
 
@@ -72,10 +67,9 @@ STEPS = 2
 # The fit, run in the test process (1 process) or by the script (2 processes)
 # ------------------------------------------------------------------------------------------------
 def _stage(name: str, kwargs: dict[str, Any]):
-    import importlib
+    from rpnet_pl.stages.checkpoints import build_stage
 
-    module, cls = STAGES[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return build_stage(name, **kwargs)
 
 
 def _halves(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -54,26 +54,24 @@ def _checksum(x: torch.Tensor) -> list[float]:
 def build(name: str):
     """The stage ``name`` with seeded weights, and a fixed training batch for it."""
     from rpnet_pl.parity_training import seed_module
-    from rpnet_pl.stages.classifier import ClassifierStage
-    from rpnet_pl.stages.refine import RefineStage
-    from rpnet_pl.stages.segmenter import SegmenterStage
+    from rpnet_pl.stages.checkpoints import build_stage
 
     torch.manual_seed(0)
     if name.startswith("classifier"):
-        stage = ClassifierStage(**_model_args("classifier", method=name.split("_")[1]))
+        stage = build_stage("classifier", **_model_args("classifier", method=name.split("_")[1]))
         labels = torch.zeros(2, 2, 20)
         labels[0, :, 3] = labels[1, :, 7] = 1  # each group shares a class
         labels[0, 1, 11] = 1
         batch = {"images": _images(4, 64, 1).reshape(2, 2, 3, 64, 64), "labels": labels}
     elif name == "refine":
-        stage = RefineStage(**_model_args("refine"))
+        stage = build_stage("refine", **_model_args("refine"))
         label = torch.zeros(2, 96, 96, dtype=torch.long)
         label[:, 20:70, 30:80] = 5
         label[:, 60:90, 10:40] = 12
         label[:, 0:8, :] = 255
         batch = {"image": _images(2, 96, 2), "label": label}
     else:
-        stage = SegmenterStage(**_model_args("segmenter"))
+        stage = build_stage("segmenter", **_model_args("segmenter"))
         label = torch.zeros(2, 64, 64, dtype=torch.long)
         label[:, 10:40, 20:50] = 3
         label[:, 50:, :] = 255

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.models.deeplab import DeepLab, DeepLabLargeFOV, DeepLabV2ASPP, build_deeplab
+from rpnet_pl.models.deeplab import ASPPHead, DeepLab, LargeFOVHead, build_deeplab
 
 torch.set_num_threads(1)
 
@@ -20,11 +20,11 @@ def make(head: str, os_: int, num_classes: int = 5) -> DeepLab:
     return build_deeplab(head=head, backbone="resnet18", num_classes=num_classes, output_stride=os_)
 
 
-@pytest.mark.parametrize("head,cls", [("largefov", DeepLabLargeFOV), ("aspp", DeepLabV2ASPP)])
+@pytest.mark.parametrize("head,cls", [("largefov", LargeFOVHead), ("aspp", ASPPHead)])
 @pytest.mark.parametrize("os_", [8, 16])
 def test_output_shapes_and_strides(head: str, cls: type, os_: int) -> None:
     m = make(head, os_).eval()
-    assert isinstance(m, cls) and m.output_stride == os_
+    assert isinstance(m.head, cls) and m.output_stride == os_
     with torch.no_grad():
         out = m(torch.randn(2, 3, 64, 96))
         assert out.shape[:2] == (2, 5)

@@ -15,6 +15,7 @@ from rpnet_pl.models import backbones as bb
 from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rpnet_pl.models.backbones import (PretrainedWeightsError, build_backbone, imagenet_efficientnet,
                                        map_efficientnet_pytorch, packaged_weights_file)
+from rpnet_pl.stages.checkpoints import build_stage
 from rpnet_pl.stages.segmenter import multiscale_probs
 from rpnet_pl.steps.cam_inference import multiscale_cam
 
@@ -146,10 +147,10 @@ def _photo_group(size: int = 64) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["rpnet", "cam"])
 def test_classifier_fine_tunes_imagenet_weights(method: str) -> None:
-    from rpnet_pl.stages.classifier import ClassifierStage
+    from rpnet_pl.stages.checkpoints import build_stage
 
     torch.manual_seed(0)
-    stage = ClassifierStage(method=method, backbone=NAME, pretrained=True, num_classes=3, mid=16, output_stride=16,
+    stage = build_stage("classifier", method=method, backbone=NAME, pretrained=True, num_classes=3, mid=16, output_stride=16,
                             dilated=True, enhanced_scales=(1.0,), levels=(2, 4))
     reference = build_backbone(NAME, pretrained=True).state_dict()
     for k, v in stage.model.backbone.state_dict().items():  # starts from ImageNet
@@ -169,9 +170,8 @@ def test_classifier_fine_tunes_imagenet_weights(method: str) -> None:
 
 
 def test_irn_trains_on_the_frozen_imagenet_backbone() -> None:
-    from rpnet_pl.stages.refine import RefineStage
 
-    stage = RefineStage(backbone=NAME, pretrained=True, boundary_radius=2)
+    stage = build_stage("refine", backbone=NAME, pretrained=True, boundary_radius=2)
     reference = build_backbone(NAME, pretrained=True).state_dict()
     label = torch.zeros(2, 64, 64, dtype=torch.long)
     label[:, 16:48, 16:48] = 1
@@ -189,9 +189,8 @@ def test_irn_trains_on_the_frozen_imagenet_backbone() -> None:
 
 
 def test_deeplab_starts_from_imagenet_and_trains() -> None:
-    from rpnet_pl.stages.segmenter import SegmenterStage
 
-    stage = SegmenterStage(backbone=NAME, pretrained=True, num_classes=4, output_stride=16, head="largefov")
+    stage = build_stage("segmenter", backbone=NAME, pretrained=True, num_classes=4, output_stride=16, head="largefov")
     reference = build_backbone(NAME, pretrained=True, output_stride=16).state_dict()
     for k, v in stage.model.backbone.state_dict().items():
         torch.testing.assert_close(v, reference[k], msg=k)

@@ -11,7 +11,7 @@ from torch import nn
 from scipy import ndimage
 
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.models.cam_net import CAMNet, build_classifier
+from rpnet_pl.models.cam_net import CAMNet
 from rpnet_pl.models.rpnet import (
     NonLocalBlock, RPNet, confidence_mask, cosine_map, enhance_features, foreground_map, gaussian_kernel,
     group_prototypes, multilabel_loss, part_mask, region_prototypes, self_supervised_loss, smooth_foreground,
@@ -395,13 +395,6 @@ def test_camnet_interface() -> None:
     assert [id(p) for p in new] == [id(model.classifier.weight)]
 
 
-def test_build_classifier() -> None:
-    assert isinstance(build_classifier("cam", backbone="resnet18", alpha=0.3, lam=10.0), CAMNet)
-    assert isinstance(build_classifier("rpnet", backbone="resnet18", mid=8), RPNet)
-    with pytest.raises(ConfigError):
-        build_classifier("other")  # type: ignore[arg-type]
-
-
 def test_freeze_early_false_trains_every_layer() -> None:
     """From-scratch policy: gradients reach the stem and block 1-2; BatchNorm runs in train mode."""
     from rpnet_pl.models.cam_net import CAMNet
@@ -425,9 +418,8 @@ def test_freeze_early_false_trains_every_layer() -> None:
 @pytest.mark.parametrize("method", ["rpnet", "cam"])
 def test_every_trainable_parameter_gets_a_gradient(method: str) -> None:
     """DDP fails on unused parameters: under the IRN policy nothing trainable may sit behind the detach."""
-    from rpnet_pl.models.cam_net import build_classifier
-
-    net = build_classifier(method=method, backbone="resnet18", mid=16, enhanced_scales=(1.0, 0.5))
+    net = (RPNet(backbone="resnet18", mid=16, enhanced_scales=(1.0, 0.5)) if method == "rpnet"
+           else CAMNet(backbone="resnet18"))
     net.train()
     labels = torch.zeros(2, 2, 20)
     labels[:, :, 3] = 1

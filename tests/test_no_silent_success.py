@@ -128,7 +128,7 @@ def test_a_split_smaller_than_one_batch_fails_before_any_step(small_synth: Path,
 @pytest.mark.slow
 def test_rpnet_fit_that_trains_nothing_exits_non_zero(small_synth: Path, tmp_path: Path, capsys) -> None:
     """Past the pipeline's check (a stage run alone): Lightning's 'No training batches' is an error."""
-    argv = ["fit", "classifier", "--model.backbone", "resnet18", "--model.pretrained", "false",
+    argv = ["fit", "classifier", "--model.net.backbone", "resnet18", "--model.net.pretrained", "false",
             "--data.root", str(small_synth), "--data.batch_size", "8", "--data.crop_size", "32",
             "--data.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]

@@ -35,8 +35,8 @@ def test_two_process_fit_and_cam_write_each_image_once(tmp_path: Path) -> None:
     data = tmp_path / "synth"
     generate_synthetic_voc(data, images=14, size=40, classes=3, seed=1, test_images=1)
     cfg = {
-        "model": {"method": "rpnet", "backbone": "resnet18", "pretrained": False, "mid": 16,
-                  "enhanced_scales": [1.0]},
+        "model": {"net": {"class_path": "rpnet_pl.models.rpnet.RPNet", "init_args": {
+            "backbone": "resnet18", "pretrained": False, "mid": 16, "enhanced_scales": [1.0]}}},
         "data": {"root": str(data), "batch_size": 2, "crop_size": 40, "long_side": [32, 48], "num_workers": 0},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
                     "default_root_dir": str(tmp_path / "run"), "logger": False, "enable_progress_bar": False},

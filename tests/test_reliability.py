@@ -16,6 +16,7 @@ from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.voc import VOCReader, resolve_voc_root
 from rpnet_pl.utils.errors import DatasetError
 from rpnet_pl.utils.io import read_image, write_image, write_label_png
+from rpnet_pl.stages.checkpoints import build_stage
 
 IDS = ["2007_000001", "2007_000002", "2007_000003", "2007_000004"]
 LABELS = {"2007_000001": [1], "2007_000002": [1, 2], "2007_000003": [2], "2007_000004": [15]}
@@ -129,13 +130,16 @@ def _classifier(backbone: str = "resnet18"):
     from rpnet_pl.stages.classifier import ClassifierStage
 
     torch.manual_seed(0)
-    return ClassifierStage(method="cam", backbone=backbone, mid=16, freeze_early=False, enhanced_scales=(1.0,))
+    return build_stage("classifier", method="cam", backbone=backbone, mid=16, freeze_early=False, enhanced_scales=(1.0,))
 
 
-def _save(stage, path: Path, **hparams) -> Path:
+def _save(stage, path: Path, net_args: dict | None = None, **extra) -> Path:
+    """``stage``'s checkpoint, its network's arguments changed by ``net_args``, ``extra`` hyper-parameters added."""
     import pytorch_lightning as pl
 
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": {**dict(stage.hparams), **hparams},
+    hparams = {**dict(stage.hparams), **extra}
+    hparams["net"] = {**hparams["net"], "init_args": {**hparams["net"]["init_args"], **(net_args or {})}}
+    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": pl.__version__}, path)
     return path
 
@@ -146,9 +150,8 @@ def _cam_cmd(ckpt: Path, out: Path, root: Path) -> list[str]:
 
 
 def test_checkpoint_of_another_stage_or_backbone(tiny_voc: Path, tmp_path: Path, capsys) -> None:
-    from rpnet_pl.stages.refine import RefineStage
 
-    irn = _save(RefineStage(backbone="resnet18", pretrained=False, boundary_radius=2), tmp_path / "refine.ckpt")
+    irn = _save(build_stage("refine", backbone="resnet18", pretrained=False, boundary_radius=2), tmp_path / "refine.ckpt")
     assert main(_cam_cmd(irn, tmp_path / "cams", tiny_voc)) == 2
     _one_error_line(capsys.readouterr().err, f"{irn}: a refine checkpoint, not a classifier one",
                     "runs/<experiment>/classifier/checkpoints/last.ckpt")
@@ -157,7 +160,7 @@ def test_checkpoint_of_another_stage_or_backbone(tiny_voc: Path, tmp_path: Path,
                  str(tmp_path / "masks"), "--root", str(tiny_voc)]) == 2
     _one_error_line(capsys.readouterr().err, f"{clf}: a classifier checkpoint, not a refine one")
     # a resnet18 classifier's weights under hyper-parameters that name resnet34
-    other = _save(_classifier(), tmp_path / "relabelled.ckpt", backbone="resnet34")
+    other = _save(_classifier(), tmp_path / "relabelled.ckpt", net_args={"backbone": "resnet34"})
     assert main(_cam_cmd(other, tmp_path / "cams", tiny_voc)) == 2
     _one_error_line(capsys.readouterr().err, f"{other}: its weights do not fit a classifier with backbone 'resnet34'")
     assert not (tmp_path / "cams").exists() or not list((tmp_path / "cams").iterdir())
@@ -215,7 +218,7 @@ def test_finished_checkpoint_keeps_weights_without_optimiser_state(tmp_path: Pat
     from rpnet_pl.stages.checkpoints import slim_checkpoint
     from rpnet_pl.stages.classifier import ClassifierStage
 
-    stage = ClassifierStage(method="cam", backbone="resnet18", pretrained=False)
+    stage = build_stage("classifier", method="cam", backbone="resnet18", pretrained=False)
     state = {k: v.clone() for k, v in stage.state_dict().items()}
     ckpt = {"state_dict": state, "hyper_parameters": dict(stage.hparams), "epoch": 3, "global_step": 12,
             "pytorch-lightning_version": "2.6.6",

@@ -1,6 +1,7 @@
 """The torch-free snapshot of the training signatures that validation reads (rpnet_pl.pipeline.signatures)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,13 @@ from typing import Literal, Optional, Union
 import pytest
 from jsonargparse.typing import PositiveInt
 
-from rpnet_pl.pipeline.signatures import class_signature, live, parse_type, snapshot, type_text
+from rpnet_pl.pipeline.signatures import PATH, class_signature, live, parse_type, snapshot, type_text
 
 
 def test_the_stored_snapshot_is_the_classes_signatures() -> None:
     """Fails after a stage, datamodule or Lightning signature changed: run `python -m rpnet_pl.pipeline.signatures`."""
-    assert snapshot() == live(), "signatures.json is stale: run `python -m rpnet_pl.pipeline.signatures`"
+    assert json.loads(PATH.read_text()) == live(), "signatures.json is stale: run `python -m rpnet_pl.pipeline.signatures`"
+    assert set(snapshot()) == {"classifier", "refine", "segmenter"}
 
 
 @pytest.mark.parametrize("hint, text", [

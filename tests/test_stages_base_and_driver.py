@@ -11,6 +11,7 @@ import torch
 
 import bench
 from rpnet_pl.utils.errors import CheckpointError, DatasetError
+from rpnet_pl.stages.checkpoints import build_stage
 from rpnet_pl.stages.classifier import ClassifierStage
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.steps.inference import PerImage, run_per_image
@@ -23,19 +24,19 @@ from rpnet_pl.steps.segmentation import WritePrediction
 TINY = dict(backbone="resnet18", pretrained=False)
 
 
-@pytest.mark.parametrize("cls, kw, mult_key, momentum, weight_decay", [
-    (ClassifierStage, dict(method="cam"), "new_layer_lr_mult", 1e-4, 1e-4),  # PolyOptimizer: momentum = weight decay
-    (RefineStage, {}, "displacement_lr_mult", 1e-4, 1e-4),
-    (SegmenterStage, {}, "head_lr_mult", 0.9, 5e-4),
+@pytest.mark.parametrize("step, kw, mult_key, momentum, weight_decay", [
+    ("classifier", dict(method="cam"), "new_layer_lr_mult", 1e-4, 1e-4),  # PolyOptimizer: momentum = weight decay
+    ("refine", {}, "displacement_lr_mult", 1e-4, 1e-4),
+    ("segmenter", {}, "head_lr_mult", 0.9, 5e-4),
 ])
-def test_each_stage_gets_poly_sgd_from_its_own_groups(cls: type, kw: dict, mult_key: str, momentum: float,
+def test_each_stage_gets_poly_sgd_from_its_own_groups(step: str, kw: dict, mult_key: str, momentum: float,
                                                        weight_decay: float) -> None:
-    stage = cls(**TINY, **kw, lr=0.01)
+    stage = build_stage(step, **TINY, **kw, lr=0.01)
     assert isinstance(stage, StageModule)
     opt, sched = stage.make_optimizer(max_steps=10)
     assert [g["lr"] for g in opt.param_groups[:2]] == pytest.approx([0.01, 0.01 * stage.hparams[mult_key]])
     assert all(g["momentum"] == momentum and g["weight_decay"] == weight_decay for g in opt.param_groups[:2])
-    if cls is SegmenterStage:  # kazuto1011's third group: the head's biases at 20x, no weight decay
+    if step == "segmenter":  # kazuto1011's third group: the head's biases at 20x, no weight decay
         (biases,) = opt.param_groups[2:]
         assert (biases["lr"], biases["weight_decay"]) == (pytest.approx(0.2), 0.0)
         assert all(p.ndim == 1 for p in biases["params"]) and len(biases["params"]) == 3  # LargeFOV fc6 / fc7 / fc8
@@ -50,7 +51,7 @@ def test_each_stage_gets_poly_sgd_from_its_own_groups(cls: type, kw: dict, mult_
 
 
 def test_configure_optimizers_steps_the_schedule_per_step(tmp_path: Path) -> None:
-    stage = SegmenterStage(**TINY, lr=0.02)
+    stage = build_stage("segmenter", **TINY, lr=0.02)
     stage.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False, max_steps=40)
     config = stage.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "step"
@@ -60,7 +61,7 @@ def test_configure_optimizers_steps_the_schedule_per_step(tmp_path: Path) -> Non
 def test_the_per_image_module_runs_the_steps_work_on_the_stage() -> None:
     """What ``trainer.predict`` runs: the step's work on the stage (a submodule, so it moves and is
     put in eval mode with it); ``what`` names the outputs in the progress lines."""
-    stage = SegmenterStage(**TINY)
+    stage = build_stage("segmenter", **TINY)
     seen: list[tuple[Any, str]] = []
 
     def work(s: Any, batch: dict[str, Any]) -> str:
@@ -82,7 +83,7 @@ def test_the_driver_checks_the_checkpoint_and_skips_done_images(tiny_voc: Path, 
                       root=str(tiny_voc), done=lambda r, i: True)
     ckpt = tmp_path / "seg.ckpt"
     trainer = pl.Trainer(logger=False, enable_checkpointing=False)
-    trainer.strategy.connect(SegmenterStage(**TINY))
+    trainer.strategy.connect(build_stage("segmenter", **TINY))
     trainer.save_checkpoint(ckpt)
     asked: list[str] = []
 

@@ -198,11 +198,11 @@ def test_prediction_runs_log_done_over_total(caplog, monkeypatch, quiet_s: float
 
 @pytest.mark.parametrize("stage", ["classifier", "refine", "segmenter"])
 def test_every_training_stage_writes_the_resume_point_and_progress(tmp_path: Path, stage: str) -> None:
-    from rpnet_pl.pipeline.registry import STEPS, load
+    from rpnet_pl.stages.checkpoints import build_stage
     from rpnet_pl.stages.common import ProgressLog
 
-    module = load(STEPS[stage].stage)(backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
-                                     progress_every_n_steps=5)
+    module = build_stage(stage, backbone="resnet18", pretrained=False, checkpoint_every_n_steps=50,
+                         progress_every_n_steps=5)
     module.trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
     ckpt, progress = module.configure_callbacks()
     assert isinstance(ckpt, LastCheckpoint) and ckpt.path == tmp_path / "checkpoints" / "last.ckpt"

@@ -9,19 +9,13 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("stage_name", ["classifier", "refine", "segmenter"])
 def test_channels_last_switch(stage_name: str) -> None:
-    if stage_name == "classifier":
-        from rpnet_pl.stages.classifier import ClassifierStage as Stage
-        kw = dict(method="cam", backbone="resnet18", pretrained=False)
-    elif stage_name == "refine":
-        from rpnet_pl.stages.refine import RefineStage as Stage
-        kw = dict(backbone="resnet18", pretrained=False)
-    else:
-        from rpnet_pl.stages.segmenter import SegmenterStage as Stage
-        kw = dict(backbone="resnet18", pretrained=False)
+    from rpnet_pl.stages.checkpoints import build_stage
+
+    kw = dict(backbone="resnet18", pretrained=False, **({"method": "cam"} if stage_name == "classifier" else {}))
     torch.manual_seed(0)
-    plain = Stage(**kw)
+    plain = build_stage(stage_name, **kw)
     torch.manual_seed(0)
-    nhwc = Stage(**kw, channels_last=True)
+    nhwc = build_stage(stage_name, **kw, channels_last=True)
     plain.setup("fit"), nhwc.setup("fit")
     convs = [m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)

@@ -14,7 +14,7 @@ from rpnet_pl.data.transforms import eval_transform, to_chw
 from rpnet_pl.ops.metrics import confusion_matrix, miou
 from rpnet_pl.ops.params import RandomWalkParams
 from rpnet_pl.steps.eval_refinement import refinement_breakdown, refinement_steps
-from rpnet_pl.stages.refine import RefineStage
+from rpnet_pl.stages.checkpoints import build_stage
 from rpnet_pl.steps.cam_inference import read_cam
 from tests.conftest import TINY_WALK, save_stage_checkpoint, tiny_refine_stage, write_uniform_cams
 
@@ -126,6 +126,7 @@ def test_irn_losses_hand_computed() -> None:
     """Boundary 0.5 everywhere (logits 0): every pair affinity is 0.5. An all-background label has
     only positive background pairs: pos_bg = -log(0.5 + 1e-5), the others 0; zero displacement on
     background costs nothing. loss = (pos_bg / 2) / 2."""
+    from rpnet_pl.stages.checkpoints import build_stage
     from rpnet_pl.stages.refine import irn_losses
 
     out = {"edge_logits": torch.zeros(1, 1, 6, 6, requires_grad=True), "displacement": torch.zeros(1, 2, 6, 6)}
@@ -210,7 +211,7 @@ def test_stride4_labels_cv2_reduction_is_irn_masters() -> None:
 def test_optimiser_groups_and_the_non_local_blocks(self_attention: bool) -> None:
     """Edge branch at lr, displacement at 10 lr and (RPNet's copy of IRN) the non-local blocks of levels
     3-5 at 2 lr, every group with the stage's weight decay and momentum."""
-    stage = RefineStage(backbone="resnet18", pretrained=False, lr=0.05, weight_decay=3e-4, momentum=1e-4,
+    stage = build_stage("refine", backbone="resnet18", pretrained=False, lr=0.05, weight_decay=3e-4, momentum=1e-4,
                         self_attention=self_attention)
     opt, _ = stage.make_optimizer(max_steps=10)
     expected = [0.05, 0.5] + ([0.1] if self_attention else [])

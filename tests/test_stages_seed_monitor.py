@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from rpnet_pl.stages.seed_monitor import SeedMonitor, seed_scores
+from rpnet_pl.stages.checkpoints import build_stage
 
 torch.set_num_threads(1)
 
@@ -33,12 +34,11 @@ def test_monitor_logs_every_epoch(tmp_path: Path) -> None:
 
     from rpnet_pl.data.datamodules import GroupDataModule
     from rpnet_pl.data.synthetic import generate_synthetic_voc
-    from rpnet_pl.stages.classifier import ClassifierStage
 
     data = tmp_path / "synth"
     generate_synthetic_voc(data, images=12, size=48, classes=3, seed=0, test_images=1)
     dm = GroupDataModule(root=str(data), batch_size=4, crop_size=48, long_side=(40, 64), num_workers=0)
-    stage = ClassifierStage(method="cam", backbone="resnet18", pretrained=False, freeze_early=False,
+    stage = build_stage("classifier", method="cam", backbone="resnet18", pretrained=False, freeze_early=False,
                             seed_monitor_images=3, seed_monitor_threshold=0.3, log_grad_norms=True)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(str(tmp_path), name="csv"),
                          enable_progress_bar=False, default_root_dir=str(tmp_path), log_every_n_steps=1)
@@ -154,13 +154,12 @@ def test_branch_seeds_command_names_an_empty_split_or_no_images(tmp_path: Path, 
     """A real (untrained) RPNet checkpoint: an empty split and ``--images 0`` each give a one-line
     error naming the file or the root, the split and its size."""
     from rpnet_pl.cli import main
-    from rpnet_pl.stages.classifier import ClassifierStage
     from tests.conftest import make_voc_tree
 
     make_voc_tree(tmp_path, {"2007_000001": [1]}, splits={"train": [], "train_aug": ["2007_000001"]})
     ckpt = tmp_path / "rpnet.ckpt"
     trainer = pl.Trainer(logger=False, enable_checkpointing=False)
-    trainer.strategy.connect(ClassifierStage(method="rpnet", backbone="resnet18", pretrained=False, mid=32))
+    trainer.strategy.connect(build_stage("classifier", method="rpnet", backbone="resnet18", pretrained=False, mid=32))
     trainer.save_checkpoint(ckpt)
     assert main(["branch-seeds", "--ckpt", str(ckpt), "--root", str(tmp_path), "--split", "train"]) == 2
     err = capsys.readouterr().err  # the reader names the empty list file

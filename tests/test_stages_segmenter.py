@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rpnet_pl.data.classes import COCO_CATEGORY_IDS, voc_palette
-from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs
+from rpnet_pl.stages.checkpoints import build_stage
+from rpnet_pl.stages.segmenter import multiscale_probs
 from rpnet_pl.steps.segmentation import WritePrediction, to_coco_ids, write_labels
 
 
@@ -50,7 +51,7 @@ def test_export_voc_palette_and_coco_ids(tmp_path: Path) -> None:
 
 
 def test_the_prediction_is_written_once_per_image(tmp_path: Path) -> None:
-    stage = SegmenterStage(head="aspp", backbone="resnet18", output_stride=16).eval()
+    stage = build_stage("segmenter", head="aspp", backbone="resnet18", output_stride=16).eval()
     write = WritePrediction(str(tmp_path / "pred"))
     batch = {"image": torch.randn(1, 3, 33, 41), "raw": torch.zeros(1, 33, 41, 3, dtype=torch.uint8),
              "id": ["2008_000002"]}
@@ -62,7 +63,7 @@ def test_the_prediction_is_written_once_per_image(tmp_path: Path) -> None:
 
 
 def test_training_step_ignores_255() -> None:
-    stage = SegmenterStage(head="largefov", backbone="resnet18", output_stride=16)
+    stage = build_stage("segmenter", head="largefov", backbone="resnet18", output_stride=16)
     image = torch.randn(2, 3, 32, 32)
     full = torch.full((2, 32, 32), 255, dtype=torch.long)
     assert torch.isnan(stage.training_step({"image": image, "label": full}, 0))  # nothing to learn from
@@ -108,7 +109,7 @@ def test_segmenter_does_not_collapse_on_compact_pseudo_masks(tmp_path: Path) -> 
     for c in (1, 2):  # the premise: >= 20 % recall per class, precision 1
         labels, gts = np.stack([t["label"].numpy() for t in train]), np.stack([t["gt"] for t in train])
         assert 0.2 <= ((labels == c) & (gts == c)).sum() / (gts == c).sum() <= 0.3
-    stage = SegmenterStage(head="aspp", backbone="resnet18", num_classes=3, output_stride=8, lr=0.02)
+    stage = build_stage("segmenter", head="aspp", backbone="resnet18", num_classes=3, output_stride=8, lr=0.02)
     loader = DataLoader([{"image": t["image"], "label": t["label"]} for t in train], batch_size=8, shuffle=True)
     trainer = pl.Trainer(max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(tmp_path))

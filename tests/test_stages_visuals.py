@@ -15,6 +15,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from rpnet_pl.data.classes import class_names, voc_palette
 from rpnet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rpnet_pl.stages.visuals import denormalise, eval_mode, gray, grid, jet, log_images, overlay_cam, overlay_labels
+from rpnet_pl.pipeline.networks import flat_model
+from rpnet_pl.stages.checkpoints import build_stage
 
 RNG = np.random.default_rng(0)
 
@@ -162,11 +164,10 @@ def _fit(stage: pl.LightningModule, dm: pl.LightningDataModule, folder: Path, **
 @pytest.mark.parametrize("method,tiles", [("rpnet", 3), ("cam", 2)])
 def test_classifier_logs_samples_and_hparams(synth: Path, tmp_path: Path, method: str, tiles: int) -> None:
     from rpnet_pl.data.datamodules import GroupDataModule
-    from rpnet_pl.stages.classifier import ClassifierStage
 
     def fit(every: int, folder: Path) -> Path:
         dm = GroupDataModule(root=str(synth), batch_size=2, crop_size=32, long_side=(32, 40), num_workers=0)
-        stage = ClassifierStage(method=method, backbone="resnet18", mid=16, freeze_early=False, beta=0.3,
+        stage = build_stage("classifier", method=method, backbone="resnet18", mid=16, freeze_early=False, beta=0.3,
                                 enhanced_scales=(1.0,), image_log_every_n_steps=every)
         return _fit(stage, dm, folder)
 
@@ -178,14 +179,14 @@ def test_classifier_logs_samples_and_hparams(synth: Path, tmp_path: Path, method
     from pytorch_lightning.core.saving import load_hparams_from_yaml
 
     hp = load_hparams_from_yaml(str(log_dir / "hparams.yaml"))
-    assert hp["beta"] == 0.3 and hp["method"] == method and hp["image_log_every_n_steps"] == 1
+    flat = flat_model("classifier", hp)  # the network's arguments under net
+    assert flat["method"] == method and hp["image_log_every_n_steps"] == 1
+    assert flat.get("beta") == (0.3 if method == "rpnet" else None)  # the CAM baseline has no beta
     assert not (fit(0, tmp_path / "never") / "images").exists()  # 0 disables
 
 
 def test_refine_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_path: Path) -> None:
     from rpnet_pl.data.datamodules import LabelledDataModule
-    from rpnet_pl.stages.refine import RefineStage
-    from rpnet_pl.stages.segmenter import SegmenterStage
 
     masks = str(synth / "VOCdevkit" / "VOC2012" / "SegmentationClassAug")  # ground truth as IR labels / pseudo masks
 
@@ -193,12 +194,12 @@ def test_refine_and_segmenter_log_samples_and_per_class_iou(synth: Path, tmp_pat
         return LabelledDataModule(label_dir=masks, root=str(synth), batch_size=2, crop_size=crop, num_workers=0,
                                   val_split=val)
 
-    aff = RefineStage(backbone="resnet18", boundary_radius=5, image_log_every_n_steps=1)
+    aff = build_stage("refine", backbone="resnet18", boundary_radius=5, image_log_every_n_steps=1)
     log_dir = _fit(aff, dm(48), tmp_path / "refine", max_steps=1)
     with Image.open(log_dir / "images" / "train_samples_0.png") as im:
         assert im.size == (3 * 48 + 2 * 2, 48)
 
-    seg = SegmenterStage(backbone="resnet18", output_stride=16, num_classes=21, image_log_every_n_steps=1)
+    seg = build_stage("segmenter", backbone="resnet18", output_stride=16, num_classes=21, image_log_every_n_steps=1)
     log_dir = _fit(seg, dm(32, "val"), tmp_path / "segmenter", max_steps=1, limit_val_batches=2,
                    val_check_interval=1)
     with Image.open(log_dir / "images" / "train_samples_0.png") as im:

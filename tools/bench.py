@@ -62,6 +62,7 @@ from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.utils.host_memory import proc_status_kib, release_freed_memory
 from rpnet_pl.ops.params import CAM_INFERENCE, RANDOM_WALK
 from rpnet_pl.stages.common import StageModule
+from rpnet_pl.stages.checkpoints import build_stage
 
 Step = Callable[[], None]
 
@@ -346,10 +347,8 @@ def _scales_text(scales: Sequence[float]) -> str:
 def _classifier_build(method: str, backbone: str, crop: int, batch: int, group_size: int, dev: torch.device,
                       bf16: bool, channels_last: bool, num_classes: int) -> Callable[[], Step]:
     def build() -> Step:
-        from rpnet_pl.stages.classifier import ClassifierStage
-
         gen = torch.Generator().manual_seed(0)
-        stage = ClassifierStage(method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+        stage = build_stage("classifier", method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
                                 lr=BENCH_LR, channels_last=channels_last)
         n = batch * group_size
         images = _images(n, crop, crop, dev, gen).reshape(batch, group_size, 3, crop, crop)
@@ -413,11 +412,10 @@ def classifier_pair(backbone: str = "resnet18", crop: int = 512, batch: int = 1,
 def cam_step(method: str, backbone: str, image_size: tuple[int, int], scales: Sequence[float], dev: torch.device,
              bf16: bool = False, channels_last: bool = False, num_classes: int = 20) -> Step:
     """The multi-scale + flip CAMs of one random (H, W) image, as ``rpnet cam`` computes them."""
-    from rpnet_pl.stages.classifier import ClassifierStage
     from rpnet_pl.steps.cam_inference import multiscale_cam
 
     gen = torch.Generator().manual_seed(0)
-    stage = _eval_stage(ClassifierStage(method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+    stage = _eval_stage(build_stage("classifier", method=method, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
                                         num_classes=num_classes, channels_last=channels_last), dev)
     image = _images(1, *image_size, dev, gen)
 
@@ -446,10 +444,9 @@ def cam_inference(method: str = "rpnet", backbone: str = "resnet18", image_size:
 def irn_step(backbone: str, crop: int, batch: int, radius: int, dev: torch.device, bf16: bool = False,
              channels_last: bool = False, num_classes: int = 20) -> Step:
     """One optimiser step of the refine stage on ``batch`` random crops with blocky IR labels."""
-    from rpnet_pl.stages.refine import RefineStage
 
     gen = torch.Generator().manual_seed(0)
-    stage = RefineStage(backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR,
+    stage = build_stage("refine", backbone=backbone, pretrained=False, boundary_radius=radius, lr=BENCH_LR,
                         channels_last=channels_last)
     images = _images(batch, crop, crop, dev, gen)
     labels = blocky_labels(batch, crop, crop, num_classes, gen).to(dev)
@@ -474,13 +471,12 @@ def pseudo_mask_step(backbone: str, image_size: tuple[int, int], channels: int, 
                      cams: torch.Tensor | None = None) -> Step:
     """The pseudo mask of one random (H, W) image from ``channels`` random stride-4 CAMs (or ``cams``)."""
     from rpnet_pl.ops.params import RandomWalkParams
-    from rpnet_pl.stages.refine import RefineStage
     from rpnet_pl.steps.pseudo_masks import pseudo_mask
 
     h, w = image_size
     h4, w4 = (h - 1) // 4 + 1, (w - 1) // 4 + 1
     gen = torch.Generator().manual_seed(0)
-    stage = _eval_stage(RefineStage(backbone=backbone, pretrained=False, channels_last=channels_last), dev)
+    stage = _eval_stage(build_stage("refine", backbone=backbone, pretrained=False, channels_last=channels_last), dev)
     params = RandomWalkParams(radius=radius, beta=beta, exp_times=exp_times)
     image = _images(1, h, w, dev, gen)
     cam = cams if cams is not None else torch.rand(channels, h4, w4, generator=gen)
@@ -515,10 +511,9 @@ def pseudo_mask_inference(backbone: str = "resnet18", image_size: tuple[int, int
 def deeplab_train_step(backbone: str, crop: int, batch: int, head: str, output_stride: int, dev: torch.device,
                        bf16: bool = False, channels_last: bool = False, num_classes: int = 21) -> Step:
     """One optimiser step of the segmenter on ``batch`` random crops with blocky labels."""
-    from rpnet_pl.stages.segmenter import SegmenterStage
 
     gen = torch.Generator().manual_seed(0)
-    stage = SegmenterStage(head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+    stage = build_stage("segmenter", head=head, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
                            output_stride=output_stride, lr=BENCH_LR, channels_last=channels_last)
     images = _images(batch, crop, crop, dev, gen)
     labels = blocky_labels(batch, crop, crop, num_classes - 1, gen).to(dev)
@@ -545,10 +540,10 @@ def deeplab_infer_step(backbone: str, image_size: tuple[int, int], scales: Seque
                        output_stride: int, dev: torch.device, bf16: bool = False, channels_last: bool = False,
                        num_classes: int = 21, flip: bool = True) -> Step:
     """Multi-scale (+ flip) softmax and argmax of one random (H, W) image (no CRF)."""
-    from rpnet_pl.stages.segmenter import SegmenterStage, multiscale_probs
+    from rpnet_pl.stages.segmenter import multiscale_probs
 
     gen = torch.Generator().manual_seed(0)
-    stage = _eval_stage(SegmenterStage(head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
+    stage = _eval_stage(build_stage("segmenter", head=head, backbone=backbone, pretrained=False,  # type: ignore[arg-type]
                                        num_classes=num_classes, output_stride=output_stride,
                                        channels_last=channels_last), dev)
     image = _images(1, *image_size, dev, gen)
@@ -638,12 +633,11 @@ def step_breakdown(method: str = "rpnet", backbone: str = "resnet18", crop: int 
     from torch.profiler import ProfilerActivity, profile
 
     from rpnet_pl.models.rpnet import timed_scope
-    from rpnet_pl.stages.classifier import ClassifierStage
 
     dev = resolve_device(str(device))
     sync = dev.type == "cuda"
     gen = torch.Generator().manual_seed(0)
-    stage = ClassifierStage(method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
+    stage = build_stage("classifier", method=method, backbone=backbone, pretrained=False, num_classes=num_classes,  # type: ignore[arg-type]
                             lr=BENCH_LR, channels_last=channels_last)
     stage.setup("fit")
     stage.to(dev).train()

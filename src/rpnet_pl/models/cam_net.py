@@ -1,19 +1,18 @@
-"""The IRN CAM baseline (IRN's ``net/resnet50_cam.py``) and the classifier factory.
+"""The IRN CAM baseline (IRN's ``net/resnet50_cam.py``).
 
 :class:`CAMNet` has RPNet's interface (``forward``, ``training_losses``, ``cam``,
-``param_groups``), so one LightningModule trains either (``method: rpnet | cam``).
+``param_groups``), so one LightningModule trains either (``method: rpnet | cam`` chooses,
+:mod:`rpnet_pl.pipeline.networks`).
 """
 from __future__ import annotations
-
-from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.init_args import init_args
 from rpnet_pl.models.backbones import build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
-from rpnet_pl.models.rpnet import RPNet, multilabel_loss, timed_scope
+from rpnet_pl.models.rpnet import multilabel_loss, timed_scope
 
 
 class CAMNet(nn.Module):
@@ -41,6 +40,7 @@ class CAMNet(nn.Module):
         freeze_early: bool = True,
     ) -> None:
         super().__init__()
+        self.init_args = init_args(locals())
         self.num_classes = num_classes
         self.detach_level = 2 if freeze_early else None
         whole_model = weights is not None and is_reference_checkpoint(weights)  # IRN's own res50_cam.pth
@@ -87,18 +87,4 @@ class CAMNet(nn.Module):
         return backbone, new
 
 
-_CAM_KEYS = ("backbone", "pretrained", "weights", "num_classes", "output_stride", "dilated", "freeze_bn_affine",
-             "freeze_early")
-
-
-def build_classifier(method: Literal["rpnet", "cam"] = "rpnet", **kwargs: Any) -> RPNet | CAMNet:
-    """``method='rpnet'``: :class:`RPNet` (every keyword passed on); ``method='cam'``: :class:`CAMNet`
-    (only its keywords are used; RPNet-only ones such as ``alpha`` are ignored)."""
-    if method == "rpnet":
-        return RPNet(**kwargs)
-    if method == "cam":
-        return CAMNet(**{k: v for k, v in kwargs.items() if k in _CAM_KEYS})
-    raise ConfigError(f"unknown classifier method {method!r} (rpnet | cam)")
-
-
-__all__ = ["CAMNet", "build_classifier"]
+__all__ = ["CAMNet"]

@@ -1,12 +1,13 @@
-"""DeepLab segmenters on a five-level backbone (spec "Stage 3: DeepLab").
+"""DeepLab segmenters on a five-level backbone (spec "Stage 3: DeepLab"): :class:`DeepLabNet`, with
+one of two heads.
 
-* :class:`DeepLabLargeFOV`: the paper's choice (RPNet Sec. IV-B: "DeepLab-LargeFOV with a
+* ``largefov`` (:class:`LargeFOVHead`): the paper's choice (RPNet Sec. IV-B: "DeepLab-LargeFOV with a
   ResNet-50 backbone"). The head is DeepLab-LargeFOV's (Chen et al., "Semantic Image
   Segmentation with Deep Convolutional Nets and Fully Connected CRFs", ICLR 2015, Table 2:
   ``fc6`` a 3x3 convolution with dilation ("input stride") 12 and 1024 channels, ``fc7`` a 1x1
   convolution with 1024 channels, each followed by ReLU and dropout 0.5, ``fc8`` a 1x1
   convolution to the classes), put on the backbone's last level instead of VGG-16's pool5.
-* :class:`DeepLabV2ASPP`: DeepLab v2's ASPP-L head (Chen et al., "DeepLab: Semantic Image
+* ``aspp`` (:class:`ASPPHead`): DeepLab v2's ASPP-L head (Chen et al., "DeepLab: Semantic Image
   Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
   TPAMI 2018, Fig. 4 and the ResNet-101 model): four parallel 3x3 convolutions with dilations
   6, 12, 18, 24, each straight to the classes, summed.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rpnet_pl.utils.errors import ConfigError
+from rpnet_pl.utils.init_args import init_args
 from rpnet_pl.models.backbones import Backbone, build_backbone
 
 #: DeepLab-LargeFOV's fc6 dilation and fc6/fc7 width.
@@ -126,46 +128,9 @@ class ASPPHead(nn.Module):
         return out
 
 
-class DeepLabLargeFOV(DeepLab):
-    """DeepLab-LargeFOV (Chen et al. ICLR 2015) on a backbone's last level: the paper's segmenter.
-
-    Args:
-        backbone: a built :class:`Backbone` (see :func:`build_deeplab`).
-        num_classes: classes including background (21 for VOC, 81 for COCO).
-        channels, dilation, dropout: fc6/fc7 width (1024), fc6 dilation (12), dropout rate (0.5).
-    """
-
-    def __init__(self, backbone: Backbone, num_classes: int, channels: int = LARGEFOV_CHANNELS,
-                 dilation: int = LARGEFOV_DILATION, dropout: float = 0.5) -> None:
-        super().__init__(backbone, num_classes)
-        self.head = LargeFOVHead(backbone.channels[-1], num_classes, channels=channels, dilation=dilation,
-                                 dropout=dropout)
-
-
-class DeepLabV2ASPP(DeepLab):
-    """DeepLab v2 with ASPP-L (Chen et al. TPAMI 2018) on a backbone's last level.
-
-    Args:
-        backbone: a built :class:`Backbone` (see :func:`build_deeplab`).
-        num_classes: classes including background.
-        dilations: the ASPP branches' dilations (6, 12, 18, 24).
-    """
-
-    def __init__(self, backbone: Backbone, num_classes: int, dilations: Sequence[int] = ASPP_DILATIONS) -> None:
-        super().__init__(backbone, num_classes)
-        self.head = ASPPHead(backbone.channels[-1], num_classes, dilations=dilations)
-
-
-def build_deeplab(
-    head: Literal["largefov", "aspp"] = "largefov",
-    backbone: str = "resnet50",
-    num_classes: int = 21,
-    output_stride: int = 8,
-    pretrained: bool = False,
-    weights: str | None = None,
-    freeze_stem: bool = False,
-) -> DeepLab:
-    """A DeepLab segmenter: ``head`` ``largefov`` (the paper) or ``aspp`` (DeepLab v2) on
+class DeepLabNet(DeepLab):
+    """The segmenter's network from plain arguments (what a config names): ``head`` ``largefov`` (the
+    paper's, :class:`LargeFOVHead`) or ``aspp`` (DeepLab v2, :class:`ASPPHead`) on
     ``build_backbone(backbone, pretrained, weights, output_stride, freeze_stem, freeze_bn=True)``
     (dilated, BatchNorm statistics and affine parameters frozen; the stem convolution trains unless
     ``freeze_stem``: kazuto1011/deeplab-pytorch trains it, its ``get_params("1x")`` takes ``layer1.conv1``).
@@ -178,16 +143,33 @@ def build_deeplab(
         pretrained, weights: ImageNet weights through timm, or a local file (see
             :func:`build_backbone`).
     """
-    if head not in ("largefov", "aspp"):
-        raise ConfigError(f"unknown DeepLab head {head!r} (largefov | aspp)")
-    if output_stride not in (8, 16):
-        raise ConfigError(f"DeepLab output_stride must be 8 or 16, got {output_stride}")
-    body = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                          freeze_stem=freeze_stem, freeze_bn=True)
-    if head == "largefov":
-        return DeepLabLargeFOV(body, num_classes)
-    return DeepLabV2ASPP(body, num_classes)
+
+    def __init__(
+        self,
+        head: Literal["largefov", "aspp"] = "largefov",
+        backbone: str = "resnet50",
+        num_classes: int = 21,
+        output_stride: int = 8,
+        pretrained: bool = False,
+        weights: str | None = None,
+        freeze_stem: bool = False,
+    ) -> None:
+        args = init_args(locals())
+        if head not in ("largefov", "aspp"):
+            raise ConfigError(f"unknown DeepLab head {head!r} (largefov | aspp)")
+        if output_stride not in (8, 16):
+            raise ConfigError(f"DeepLab output_stride must be 8 or 16, got {output_stride}")
+        body = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                              freeze_stem=freeze_stem, freeze_bn=True)
+        super().__init__(body, num_classes)
+        self.init_args = args
+        # the paper's DeepLab-LargeFOV (Chen et al. ICLR 2015) or DeepLab v2 with ASPP-L (TPAMI 2018)
+        self.head = (LargeFOVHead(body.channels[-1], num_classes) if head == "largefov"
+                     else ASPPHead(body.channels[-1], num_classes))
 
 
-__all__ = ["ASPPHead", "ASPP_DILATIONS", "DeepLab", "DeepLabLargeFOV", "DeepLabV2ASPP", "LargeFOVHead",
-           "build_deeplab"]
+#: The segmenter's network by its arguments (one implementation: :class:`DeepLabNet`).
+build_deeplab = DeepLabNet
+
+
+__all__ = ["ASPPHead", "ASPP_DILATIONS", "DeepLab", "DeepLabNet", "LargeFOVHead", "build_deeplab"]

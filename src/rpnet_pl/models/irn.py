@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rpnet_pl.utils.init_args import init_args
 from rpnet_pl.data.classes import IGNORE_INDEX
 from rpnet_pl.models.backbones import Backbone, build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
@@ -142,6 +143,7 @@ class IRNet(nn.Module):
         self_attention: bool = False,
     ) -> None:
         super().__init__()
+        self.init_args = init_args(locals())
         whole_model = weights is not None and is_reference_checkpoint(weights)  # IRN's own res50_irn.pth
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, pretrained=pretrained and not whole_model,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from rpnet_pl.utils.init_args import init_args
 from rpnet_pl.utils.errors import ConfigError
 from rpnet_pl.models.backbones import build_backbone
 from rpnet_pl.models.reference_weights import is_reference_checkpoint, load_reference_checkpoint
@@ -579,6 +580,7 @@ class RPNet(nn.Module):
         freeze_early: bool = True,
     ) -> None:
         super().__init__()
+        self.init_args = init_args(locals())
         scales = tuple(float(s) for s in enhanced_scales)
         if 1.0 not in scales:
             raise ConfigError(f"enhanced_scales must contain 1.0, got {scales}")

@@ -168,12 +168,13 @@ def build_stage(case: Mapping[str, np.ndarray], method: str, **overrides: Any):
     """Our :class:`ClassifierStage` from the experiment of ``method`` (``overrides`` win), with the
     case's fewer-block backbone and its seeded initial weights (the reference's names mapped to ours).
     Returns ``(stage, names of our tensors that got no initial value)``."""
-    from rpnet_pl.stages.classifier import ClassifierStage
+    from rpnet_pl.pipeline.registry import CLASSIFIER
+    from rpnet_pl.stages.checkpoints import build_stage
 
     kwargs = {**experiment_classifier(method), "method": method, "pretrained": False, "weights": None,
               "lr": float(case["lr"]), **overrides}
     with resnet_blocks(tuple(case["blocks"])):
-        stage = ClassifierStage(**kwargs)
+        stage = build_stage(CLASSIFIER.name, **kwargs)
     target = stage.model.state_dict()
     names = reference_names_to_ours(case["init_names"], method)
     shapes = {ref: target[ours].shape for ref, ours in names.items() if ours in target}

@@ -106,14 +106,15 @@ def segmenter_config() -> dict[str, Any]:
 def build_stage(num_classes: int, blocks: tuple[int, ...], channels_last: bool = False):
     """Our :class:`SegmenterStage` from the default experiment, ``head: aspp``, no ImageNet weights
     (``channels_last``: the stage's own switch, for ``rpnet parity --channels-last``)."""
-    from rpnet_pl.stages.segmenter import SegmenterStage
+    from rpnet_pl.pipeline.registry import SEGMENTER
+    from rpnet_pl.stages.checkpoints import build_stage
 
     kwargs = {**segmenter_config(), "head": "aspp", "pretrained": False, "weights": None,
               "num_classes": int(num_classes)}
     if channels_last:
         kwargs["channels_last"] = True
     with resnet_blocks(blocks):
-        return SegmenterStage(**kwargs)
+        return build_stage(SEGMENTER.name, **kwargs)
 
 
 def seed_reference_weights(model: torch.nn.Module, seed: int) -> dict[str, str]:

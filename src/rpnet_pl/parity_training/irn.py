@@ -128,11 +128,12 @@ def build_stage(case: Mapping[str, np.ndarray], **overrides: Any):
     """Our :class:`RefineStage` from the default experiment (``overrides`` win), with the case's
     fewer-block ResNet-50 and its seeded initial weights (the reference's names, mapped to ours).
     Returns ``(stage, names of our tensors that got no initial value)``."""
-    from rpnet_pl.stages.refine import RefineStage
+    from rpnet_pl.pipeline.registry import REFINE
+    from rpnet_pl.stages.checkpoints import build_stage
 
     kwargs = {**default_refine_model(), "pretrained": False, "weights": None, **overrides}
     with resnet_blocks(tuple(case["blocks"])):
-        stage = RefineStage(**kwargs)
+        stage = build_stage(REFINE.name, **kwargs)
     target = stage.model.state_dict()
     names = reference_names_to_ours(case["init_names"])
     shapes = {ref: target[ours].shape for ref, ours in names.items() if ours in target}

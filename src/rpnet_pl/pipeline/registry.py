@@ -290,7 +290,9 @@ class StepSpec:
     as ``--where`` (per-image steps) or as the dotted config key ``where`` (training steps).
     ``output``: what later steps read, relative to the step's folder ('' : the folder itself).
     ``devices``: the command runs a network, on the pipeline's devices. ``optional_split``: the step
-    is skipped, with one line, when the dataset has no such split (the test export).
+    is skipped, with one line, when the dataset has no such split (the test export). ``networks``
+    (training steps): (method, class path) of the networks its stage may be given, the default first
+    (:mod:`rpnet_pl.pipeline.networks`).
     """
 
     name: str
@@ -301,6 +303,7 @@ class StepSpec:
     run: str | None = None
     stage: str | None = None
     datamodule: str | None = None
+    networks: tuple[tuple[str, str], ...] = ()
     reads: tuple[tuple[str, str], ...] = ()
     output: str = ""
     devices: bool = False
@@ -323,6 +326,7 @@ CHECKPOINT = f"{layout.CHECKPOINTS}/{layout.LAST_CKPT}"
 CLASSIFIER = StepSpec(
     "classifier", "train", "stage 1: the RPNet (or CAM baseline) classifier",
     stage="rpnet_pl.stages.classifier:ClassifierStage", datamodule="rpnet_pl.data.datamodules:GroupDataModule",
+    networks=(("rpnet", "rpnet_pl.models.rpnet.RPNet"), ("cam", "rpnet_pl.models.cam_net.CAMNet")),
     output=CHECKPOINT)
 CAM = StepSpec(
     "cam", "per_image", "multi-scale + flip CAM seeds of a split from a classifier checkpoint",
@@ -339,7 +343,7 @@ IR_LABELS_STEP = StepSpec(
 REFINE = StepSpec(
     "refine", "train", "stage 2: IRN's boundary network, trained on the IR labels",
     stage="rpnet_pl.stages.refine:RefineStage", datamodule="rpnet_pl.data.datamodules:LabelledDataModule",
-    reads=(("data.label_dir", "ir_labels"),), output=CHECKPOINT)
+    networks=(("irn", "rpnet_pl.models.irn.IRNet"),), reads=(("data.label_dir", "ir_labels"),), output=CHECKPOINT)
 PSEUDO_MASKS = StepSpec(
     "pseudo_masks", "per_image", "pseudo masks: boundary map -> random walk on the CAM seeds",
     command="pseudo-masks", options=PseudoMasksOptions, run="rpnet_pl.steps.pseudo_masks:pseudo_masks_step",
@@ -351,7 +355,7 @@ EVAL_PSEUDO_MASKS = StepSpec(
 SEGMENTER = StepSpec(
     "segmenter", "train", "stage 3: DeepLab trained on the pseudo masks",
     stage="rpnet_pl.stages.segmenter:SegmenterStage", datamodule="rpnet_pl.data.datamodules:LabelledDataModule",
-    reads=(("data.label_dir", "pseudo_masks"),), output=CHECKPOINT)
+    networks=(("deeplab", "rpnet_pl.models.deeplab.DeepLabNet"),), reads=(("data.label_dir", "pseudo_masks"),), output=CHECKPOINT)
 EVAL_SEG = StepSpec(
     "eval_seg", "evaluate", "segmenter mIoU with and without denseCRF",
     command="eval-seg", options=EvalSegOptions, run="rpnet_pl.steps.segmentation:eval_seg_step",
@@ -383,10 +387,10 @@ def output_path(run: str | Path, step: str) -> Path:
 
 
 def load(ref: str) -> Any:
-    """The object of an import string ``module:name``."""
+    """The object of an import string ``module:name`` (or LightningCLI's ``module.name``)."""
     import importlib
 
-    module, name = ref.split(":")
+    module, name = ref.split(":") if ":" in ref else ref.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)
 
 

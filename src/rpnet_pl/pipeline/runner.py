@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 from rpnet_pl.pipeline import layout, provenance
 from rpnet_pl.pipeline.config import DEFAULT_DATASET, DEFAULT_ROOT, dump_yaml, section
+from rpnet_pl.pipeline.signatures import fit_config
 from rpnet_pl.utils.errors import CheckpointError, ConfigError, Stopped
 from rpnet_pl.pipeline.seeds import seed_dir_name
 from rpnet_pl.pipeline.registry import STEP_ORDER, STEPS, StepKind, output_path, unknown_steps
@@ -428,8 +429,8 @@ def _run_steps(steps: Sequence[PlannedStep], dry_run: bool, force: Sequence[str]
         if step.name in forced:
             _start_afresh(step)
         step.folder.mkdir(parents=True, exist_ok=True)
-        if step.config:
-            dump_yaml(step.config, step.folder / layout.CONFIG)
+        if step.config:  # a training step's network as LightningCLI builds it: class_path / init_args
+            dump_yaml(fit_config(step.name, step.config) if step.trains else step.config, step.folder / layout.CONFIG)
         argv = list(step.argv)
         last = layout.step_checkpoint(step.folder)
         if step.trains and last.is_file():

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from rpnet_pl.pipeline.networks import METHOD, NETWORKS, nest_model
 from rpnet_pl.pipeline.registry import STEPS, load
 
 PATH = Path(__file__).with_name("signatures.json")
@@ -94,19 +95,68 @@ def class_signature(cls: type) -> dict[str, dict[str, Any]]:
     return out
 
 
-def live() -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """The snapshot from the classes themselves (imports torch and Lightning)."""
+def flat_model_signature(step: str, stage: dict[str, dict[str, Any]],
+                         networks: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The arguments an experiment's flat ``model`` section may set (:mod:`rpnet_pl.pipeline.networks`):
+    the stage's own (but ``net``), every network's of the step (the default network's type and
+    default where two share a name) and, where there is a choice, ``method``."""
+    out = {k: v for k, v in stage.items() if k != "net"}
+    for path in NETWORKS[step].values():
+        for name, entry in networks[path].items():
+            out.setdefault(name, entry)
+    if len(NETWORKS[step]) > 1:
+        names = ", ".join(repr(m) for m in NETWORKS[step])
+        out[METHOD] = {"type": f"Literal[{names}]", "default": next(iter(NETWORKS[step]))}
+    return dict(sorted(out.items()))
+
+
+def live() -> dict[str, Any]:
+    """The snapshot from the classes themselves (imports torch and Lightning): per training step its
+    groups (``model`` the flat section, :func:`flat_model_signature`), and under ``_networks`` the
+    argument names of each stage and network."""
     from pytorch_lightning import Trainer
 
-    return {name: {group: class_signature(cls)
-                   for group, cls in zip(GROUPS, (load(spec.stage), load(spec.datamodule), Trainer))}
-            for name, spec in STEPS.items() if spec.trains}
+    out: dict[str, Any] = {}
+    names: dict[str, dict[str, list[str]]] = {}
+    for name, spec in STEPS.items():
+        if not spec.trains:
+            continue
+        stage = class_signature(load(spec.stage))
+        networks = {path: class_signature(load(path)) for path in NETWORKS[name].values()}
+        out[name] = {"model": flat_model_signature(name, stage, networks),
+                     "data": class_signature(load(spec.datamodule)), "trainer": class_signature(Trainer)}
+        names[name] = {"stage": sorted(k for k in stage if k != "net"),
+                       **{path: sorted(args) for path, args in networks.items()}}
+    out["_networks"] = names
+    return out
 
 
 @functools.lru_cache(maxsize=None)
-def snapshot() -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """The stored snapshot, ``signatures.json``."""
+def _stored() -> dict[str, Any]:
     return json.loads(PATH.read_text())
+
+
+def snapshot() -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """The stored snapshot, ``signatures.json``: per training step, its groups."""
+    return {k: v for k, v in _stored().items() if not k.startswith("_")}
+
+
+def stage_args(step: str) -> list[str]:
+    """The argument names of ``step``'s stage itself (not its network's)."""
+    return _stored()["_networks"][step]["stage"]
+
+
+def net_args(step: str) -> dict[str, list[str]]:
+    """Each network class of ``step`` -> its argument names."""
+    return {k: v for k, v in _stored()["_networks"][step].items() if k != "stage"}
+
+
+def fit_config(step: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A training step's planned config with its ``model`` section nested for LightningCLI (the
+    network as ``class_path`` / ``init_args``, :func:`rpnet_pl.pipeline.networks.nest_model`)."""
+    if "model" not in config:
+        return dict(config)
+    return {**config, "model": nest_model(step, config["model"] or {}, net_args(step), stage_args(step))}
 
 
 def default_of(step: str, group: str, name: str) -> Any:
@@ -119,7 +169,7 @@ def default(step: str, name: str) -> Any:
     return default_of(step, "model", name)
 
 
-def write(path: Path = PATH) -> None:
+def write(path: Path = PATH) -> None:  # noqa: D401
     """Regenerate the snapshot (temp file, then rename)."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(live(), indent=1, sort_keys=True) + "\n")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from rpnet_pl.pipeline.networks import flat_model
 from rpnet_pl.pipeline import layout
 from rpnet_pl.pipeline.seeds import Stat, as_float, mean_std, seed_folders
 from rpnet_pl.pipeline.registry import CLASSIFIER, EVAL_CAM, EVAL_PSEUDO_MASKS, EVAL_SEG, PREDICT_SEG
@@ -52,7 +53,11 @@ def summarise_run(run: Path) -> RunSummary:
             config = yaml.safe_load(cfg.read_text()) or {}
         except yaml.YAMLError:
             config = {}
-        model, data = config.get("model") or {}, config.get("data") or {}
+        data = config.get("data") or {}
+        try:
+            model = flat_model(CLASSIFIER.name, config.get("model") or {})
+        except ValueError:  # a network of no method
+            model = {}
         out.method, out.backbone, out.dataset = model.get("method"), model.get("backbone"), data.get("dataset")
     if (m := read_json(layout.metrics_path(run, EVAL_CAM.name))) is not None:
         out.seeds, out.seed_threshold = m.get("best_miou"), m.get("best_threshold")

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rpnet_pl.utils.errors import CheckpointError
+from rpnet_pl.pipeline.networks import NETWORKS, nest_model
 from rpnet_pl.pipeline.registry import STEPS, TRAIN_STEPS, load
 
 T = TypeVar("T")
-
 
 
 def _init_names(cls: type) -> set[str]:
@@ -46,18 +46,50 @@ def _a(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
+def nested(step: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper-parameters (or a flat ``model`` section) as the stage takes them: ``net``
+    (class path and arguments) and the stage's own; an older checkpoint's flat ones are nested by the
+    classes' signatures (:func:`rpnet_pl.pipeline.networks.nest_model`)."""
+    own = {k: v for k, v in hparams.items() if k in _own_keys(hparams)}
+    if isinstance(own.get("net"), dict) and "class_path" in own["net"]:
+        return own
+    net_args = {path: _init_names(load(path)) for path in NETWORKS[step].values()}
+    return nest_model(step, own, net_args, _init_names(_stage_class(step)) - {"net"})
+
+
 def guess_stage(hparams: dict[str, Any]) -> str | None:
-    """The stage whose ``__init__`` accepts every hyper-parameter of a checkpoint (None: no stage's)."""
+    """The stage whose network and arguments a checkpoint's hyper-parameters are (None: no stage's)."""
     for name in TRAIN_STEPS:
-        if _own_keys(hparams) <= _init_names(_stage_class(name)):
+        try:
+            args = nested(name, hparams)
+        except ValueError:
+            continue
+        if args["net"]["class_path"] in NETWORKS[name].values() and set(args) - {"net"} <= _init_names(_stage_class(name)):
             return name
     return None
 
 
+def build_network(step: str, config: dict[str, Any], **overrides: Any) -> Any:
+    """The network ``config`` (``{"class_path", "init_args"}``) names, with ``overrides``; only a class
+    of ``step``'s networks (:data:`~rpnet_pl.pipeline.networks.NETWORKS`) is built."""
+    path = config["class_path"]
+    if path not in NETWORKS[step].values():
+        raise ValueError(f"{path!r} is not a network of {step} ({sorted(NETWORKS[step].values())})")
+    return load(path)(**{**(config.get("init_args") or {}), **overrides})
+
+
+def build_stage(step: str, **model: Any) -> Any:
+    """The stage of training step ``step`` from a flat ``model`` section, as an experiment writes it
+    (``method``, the network's and the stage's keys): its network built and given to it."""
+    args = nested(step, model)
+    return _stage_class(step)(net=build_network(step, args.pop("net")), **args)
+
+
 def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **overrides: Any) -> T:
-    """``cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)`` with one-line errors naming
-    ``ckpt``: missing, unreadable, not a Lightning checkpoint, of another stage, or weights that do not
-    fit the backbone the checkpoint names."""
+    """The stage ``cls`` of ``ckpt``: its network rebuilt from the checkpoint's ``net`` (with
+    ``overrides`` of the network's arguments, e.g. ``pretrained=False``), the stage given it, the
+    weights loaded. One-line errors naming ``ckpt``: missing, unreadable, not a Lightning checkpoint,
+    of another stage, or weights that do not fit the network the checkpoint names."""
     import torch
 
     path = Path(ckpt)
@@ -70,21 +102,26 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(raw.get("hyper_parameters") or {})
-    foreign = sorted(_own_keys(hparams) - _init_names(cls))
-    if foreign:
+    if guess_stage(hparams) != stage:
         other = guess_stage(hparams)
         what = f"{_a(other)} checkpoint" if other else "not a checkpoint of any rpnet stage"
+        foreign = sorted(_own_keys(hparams) - _init_names(cls))
         raise CheckpointError(f"{path}: {what}, not {_a(stage)} one (its hyper-parameters {foreign[:3]} are not the "
-                           f"{stage}'s); pass runs/<experiment>/{stage}/checkpoints/last.ckpt")
+                              f"{stage}'s); pass runs/<experiment>/{stage}/checkpoints/last.ckpt")
+    args = nested(stage, hparams)
+    net_config = args.pop("net")
     try:
-        return cls.load_from_checkpoint(path, map_location="cpu", **overrides)  # type: ignore[attr-defined]
+        module = cls(net=build_network(stage, net_config, **overrides), **args)  # type: ignore[call-arg]
+        module.load_state_dict(raw["state_dict"])  # type: ignore[attr-defined]
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        backbone = (net_config.get("init_args") or {}).get("backbone", "?")
         raise CheckpointError(f"{path}: its weights do not fit {_a(stage)} with backbone "
-                           f"{hparams.get('backbone', '?')!r} ({first[:160]})") from None
+                              f"{backbone!r} ({first[:160]})") from None
+    return module
 
 
-__all__ = ["RETIRED_HPARAMS", "guess_stage", "load_stage_checkpoint"]
+__all__ = ["RETIRED_HPARAMS", "build_network", "build_stage", "guess_stage", "load_stage_checkpoint", "nested"]
 
 
 #: What a finished training step's checkpoint no longer needs: the optimiser's state (momentum

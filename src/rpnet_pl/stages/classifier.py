@@ -6,59 +6,32 @@ are the ``cam`` step's (:mod:`rpnet_pl.steps.cam`), from the trained network's p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from rpnet_pl.data.classes import class_names
 from rpnet_pl.utils.errors import ConfigError
-from rpnet_pl.models import build_classifier
 from rpnet_pl.models.reference_weights import detect_kind, infer_backbone, read_state_dict
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import (denormalise, eval_mode, log_images, overlay_cam, resize_map,
                                     unit)
-from rpnet_pl.ops.params import CAM_INFERENCE
 
 
 class ClassifierStage(StageModule):
-    """Trains ``method='rpnet'`` (the paper) or ``method='cam'`` (the IRN baseline) on image groups.
-
-    Every hyper-parameter is an argument here, so LightningCLI and the YAML files under
-    ``experiments/`` set them. Defaults are the spec's (the public code's) choices.
+    """Trains its network on image groups: :class:`~rpnet_pl.models.rpnet.RPNet` (the paper) or
+    :class:`~rpnet_pl.models.cam_net.CAMNet` (the IRN baseline), which it is given (in YAML, the
+    ``net`` entry's ``class_path`` and ``init_args``; an experiment's ``method`` chooses,
+    :mod:`rpnet_pl.pipeline.networks`). Its own arguments are the optimiser's, the logging's and the
+    seed monitor's. Defaults are the spec's (the public code's) choices.
     """
 
     def __init__(
         self,
-        method: Literal["rpnet", "cam"] = "rpnet",
-        backbone: str = "resnext50",
-        pretrained: bool = False,
-        weights: str | None = None,
-        num_classes: int = 20,
-        mid: int = 512,
-        alpha: float = 0.3,
-        beta: float = 0.5,
-        beta_is_keep_prob: bool = False,
-        levels: tuple[int, ...] = (2, 4),
-        gaussian: bool = True,
-        sigma: float = 3.0,
-        gaussian_size: int = 5,
-        fg_scale: float = 1.3,
-        self_attention: bool = True,
-        attention: Literal["dot_product", "softmax"] = "dot_product",
-        attention_norm: Literal["batch", "running"] = "batch",
-        attn_sub_sample: bool = False,
-        separate_reference_heads: bool = True,
-        clamp_confidence_peak: bool = False,
-        lc_on_enhanced: bool = False,
-        freeze_bn_affine: bool = False,
-        enhanced_scales: tuple[float, ...] = CAM_INFERENCE.scales,
-        lam: float = 10.0,
-        ls_variant: Literal["code", "paper"] = "code",
-        output_stride: int = 16,
-        dilated: bool = False,
-        freeze_early: bool = True,
+        net: nn.Module,
         lr: float = 0.02,
         new_layer_lr_mult: float = 10.0,
         weight_decay: float = 1e-4,
@@ -74,17 +47,8 @@ class ClassifierStage(StageModule):
         log_grad_norms: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_classifier(
-            method=method, backbone=backbone, pretrained=pretrained, weights=weights, num_classes=num_classes,
-            mid=mid, alpha=alpha, beta=beta, beta_is_keep_prob=beta_is_keep_prob, levels=tuple(levels),
-            gaussian=gaussian, sigma=sigma, gaussian_size=gaussian_size, fg_scale=fg_scale,
-            self_attention=self_attention, attention=attention, attention_norm=attention_norm,
-            attn_sub_sample=attn_sub_sample, separate_reference_heads=separate_reference_heads,
-            clamp_confidence_peak=clamp_confidence_peak, lc_on_enhanced=lc_on_enhanced,
-            freeze_bn_affine=freeze_bn_affine, enhanced_scales=tuple(enhanced_scales), lam=lam, ls_variant=ls_variant,
-            output_stride=output_stride, dilated=dilated, freeze_early=freeze_early,
-        )
+        self.model = net
+        self.save_network_and_hyperparameters(net)
 
     # -- training ----------------------------------------------------------------------------
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -104,7 +68,7 @@ class ClassifierStage(StageModule):
             with eval_mode(self.model):
                 cams = self.model.cam(images[:1])
         tiles = [image, overlay_cam(image, unit(resize_map(cams[0, c], size)))]
-        captions = ["image", f"CAM {class_names(self.hparams.num_classes + 1)[c + 1]}"]
+        captions = ["image", f"CAM {class_names(self.model.num_classes + 1)[c + 1]}"]
         if "foreground" in out:
             fg = np.clip(resize_map(out["foreground"][0, 0], size), 0.0, 1.0)
             tiles.append(overlay_cam(image, fg))
@@ -127,7 +91,8 @@ class ClassifierStage(StageModule):
 
 
 def reference_classifier_args(ckpt: str | Path, backbone: str | None = None) -> dict[str, Any]:
-    """ClassifierStage arguments for a checkpoint of the public code: method, backbone, sizes."""
+    """The flat ``model`` section of a checkpoint of the public code (method, backbone, sizes), for
+    :func:`~rpnet_pl.stages.checkpoints.build_stage`."""
     state = read_state_dict(ckpt)
     kind = detect_kind(list(state))
     if kind == "irn":

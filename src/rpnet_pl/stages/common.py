@@ -273,11 +273,18 @@ def grad_norms(module: nn.Module, depth: int = 2) -> dict[str, float]:
     return norms
 
 
+def network_config(net: nn.Module) -> dict[str, Any]:
+    """How ``net`` was built, as a config names it: ``{"class_path", "init_args"}`` (the network
+    records its arguments, ``net.init_args``)."""
+    cls = type(net)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
+
+
 class StageModule(pl.LightningModule):
     """The base of the three training stages (classifier, refine, segmenter): what they share.
 
-    A subclass builds ``self.model`` (an ``nn.Module``) in ``__init__``, calls
-    ``save_hyperparameters()`` with its own hyper-parameters (at least ``lr``, ``weight_decay``,
+    A subclass is given its network (``net``, kept as ``self.model``), calls
+    :meth:`save_network_and_hyperparameters` with its own hyper-parameters (at least ``lr``, ``weight_decay``,
     ``momentum``, ``poly_power``, ``checkpoint_every_n_steps``, ``progress_every_n_steps`` and
     ``channels_last``), and defines :meth:`optimizer_groups`, :meth:`training_losses` and (for image
     logging) :meth:`log_samples`. The base gives:
@@ -300,6 +307,29 @@ class StageModule(pl.LightningModule):
     """
 
     model: nn.Module
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, **net_overrides: Any) -> Any:
+        """The stage of a checkpoint on the CPU, its network rebuilt from the checkpoint's ``net``
+        (``net_overrides``: the network's arguments to change, e.g. ``pretrained=False``): the one
+        loader, :func:`rpnet_pl.stages.checkpoints.load_stage_checkpoint`."""
+        from rpnet_pl.pipeline.registry import STEPS
+        from rpnet_pl.stages.checkpoints import load_stage_checkpoint
+
+        step = next(name for name, spec in STEPS.items() if spec.stage == f"{cls.__module__}:{cls.__name__}")
+        return load_stage_checkpoint(cls, checkpoint_path, step, **net_overrides)
+
+    def save_network_and_hyperparameters(self, net: nn.Module) -> None:
+        """``save_hyperparameters`` for a stage given its network: the stage's own arguments, and under
+        ``net`` the network's class and arguments (:func:`network_config`), so that a checkpoint names
+        what to rebuild (:func:`rpnet_pl.stages.checkpoints.load_stage_checkpoint`)."""
+        import inspect
+
+        frame = inspect.currentframe()
+        caller = frame.f_back.f_locals if frame is not None and frame.f_back is not None else {}
+        names = set(inspect.signature(type(self).__init__).parameters) - {"self", "net"}
+        self.save_hyperparameters({**{k: v for k, v in caller.items() if k in names}, "net": network_config(net)})
 
     def setup(self, stage: str) -> None:
         """Put the network's weights in channels-last layout when ``channels_last`` is set."""

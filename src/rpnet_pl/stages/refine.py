@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from rpnet_pl.data.classes import voc_palette
-from rpnet_pl.models.irn import IRNet, displacement_losses
+from rpnet_pl.models.irn import displacement_losses
 from rpnet_pl.ops.affinity import affinity_from_boundary, affinity_labels, affinity_loss
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import denormalise, gray, log_images, overlay_labels, resize_map
@@ -87,7 +88,8 @@ def irn_losses(out: dict[str, torch.Tensor], ir_label: torch.Tensor, radius: int
 
 
 class RefineStage(StageModule):
-    """Trains IRNet's boundary and displacement branches (backbone frozen) on IR labels.
+    """Trains the boundary and displacement branches of the :class:`~rpnet_pl.models.irn.IRNet` it is
+    given (backbone frozen) on IR labels.
 
     Loss (spec): (pos_bg/2 + pos_fg/2 + neg)/2 + (displacement fg + bg)/2.
 
@@ -95,17 +97,14 @@ class RefineStage(StageModule):
     displacement losses (IRN: 10 at stride 4); the random walk's transition radius (IRN: 5) is the
     ``pseudo_masks`` step's ``radius``.
 
-    ``self_attention``: RPNet's copy of IRN, with a non-local block on backbone levels 3-5 (see
-    :class:`IRNet`), trained at ``lr * attention_lr_mult`` (RPNet: 2x); ``experiments/base.yaml`` turns
-    it on, the CAM baselines (IRN's own network) leave it off. Off by default, so that a checkpoint
-    saved without the switch loads as the network it was.
+    The network's ``self_attention`` (RPNet's copy of IRN, with a non-local block on backbone levels
+    3-5, see :class:`IRNet`) trains at ``lr * attention_lr_mult`` (RPNet: 2x); ``experiments/base.yaml``
+    turns it on, the CAM baselines (IRN's own network) leave it off.
     """
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        pretrained: bool = False,
-        weights: str | None = None,
+        net: nn.Module,
         boundary_radius: int = 10,
         lr: float = 0.1,
         weight_decay: float = 1e-4,
@@ -114,7 +113,6 @@ class RefineStage(StageModule):
         displacement_loss: bool = True,
         label_reduction: LabelReduction = "pil",
         displacement_lr_mult: float = 10.0,
-        self_attention: bool = False,
         attention_lr_mult: float = 2.0,
         checkpoint_every_n_steps: int | None = None,
         progress_every_n_steps: int | None = None,
@@ -122,8 +120,8 @@ class RefineStage(StageModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = IRNet(backbone=backbone, pretrained=pretrained, weights=weights, self_attention=self_attention)
+        self.model = net
+        self.save_network_and_hyperparameters(net)
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """IRN's objective (:func:`irn_losses`) on ``image`` (B, 3, H, W) and IR ``label`` (B, H, W)."""

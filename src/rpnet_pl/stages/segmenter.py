@@ -7,14 +7,14 @@ without denseCRF, and the benchmark's files are the steps ``eval_seg`` and ``pre
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 import torch.nn.functional as F
 
 from rpnet_pl.data.classes import IGNORE_INDEX, class_names, voc_palette
-from rpnet_pl.models.deeplab import build_deeplab
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion
 from rpnet_pl.stages.common import StageModule
 from rpnet_pl.stages.visuals import denormalise, log_images, overlay_labels
@@ -38,7 +38,8 @@ def multiscale_probs(logits_fn, image: torch.Tensor, scales: Sequence[float] = (
 
 
 class SegmenterStage(StageModule):
-    """DeepLab on label PNGs (pseudo masks from stage 2, or any method's masks); 255 is ignored.
+    """Trains the DeepLab it is given (:class:`~rpnet_pl.models.deeplab.DeepLabNet`) on label PNGs
+    (pseudo masks from stage 2, or any method's masks); 255 is ignored.
 
     ``eval_scales`` and ``eval_flip`` are the validation's (the val mIoU logged while it trains); the
     ``eval_seg`` and ``predict_seg`` steps have their own.
@@ -46,17 +47,11 @@ class SegmenterStage(StageModule):
 
     def __init__(
         self,
-        head: Literal["largefov", "aspp"] = "largefov",
-        backbone: str = "resnet50",
-        pretrained: bool = False,
-        weights: str | None = None,
-        num_classes: int = 21,
-        output_stride: int = 8,
+        net: nn.Module,
         lr: float = 2.5e-4,
         head_lr_mult: float = 10.0,
         head_bias_lr_mult: float = 20.0,
         head_bias_weight_decay: float = 0.0,
-        freeze_stem: bool = False,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
@@ -68,10 +63,8 @@ class SegmenterStage(StageModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_deeplab(head=head, backbone=backbone, num_classes=num_classes,
-                                   output_stride=output_stride, pretrained=pretrained, weights=weights,
-                                   freeze_stem=freeze_stem)
+        self.model = net
+        self.save_network_and_hyperparameters(net)
         self._val_conf: np.ndarray | None = None
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -90,7 +83,7 @@ class SegmenterStage(StageModule):
         log_images(self.loggers, "train/samples", tiles, self.global_step, ["image", "pseudo mask", "prediction"])
 
     def on_validation_epoch_start(self) -> None:
-        self._val_conf = np.zeros((self.hparams.num_classes,) * 2, dtype=np.int64)
+        self._val_conf = np.zeros((self.model.num_classes,) * 2, dtype=np.int64)
 
     def probs(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities (C, H, W) of one image (1, 3, H, W), averaged over ``eval_scales`` and flips."""
@@ -98,7 +91,7 @@ class SegmenterStage(StageModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self.probs(batch["image"]).argmax(0)
-        self._val_conf += confusion_matrix(pred, batch["mask"][0], self.hparams.num_classes)
+        self._val_conf += confusion_matrix(pred, batch["mask"][0], self.model.num_classes)
 
     def on_validation_epoch_end(self) -> None:
         conf = torch.as_tensor(self._val_conf, device=self.device)
@@ -107,7 +100,7 @@ class SegmenterStage(StageModule):
         iou = iou_from_confusion(conf.cpu().numpy())
         self.log("val/miou", float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else 0.0, rank_zero_only=True)
         # per class; a class absent from both the ground truth and the prediction (nan) is left out
-        names = class_names(self.hparams.num_classes)
+        names = class_names(self.model.num_classes)
         per_class = {f"val/iou_{names[c].replace(' ', '_')}": float(v) for c, v in enumerate(iou) if not np.isnan(v)}
         if per_class:
             self.log_dict(per_class, rank_zero_only=True)

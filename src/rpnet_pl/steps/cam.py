@@ -11,6 +11,7 @@ from typing import Any
 from rpnet_pl.models.reference_weights import is_reference_checkpoint
 from rpnet_pl.ops.params import CAM_INFERENCE
 from rpnet_pl.pipeline.registry import CamOptions
+from rpnet_pl.stages.checkpoints import build_stage
 from rpnet_pl.stages.classifier import ClassifierStage, reference_classifier_args
 from rpnet_pl.steps.cam_inference import cam_is_complete, cam_path, cam_record, multiscale_cam, write_cam
 from rpnet_pl.steps.inference import run_per_image
@@ -42,7 +43,7 @@ def make_cams(ckpt: str | Path, out: str | Path, root: str, dataset: str = "voc"
     Lightning checkpoint of ours or a state dict saved by the public RPNet / IRN code (``backbone``:
     its backbone, read from the tensor shapes when not given)."""
     def from_reference() -> ClassifierStage:  # sess/res50_cam.pth of the public RPNet / IRN code
-        return ClassifierStage(**reference_classifier_args(ckpt, backbone))
+        return build_stage("classifier", **reference_classifier_args(ckpt, backbone))
 
     build = from_reference if Path(ckpt).is_file() and is_reference_checkpoint(ckpt) else None
     work = WriteCam(str(out), tuple(scales), flip)

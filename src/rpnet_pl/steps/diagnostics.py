@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rpnet_pl.pipeline.networks import method_of
 from rpnet_pl.utils.errors import ConfigError, DatasetError
 
 
@@ -17,8 +18,9 @@ def classifier_from_checkpoint(ckpt: str, method: str | None = None) -> Any:
     from rpnet_pl.steps.inference import load_for_inference
 
     stage = load_for_inference(ClassifierStage, ckpt, "classifier")
-    if method and stage.hparams.method != method:
-        raise ConfigError(f"{ckpt}: a {stage.hparams.method} classifier, this command needs {method}")
+    made = method_of("classifier", stage.hparams.net["class_path"])
+    if method and made != method:
+        raise ConfigError(f"{ckpt}: a {made} classifier, this command needs {method}")
     return stage
 
 
