@@ -52,9 +52,19 @@ synth: $(STAMP)  ## generate the synthetic VOC dataset in $(SYNTH) and check it
 	@test -f $(SYNTH)/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt || $(if $(DRY),echo )$(RPNET) data synth --out $(SYNTH)
 	$(if $(DRY),@echo )$(RPNET) data check $(SYNTH) --dataset voc
 
-demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet
-	$(RPNET) pipeline experiments/demo_cam.yaml --runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
-	$(RPNET) pipeline experiments/demo.yaml --runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS)
+# $(call side_by_side,EXPERIMENTS,ARGS): `rpnet pipeline experiments/E.yaml ARGS` for each E at once, each
+# with an equal share of the usable cores as torch's threads (unless OMP_NUM_THREADS is set), every line
+# prefixed with [E]; fails when any fails. The demo's two chains on 2 cores run faster so, one thread
+# each, than one after the other on two threads (docs/benchmarks.md, "`make demo`").
+core_share = $(shell $(PY) -c "from rpnet_pl.utils.cpus import usable_cpus; print(max(1, usable_cpus() // $(1)))")
+side_by_side = pids=(); for e in $(1); do \
+	  ( set -o pipefail; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(call core_share,$(words $(1)))}; \
+	    echo "[$$e] OMP_NUM_THREADS=$$OMP_NUM_THREADS $(RPNET) pipeline experiments/$$e.yaml $(2)"; \
+	    $(RPNET) pipeline experiments/$$e.yaml $(2) 2>&1 | sed -u "s/^/[$$e] /" ) & pids+=($$!); \
+	done; rc=0; for p in "$${pids[@]}"; do wait $$p || rc=1; done; exit $$rc
+
+demo: synth  ## the main job: the whole chain on the synthetic dataset (CPU), baseline and RPNet side by side
+	@$(call side_by_side,demo_cam demo,--runs '$(RUNS)/demo' --logger $(LOGGER) $(if $(DRY),--dry-run) $(SEED_ARGS))
 	$(if $(DRY),@echo )$(RPNET) report '$(RUNS)/demo'
 
 demo-pretrained: synth  ## the whole chain on ImageNet weights (EfficientNet-Lite0, offline), baseline and RPNet (CPU, < 12 min)

@@ -94,3 +94,25 @@ def test_a_dry_demo_writes_no_dataset(tmp_path: Path) -> None:
     assert f"rpnet data synth --out {synth}" in out and f"rpnet data check {synth} --dataset voc" in out
     assert "pipeline experiments/demo.yaml" in out
     assert not synth.exists()
+
+
+def test_demo_runs_its_two_chains_side_by_side_on_a_share_of_the_cores(tmp_path: Path) -> None:
+    """Every line of a chain carries its name, each chain gets half the usable cores as torch's threads,
+    and the target fails when one chain fails (a stand-in ``rpnet`` that fails the baseline's)."""
+    fake = tmp_path / "rpnet"
+    fake.write_text('#!/bin/bash\n[ "$1" = pipeline ] || exit 0\necho "$2 threads=$OMP_NUM_THREADS"\n'
+                    '[ "$2" != experiments/demo_cam.yaml ]\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "demo", f"RPNET={fake}",
+                           f"RUNS={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"})
+    from rpnet_pl.utils.cpus import usable_cpus
+
+    share = max(1, usable_cpus() // 2)
+    assert f"[demo_cam] experiments/demo_cam.yaml threads={share}" in done.stdout
+    assert f"[demo] experiments/demo.yaml threads={share}" in done.stdout
+    assert done.returncode != 0  # the baseline's chain failed: so does make, before the report
+    out = _dry("demo", tmp_path)
+    for run in ("demo-cam", "demo"):
+        assert re.search(rf"^\[{run.replace('-', '_')}\] .* fit classifier --config {tmp_path}/demo/{run}/classifier/config.yaml$",
+                         out, re.M)
