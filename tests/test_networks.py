@@ -95,3 +95,16 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused(tmp_path: Path) -> None:
                 "pytorch-lightning_version": pl.__version__}, path)
     with pytest.raises(CheckpointError, match="not a checkpoint of any rpnet stage"):
         load_stage_checkpoint(ClassifierStage, path, "classifier")
+
+
+def test_rpnet_fit_names_a_flat_model_section_in_one_line(tmp_path: Path, capsys) -> None:
+    """A hand-written config in the experiments' flat form: one line naming the file and the key."""
+    from rpnet_pl.cli import main
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"backbone": "resnet18", "lr": 0.1}}))
+    assert main(["fit", "classifier", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {cfg}: model.backbone: a training config gives the network its settings under "
+                   "model.net.init_args (with model.net.class_path); `rpnet pipeline` writes this form from an "
+                   "experiment's flat section"]
