@@ -93,7 +93,8 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"net": {"class_path": "os.system", "init_args": {}}, "lr": 0.1},
                 "pytorch-lightning_version": pl.__version__}, path)
-    with pytest.raises(CheckpointError, match="not a checkpoint of any rpnet stage"):
+    with pytest.raises(CheckpointError, match=r"x.ckpt: not a checkpoint of any rpnet stage, not a classifier one "
+                                              r"\(its network 'os.system' is none of the classifier's\)"):
         load_stage_checkpoint(ClassifierStage, path, "classifier")
 
 

@@ -5,7 +5,7 @@ import torch
 
 from rpnet_pl.ops.path_index import path_pixels, search_directions
 from rpnet_pl.ops.random_walk import (
-    dense_random_walk_reference, propagate_cams, random_walk, sem_seg_from_rw,
+    dense_random_walk_reference, fit_to_map, propagate_cams, random_walk, sem_seg_from_rw,
     transition_matrix_sparse,
 )
 
@@ -101,3 +101,10 @@ def test_sem_seg_from_rw_threshold_and_global_max():
     assert sem_seg_from_rw(rw * 10, [5, 9], image_size=(7, 6))[0, 0] == 5  # scale-free
     assert (sem_seg_from_rw(torch.zeros(2, 2, 2), [5, 9], (7, 6)) == 0).all()
     assert (sem_seg_from_rw(torch.zeros(0, 2, 2), [], (7, 6)) == 0).all()
+
+
+def test_fit_to_map_cuts_and_zero_pads_to_the_boundary_size() -> None:
+    cams = torch.arange(12.0).reshape(1, 3, 4)  # rows [0..3], [4..7], [8..11]
+    assert fit_to_map(cams, (2, 5)).tolist() == [[[0, 1, 2, 3, 0], [4, 5, 6, 7, 0]]]  # a row cut, a column added
+    assert fit_to_map(cams, (4, 3)).tolist() == [[[0, 1, 2], [4, 5, 6], [8, 9, 10], [0, 0, 0]]]
+    assert torch.equal(fit_to_map(cams, (3, 4)), cams)

@@ -88,6 +88,14 @@ def dense_random_walk_reference(cams: torch.Tensor, trans_dense: torch.Tensor, e
     return (cams.reshape(cams.shape[0], -1) @ t).reshape(cams.shape)
 
 
+def fit_to_map(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Strided CAMs (K, h, w) cut or zero-padded (bottom, right) to the boundary map's (h4, w4): the two
+    sizes can differ by a pixel, the CAM's ``ceil(H / 4)`` against the network's stride-4 output."""
+    h4, w4 = size
+    cams = cams[:, :h4, :w4]
+    return F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
+
+
 def propagate_cams(
     cams: torch.Tensor,
     boundary: torch.Tensor,

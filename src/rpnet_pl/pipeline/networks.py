@@ -31,10 +31,6 @@ NETWORKS: Mapping[str, Mapping[str, str]] = {name: dict(spec.networks) for name,
 METHOD = "method"
 
 
-def method_names(step: str) -> tuple[str, ...]:
-    return tuple(NETWORKS[step])
-
-
 def network_class(step: str, model: Mapping[str, Any]) -> str:
     """The class path of ``step``'s network for a flat ``model`` section (``method`` chooses)."""
     choices = NETWORKS[step]
@@ -88,4 +84,4 @@ def flat_model(step: str, model: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-__all__ = ["METHOD", "NETWORKS", "flat_model", "method_names", "method_of", "nest_model", "network_class"]
+__all__ = ["METHOD", "NETWORKS", "flat_model", "method_of", "nest_model", "network_class"]

@@ -169,7 +169,7 @@ def default(step: str, name: str) -> Any:
     return default_of(step, "model", name)
 
 
-def write(path: Path = PATH) -> None:  # noqa: D401
+def write(path: Path = PATH) -> None:
     """Regenerate the snapshot (temp file, then rename)."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(live(), indent=1, sort_keys=True) + "\n")

@@ -102,12 +102,17 @@ def load_stage_checkpoint(cls: type[T], ckpt: str | Path, stage: str, **override
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = dict(raw.get("hyper_parameters") or {})
-    if guess_stage(hparams) != stage:
-        other = guess_stage(hparams)
+    other = guess_stage(hparams)
+    if other != stage:
         what = f"{_a(other)} checkpoint" if other else "not a checkpoint of any rpnet stage"
+        net = hparams.get("net")
         foreign = sorted(_own_keys(hparams) - _init_names(cls))
-        raise CheckpointError(f"{path}: {what}, not {_a(stage)} one (its hyper-parameters {foreign[:3]} are not the "
-                              f"{stage}'s); pass runs/<experiment>/{stage}/checkpoints/last.ckpt")
+        if not foreign and isinstance(net, dict) and net.get("class_path") not in NETWORKS[stage].values():
+            why = f"its network {net.get('class_path')!r} is none of the {stage}'s"
+        else:
+            why = f"its hyper-parameters {foreign[:3]} are not the {stage}'s"
+        raise CheckpointError(f"{path}: {what}, not {_a(stage)} one ({why}); pass "
+                              f"runs/<experiment>/{stage}/checkpoints/last.ckpt")
     args = nested(stage, hparams)
     net_config = args.pop("net")
     try:

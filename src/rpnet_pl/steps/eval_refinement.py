@@ -9,12 +9,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rpnet_pl.ops.affinity import mask_boundary
 from rpnet_pl.ops.metrics import confusion_matrix, iou_from_confusion, miou
 from rpnet_pl.ops.params import RANDOM_WALK, REFINEMENT_EXP_TIMES, RandomWalkParams
-from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
+from rpnet_pl.ops.random_walk import fit_to_map, propagate_cams, sem_seg_from_rw
 from rpnet_pl.steps.cam_inference import read_cam
 from rpnet_pl.steps.evaluate import json_number, per_class_json
 from rpnet_pl.stages.refine import RefineStage
@@ -78,8 +77,7 @@ def refinement_breakdown(stage: RefineStage, cams_dir: str | Path, root: str, da
             record = read_cam(cams_dir, item["id"])
             cams = torch.as_tensor(record["cam"], dtype=torch.float32, device=boundary.device)
             keys = torch.as_tensor(record["keys"], dtype=torch.long)
-            h4, w4 = boundary.shape
-            cams = F.pad(cams[:, :h4, :w4], (0, max(0, w4 - cams.shape[-1]), 0, max(0, h4 - cams.shape[-2])))
+            cams = fit_to_map(cams, tuple(boundary.shape))
             steps = refinement_steps(cams, boundary, keys, gt.shape, exp_times, radius=params.radius,
                                      beta=params.beta, bg=params.bg_threshold)
             for name, pred in steps.items():

@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rpnet_pl.pipeline import layout
 from rpnet_pl.data.classes import voc_palette
 from rpnet_pl.data.datasets import build_reader
 from rpnet_pl.models.irn import IRN_INFER_PAD, IRNet
 from rpnet_pl.ops.params import RANDOM_WALK, RandomWalkParams
-from rpnet_pl.ops.random_walk import propagate_cams, sem_seg_from_rw
+from rpnet_pl.ops.random_walk import fit_to_map, propagate_cams, sem_seg_from_rw
 from rpnet_pl.utils.io import write_label_png
 from rpnet_pl.utils.progress import progress_log
 from rpnet_pl.steps.calibration import (calibrate_walk, calibration_line, check_calibration_inside, remake_masks,
@@ -41,11 +40,7 @@ def walk(network: IRNet, image: torch.Tensor, cam_record: dict[str, Any],
     """
     boundary = network.boundary(image, pad_to=params.pad_to or None).float()  # (h4, w4), flip-averaged
     cams = torch.as_tensor(cam_record["cam"], dtype=torch.float32, device=boundary.device)  # (K, h4, w4)
-    h4, w4 = boundary.shape
-    cams = cams[:, :h4, :w4]
-    if cams.shape[-2:] != boundary.shape:
-        cams = F.pad(cams, (0, w4 - cams.shape[-1], 0, h4 - cams.shape[-2]))
-    return propagate_cams(cams, boundary, radius=params.radius, beta=params.beta, exp_times=params.exp_times)  # fp32
+    return propagate_cams(fit_to_map(cams, tuple(boundary.shape)), boundary, radius=params.radius, beta=params.beta, exp_times=params.exp_times)  # fp32
 
 
 def pseudo_mask(network: IRNet, image: torch.Tensor, cam_record: dict[str, Any],
